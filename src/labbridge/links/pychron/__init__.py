@@ -1,0 +1,1 @@
+"""labbridge.links.pychron."""

@@ -1,0 +1,17 @@
+"""Registration of every device and service kind, one module per family.
+
+Importing this package registers them all. A family adds its module to ``_FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_FAMILIES = (
+    "labbridge.node.kinds.pychron",
+)
+
+
+def load_all() -> None:
+    for mod in _FAMILIES:
+        importlib.import_module(mod)

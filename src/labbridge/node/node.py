@@ -1,0 +1,204 @@
+"""A node: the devices and services one labbridge process runs, built from a node file.
+
+Node file (YAML)::
+
+    node: valve-controller          # name; the bus topic prefix
+    state_dir: state                # optional, relative to the file; default .labbridge-state/<node>
+    devices:
+      - {kind: valve_bank, name: valves, ...}
+    services:
+      - {kind: pychron_command_server, name: command-server, port: 1061, ...}
+
+Devices start first (in file order), then services; shutdown runs in reverse order. The ready
+file, when asked for, is written once every service is listening: JSON with the node name, the
+process id and every endpoint (service, protocol, host, port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from labbridge.devices.base import Device
+from labbridge.node import kinds
+from labbridge.node.config import ConfigError, Section, load_yaml
+from labbridge.node.registry import (
+    DEVICE_KINDS,
+    SERVICE_KINDS,
+    Endpoint,
+    NodeContext,
+    Service,
+)
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+
+
+class Node:
+    """Devices and services of one node, started and stopped together."""
+
+    def __init__(self, ctx: NodeContext, devices: list[Device], services: list[Service],
+                 source: str | None = None) -> None:
+        self.ctx = ctx
+        self.devices = devices
+        self.services = services
+        self.source = source
+        self._started_devices: list[Device] = []
+        self._started_services: list[Service] = []
+
+    @property
+    def name(self) -> str:
+        return self.ctx.node_name
+
+    def endpoints(self) -> list[Endpoint]:
+        out: list[Endpoint] = []
+        for svc in self.services:
+            out.extend(svc.endpoints())
+        return out
+
+    async def start(self) -> None:
+        try:
+            for dev in self.devices:
+                await dev.start()
+                self._started_devices.append(dev)
+            for svc in self.services:
+                await svc.start()
+                self._started_services.append(svc)
+                log.info("service %s started: %s", svc.name,
+                         ", ".join(_fmt_ep(e) for e in svc.endpoints()) or "no endpoints")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        while self._started_services:
+            svc = self._started_services.pop()
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("service %s failed to stop cleanly", svc.name)
+        while self._started_devices:
+            dev = self._started_devices.pop()
+            try:
+                await dev.stop()
+            except Exception:
+                log.exception("device %s failed to stop cleanly", dev.name)
+
+    def ready_info(self) -> dict[str, Any]:
+        return {
+            "node": self.name,
+            "pid": os.getpid(),
+            "source": self.source,
+            "services": [e.to_json() for e in self.endpoints()],
+        }
+
+    def write_ready_file(self, path: str | Path) -> None:
+        write_json_atomic(Path(path), self.ready_info())
+
+
+def _fmt_ep(e: Endpoint) -> str:
+    if e.path:
+        return f"{e.protocol} {e.path}"
+    return f"{e.protocol} {e.host}:{e.port}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def build_node(path: str | Path, *, host: str | None = None, port: int | None = None,
+               state_dir: str | Path | None = None) -> Node:
+    """Read a node file and build (not start) its devices and services."""
+    kinds.load_all()
+    p = Path(path)
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError("a node file must be a mapping with node, devices and services",
+                          file=str(p), line=1)
+    root = Section(data, file=str(p))
+    name = root.str("node")
+    if not _NAME_RE.match(name):
+        raise root.error("node", "a node name may hold letters, digits, '_' and '-' only")
+    if state_dir is None:
+        sd = root.str("state_dir", None)
+        state_path = (p.parent / sd) if sd else (p.parent / ".labbridge-state" / name)
+    else:
+        state_path = Path(state_dir)
+    ctx = NodeContext(node_name=name, config_dir=p.parent.resolve(), state_dir=state_path,
+                      host_override=host, port_override=port)
+    root.str("description", None)
+
+    devices: list[Device] = []
+    for sec in root.sections("devices", []):
+        kind = sec.str("kind")
+        factory = DEVICE_KINDS.get(kind)
+        if factory is None:
+            raise sec.error("kind", f"unknown device kind {kind!r} (known: "
+                            f"{', '.join(sorted(DEVICE_KINDS))})")
+        dname = sec.str("name")
+        if not _NAME_RE.match(dname):
+            raise sec.error("name", "a device name may hold letters, digits, '_' and '-' only")
+        if dname in ctx.devices:
+            raise sec.error("name", f"duplicate device name {dname!r}")
+        dev = factory(sec, ctx)
+        sec.check_no_unknown()
+        ctx.devices[dname] = dev
+        devices.append(dev)
+
+    services: list[Service] = []
+    for i, sec in enumerate(root.sections("services", [])):
+        kind = sec.str("kind")
+        factory_s = SERVICE_KINDS.get(kind)
+        if factory_s is None:
+            raise sec.error("kind", f"unknown service kind {kind!r} (known: "
+                            f"{', '.join(sorted(SERVICE_KINDS))})")
+        sname = sec.str("name", f"{kind}-{i}")
+        if sname in ctx.services:
+            raise sec.error("name", f"duplicate service name {sname!r}")
+        svc = factory_s(sec, ctx)
+        svc.name = sname
+        sec.check_no_unknown()
+        ctx.services[sname] = svc
+        services.append(svc)
+    root.check_no_unknown()
+    if not devices and not services:
+        raise ConfigError("the node has no devices and no services", file=str(p), line=1)
+    return Node(ctx, devices, services, source=str(p))
+
+
+async def run_node(node: Node, *, ready_file: str | Path | None = None,
+                   stop: asyncio.Event | None = None) -> None:
+    """Start a node, write the ready file, wait for ``stop``, stop the node."""
+    stop = stop or asyncio.Event()
+    await node.start()
+    try:
+        if ready_file:
+            node.write_ready_file(ready_file)
+        log.info("node %s ready", node.name)
+        await stop.wait()
+    finally:
+        log.info("node %s stopping", node.name)
+        await node.stop()
+        log.info("node %s stopped", node.name)

@@ -1,0 +1,1 @@
+"""Live web dashboard (issue 8)."""

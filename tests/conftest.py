@@ -1,0 +1,49 @@
+"""Test-suite wide rules (ARCHITECTURE.md principle 9).
+
+* Every async test fails if it leaves tasks running when it ends (leaked tasks).
+* A global timeout is set in pyproject.toml (pytest-timeout); tests synchronise on events,
+  never on sleeps, and bind to 127.0.0.1 port 0.
+* Vectors are the repository's own copy under tests/vectors/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VECTORS = Path(__file__).parent / "vectors"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_vectors(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+async def _fail_on_leaked_tasks():
+    before = set(asyncio.all_tasks())
+    yield
+    current = asyncio.current_task()
+    # Give cancelled tasks one loop turn to finish unwinding before judging.
+    for _ in range(3):
+        leaked = [t for t in asyncio.all_tasks() if t not in before and t is not current
+                  and not t.done()]
+        if not leaked:
+            return
+        await asyncio.sleep(0)
+    for t in leaked:
+        t.cancel()
+    pytest.fail(f"test leaked {len(leaked)} running task(s): "
+                + ", ".join(repr(t.get_coro()) for t in leaked[:5]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.fixturenames.insert(0, "_fail_on_leaked_tasks")
