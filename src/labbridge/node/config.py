@@ -94,7 +94,7 @@ def load_yaml(path: str | Path) -> Any:
 def parse_yaml(text: str, name: str = "<string>") -> Any:
     try:
         loader = _LineLoader(text)
-        loader.name = name  # type: ignore[attr-defined]
+        loader.name = name
         try:
             return loader.get_single_data()
         finally:
@@ -170,7 +170,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, "required field is missing")
         return default
 
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    def get_str(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default:
             return value
@@ -178,7 +178,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"expected a string, got {_describe(value)}")
         return str(value)
 
-    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None,
+    def get_int(self, key: str, default: Any = _MISSING, *, min: int | None = None,
             max: int | None = None) -> Any:
         value = self._get(key, default)
         if value is default:
@@ -191,7 +191,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"must be at most {max}, got {value}")
         return value
 
-    def float(self, key: str, default: Any = _MISSING, *, min: float | None = None,
+    def get_float(self, key: str, default: Any = _MISSING, *, min: float | None = None,
               max: float | None = None) -> Any:
         value = self._get(key, default)
         if value is default:
@@ -205,7 +205,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"must be at most {max}, got {value}")
         return value
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def get_bool(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default:
             return value
@@ -213,19 +213,19 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"expected true or false, got {_describe(value)}")
         return value
 
-    def port(self, key: str, default: Any = _MISSING) -> Any:
+    def get_port(self, key: str, default: Any = _MISSING) -> Any:
         """A TCP/UDP port: 0 (any free port) to 65535."""
-        return self.int(key, default, min=0, max=65535)
+        return self.get_int(key, default, min=0, max=65535)
 
-    def choice(self, key: str, choices: tuple[str, ...] | list[str], default: Any = _MISSING) -> Any:
-        value = self.str(key, default)
+    def get_choice(self, key: str, choices: tuple[str, ...] | list[str], default: Any = _MISSING) -> Any:
+        value = self.get_str(key, default)
         if value is default:
             return value
         if value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def networks(self, key: str, default: Any = _MISSING) -> Any:
+    def get_networks(self, key: str, default: Any = _MISSING) -> Any:
         """A list of CIDR networks (``10.0.0.0/8``, ``127.0.0.1``)."""
         value = self._get(key, default)
         if value is default:
@@ -242,7 +242,7 @@ class Section(Mapping[str, Any]):
                 raise self.error(key, f"not an IP network: {item!r}") from None
         return nets
 
-    def section(self, key: str, default: Any = _MISSING) -> Any:
+    def get_section(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default:
             return value if value is None or isinstance(value, Section) else Section(
@@ -251,7 +251,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"expected a mapping, got {_describe(value)}")
         return Section(value, file=self.file, path=self.field_name(key), line=self.line_of(key))
 
-    def list(self, key: str, default: Any = _MISSING) -> Any:
+    def get_list(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default:
             return value
@@ -259,7 +259,7 @@ class Section(Mapping[str, Any]):
             raise self.error(key, f"expected a list, got {_describe(value)}")
         return list(value)
 
-    def sections(self, key: str, default: Any = _MISSING) -> Any:
+    def get_sections(self, key: str, default: Any = _MISSING) -> Any:
         """A list of mappings, each returned as a :class:`Section` with its own line."""
         value = self._get(key, default)
         if value is default:
@@ -276,7 +276,7 @@ class Section(Mapping[str, Any]):
             out.append(Section(item, file=self.file, path=path, line=lines[i]))
         return out
 
-    def mapping(self, key: str, default: Any = _MISSING) -> Any:
+    def get_mapping(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default:
             return value

@@ -138,26 +138,26 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         raise ConfigError("a node file must be a mapping with node, devices and services",
                           file=str(p), line=1)
     root = Section(data, file=str(p))
-    name = root.str("node")
+    name = root.get_str("node")
     if not _NAME_RE.match(name):
         raise root.error("node", "a node name may hold letters, digits, '_' and '-' only")
     if state_dir is None:
-        sd = root.str("state_dir", None)
+        sd = root.get_str("state_dir", None)
         state_path = (p.parent / sd) if sd else (p.parent / ".labbridge-state" / name)
     else:
         state_path = Path(state_dir)
     ctx = NodeContext(node_name=name, config_dir=p.parent.resolve(), state_dir=state_path,
                       host_override=host, port_override=port)
-    root.str("description", None)
+    root.get_str("description", None)
 
     devices: list[Device] = []
-    for sec in root.sections("devices", []):
-        kind = sec.str("kind")
+    for sec in root.get_sections("devices", []):
+        kind = sec.get_str("kind")
         factory = DEVICE_KINDS.get(kind)
         if factory is None:
             raise sec.error("kind", f"unknown device kind {kind!r} (known: "
                             f"{', '.join(sorted(DEVICE_KINDS))})")
-        dname = sec.str("name")
+        dname = sec.get_str("name")
         if not _NAME_RE.match(dname):
             raise sec.error("name", "a device name may hold letters, digits, '_' and '-' only")
         if dname in ctx.devices:
@@ -168,13 +168,13 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         devices.append(dev)
 
     services: list[Service] = []
-    for i, sec in enumerate(root.sections("services", [])):
-        kind = sec.str("kind")
+    for i, sec in enumerate(root.get_sections("services", [])):
+        kind = sec.get_str("kind")
         factory_s = SERVICE_KINDS.get(kind)
         if factory_s is None:
             raise sec.error("kind", f"unknown service kind {kind!r} (known: "
                             f"{', '.join(sorted(SERVICE_KINDS))})")
-        sname = sec.str("name", f"{kind}-{i}")
+        sname = sec.get_str("name", f"{kind}-{i}")
         if sname in ctx.services:
             raise sec.error("name", f"duplicate service name {sname!r}")
         svc = factory_s(sec, ctx)

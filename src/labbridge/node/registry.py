@@ -64,7 +64,7 @@ class NodeContext:
 
     def device(self, section: Section, key: str, kind: type[Device] | None = None) -> Device:
         """Resolve a device reference (by name) from a config field."""
-        name = section.str(key)
+        name = section.get_str(key)
         dev = self.devices.get(name)
         if dev is None:
             known = ", ".join(sorted(self.devices)) or "none"
