@@ -1,0 +1,256 @@
+"""A TCP server that serves exactly one client at a time (spec hexrotcomm.md §6.2).
+
+Used by both roles of the hexapod/rotator link: the generation-A CSC side listens with two of
+these (telemetry on P, commands on P+1), the generation-D controller/mock listens with one.
+
+Semantics (spec §6.2, numbered as there):
+
+1. ``start()`` binds; a second ``start()`` raises ``RuntimeError("Start already called.")``.
+2. ``port=0`` picks a free port; :attr:`port` holds it once started when exactly one socket was
+   bound (give a host string, not ``None``, to be sure of that).
+3. While a client is connected, a new connection is accepted and closed at once ("Rejecting
+   connection; a client is already connected.", logged, :attr:`rejected_count` +1). The
+   first client is not disturbed.
+4. If the current client has hung up but its handler has not noticed yet, the new connection
+   replaces it.
+6. :attr:`connected_task` resolves when a client connects and is replaced after each close;
+   :meth:`wait_connected` / :meth:`wait_disconnected` are the same as awaitable calls.
+7. ``connect_callback(server)`` (a coroutine function, ``TypeError`` otherwise) runs when
+   :attr:`connected` changes; its exceptions are logged and never affect the I/O.
+8. No polling monitor: each client runs ``handler(reader, writer)`` as one task; when it returns
+   or raises, the client is closed and the callback fires. The default handler reads and
+   discards (logging unexpected bytes) until EOF, which is what the command socket of
+   generation A needs (spec §5.6).
+9. :meth:`close_client` closes the current client; the server keeps listening; idempotent.
+10. :meth:`close` closes the client then the listening socket (each step time-limited);
+    idempotent; :attr:`done_task` resolves.
+13. ``TCP_NODELAY`` and keepalive are set on every accepted socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ConnectCallback = Callable[["OneClientServer"], Awaitable[None]]
+
+#: Time limit of each closing step (spec §6.1 ``CLOSE_WAIT_TIME``).
+CLOSE_WAIT_TIME = 5.0
+READ_CHUNK = 65536
+
+
+def configure_socket(sock: socket.socket | None) -> None:
+    """TCP_NODELAY (one write per message goes out at once) and keepalive (spec §6.2 #13)."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+class OneClientServer:
+    """Listen on ``host:port`` and serve a single client at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        handler: ClientHandler | None = None,
+        connect_callback: ConnectCallback | None = None,
+        family: socket.AddressFamily = socket.AF_UNSPEC,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if connect_callback is not None and not inspect.iscoroutinefunction(connect_callback):
+            raise TypeError("connect_callback must be a coroutine function")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.family = family
+        self.log = log or logging.getLogger(f"{__name__}.{name}")
+        self._handler = handler or self._discard_handler
+        self._connect_callback = connect_callback
+        self._server: asyncio.Server | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._client_task: asyncio.Task[None] | None = None
+        self._connected_event = asyncio.Event()
+        self._disconnected_event = asyncio.Event()
+        self._disconnected_event.set()
+        self._closing = False
+        self._last_connected = False
+        self.connected_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.should_be_connected = False
+        self.rejected_count = 0
+        self.client_count = 0
+        self.peer: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._server is not None or self._closing:
+            raise RuntimeError("Start already called.")
+        self._server = await asyncio.start_server(
+            self._on_accept, self.host, self.port, family=self.family, reuse_address=True)
+        socks = self._server.sockets
+        if len(socks) == 1:
+            self.port = socks[0].getsockname()[1]
+        self.log.info("%s listening on %s:%s", self.name, self.host, self.port)
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    @property
+    def connected(self) -> bool:
+        """Reader and writer present, reader not at EOF, writer not closing (spec §6.2 #5)."""
+        return (self._reader is not None and self._writer is not None
+                and not self._reader.at_eof() and not self._writer.is_closing())
+
+    @property
+    def writer(self) -> asyncio.StreamWriter | None:
+        return self._writer
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._disconnected_event.wait()
+
+    async def write(self, data: bytes) -> None:
+        """Write one message (one call) and drain; ``ConnectionError`` when not connected."""
+        writer = self._writer
+        if writer is None or not self.connected:
+            raise ConnectionError(f"{self.name}: not connected")
+        try:
+            writer.write(data)
+            await writer.drain()
+        except (ConnectionError, OSError):
+            await self._drop_client(writer, "write failed")
+            raise
+
+    async def close_client(self) -> None:
+        """Close the current client (if any); keep listening (spec §6.2 #9)."""
+        self.should_be_connected = False
+        writer = self._writer
+        task = self._client_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if writer is not None:
+            await self._drop_client(writer, "closed by us")
+
+    async def close(self) -> None:
+        """Close the client, then the listening socket; idempotent (spec §6.2 #10)."""
+        if self.done_task.done():
+            return
+        self._closing = True
+        await self.close_client()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT_TIME)
+        if not self.connected_task.done():
+            self.connected_task.cancel()
+        if not self.done_task.done():
+            self.done_task.set_result(None)
+
+    # -- internals ----------------------------------------------------------------------------
+    async def _on_accept(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        peer = _peer_name(writer)
+        if self._closing:
+            await _close_writer(writer)
+            return
+        if self.connected:
+            self.rejected_count += 1
+            self.log.warning("%s: rejecting connection from %s; a client is already "
+                             "connected (%s).", self.name, peer, self.peer)
+            await _close_writer(writer)
+            return
+        if self._writer is not None:  # #4: the old client hung up unnoticed
+            await self.close_client()
+        configure_socket(writer.get_extra_info("socket"))
+        self._reader, self._writer = reader, writer
+        self.peer = peer
+        self.should_be_connected = True
+        self.client_count += 1
+        self.log.info("%s: client %s connected", self.name, peer)
+        self._client_task = asyncio.create_task(self._run_client(reader, writer),
+                                                name=f"{self.name}-client")
+        self._connected_event.set()
+        self._disconnected_event.clear()
+        if not self.connected_task.done():
+            self.connected_task.set_result(None)
+        await self._notify()
+
+    async def _run_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        reason = "handler finished"
+        try:
+            await self._handler(reader, writer)
+            reason = "end of stream" if reader.at_eof() else reason
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            reason = f"connection lost: {exc!r}"
+        except Exception as exc:
+            reason = f"handler failed: {exc!r}"
+            self.log.exception("%s: client handler failed", self.name)
+        finally:
+            if self._writer is writer:
+                self._client_task = None
+                await self._drop_client(writer, reason)
+
+    async def _drop_client(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        if self._writer is not writer:
+            await _close_writer(writer)
+            return
+        self._reader = self._writer = None
+        self.log.info("%s: client %s disconnected (%s)", self.name, self.peer, reason)
+        await _close_writer(writer)
+        self._connected_event.clear()
+        self._disconnected_event.set()
+        if self.connected_task.done():
+            self.connected_task = asyncio.get_running_loop().create_future()
+        await self._notify()
+
+    async def _notify(self) -> None:
+        now = self.connected
+        if now == self._last_connected:
+            return
+        self._last_connected = now
+        if self._connect_callback is None:
+            return
+        try:
+            await self._connect_callback(self)
+        except Exception:
+            self.log.exception("%s: connect_callback failed", self.name)
+
+    async def _discard_handler(self, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(READ_CHUNK):
+            self.log.warning("%s: unexpected data read (%d bytes) and discarded", self.name,
+                             len(data))
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT_TIME)
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
