@@ -19,13 +19,13 @@ from labbridge.protocol.hexrotcomm.devices import (
     RotatorCommandCode,
     RotatorEnabledSubstateParam,
     SimpleCommandCode,
+    device_spec,
 )
 from labbridge.protocol.hexrotcomm.framing import (
     CommandDecoder,
     Frame,
     FrameDecoder,
     FrameKind,
-    Generation,
     WireProfile,
 )
 from labbridge.protocol.hexrotcomm.layout import Layout, LayoutError
@@ -45,6 +45,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     EnabledSubstate,
     ErrorCode,
     FrameId,
+    Generation,
     Header,
     HeaderA24,
     HeaderA36,
@@ -93,4 +94,5 @@ __all__ = [
     "SetStateParam",
     "SimpleCommandCode",
     "WireProfile",
+    "device_spec",
 ]

@@ -8,9 +8,10 @@ fields the client-side model reads (state, position, limits).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from labbridge.protocol.hexrotcomm.layout import Layout
+from labbridge.protocol.hexrotcomm.structs import Generation
 
 
 class SimpleCommandCode(enum.IntEnum):
@@ -20,6 +21,27 @@ class SimpleCommandCode(enum.IntEnum):
     ENABLE_DRIVES = 2
     SET_ENABLED_SUBSTATE = 3
     MOVE = 4
+
+
+class SimpleCommandCodeA(enum.IntEnum):
+    """SimpleMockController command codes, generation A (spec §5.7, v0.22.0)."""
+
+    SET_STATE = 1
+    SET_ENABLED_SUBSTATE = 2
+    MOVE = 3
+
+
+class RotatorCommandCodeA(enum.IntEnum):
+    """MTRotator command codes of generation A (spec §5.5, ts_mtrotator v0.18.0)."""
+
+    SET_STATE = 0x8000
+    FAULT = 0x8001
+    SET_ENABLED_SUBSTATE = 0x8002
+    POSITION_SET = 0x8007
+    SET_CONSTANT_VEL = 0x800B
+    CONFIG_VEL = 0x9001
+    CONFIG_ACCEL = 0x9002
+    TRACK_VEL_CMD = 0x9031
 
 
 class RotatorCommandCode(enum.IntEnum):
@@ -84,6 +106,20 @@ SIMPLE_TELEMETRY = Layout(
     [("application_status", "u32"), ("state", "f64"), ("enabled_substate", "f64"),
      ("curr_position", "f64"), ("cmd_position", "f64")],
     size=36,
+)
+
+# -- SimpleMockController, generation A (spec §5.7) ---------------------------------------
+SIMPLE_CONFIG_A = Layout(
+    "SimpleConfigA",
+    [("min_position", "f64"), ("max_position", "f64"), ("max_velocity", "f64")],
+    size=24,
+)
+
+SIMPLE_TELEMETRY_A = Layout(
+    "SimpleTelemetryA",
+    [("application_status", "u32"), ("state", "f64"), ("enabled_substate", "f64"),
+     ("offline_substate", "f64"), ("curr_position", "f64"), ("cmd_position", "f64")],
+    size=44,
 )
 
 # -- MTRotator (spec §4.1) ---------------------------------------------------------------------
@@ -200,6 +236,11 @@ SIMPLE = DeviceSpec(
     demand_field="cmd_position",
 )
 
+#: Generation-A SimpleMockController (v0.22.0): 24-byte config, 44-byte telemetry, frame ids
+#: 0x19 / 0x5, codes 1-3.
+SIMPLE_A = replace(SIMPLE, config=SIMPLE_CONFIG_A, telemetry=SIMPLE_TELEMETRY_A,
+                   codes=SimpleCommandCodeA)
+
 ROTATOR = DeviceSpec(
     name="rotator",
     config=ROTATOR_CONFIG,
@@ -216,7 +257,29 @@ ROTATOR = DeviceSpec(
     demand_field="demand_pos",
 )
 
-DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (SIMPLE, ROTATOR)}
+#: Generation-A rotator profile. The spec gives the gen-A rotator structs' sizes (64 / 404
+#: bytes) but not their layouts, so this profile carries the current 97 / 396-byte structs in
+#: gen-A framing (labbridge-defined, ADR 0043); only the command codes are the gen-A ones.
+ROTATOR_A = replace(ROTATOR, codes=RotatorCommandCodeA)
+
+_BY_GENERATION: dict[tuple[str, Generation], DeviceSpec] = {
+    ("simple", Generation.D): SIMPLE,
+    ("simple", Generation.A): SIMPLE_A,
+    ("rotator", Generation.D): ROTATOR,
+    ("rotator", Generation.A): ROTATOR_A,
+}
+
+DEVICES: dict[str, DeviceSpec] = {"simple": SIMPLE, "rotator": ROTATOR}
+
+
+def device_spec(name: str, generation: Generation | str) -> DeviceSpec:
+    """The device profile of ``name`` ("simple", "rotator") for one generation."""
+    try:
+        return _BY_GENERATION[(name, Generation(generation))]
+    except KeyError:
+        known = sorted({n for n, _ in _BY_GENERATION})
+        raise ValueError(f"unknown device {name!r} (known: {', '.join(known)})") from None
+
 
 #: Gen-A frame-id presets (spec §5.4 Decision): name -> (config frame id, telemetry frame id).
 FRAME_ID_PRESETS_A: dict[str, tuple[int, int]] = {

@@ -46,6 +46,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     CommandStatus,
     CommandStatusCode,
     FrameId,
+    Generation,
 )
 
 #: Default bound of a decoder's buffer: far above one frame (<= 36 + 648 bytes) plus one
@@ -55,13 +56,6 @@ DEFAULT_MAX_BUFFER = 256 * 1024
 _NSEC = 1_000_000_000
 #: Unix epoch (1970-01-01) as a Modified Julian Date.
 _MJD_UNIX_EPOCH = 40587
-
-
-class Generation(enum.Enum):
-    """Which wire generation an endpoint speaks (spec §1); never auto-detected."""
-
-    A = "A"
-    D = "D"
 
 
 class FrameKind(enum.Enum):

@@ -23,6 +23,13 @@ COMMANDER_CSC = 2
 COMMANDER_GUI = 1
 
 
+class Generation(enum.Enum):
+    """Which wire generation an endpoint speaks (spec §1); never auto-detected."""
+
+    A = "A"
+    D = "D"
+
+
 class FrameId(enum.IntEnum):
     """Generation D frame ids (spec §3.5)."""
 
