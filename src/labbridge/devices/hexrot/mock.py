@@ -372,7 +372,7 @@ class RotatorMockController(BaseMockController):
         v = self.velocity
         self.target = self.position + math.copysign(v * v / (2 * a), v) if v else self.position
         self.telemetry["enabled_substate"] = float(EnabledSubstate.CONTROLLED_STOPPING)
-        return abs(v) / a
+        return float(abs(v) / a)
 
     def _do_config_vel(self, params: tuple[float, ...]) -> None:
         v = params[0]
@@ -404,7 +404,7 @@ class RotatorMockController(BaseMockController):
         v, a = self.config["velocity_limit"], self.config["accel_limit"]
         if d <= v * v / a:
             return 2 * math.sqrt(d / a)
-        return d / v + v / a
+        return float(d / v + v / a)
 
     def update(self, tai: float, dt: float) -> None:
         if self.target is not None:
