@@ -78,7 +78,7 @@ def test_seed_example_is_a_length_mismatch_without_waiting():
 
 def test_short_declared_length_bytewise_reports_no_crlf_then_resyncs():
     framer = BracedFramer()
-    events = feed(framer, bytewise(b"{000D}Open A\r\n") + [b"{000A}OK\r\n"])
+    events = feed(framer, [*bytewise(b"{000D}Open A\r\n"), b"{000A}OK\r\n"])
     errs = errors(events)
     assert len(errs) == 1 and errs[0].kind == "length_mismatch"
     assert str(errs[0]) == ("length mismatch: header declares 13 bytes (0x000D), "

@@ -9,28 +9,13 @@ the section's typed getters so a bad value names its file, line and field.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from labbridge.devices.base import Device
 from labbridge.node.config import Section
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Something a service listens on or connects to (ready file, ``labbridge ports``)."""
-
-    service: str
-    protocol: str  # "tcp", "udp", "unix", "zmq-pub", "zmq-rep", "zmq-sub", "http", ...
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    role: str = "listen"  # "listen" or "connect"
-    purpose: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+from labbridge.transport.endpoint import Endpoint as Endpoint
 
 
 @runtime_checkable

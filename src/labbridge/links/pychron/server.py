@@ -1,0 +1,453 @@
+"""The RemoteCommandServer: Pychron-family commands over TCP (and UDP) on one event loop.
+
+Each TCP connection picks its framing from its first bytes (spec 3.5): braced frames keep the
+connection open for any number of pipelined requests, answered in order; plain text and JSON
+requests get one reply and the connection is closed, as the real Pychron server does. UDP
+datagrams are plain requests answered with one datagram. Requests run concurrently: a slow
+actuation holds only its own valve (per-valve locks in the device), never another client.
+
+Limits (every buffer has one): braced frames are at most 65535 bytes and at most
+``max_pipeline`` requests may wait per connection (reading pauses beyond that); a plain request
+is at most 64 KiB; a partial braced frame older than ``frame_timeout`` is answered
+``ERROR 902 : frame timeout`` and the connection closed; a connection that sends nothing for
+``first_request_timeout`` is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from labbridge.links.pychron.dispatch import Caller, Dispatcher
+from labbridge.protocol.base import BufferOverflow, ProtocolError
+from labbridge.protocol.pychron.braced import BracedFrame, BracedFrameError, BracedFramer
+from labbridge.protocol.pychron.braced import encode_braced as _encode_braced
+from labbridge.protocol.pychron.messages import ErrorCode, error_text
+from labbridge.protocol.pychron.raw import (
+    Framing,
+    RawRequest,
+    RawRequestReader,
+    RawRequestTooLarge,
+    detect_framing,
+)
+from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.tcp import TcpServer, UdpServer, peer_host
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ServerSettings:
+    """Tunables of a command server (all have sensible defaults)."""
+
+    def __init__(self, *, quiet_gap: float = 0.05, frame_timeout: float = 10.0,
+                 first_request_timeout: float = 30.0, max_pipeline: int = 256,
+                 max_raw_request: int = 64 * 1024, max_connections: int = 1024,
+                 allow: Sequence[Network] | None = None) -> None:
+        self.quiet_gap = quiet_gap
+        self.frame_timeout = frame_timeout
+        self.first_request_timeout = first_request_timeout
+        self.max_pipeline = max_pipeline
+        self.max_raw_request = max_raw_request
+        self.max_connections = max_connections
+        self.allow = list(allow) if allow else None
+
+    def allowed(self, host: str) -> bool:
+        if self.allow is None:
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return host == "local"  # in-memory pipes and Unix sockets
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allow)
+
+
+class _Entry:
+    __slots__ = ("future", "text")
+
+    def __init__(self, text: str | None, future: asyncio.Future[str] | None) -> None:
+        self.text = text
+        self.future = future
+
+
+class CommandConnection(asyncio.Protocol):
+    """One client connection; framing chosen from the first bytes."""
+
+    def __init__(self, dispatcher: Dispatcher, settings: ServerSettings,
+                 name: str = "command-server") -> None:
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.mode: Framing | None = None
+        self._head = bytearray()
+        self._framer: BracedFramer | None = None
+        self._reader: RawRequestReader | None = None
+        self._queue: deque[_Entry] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._close_after_flush = False
+        self._denied = False
+        self._paused_by_queue = False
+        self._paused_by_writer = False
+        self._caller: Caller | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = peer_host(transport)
+        if not self.settings.allowed(self.peer):
+            self._denied = True
+            log.warning("%s: connection from %s is not on the allow-list", self.name, self.peer)
+        self._arm(self.settings.first_request_timeout, self._on_first_request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._cancel_timer()
+        if self.mode is None:
+            self._head += data
+            mode = detect_framing(bytes(self._head[:6]))
+            if mode is None:
+                self._arm(self.settings.quiet_gap, self._on_quiet)
+                return
+            self._start_mode(mode)
+            data, self._head = bytes(self._head), bytearray()
+        if self.mode is Framing.BRACED:
+            self._braced_data(data)
+        else:
+            self._raw_data(data)
+
+    def eof_received(self) -> bool:
+        if self._closing:
+            return False
+        self._cancel_timer()
+        if self.mode is None and self._head:
+            self._start_mode(Framing.PLAIN)
+            head, self._head = bytes(self._head), bytearray()
+            self._raw_data(head)
+        if self._reader is not None and not self._reader.done:
+            req = self._reader.flush()
+            if req is None:
+                return False
+            self._submit_raw(req)
+            return True
+        if self._framer is not None:
+            try:
+                self._framer.eof()
+            except BracedFrameError as exc:
+                log.info("%s: %s closed mid-frame: %s", self.name, self.peer, exc)
+            if self._queue:
+                self._close_after_flush = True
+                return True
+            return False
+        # One-shot reply still pending: keep the write side open until it is sent.
+        return bool(self._queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        for entry in self._queue:
+            if entry.future is not None:
+                entry.future.cancel()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self._paused_by_writer = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_by_writer = False
+        self._update_reading()
+
+    # -- modes --------------------------------------------------------------------------------
+    def _start_mode(self, mode: Framing) -> None:
+        self.mode = mode
+        self._caller = Caller(self.peer, mode.value)
+        if mode is Framing.BRACED:
+            self._framer = BracedFramer()
+        else:
+            self._reader = RawRequestReader(self.settings.max_raw_request)
+
+    def _braced_data(self, data: bytes) -> None:
+        framer = self._framer
+        assert framer is not None
+        try:
+            framer.receive_data(data)
+        except BufferOverflow as exc:
+            log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
+            self._push_text(error_text(ErrorCode.FRAME_HEADER, str(exc)))
+            self._close_after_flush = True
+            self._flush()
+            return
+        while not self._closing:
+            try:
+                ev = framer.next_event()
+            except BracedFrameError as exc:
+                log.info("%s: bad frame from %s: %s", self.name, self.peer, exc)
+                self._push_text(exc.reply_text())
+                continue
+            if not isinstance(ev, BracedFrame):
+                break
+            self._submit(ev.payload)
+        if self._closing:
+            return
+        if framer.suspect:
+            self._arm(self.settings.quiet_gap, self._on_quiet)
+        elif framer.buffered:
+            self._arm(self.settings.frame_timeout, self._on_frame_timeout)
+
+    def _raw_data(self, data: bytes) -> None:
+        reader = self._reader
+        assert reader is not None
+        if reader.done:
+            return
+        try:
+            reader.receive_data(data)
+        except RawRequestTooLarge as exc:
+            log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
+            self._push_text(error_text(ErrorCode.INVALID_COMMAND, str(exc)))
+            self._close_after_flush = True
+            self._flush()
+            return
+        ev = reader.next_event()
+        if isinstance(ev, RawRequest):
+            self._submit_raw(ev)
+        else:
+            self._arm(self.settings.quiet_gap, self._on_quiet)
+
+    def _submit_raw(self, req: RawRequest) -> None:
+        if req.dropped:
+            log.info("%s: %s sent %d bytes after its request; dropped (one request per "
+                     "connection)", self.name, self.peer, req.dropped)
+        self._close_after_flush = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._submit(req.text)
+
+    # -- requests and ordered replies ---------------------------------------------------------
+    def _submit(self, text: str) -> None:
+        if self._denied:
+            self._push_text(error_text(ErrorCode.SECURITY, self.peer))
+            self._close_after_flush = True
+            self._flush()
+            return
+        assert self._caller is not None
+        result = self.dispatcher.dispatch(text, self._caller)
+        if isinstance(result, str):
+            self._push_text(result)
+            return
+        fut = asyncio.ensure_future(result)
+        self._queue.append(_Entry(None, fut))
+        fut.add_done_callback(self._on_done)
+        self._update_reading()
+
+    def _push_text(self, text: str) -> None:
+        if not self._queue:
+            self._write(text)
+            if self._close_after_flush:
+                self._close()
+            return
+        self._queue.append(_Entry(text, None))
+        self._update_reading()
+
+    def _on_done(self, fut: asyncio.Future[str]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("%s: reply task failed: %r", self.name, fut.exception())
+        self._flush()
+
+    def _flush(self) -> None:
+        q = self._queue
+        while q:
+            head = q[0]
+            if head.future is not None:
+                if not head.future.done():
+                    break
+                if head.future.cancelled():
+                    text = error_text(ErrorCode.NO_RESPONSE)
+                elif head.future.exception() is not None:
+                    text = error_text(ErrorCode.FUNC_CALL, head.future.exception(), "")
+                else:
+                    text = head.future.result()
+            else:
+                text = head.text or ""
+            q.popleft()
+            self._write(text)
+        self._update_reading()
+        if not q and self._close_after_flush:
+            self._close()
+
+    def _write(self, text: str) -> None:
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        if self.mode is Framing.BRACED:
+            try:
+                tr.write(_encode_braced(text))
+            except ProtocolError:
+                tr.write(_encode_braced(error_text(ErrorCode.FUNC_CALL,
+                                                   "reply too large for a braced frame", "")))
+        else:
+            tr.write(text.encode("utf-8"))
+
+    def _update_reading(self) -> None:
+        tr = self.transport
+        if tr is None or tr.is_closing() or self.mode is not Framing.BRACED:
+            return
+        full = len(self._queue) >= self.settings.max_pipeline
+        should_pause = full or self._paused_by_writer
+        if should_pause and not self._paused_by_queue:
+            self._paused_by_queue = True
+            tr.pause_reading()
+        elif not should_pause and self._paused_by_queue:
+            self._paused_by_queue = False
+            tr.resume_reading()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()  # flushes what was written, then closes
+
+    # -- timers -------------------------------------------------------------------------------
+    def _arm(self, delay: float, cb: Any) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, cb)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_quiet(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        if self.mode is None:
+            # A few bytes and silence: not enough to be braced; treat them as plain text.
+            self._start_mode(Framing.PLAIN)
+            head, self._head = bytes(self._head), bytearray()
+            self._raw_data(head)
+            if self._reader is not None and not self._reader.done:
+                self._on_quiet()
+            return
+        if self._framer is not None:
+            try:
+                self._framer.idle()
+            except BracedFrameError as exc:
+                log.info("%s: bad frame from %s: %s", self.name, self.peer, exc)
+                self._push_text(exc.reply_text())
+            return
+        if self._reader is not None and not self._reader.done:
+            req = self._reader.flush()
+            if req is not None:
+                self._submit_raw(req)
+
+    def _on_frame_timeout(self) -> None:
+        self._timer = None
+        log.info("%s: %s left a partial frame for %.1f s; closing", self.name, self.peer,
+                 self.settings.frame_timeout)
+        self._push_text(error_text(ErrorCode.FRAME_TIMEOUT))
+        self._close_after_flush = True
+        self._flush()
+
+    def _on_first_request_timeout(self) -> None:
+        self._timer = None
+        if self.mode is None and not self._head:
+            log.info("%s: %s sent nothing for %.0f s; closing", self.name, self.peer,
+                     self.settings.first_request_timeout)
+            self._close()
+
+
+class PychronCommandServer:
+    """Service: a command port (TCP, optionally UDP on the same or another port)."""
+
+    def __init__(self, dispatcher: Dispatcher, host: str = "127.0.0.1", port: int = 1061, *,
+                 udp: bool = False, udp_port: int | None = None,
+                 settings: ServerSettings | None = None, name: str = "command-server") -> None:
+        self.dispatcher = dispatcher
+        self.host = host
+        self.name = name
+        self.settings = settings or ServerSettings()
+        self._tcp = TcpServer(self._new_connection, host, port, name=name,
+                              max_connections=self.settings.max_connections)
+        self._udp_wanted = udp or udp_port is not None
+        self._udp_port = udp_port
+        self._udp: UdpServer | None = None
+        self._udp_tasks: set[asyncio.Future[str]] = set()
+
+    def _new_connection(self) -> asyncio.Protocol:
+        return CommandConnection(self.dispatcher, self.settings, self.name)
+
+    @property
+    def port(self) -> int | None:
+        return self._tcp.port
+
+    @property
+    def udp_port(self) -> int | None:
+        return self._udp.port if self._udp else None
+
+    @property
+    def connections(self) -> int:
+        return self._tcp.connections
+
+    async def start(self) -> None:
+        await self._tcp.start()
+        if self._udp_wanted:
+            port = self._udp_port if self._udp_port is not None else self._tcp.port
+            assert port is not None
+            self._udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
+            try:
+                await self._udp.start()
+            except BaseException:
+                await self._tcp.stop()
+                raise
+
+    async def stop(self) -> None:
+        for t in list(self._udp_tasks):
+            t.cancel()
+        if self._udp_tasks:
+            await asyncio.gather(*self._udp_tasks, return_exceptions=True)
+        if self._udp is not None:
+            await self._udp.stop()
+            self._udp = None
+        await self._tcp.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        eps = [Endpoint(self.name, "tcp", self.host, self.port, purpose="pychron commands")]
+        if self._udp is not None:
+            eps.append(Endpoint(self.name, "udp", self.host, self._udp.port,
+                                purpose="pychron commands"))
+        return eps
+
+    def _datagram(self, data: bytes, addr: Any, reply: Any) -> None:
+        host = str(addr[0]) if isinstance(addr, tuple) else "local"
+        if not self.settings.allowed(host):
+            log.warning("%s: datagram from %s is not on the allow-list", self.name, host)
+            reply(error_text(ErrorCode.SECURITY, host).encode())
+            return
+        text = data.decode("utf-8", "replace")
+        result = self.dispatcher.dispatch(text, Caller(host, "udp"))
+        if isinstance(result, str):
+            reply(result.encode("utf-8"))
+            return
+        fut = asyncio.ensure_future(result)
+        self._udp_tasks.add(fut)
+
+        def done(f: asyncio.Future[str]) -> None:
+            self._udp_tasks.discard(f)
+            if not f.cancelled() and f.exception() is None:
+                reply(f.result().encode("utf-8"))
+
+        fut.add_done_callback(done)

@@ -1,0 +1,174 @@
+"""TCP and UDP servers on one asyncio event loop (ARCHITECTURE.md principle 7).
+
+:class:`TcpServer` wraps ``loop.create_server`` with what every labbridge server needs: port 0
+support and the bound port afterwards, TCP_NODELAY, a connection limit, tracking of live
+connections so :meth:`TcpServer.stop` closes them all, and a clear error naming the port when
+it is already in use (Pychron only logged it, spec 17 #20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class PortInUseError(OSError):
+    """The port a server was told to use is taken."""
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - platform dependent
+            pass
+
+
+def peer_host(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "local"
+
+
+class TcpServer:
+    """A listening TCP server whose connections are ``asyncio.Protocol`` instances.
+
+    ``protocol_factory`` builds one protocol per connection. Protocols that want to be closed
+    on shutdown may define ``close()``; otherwise their transport is aborted.
+    """
+
+    def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1",
+                 port: int = 0, *, name: str = "tcp", max_connections: int = 1024,
+                 backlog: int = 128) -> None:
+        self._factory = protocol_factory
+        self.host = host
+        self.requested_port = port
+        self.name = name
+        self.max_connections = max_connections
+        self.backlog = backlog
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.BaseTransport] = set()
+        self.port: int | None = None
+        self.refused = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def _make_protocol(self) -> asyncio.Protocol:
+        proto = self._factory()
+        server = self
+        orig_made = proto.connection_made
+        orig_lost = proto.connection_lost
+        mine: list[asyncio.BaseTransport] = []
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            if len(server._conns) >= server.max_connections:
+                server.refused += 1
+                log.warning("%s: connection limit %d reached, refusing %s", server.name,
+                            server.max_connections, peer_host(transport))
+                transport.close()
+                return
+            mine.append(transport)
+            server._conns.add(transport)
+            set_nodelay(transport)
+            orig_made(transport)
+
+        def connection_lost(exc: Exception | None) -> None:
+            if not mine:
+                return  # refused at the limit: the protocol never saw the connection
+            server._conns.discard(mine[0])
+            orig_lost(exc)
+
+        # Instance attributes shadow the methods: the server sees every connection come and go
+        # without each protocol class having to know about it.
+        proto.connection_made = connection_made  # type: ignore[method-assign]
+        proto.connection_lost = connection_lost  # type: ignore[method-assign]
+        return proto
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._make_protocol, self.host, self.requested_port, backlog=self.backlog,
+                reuse_address=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    exc.errno, f"{self.name}: TCP port {self.requested_port} on {self.host} "
+                    "is already in use") from exc
+            raise
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for t in list(self._conns):
+            abort = getattr(t, "abort", None)
+            (abort or t.close)()
+        self._conns.clear()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        except TimeoutError:  # pragma: no cover
+            log.warning("%s: server did not close within 2 s", self.name)
+        self._server = None
+
+
+class UdpServer:
+    """A UDP endpoint: ``handler(data, addr, reply)`` for each datagram."""
+
+    def __init__(self, handler: Callable[[bytes, Any, Callable[[bytes], None]], None],
+                 host: str = "127.0.0.1", port: int = 0, *, name: str = "udp") -> None:
+        self._handler = handler
+        self.host = host
+        self.requested_port = port
+        self.name = name
+        self.port: int | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        outer = self
+
+        class _Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                tr = outer._transport
+
+                def reply(payload: bytes) -> None:
+                    if tr is not None and not tr.is_closing():
+                        tr.sendto(payload, addr)
+
+                try:
+                    outer._handler(data, addr, reply)
+                except Exception:
+                    log.exception("%s: datagram handler failed", outer.name)
+
+            def error_received(self, exc: Exception) -> None:
+                log.debug("%s: %s", outer.name, exc)
+
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                _Proto, local_addr=(self.host, self.requested_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    exc.errno, f"{self.name}: UDP port {self.requested_port} on {self.host} "
+                    "is already in use") from exc
+            raise
+        self._transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
