@@ -556,3 +556,42 @@ def test_parse_names() -> None:
     assert parse_names("B") == ("B",)
     assert parse_names(["B", "C"]) == ("B", "C")
     assert parse_names("") == ()
+
+
+# -- a blocking driver runs off the loop ----------------------------------------------------
+async def test_blocking_driver_does_not_block_the_loop() -> None:
+    import threading
+
+    from labbridge.devices.backends import BlockingValveBackend
+
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    entered = asyncio.Event()
+
+    class SlowBoard(BlockingValveBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.levels: dict[str, bool] = {}
+
+        def set_output_blocking(self, address: str, level: bool) -> None:
+            loop.call_soon_threadsafe(entered.set)
+            if not release.wait(10):  # a driver stuck in a serial read
+                raise AssertionError("never released")
+            self.levels[address] = level
+
+        def read_output_blocking(self, address: str) -> bool | None:
+            return self.levels.get(address)
+
+    board = SlowBoard()
+    bank = ValveBank("v", [ValveConfig("A")], board, timeout=20)
+    task = asyncio.create_task(bank.open("A"))
+    await asyncio.wait_for(entered.wait(), 5)
+    # The loop is free while the driver blocks: other work proceeds.
+    flag_done = loop.create_future()
+    loop.call_soon(flag_done.set_result, "loop alive")
+    assert await asyncio.wait_for(flag_done, 5) == "loop alive"
+    assert not task.done()
+    release.set()
+    assert (await asyncio.wait_for(task, 5)).outcome is Outcome.ACTUATED
+    assert board.levels == {"A": True}
+    await board.stop()

@@ -14,6 +14,8 @@ driver blocks runs it in an executor so the node's one event loop never stalls
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
 
 
 class BackendError(Exception):
@@ -52,6 +54,47 @@ class ValveBackend(abc.ABC):
         return {"kind": self.kind}
 
 
+class BlockingValveBackend(ValveBackend):
+    """Adapter for a driver with blocking calls (a serial relay board, a vendor DLL).
+
+    Subclasses implement :meth:`set_output_blocking` and :meth:`read_output_blocking`; the
+    async methods run them on one worker thread of their own (drivers are rarely
+    thread-safe, so calls stay in order), keeping the event loop free for other clients
+    (ARCHITECTURE.md principle 7, spec pychron.md section 17 row 19).
+    """
+
+    def __init__(self) -> None:
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"{type(self).__name__}")
+        return self._executor
+
+    @abc.abstractmethod
+    def set_output_blocking(self, address: str, level: bool) -> None:
+        """Blocking form of :meth:`ValveBackend.set_output`."""
+
+    @abc.abstractmethod
+    def read_output_blocking(self, address: str) -> bool | None:
+        """Blocking form of :meth:`ValveBackend.read_output`."""
+
+    async def set_output(self, address: str, level: bool) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool(), self.set_output_blocking, address, level)
+
+    async def read_output(self, address: str) -> bool | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), self.read_output_blocking, address)
+
+    async def stop(self) -> None:
+        """Release the worker thread (a call still blocked in the driver finishes alone)."""
+        pool, self._executor = self._executor, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 class GaugeBackend(abc.ABC):
     """Reads pressures from named gauges."""
 
@@ -71,4 +114,4 @@ class GaugeBackend(abc.ABC):
         return {"kind": self.kind}
 
 
-__all__ = ["BackendError", "GaugeBackend", "ValveBackend"]
+__all__ = ["BackendError", "BlockingValveBackend", "GaugeBackend", "ValveBackend"]
