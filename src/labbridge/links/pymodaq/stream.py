@@ -1,0 +1,208 @@
+"""One PyMoDAQ TCP connection on the asyncio loop, either side (spec pymodaq.md §7, §9).
+
+:class:`PyMoDAQStream` is an ``asyncio.BufferedProtocol``: the kernel writes received bytes
+straight into the codec's buffers (``recv_into`` a preallocated frame buffer for large items,
+§9 #2), every decoded message goes to a handler callback, and a broken peer is dropped with one
+log line naming the reason (never a crash, busy loop or hang: EOF is a single callback, §9 #1).
+
+Server side: the codec is created only after the first 11 bytes identified the generation
+(§7.1). Writes coalesce a command and its small payload into one ``write`` and send large
+arrays from their own memory; ``TCP_NODELAY`` is set on every socket (§9 #3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.pymodaq.codec import (
+    Codec,
+    detect_generation,
+    make_codec,
+)
+from labbridge.protocol.pymodaq.messages import Dialect, Generation, Role
+from labbridge.transport.tcp import peer_host, set_nodelay
+
+log = logging.getLogger(__name__)
+
+_COALESCE = 64 * 1024
+_HEAD = 11
+
+
+class PyMoDAQStream(asyncio.BufferedProtocol):
+    """A connection speaking G1 or G3 through a sans-I/O codec.
+
+    ``on_message(stream, msg)`` is called for each decoded message; ``on_close(stream, reason)``
+    once, when the connection is gone (``reason`` is None for a clean close).
+    """
+
+    def __init__(self, role: Role, *, on_message: Callable[[PyMoDAQStream, object], None],
+                 on_close: Callable[[PyMoDAQStream, str | None], None] | None = None,
+                 on_open: Callable[[PyMoDAQStream], None] | None = None,
+                 generation: Generation | None = None, dialect: Dialect = Dialect.G1A,
+                 detect_dialect: bool = True, max_message: int = 256 * 1024 * 1024,
+                 name: str = "pymodaq") -> None:
+        self.role = role
+        self.name = name
+        self._on_message = on_message
+        self._on_close = on_close
+        self._on_open = on_open
+        self._dialect = dialect
+        self._detect_dialect = detect_dialect
+        self.max_message = max_message
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.codec: Codec | None = None
+        self.generation: Generation | None = None
+        self._head = bytearray(_HEAD)
+        self._head_len = 0
+        self._closed = asyncio.get_running_loop().create_future()
+        self._write_ok = asyncio.Event()
+        self._write_ok.set()
+        self.close_reason: str | None = None
+        self.bytes_received = 0
+        if generation is not None:
+            self._set_codec(generation)
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _set_codec(self, generation: Generation) -> None:
+        self.generation = generation
+        self.codec = make_codec(generation, self.role, dialect=self._dialect,
+                                detect=self._detect_dialect, max_message=self.max_message)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        self.peer = f"{peer_host(transport)}:{(transport.get_extra_info('peername') or ('', 0))[1]}"
+        if self._on_open is not None:
+            self._on_open(self)
+
+    # -- receiving --------------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.codec is None:
+            return memoryview(self._head)[self._head_len :]
+        return self.codec.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        try:
+            if self.codec is None:
+                self._head_len += nbytes
+                gen = detect_generation(memoryview(self._head)[: self._head_len])
+                if gen is None:
+                    return
+                self._set_codec(gen)
+                assert self.codec is not None
+                log.info("%s: %s client at %s", self.name, gen.name, self.peer)
+                self.codec.receive_data(self._head)
+            else:
+                self.codec.buffer_updated(nbytes)
+            self._drain_events()
+        except ProtocolError as exc:
+            self.fail(f"{exc.kind}: {exc}")
+
+    def _drain_events(self) -> None:
+        codec = self.codec
+        assert codec is not None
+        while self.transport is not None:
+            ev = codec.next_event()
+            if ev is NEED_DATA:
+                return
+            try:
+                self._on_message(self, ev)
+            except ProtocolError:
+                raise
+            except Exception:  # a handler bug must not kill the loop or other clients
+                log.exception("%s: handler failed on %r from %s", self.name, ev, self.peer)
+
+    def eof_received(self) -> bool:
+        reason: str | None = None
+        try:
+            if self.codec is not None:
+                self.codec.receive_eof()
+            elif self._head_len:
+                reason = "truncated: peer closed before a whole client type"
+        except ProtocolError as exc:
+            reason = f"{exc.kind}: {exc}"
+        self._finish(reason)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None and exc is not None:
+            self.close_reason = f"connection lost: {exc}"
+        self._finish(self.close_reason)
+
+    # -- sending ----------------------------------------------------------------------------------
+    def send(self, msg: object) -> None:
+        """Encode and write one message (coalesced; big arrays written from their memory)."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError(f"{self.name}: connection to {self.peer} is closed")
+        if self.codec is None:
+            raise ConnectionError(f"{self.name}: generation not known yet")
+        chunks = self.codec.send_chunks(msg)
+        small: list[Any] = []
+        for c in chunks:
+            if len(c) >= _COALESCE:
+                if small:
+                    self.transport.write(b"".join(small))
+                    small = []
+                self.transport.write(c)
+            else:
+                small.append(c)
+        if small:
+            self.transport.write(b"".join(small))
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        await self._write_ok.wait()
+        if self.transport is None:
+            raise ConnectionError(f"{self.name}: connection to {self.peer} is closed")
+
+    def pause_writing(self) -> None:
+        self._write_ok.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ok.set()
+
+    # -- closing ----------------------------------------------------------------------------------
+    def fail(self, reason: str) -> None:
+        """Drop this connection because of ``reason`` (logged once)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish(reason)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self, reason: str | None) -> None:
+        if self.transport is None and self._closed.done():
+            return
+        if reason is not None:
+            if self.close_reason is None:
+                self.close_reason = reason
+            log.warning("%s: closing connection from %s: %s", self.name, self.peer, reason)
+        transport, self.transport = self.transport, None
+        self._write_ok.set()
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        if not self._closed.done():
+            self._closed.set_result(reason)
+            if self._on_close is not None:
+                try:
+                    self._on_close(self, reason)
+                except Exception:
+                    log.exception("%s: close handler failed", self.name)
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def wait_closed(self) -> str | None:
+        return await asyncio.shield(self._closed)
