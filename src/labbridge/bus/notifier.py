@@ -1,0 +1,229 @@
+"""Notifier: PUB on port P, REP on port P+1 (spec pychron.md §13; seed 002: 5555/5556).
+
+* PUB: everything a node broadcasts (device changes through :class:`DevicePublisher`,
+  notifications, a heartbeat every 2 s), in the envelope form and, when ``legacy`` is on, the
+  single-string forms Pychron peers read (``pychron {json}``, ``RunAdded <uuid>``...).
+* REP: ``ping`` -> ``echo``; names registered with :meth:`add_request_handler` -> the
+  handler's reply; anything else, a handler exception or a handler slower than
+  ``request_timeout`` -> ``error ...``. Exactly one reply per request, always, so the socket
+  never wedges (the real notifier's defect, §17 #14).
+
+Heartbeat: envelope topic ``<node>.notifier.heartbeat`` and ``pychron {"kind":"heartbeat",
+"source":..., "state":"running", "ts":...}``; subscribers use it to tell a silent bus from a
+dead publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from labbridge.bus import sockets
+from labbridge.bus.publisher import Publisher
+from labbridge.protocol.telemetry import legacy, requests
+from labbridge.protocol.telemetry.envelope import dumps_compact, make_topic
+
+log = logging.getLogger(__name__)
+
+#: A request handler: receives the argument text, returns str / bytes / JSON-able (maybe async).
+Handler = Callable[[str], Any]
+
+DEFAULT_PORT = 5555
+HEARTBEAT_PERIOD = 2.0
+
+
+class Notifier:
+    """PUB + REP pair; see the module docstring."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 rep_port: int | None = None, *, node: str = "node",
+                 ctx: zmq.asyncio.Context | None = None, legacy: bool = True,
+                 heartbeat: float | None = HEARTBEAT_PERIOD, source: str = "",
+                 request_timeout: float = 5.0, sndhwm: int = 100_000,
+                 clock: Callable[[], float] = time.time, name: str = "notifier") -> None:
+        self.host = host
+        self.requested_port = port
+        # REP is PUB + 1 as in Pychron; with port 0 both are picked by the OS.
+        self.requested_rep_port = rep_port if rep_port is not None else (port + 1 if port else 0)
+        self.node = node
+        self._ctx = ctx
+        self.legacy = legacy
+        self.heartbeat = heartbeat
+        self.source = source or node
+        self.request_timeout = request_timeout
+        self.clock = clock
+        self.name = name
+        self.publisher = Publisher(host, port, ctx=ctx, sndhwm=sndhwm, clock=clock,
+                                   name=f"{name} PUB")
+        self._handlers: dict[str, Handler] = {}
+        self._rep: zmq.asyncio.Socket | None = None
+        self.rep_port: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.state = "stopped"
+        self.requests_served = 0
+        self.request_errors = 0
+
+    # -- configuration -----------------------------------------------------------------------
+    def add_request_handler(self, name: str, handler: Handler) -> None:
+        """Answer request ``name`` with ``handler(args)``; ``ping`` is built in."""
+        if not name or any(c.isspace() for c in name) or name == requests.PING:
+            raise ValueError(f"bad request name {name!r}")
+        self._handlers[name] = handler
+
+    @property
+    def port(self) -> int | None:
+        return self.publisher.port
+
+    def addresses(self) -> list[sockets.Address]:
+        out = []
+        if self.publisher.port is not None:
+            out.append(sockets.Address("zmq-pub", self.host, self.publisher.port,
+                                       purpose=f"{self.name} broadcast"))
+        if self.rep_port is not None:
+            out.append(sockets.Address("zmq-rep", self.host, self.rep_port,
+                                       purpose=f"{self.name} requests"))
+        return out
+
+    @property
+    def pub_url(self) -> str:
+        return self.publisher.url
+
+    @property
+    def rep_url(self) -> str:
+        if self.rep_port is None:
+            raise RuntimeError("notifier is not started")
+        return sockets.Address("zmq-rep", self.host, self.rep_port).url
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._rep is not None:
+            return
+        self.publisher.open()
+        ctx = self._ctx or sockets.context()
+        rep = ctx.socket(zmq.REP)
+        rep.setsockopt(zmq.LINGER, 0)
+        # A peer sending a huge request is disconnected by ZeroMQ itself (bounded memory).
+        rep.setsockopt(zmq.MAXMSGSIZE, requests.MAX_REQUEST)
+        try:
+            self.rep_port = sockets.bind(rep, self.host, self.requested_rep_port,
+                                         f"{self.name} REP")
+        except BaseException:
+            rep.close(linger=0)
+            self.publisher.close()
+            raise
+        self._rep = rep
+        self.state = "running"
+        self._tasks.append(asyncio.create_task(self._serve(rep), name=f"{self.name}-rep"))
+        if self.heartbeat:
+            self._tasks.append(asyncio.create_task(self._beat(self.heartbeat),
+                                                   name=f"{self.name}-heartbeat"))
+
+    async def stop(self) -> None:
+        self.state = "stopped"
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        sockets.close(self._rep)
+        self._rep = None
+        self.publisher.close()
+
+    # -- publishing --------------------------------------------------------------------------
+    def publish(self, topic: str, value: Any, ts: float | None = None, *,
+                copy: bool = True) -> int:
+        return self.publisher.publish(topic, value, ts, copy=copy)
+
+    def publish_legacy(self, line: bytes) -> None:
+        if self.legacy:
+            self.publisher.publish_legacy(line)
+
+    def send_notification(self, tag: str, message: str) -> None:
+        """``<tag> <message>`` (``RunAdded <uuid>``), plus the envelope on
+        ``<node>.notify.<tag>``."""
+        self.publisher.publish(make_topic(self.node, "notify", tag), message)
+        self.publish_legacy(legacy.line(tag, message))
+
+    def send_console_message(self, message: str) -> None:
+        self.send_notification("ConsoleMessage", message)
+
+    def publish_heartbeat(self) -> None:
+        now = self.clock()
+        event = {"kind": "heartbeat", "source": self.source, "state": self.state, "ts": now}
+        self.publisher.publish(make_topic(self.node, "notifier", "heartbeat"), event, now)
+        self.publish_legacy(legacy.pychron_line(event))
+
+    async def _beat(self, period: float) -> None:
+        while True:
+            self.publish_heartbeat()
+            await asyncio.sleep(period)
+
+    # -- requests ----------------------------------------------------------------------------
+    async def _serve(self, rep: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await rep.recv_multipart()
+            except zmq.ZMQError as exc:
+                if rep.closed or exc.errno == zmq.ETERM:
+                    return
+                log.warning("%s: REP receive failed: %s", self.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            reply = await self.answer(frames)
+            try:
+                await rep.send(reply)
+            except zmq.ZMQError as exc:
+                if rep.closed or exc.errno == zmq.ETERM:
+                    return
+                log.warning("%s: REP send failed: %s", self.name, exc)
+
+    async def answer(self, frames: list[bytes]) -> bytes:
+        """The reply to one request (never raises)."""
+        self.requests_served += 1
+        try:
+            req = requests.parse_request(frames)
+        except requests.BadRequest as exc:
+            self.request_errors += 1
+            log.warning("%s: bad request: %s", self.name, exc)
+            return exc.reply
+        if req.name == requests.PING:
+            return requests.ECHO
+        handler = self._handlers.get(req.name)
+        if handler is None:
+            self.request_errors += 1
+            log.info("%s: unknown request %r", self.name, req.name)
+            return requests.unknown_reply(req.name)
+        try:
+            result = handler(req.args)
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(_as_coro(result), self.request_timeout)
+        except TimeoutError:
+            self.request_errors += 1
+            log.warning("%s: handler for %r took longer than %.1f s", self.name, req.name,
+                        self.request_timeout)
+            return requests.error_reply(f"timeout after {self.request_timeout:g} s")
+        except Exception as exc:
+            self.request_errors += 1
+            log.warning("%s: handler for %r failed: %r", self.name, req.name, exc)
+            return requests.exception_reply(exc)
+        if isinstance(result, bytes):
+            return result
+        if isinstance(result, str):
+            return result.encode("utf-8")
+        try:
+            return dumps_compact(result)
+        except Exception as exc:
+            return requests.exception_reply(exc)
+
+
+async def _as_coro(aw: Awaitable[Any]) -> Any:
+    return await aw
