@@ -1,0 +1,242 @@
+"""The socket side of the mock controllers (spec hexrotcomm.md §3.10, §5.7).
+
+The physics and state machine live in :mod:`labbridge.devices.hexrot.mock`; this module makes a
+mock speak the real bytes:
+
+* :class:`MockControllerServer` (generation D): the controller listens on one port
+  (:class:`OneClientServer`); on connect it sends CONFIG, then TELEMETRY every
+  ``telemetry_interval``; CONFIG again whenever the config changes; one COMMAND_STATUS per
+  command (ACK with duration, or NO_ACK with the reason). Commands from a commander other than
+  GUI/CSC are refused with the real controller's reason (spec §3.9).
+* :class:`MockControllerClient` (generation A): the controller connects as a client to the CSC's
+  telemetry port P and command port P+1, retrying every 0.1 s, reconnecting whichever socket
+  drops; a refused command is only logged (no feedback exists).
+
+Header counters are incremented per frame id (spec §9 quirk 3); gen-A headers carry the
+device's sync pattern (quirk 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from labbridge.devices.hexrot.mock import BaseMockController, CommandError
+from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.hexrotcomm.framing import CommandDecoder, FrameKind, WireProfile
+from labbridge.protocol.hexrotcomm.structs import (
+    COMMANDER_CSC,
+    COMMANDER_GUI,
+    CommandStatusCode,
+    Generation,
+)
+from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configure_socket
+
+log = logging.getLogger(__name__)
+
+#: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
+CONNECT_RETRY_INTERVAL = 0.1
+
+
+class _FrameWriter:
+    """Encodes controller -> CSC frames with per-frame-id counters."""
+
+    def __init__(self, profile: WireProfile, writer: asyncio.StreamWriter) -> None:
+        self.profile = profile
+        self.writer = writer
+        self.counters = {FrameKind.CONFIG: 0, FrameKind.TELEMETRY: 0}
+
+    async def frame(self, kind: FrameKind, payload: Any) -> None:
+        n = self.counters[kind]
+        self.counters[kind] = (n + 1) & 0xFFFFFFFF
+        self.writer.write(self.profile.encode_frame(kind, payload, n, time.time()))
+        await self.writer.drain()
+
+    async def status(self, counter: int, code: CommandStatusCode, duration: float,
+                     reason: str) -> None:
+        self.writer.write(self.profile.encode_status(counter, code, duration, reason,
+                                                     time.time()))
+        await self.writer.drain()
+
+
+async def _telemetry_loop(mock: BaseMockController, out: _FrameWriter) -> None:
+    """CONFIG once, then TELEMETRY every interval; CONFIG again when it changes."""
+    cfg_version = mock.config_version
+    await out.frame(FrameKind.CONFIG, mock.config_record())
+    loop = asyncio.get_running_loop()
+    next_t = loop.time()
+    while True:
+        if mock.config_version != cfg_version:
+            cfg_version = mock.config_version
+            await out.frame(FrameKind.CONFIG, mock.config_record())
+        await out.frame(FrameKind.TELEMETRY, mock.telemetry_record())
+        next_t += mock.telemetry_interval
+        delay = next_t - loop.time()
+        if delay < -1.0:  # fell far behind (a stalled peer): do not burst to catch up
+            next_t = loop.time()
+        await asyncio.sleep(max(0.0, delay))
+
+
+class MockControllerServer:
+    """Generation-D mock controller: a one-client TCP server around a mock backend."""
+
+    def __init__(self, mock: BaseMockController, host: str = "127.0.0.1", port: int = 0,
+                 *, profile: WireProfile | None = None) -> None:
+        if mock.generation is not Generation.D:
+            raise ValueError("MockControllerServer serves generation D; use "
+                             "MockControllerClient for generation A")
+        self.mock = mock
+        self.profile = profile or WireProfile.make(mock.spec, Generation.D)
+        self.server = OneClientServer(f"MockController-{mock.name}", host, port,
+                                      handler=self._serve, log=log)
+        #: Set False to simulate a controller that never sends CONFIG (spec §3.10).
+        self.send_config = True
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def host(self) -> str | None:
+        return self.server.host
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        out = _FrameWriter(self.profile, writer)
+        tel_task: asyncio.Task[None] | None = None
+        if self.send_config:
+            tel_task = asyncio.create_task(_telemetry_loop(self.mock, out),
+                                           name=f"{self.mock.name}-telemetry")
+        decoder = CommandDecoder(self.profile)
+        try:
+            while data := await reader.read(READ_CHUNK):
+                decoder.receive_data(data)
+                while (cmd := decoder.next_event()) is not NEED_DATA:
+                    await self._handle(cmd, out)
+            decoder.eof()
+        except ProtocolError as exc:
+            log.warning("%s: %s", self.mock.name, exc)
+        finally:
+            if tel_task is not None:
+                tel_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                    await tel_task
+
+    async def _handle(self, cmd: Any, out: _FrameWriter) -> None:
+        if cmd.commander not in (COMMANDER_GUI, COMMANDER_CSC):
+            await out.status(cmd.counter, CommandStatusCode.NO_ACK, 0.0,
+                             "Unrecognized commander; must be one of GUI or CSC")
+            return
+        version = self.mock.config_version
+        try:
+            duration = self.mock.handle_command(cmd.code, tuple(cmd)[3:])
+        except CommandError as exc:
+            log.info("%s: command %#x refused: %s", self.mock.name, cmd.code, exc)
+            await out.status(cmd.counter, CommandStatusCode.NO_ACK, 0.0, str(exc))
+            return
+        await out.status(cmd.counter, CommandStatusCode.ACK, duration, "")
+        if self.mock.config_version != version:  # ENABLE_DRIVES re-sends CONFIG (§3.10)
+            await out.frame(FrameKind.CONFIG, self.mock.config_record())
+
+
+class MockControllerClient:
+    """Generation-A mock controller: connects to the CSC's ports P (telemetry) and P+1."""
+
+    def __init__(self, mock: BaseMockController, host: str, port: int,
+                 command_port: int | None = None, *, profile: WireProfile | None = None,
+                 retry_interval: float = CONNECT_RETRY_INTERVAL) -> None:
+        if mock.generation is not Generation.A:
+            raise ValueError("MockControllerClient speaks generation A")
+        self.mock = mock
+        self.profile = profile or WireProfile.make(mock.spec, Generation.A)
+        self.host = host
+        self.port = port
+        self.command_port = port + 1 if command_port is None else command_port
+        self.retry_interval = retry_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self.telemetry_connections = 0
+        self.command_connections = 0
+        self.telemetry_connected = asyncio.Event()
+        self.command_connected = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._tasks:
+            raise RuntimeError("already started")
+        self._tasks = [
+            asyncio.create_task(self._keep_connected(self.port, self._telemetry_side),
+                                name=f"{self.mock.name}-tel-connector"),
+            asyncio.create_task(self._keep_connected(self.command_port, self._command_side),
+                                name=f"{self.mock.name}-cmd-connector"),
+        ]
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    @property
+    def connected(self) -> bool:
+        return self.telemetry_connected.is_set() and self.command_connected.is_set()
+
+    async def _keep_connected(self, port: int, side: Any) -> None:
+        """Connect; retry every ``retry_interval``; reconnect after a drop (spec §5.7)."""
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(self.host, port)
+            except OSError:
+                await asyncio.sleep(self.retry_interval)
+                continue
+            configure_socket(writer.get_extra_info("socket"))
+            try:
+                await side(reader, writer)
+            except (ConnectionError, OSError) as exc:
+                log.info("%s: connection to port %d lost: %r", self.mock.name, port, exc)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            await asyncio.sleep(self.retry_interval)
+
+    async def _telemetry_side(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        self.telemetry_connections += 1
+        self.telemetry_connected.set()
+        tel = asyncio.create_task(_telemetry_loop(self.mock, _FrameWriter(self.profile, writer)))
+        try:
+            # The CSC writes nothing here; EOF means it closed the telemetry connection.
+            while await reader.read(READ_CHUNK):
+                pass
+        finally:
+            self.telemetry_connected.clear()
+            tel.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                await tel
+
+    async def _command_side(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        self.command_connections += 1
+        self.command_connected.set()
+        decoder = CommandDecoder(self.profile)
+        try:
+            while data := await reader.read(READ_CHUNK):
+                decoder.receive_data(data)
+                while (cmd := decoder.next_event()) is not NEED_DATA:
+                    try:
+                        self.mock.handle_command(cmd.code, tuple(cmd)[3:])
+                    except CommandError as exc:
+                        # Generation A: no feedback exists; the real controller was silent.
+                        log.warning("%s: command %#x refused (no feedback in generation A):"
+                                    " %s", self.mock.name, cmd.code, exc)
+        finally:
+            self.command_connected.clear()

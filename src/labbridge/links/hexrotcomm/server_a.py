@@ -1,0 +1,178 @@
+"""Generation A, CSC side: two one-client servers (seed 003; spec hexrotcomm.md §5).
+
+::
+
+    controller (client) --connects--> Telemetry server, port P     controller writes only
+    controller (client) --connects--> Command server,   port P+1   controller reads only
+
+Commands go out with no feedback; CONFIG and TELEMETRY come in. When a telemetry or config
+message cannot be understood (unknown frame id, corrupt header, bad value, truncated at EOF),
+the server logs the reason and breaks the *telemetry* connection (the command connection stays
+up); the controller reconnects (seed 003; spec §5.6 Decision). ``port=0`` picks a free P for
+which P+1 is free too, so the controller can still find the command port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from labbridge.links.hexrotcomm.common import Callback, call_callback
+from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.hexrotcomm.framing import FrameDecoder, FrameKind, WireProfile
+from labbridge.protocol.hexrotcomm.structs import Generation
+from labbridge.transport.one_client import READ_CHUNK, OneClientServer
+
+_PORT_PAIR_TRIES = 20
+
+
+class CommandTelemetryServer:
+    """Generation-A CSC side: ``await start()``, wait for the controller, ``send()`` commands."""
+
+    def __init__(
+        self,
+        profile: WireProfile,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        on_config: Callback | None = None,
+        on_telemetry: Callback | None = None,
+        on_connect: Callback | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if profile.generation is not Generation.A:
+            raise ValueError("CommandTelemetryServer speaks generation A only")
+        if host is None:
+            raise ValueError("give a host: with host=None and port=0 the port is ambiguous")
+        self.profile = profile
+        self.host = host
+        self.port = port
+        self.on_config = on_config
+        self.on_telemetry = on_telemetry
+        self.on_connect = on_connect
+        self.log = log or logging.getLogger(__name__)
+        self.config: Any = None
+        self.telemetry: Any = None
+        self.bad_frames = 0
+        self.last_error: ProtocolError | None = None
+        self.fault_reason: str | None = None
+        self._command_counts: dict[int, int] = {}
+        self._telemetry_waiters: list[asyncio.Future[Any]] = []
+        self._was_connected = False
+        self._connected_event = asyncio.Event()
+        self.telemetry_server: OneClientServer | None = None
+        self.command_server: OneClientServer | None = None
+
+    async def start(self) -> None:
+        tries = _PORT_PAIR_TRIES if self.port == 0 else 1
+        for attempt in range(tries):
+            tel = OneClientServer("Telemetry", self.host, self.port,
+                                  handler=self._telemetry_handler,
+                                  connect_callback=self._connection_changed, log=self.log)
+            await tel.start()
+            cmd = OneClientServer("Command", self.host, tel.port + 1,
+                                  connect_callback=self._connection_changed, log=self.log)
+            try:
+                await cmd.start()
+            except OSError:
+                await tel.close()
+                if attempt == tries - 1:
+                    raise
+                continue
+            self.telemetry_server, self.command_server = tel, cmd
+            self.port = tel.port
+            return
+
+    async def close(self) -> None:
+        for srv in (self.command_server, self.telemetry_server):
+            if srv is not None:
+                await srv.close()
+        for fut in self._telemetry_waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("server closed"))
+        self._telemetry_waiters.clear()
+
+    @property
+    def command_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def connected(self) -> bool:
+        """Both sockets connected (spec §5.6 "Connected")."""
+        return (self.telemetry_server is not None and self.command_server is not None
+                and self.telemetry_server.connected and self.command_server.connected)
+
+    async def wait_connected(self) -> None:
+        """Until both sockets are connected (wrap in ``asyncio.timeout`` to bound it)."""
+        await self._connected_event.wait()
+
+    async def _connection_changed(self, server: OneClientServer) -> None:
+        now = self.connected
+        if now:
+            self._connected_event.set()
+            self.fault_reason = None
+        else:
+            self._connected_event.clear()
+        if now != self._was_connected:
+            self._was_connected = now
+            await call_callback(self.on_connect, self, self.log)
+
+    # -- telemetry --------------------------------------------------------------------------
+    async def _telemetry_handler(self, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(self.profile)
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    decoder.eof()
+                    return
+                decoder.receive_data(data)
+                while (frame := decoder.next_event()) is not NEED_DATA:
+                    if frame.kind is FrameKind.TELEMETRY:
+                        self.telemetry = frame.payload
+                        for fut in self._telemetry_waiters:
+                            if not fut.done():
+                                fut.set_result(frame.payload)
+                        self._telemetry_waiters.clear()
+                        await call_callback(self.on_telemetry, frame.payload, self.log)
+                    else:
+                        self.config = frame.payload
+                        await call_callback(self.on_config, frame.payload, self.log)
+        except ProtocolError as exc:
+            # Seed 003: no way to resynchronise, so break the telemetry connection.
+            self.bad_frames += 1
+            self.last_error = exc
+            self.fault_reason = f"invalid telemetry ({exc.kind}): {exc}"
+            self.log.error("Invalid telemetry read (%s): %s; closing the telemetry connection",
+                           exc.kind, exc)
+
+    async def next_telemetry(self) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._telemetry_waiters.append(fut)
+        try:
+            return await fut
+        finally:
+            if fut in self._telemetry_waiters:
+                self._telemetry_waiters.remove(fut)
+
+    # -- commands -------------------------------------------------------------------------------
+    async def put_command(self, command: Any) -> None:
+        """Write one command; returns after the write: generation A has no feedback."""
+        if self.command_server is None:
+            raise RuntimeError("not started")
+        if not self.connected:
+            raise RuntimeError("not connected")
+        if not isinstance(command, self.profile.command.record):
+            raise ValueError(f"expected a {self.profile.command.name}, got "
+                             f"{type(command).__name__}")
+        # Per-code counter starting at 1 (spec §5.3).
+        count = (self._command_counts.get(command.code, 0) + 1) & 0xFFFFFFFF
+        self._command_counts[command.code] = count
+        cmd = command._replace(counter=count, sync_pattern=self.profile.sync_pattern)
+        await self.command_server.write(self.profile.encode_command(cmd))
+
+    async def send(self, code: int, params: Sequence[float] = ()) -> None:
+        await self.put_command(self.profile.make_command(code, 0, params))
