@@ -149,3 +149,29 @@ def test_gauge_config_errors() -> None:
         SimGaugeBackend({"X": "pirani"})
     with pytest.raises(ValueError):
         SimGaugeBackend({"IG": "ion"}).set_base("IG", 0.0)
+
+
+async def test_sim_gauge_follows_a_valve() -> None:
+    from labbridge.devices.backends.sim import SimValveBackend
+    from labbridge.devices.valves import ValveBank, ValveConfig
+
+    bank = ValveBank("v", [ValveConfig("A"), ValveConfig("B"),
+                           ValveConfig("P", initially_open=True)], SimValveBackend())
+    gauges = SimGaugeBackend({"IG": "ion"}, noise=0.0)
+    unfollow = gauges.follow(bank, "A", "IG", 1000.0)
+    await bank.open("B")  # another valve: no effect
+    assert gauges.base("IG") == pytest.approx(1e-8)
+    await bank.open("A")
+    await bank.open("A")  # no change event, no second step
+    assert gauges.base("IG") == pytest.approx(1e-5)
+    bank.lock("A")  # lock change, state unchanged
+    assert gauges.base("IG") == pytest.approx(1e-5)
+    bank.unlock("A")
+    await bank.close("A")
+    assert gauges.base("IG") == pytest.approx(1e-8)
+    unfollow()
+    await bank.open("A")
+    assert gauges.base("IG") == pytest.approx(1e-8)
+    gauges.follow(bank, "P", "IG", 0.01)  # P starts open: closing it is the first step
+    await bank.close("P")
+    assert gauges.base("IG") == pytest.approx(1e-6)

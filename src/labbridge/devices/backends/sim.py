@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from labbridge.devices.backends import BackendError, GaugeBackend, ValveBackend
+from labbridge.devices.base import Change, Device
 
 
 class SimValveBackend(ValveBackend):
@@ -171,6 +172,31 @@ class SimGaugeBackend(GaugeBackend):
 
     def base(self, gauge: str) -> float:
         return self._base[gauge]
+
+    def follow(self, bank: Device, valve: str, gauge: str, factor: float) -> Callable[[], None]:
+        """Couple a gauge to a valve: opening it multiplies the gauge's base pressure by
+        ``factor``, closing it divides again (a crude gas inlet or pump isolation).
+
+        Listens to the bank's change events (``{"state": 0|1, ...}``, ValveBank convention);
+        returns the function that uncouples them.
+        """
+        if gauge not in self._base:
+            raise KeyError(gauge)
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+        now = bank.snapshot().get(valve)
+        last = {valve: int(bool(now.get("state"))) if isinstance(now, dict) else 0}
+
+        def on_change(change: Change) -> None:
+            if change.signal != valve or not isinstance(change.value, dict):
+                return
+            state = int(bool(change.value.get("state")))
+            previous = last.get(valve, 0)
+            last[valve] = state
+            if state != previous:
+                self.scale(gauge, factor if state else 1.0 / factor)
+
+        return bank.subscribe(on_change)
 
     async def read_pressure(self, gauge: str) -> float:
         try:
