@@ -135,10 +135,14 @@ class PyMoDAQClient:
             self.stream = stream
             worker = loop.create_task(self._worker(stream, queue), name=f"{self.name}-worker")
             try:
-                self._hello(stream)
-                self.connected.set()
-                log.info("%s: connected to %s:%d as %s (%s)", self.name, self.host, self.port,
-                         self.client_type.value, self.generation.name)
+                try:
+                    self._hello(stream)
+                except ConnectionError as exc:
+                    log.info("%s: connection lost during the handshake: %s", self.name, exc)
+                else:
+                    self.connected.set()
+                    log.info("%s: connected to %s:%d as %s (%s)", self.name, self.host,
+                             self.port, self.client_type.value, self.generation.name)
                 self.last_close_reason = await stream.wait_closed()
             finally:
                 self.connected.clear()

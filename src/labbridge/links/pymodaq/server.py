@@ -360,10 +360,12 @@ class PyMoDAQServer:
         if srv is not None:
             srv.close()
         for s in list(self._sessions):
-            if s.stream.is_open:
-                s.stream.fail("server stopping")
+            s.stream.close()  # flush what is queued, then close (clean, not an error)
         for s in list(self._sessions):
-            await s.stream.wait_closed()
+            try:
+                await asyncio.wait_for(s.stream.wait_closed(), 2.0)
+            except TimeoutError:
+                s.stream.fail("server stopping: peer does not read")
         if srv is not None:
             await srv.wait_closed()
 

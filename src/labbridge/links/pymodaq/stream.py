@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.pymodaq.codec import (
@@ -74,8 +74,8 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
                                 detect=self._detect_dialect, max_message=self.max_message)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only duck-typed ones.
+        self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
         self.peer = f"{peer_host(transport)}:{(transport.get_extra_info('peername') or ('', 0))[1]}"
         if self._on_open is not None:

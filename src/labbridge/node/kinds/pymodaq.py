@@ -1,0 +1,181 @@
+"""Device and service kinds of the PyMoDAQ family (docs/pymodaq.md, spec pymodaq.md).
+
+Node file shapes (every field read through Section getters)::
+
+    devices:
+      - {kind: camera, name: cam, width: 640, height: 480, dtype: uint16, noise: 10,
+         backend: {kind: sim}}
+      - {kind: stage, name: stage, units: mm, min: -50, max: 50, backend: {kind: sim, speed: 5}}
+      - {kind: spectrometer, name: spectro, pixels: 1024, backend: {kind: sim}}
+
+    services:
+      - kind: pymodaq_server           # the main computer (TCPServer plugin role)
+        host: 0.0.0.0
+        port: 6341
+        actuator: remote_stage          # device names the remote modules get on this node
+        detector: remote_camera
+        timeout: 10                     # seconds for a position query or a grab
+        move_timeout: 60                # seconds for a move (null = wait forever)
+        g1_dialect: "1.6"               # used to send until a client's dialect is seen
+        g1_dialect_detect: auto         # or fixed
+        max_message_mb: 256
+      - kind: pymodaq_client           # the distant computer (ACTUATOR / GRABBER)
+        device: cam
+        server: 192.168.1.10:6341       # required: there is no default address (spec §9 #16)
+        generation: g3                  # g1 (default, seed) or g3 (PyMoDAQ 5.0/5.1)
+        g1_dialect: "1.6"               # 1.6 (seed) or 2.1 (PyMoDAQ 2.1 to 3.x)
+        reconnect: {initial: 0.2, maximum: 5.0}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labbridge.devices.camera import Camera, SimCameraBackend
+from labbridge.devices.spectrum import SimSpectrumBackend, Spectrometer
+from labbridge.devices.stage import SimStageBackend, Stage
+from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer, RemoteActuator, RemoteDetector
+from labbridge.node.config import Section
+from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
+from labbridge.protocol.pymodaq.messages import Dialect, Generation
+from labbridge.transport.backoff import Backoff
+
+_DIALECTS = {"1.6": Dialect.G1A, "2.1": Dialect.G1B}
+
+
+def _sim_backend(sec: Section) -> Section:
+    backend = sec.get_section("backend", None) or Section({"kind": "sim"}, file=sec.file,
+                                                          path=sec.field_name("backend"),
+                                                          line=sec.line)
+    backend.get_choice("kind", ("sim",), "sim")
+    return backend
+
+
+@register_device("camera")
+def _camera(sec: Section, ctx: NodeContext) -> Camera:
+    b = _sim_backend(sec)
+    backend = SimCameraBackend(
+        sec.get_int("width", 640, min=1, max=16384), sec.get_int("height", 480, min=1, max=16384),
+        dtype=sec.get_choice("dtype", ("uint8", "uint16", "float32", "float64"), "uint16"),
+        amplitude=sec.get_float("amplitude", 1000.0), offset=sec.get_float("offset", 100.0),
+        sigma=sec.get_float("sigma", 20.0, min=0.1), noise=sec.get_float("noise", 10.0, min=0),
+        seed=sec.get_int("seed", 0))
+    b.check_no_unknown()
+    return Camera(sec.get_str("name"), backend, units=sec.get_str("units", "counts"),
+                  exposure_ms=sec.get_float("exposure_ms", 10.0, min=0))
+
+
+@register_device("stage")
+def _stage(sec: Section, ctx: NodeContext) -> Stage:
+    b = _sim_backend(sec)
+    backend = SimStageBackend(b.get_float("position", 0.0), b.get_float("speed", 0.0, min=0))
+    b.check_no_unknown()
+    return Stage(sec.get_str("name"), backend, units=sec.get_str("units", "mm"),
+                 home=sec.get_float("home", 0.0), minimum=sec.get_float("min", float("-inf")),
+                 maximum=sec.get_float("max", float("inf")))
+
+
+@register_device("spectrometer")
+def _spectrometer(sec: Section, ctx: NodeContext) -> Spectrometer:
+    b = _sim_backend(sec)
+    backend = SimSpectrumBackend(sec.get_int("pixels", 1024, min=2, max=1 << 20),
+                                 sec.get_float("start_nm", 400.0), sec.get_float("stop_nm", 800.0),
+                                 noise=sec.get_float("noise", 0.01, min=0))
+    b.check_no_unknown()
+    return Spectrometer(sec.get_str("name"), backend, units=sec.get_str("units", "a.u."))
+
+
+class PyMoDAQServerService:
+    """``pymodaq_server``: the link server plus its two remote devices."""
+
+    def __init__(self, server: PyMoDAQServer) -> None:
+        self.server = server
+        self.name = server.name
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.name, "tcp", self.server.host,
+                         self.server.port or self.server.requested_port,
+                         purpose="pymodaq remote modules (ACTUATOR, GRABBER)")]
+
+
+class PyMoDAQClientService:
+    """``pymodaq_client``: serve a device to a PyMoDAQ-style server."""
+
+    def __init__(self, client: PyMoDAQClient) -> None:
+        self.client = client
+        self.name = client.name
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.name, "tcp", self.client.host, self.client.port, role="connect",
+                         purpose=f"pymodaq {self.client.client_type.value} client "
+                                 f"({self.client.generation.value})")]
+
+
+def _max_message(sec: Section) -> int:
+    return int(sec.get_float("max_message_mb", 256.0, min=0.001, max=4095.0) * 1024 * 1024)
+
+
+def _new_device_name(sec: Section, ctx: NodeContext, key: str, default: str) -> str:
+    name: str = sec.get_str(key, default)
+    if name in ctx.devices:
+        raise sec.error(key, f"a device named {name!r} already exists on this node")
+    return name
+
+
+@register_service("pymodaq_server")
+def _server(sec: Section, ctx: NodeContext) -> Any:
+    timeout = sec.get_float("timeout", 10.0, min=0.001)
+    # move_timeout: null waits forever for a long move (spec §7.3 [lb]); absent = 60 s.
+    mt = sec.get_float("move_timeout", None, min=0.001)
+    move_timeout = mt if "move_timeout" in sec.raw() else 60.0
+    actuator = RemoteActuator(_new_device_name(sec, ctx, "actuator", "remote_actuator"),
+                              timeout=timeout, move_timeout=move_timeout)
+    detector = RemoteDetector(_new_device_name(sec, ctx, "detector", "remote_detector"),
+                              timeout=timeout,
+                              data_dim=sec.get_choice("data_dim", ("0D", "1D", "2D", "ND"), "2D"))
+    server = PyMoDAQServer(
+        ctx.host_override or sec.get_str("host", "0.0.0.0"),
+        ctx.port_override if ctx.port_override is not None else sec.get_port("port", 6341),
+        name=sec.get_str("name", "pymodaq-server"), actuator=actuator, detector=detector,
+        dialect=_DIALECTS[sec.get_choice("g1_dialect", tuple(_DIALECTS), "1.6")],
+        detect_dialect=sec.get_choice("g1_dialect_detect", ("auto", "fixed"), "auto") == "auto",
+        max_message=_max_message(sec),
+        max_connections=sec.get_int("max_connections", 16, min=1))
+    ctx.devices[actuator.name] = actuator
+    ctx.devices[detector.name] = detector
+    return PyMoDAQServerService(server)
+
+
+@register_service("pymodaq_client")
+def _client(sec: Section, ctx: NodeContext) -> Any:
+    device = ctx.device(sec, "device")
+    text = sec.get_str("server")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise sec.error("server", f"expected HOST:PORT, got {text!r}")
+    rec = sec.get_section("reconnect", None)
+    backoff = Backoff()
+    if rec is not None:
+        backoff = Backoff(initial=rec.get_float("initial", 0.2, min=0.001),
+                          maximum=rec.get_float("maximum", 5.0, min=0.001))
+        rec.check_no_unknown()
+    if not (callable(getattr(device, "move_abs", None)) or callable(getattr(device, "grab", None))):
+        raise sec.error("device", f"device {device.name!r} is neither an actuator nor a detector")
+    client = PyMoDAQClient(
+        device, host.strip("[]"), int(port_text), name=sec.get_str("name", "pymodaq-client"),
+        generation=Generation(sec.get_choice("generation", ("g1", "g3"), "g1")),
+        dialect=_DIALECTS[sec.get_choice("g1_dialect", tuple(_DIALECTS), "1.6")],
+        backoff=backoff, max_message=_max_message(sec))
+    return PyMoDAQClientService(client)
