@@ -17,6 +17,8 @@ from labbridge import __version__
 
 _COMMAND_MODULES = (
     "labbridge.cli.serve",
+    "labbridge.cli.pychron",
+    "labbridge.cli.pymodaq",
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
