@@ -13,7 +13,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from labbridge.protocol.pychron.messages import (
     ErrorCode,
@@ -39,10 +39,13 @@ class Caller:
 Handler = Callable[[Request, Caller], Any]
 
 
-def command(name: str, *, idempotent: bool = False) -> Callable[[Handler], Handler]:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str, *, idempotent: bool = False) -> Callable[[F], F]:
     """Mark a method of a :class:`CommandSet` as the handler of command ``name``."""
 
-    def deco(fn: Handler) -> Handler:
+    def deco(fn: F) -> F:
         fn._pychron_command = name  # type: ignore[attr-defined]
         fn._pychron_idempotent = idempotent  # type: ignore[attr-defined]
         return fn

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
 from labbridge.protocol.base import BufferOverflow, ProtocolError
@@ -102,8 +102,8 @@ class CommandConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; duck-type them.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_host(transport)
         if not self.settings.allowed(self.peer):
             self._denied = True

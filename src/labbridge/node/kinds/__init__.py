@@ -9,6 +9,8 @@ import importlib
 
 _FAMILIES = (
     "labbridge.node.kinds.pychron",
+    "labbridge.node.kinds.pychron_server",
+    "labbridge.node.kinds.pymodaq",
 )
 
 

@@ -1,0 +1,125 @@
+"""``labbridge call`` and ``labbridge monitor``: talk to a Pychron-family command server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+import click
+from rich.table import Table
+
+from labbridge.cli.common import parse_hostport, run_async
+from labbridge.links.pychron.client import PychronClient, PychronClientError
+from labbridge.links.pychron.monitor import StatusMonitor, ValveView
+from labbridge.links.pychron.remote import RemoteValves
+
+FRAMINGS = ("braced", "plain", "json")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--framing", type=click.Choice(FRAMINGS), default="braced", show_default=True,
+              help="braced for labbridge nodes; plain (or json) for real Pychron servers.")
+@click.option("--udp", is_flag=True, help="Send one UDP datagram instead of using TCP.")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds.")
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True)
+def call(framing: str, udp: bool, timeout: float, target: str, command: tuple[str, ...]) -> None:
+    """Send COMMAND to the server at TARGET (HOST:PORT) and print the reply.
+
+    Exit code 0 for a normal reply, 1 for an ERROR reply, 2 when no reply came.
+    """
+    host, port = parse_hostport(target)
+    text = " ".join(command)
+
+    async def _main() -> str:
+        async with PychronClient(host, port, framing=framing,  # type: ignore[arg-type]
+                                 udp=udp, timeout=timeout) as client:
+            return await client.ask(text)
+
+    try:
+        reply = run_async(_main())
+    except PychronClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(reply)
+    if reply[:5].upper() == "ERROR":
+        sys.exit(1)
+
+
+def _table(monitor: StatusMonitor, target: str) -> Table:
+
+    table = Table(title=f"valves on {target} — {monitor.status}", expand=False)
+    for col in ("valve", "state", "lock", "owner", "source"):
+        table.add_column(col)
+    for name in sorted(monitor.valves):
+        v: ValveView = monitor.valves[name]
+        state = "?" if v.state is None else ("[green]open[/]" if v.state else "closed")
+        lock = "?" if v.locked is None else ("[yellow]locked[/]" if v.locked else "")
+        table.add_row(name, state, lock, v.owner or "", v.source)
+    table.caption = (f"polls {monitor.polls}  resyncs {monitor.resyncs}  "
+                     f"checksum mismatches {monitor.checksum_mismatches}")
+    return table
+
+
+@click.command()
+@click.option("--framing", type=click.Choice(FRAMINGS), default="braced", show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--update-period", type=float, default=1.0, show_default=True,
+              help="Seconds per StatusMonitor tick (states every 3, locks every 5 ticks).")
+@click.option("--once", is_flag=True, help="Print the table once and exit.")
+@click.argument("target")
+def monitor(framing: str, timeout: float, update_period: float, once: bool,
+            target: str) -> None:
+    """Live table of the valves on TARGET (HOST:PORT), updated in place."""
+    from rich.console import Console
+    from rich.live import Live
+
+    host, port = parse_hostport(target)
+    console = Console()
+
+    async def _main() -> int:
+        client = PychronClient(host, port, framing=framing,  # type: ignore[arg-type]
+                               timeout=timeout)
+        changed = asyncio.Event()
+        mon = StatusMonitor(RemoteValves(client), update_period=update_period,
+                            on_change=lambda old, new: changed.set(),
+                            on_status=lambda s, d: changed.set())
+        await mon.start()
+        try:
+            if once:
+                done = asyncio.ensure_future(mon.wait_synced())
+                try:
+                    await asyncio.wait_for(done, timeout * 3)
+                except TimeoutError:
+                    console.print(f"[red]no answer from {target}[/]")
+                    return 2
+                console.print(_table(mon, target))
+                return 0
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            with Live(_table(mon, target), console=console, auto_refresh=False) as live:
+                while not stop.is_set():
+                    changed.clear()
+                    waiter = asyncio.ensure_future(changed.wait())
+                    stopper = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({waiter, stopper}, timeout=1.0,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    for t in (waiter, stopper):
+                        t.cancel()
+                    live.update(_table(mon, target), refresh=True)
+            return 0
+        finally:
+            await mon.stop()
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    sys.exit(run_async(_main()))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(call)
+    group.add_command(monitor)

@@ -1,0 +1,305 @@
+"""Client side of the Pychron command channel (spec pychron.md sections 3.6, 7, 17).
+
+:class:`PychronClient` speaks every request form a server may want:
+
+* ``braced`` -- one persistent connection, requests pipelined, replies matched in order
+  (labbridge nodes);
+* ``plain`` / ``json`` -- a new TCP connection per request, reply read until the server
+  closes (real Pychron servers; zero bytes then close is an unknown command);
+* ``udp=True`` -- one datagram each way, from a fresh socket per request so a late reply to an
+  abandoned request can never be taken for the next one.
+
+Retries: only requests marked idempotent (``Get*``, ``Read``, ``Ping``) are re-sent after a
+timeout or a lost connection. An actuation whose reply is lost raises :class:`ReplyLost`: the
+caller must re-read the state, never re-send (real defect 4: valves actuated twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any, Literal, cast
+
+from labbridge.protocol.base import ProtocolError
+from labbridge.protocol.pychron.braced import BracedFrame, BracedFramer, encode_braced
+from labbridge.protocol.pychron.messages import format_json_request, parse_error_reply
+from labbridge.transport.backoff import Backoff
+from labbridge.transport.tcp import set_nodelay
+
+log = logging.getLogger(__name__)
+
+FramingName = Literal["braced", "plain", "json"]
+
+IDEMPOTENT_PREFIXES = ("Get", "Read", "Ping", "Is", "In")
+
+
+def is_idempotent(command: str) -> bool:
+    """Requests that may be re-sent safely (spec 3.6): queries, never actuations."""
+    word = command.strip().split(" ", 1)[0]
+    if word.startswith("{"):
+        return False
+    return word.startswith(IDEMPOTENT_PREFIXES)
+
+
+class PychronClientError(Exception):
+    """Base class of client-side failures."""
+
+
+class Unreachable(PychronClientError):
+    """The server could not be connected to."""
+
+
+class NoReply(PychronClientError):
+    """No reply within the timeout (the server may have failed while handling it)."""
+
+
+class ReplyLost(PychronClientError):
+    """A non-idempotent request was sent but its reply never came: outcome unknown."""
+
+
+class UnknownCommand(PychronClientError):
+    """The server closed the connection without a byte (real servers do this)."""
+
+
+class ErrorReply(PychronClientError):
+    """The server answered ``ERROR nnn : message`` (or Qtegra's ``Error: ...``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+        parsed = parse_error_reply(text)
+        self.code: int | None = parsed[0] if parsed else None
+        self.message = parsed[1] if parsed else text
+
+
+class _BracedProtocol(asyncio.Protocol):
+    """Persistent braced connection: replies resolve waiting futures in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.framer = BracedFramer()
+        self.waiting: deque[asyncio.Future[str]] = deque()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; duck-type them.
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.framer.receive_data(data)
+            while True:
+                ev = self.framer.next_event()
+                if not isinstance(ev, BracedFrame):
+                    break
+                if self.waiting:
+                    fut = self.waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(ev.payload)
+                else:
+                    log.warning("unsolicited reply %r", ev.payload[:80])
+        except ProtocolError as exc:
+            log.warning("bad reply frame: %s; dropping the connection", exc)
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("connection closed by the server"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_exception(ConnectionResetError(str(exc)))
+
+
+class PychronClient:
+    """Async client of one Pychron-family command server."""
+
+    def __init__(self, host: str, port: int, *, framing: FramingName = "braced",
+                 udp: bool = False, timeout: float = 2.0, connect_timeout: float | None = None,
+                 retries: int = 2, terminator: bytes = b"\r",
+                 backoff: Backoff | None = None) -> None:
+        if framing not in ("braced", "plain", "json"):
+            raise ValueError(f"unknown framing {framing!r}")
+        self.host = host
+        self.port = port
+        self.framing: FramingName = framing
+        self.udp = udp
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        self.retries = retries
+        self.terminator = terminator
+        self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
+        self._proto: _BracedProtocol | None = None
+        self._connect_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        kind = "udp" if self.udp else self.framing
+        return f"<PychronClient {self.host}:{self.port} {kind}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._proto is not None and self._proto.transport is not None and \
+            not self._proto.transport.is_closing()
+
+    # -- public API ---------------------------------------------------------------------------
+    async def ask(self, request: str, *, idempotent: bool | None = None,
+                  timeout: float | None = None) -> str:
+        """Send ``request`` (text, ``Command args``) and return the reply text.
+
+        Error replies are returned as text; use :meth:`call` to have them raised.
+        """
+        if idempotent is None:
+            idempotent = is_idempotent(request)
+        attempts = 1 + (self.retries if idempotent else 0)
+        last: Exception | None = None
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff.next())
+            try:
+                reply = await self._ask_once(request, timeout or self.timeout)
+                self.backoff.reset()
+                return reply
+            except Unreachable as exc:
+                last = exc
+            except (NoReply, ConnectionError) as exc:
+                if not idempotent:
+                    raise ReplyLost(f"{self}: no reply to {request!r} ({exc}); it may or may "
+                                    "not have been carried out: read the state, do not "
+                                    "re-send") from exc
+                last = exc
+        assert last is not None
+        if isinstance(last, PychronClientError):
+            raise last
+        raise NoReply(f"{self}: {request!r}: {last}") from last
+
+    async def call(self, request: str, **kw: Any) -> str:
+        """Like :meth:`ask` but raise :class:`ErrorReply` for an error answer."""
+        reply = await self.ask(request, **kw)
+        if reply[:5].upper() == "ERROR":
+            raise ErrorReply(reply)
+        return reply
+
+    async def close(self) -> None:
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(proto.closed), 1.0)
+
+    async def __aenter__(self) -> PychronClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- one attempt --------------------------------------------------------------------------
+    def _payload(self, request: str) -> str:
+        if self.framing == "json" and not request.lstrip().startswith("{"):
+            cmd, _, args = request.strip().partition(" ")
+            return format_json_request(cmd, value=args) if args else format_json_request(cmd)
+        return request
+
+    async def _ask_once(self, request: str, timeout: float) -> str:
+        if self.udp:
+            return await self._ask_udp(self._payload(request), timeout)
+        if self.framing == "braced":
+            return await self._ask_braced(request, timeout)
+        return await self._ask_oneshot(self._payload(request), timeout)
+
+    async def _open(self, factory: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.create_connection(factory, self.host, self.port), self.connect_timeout)
+        except TimeoutError:
+            raise Unreachable(f"{self}: connect timed out after {self.connect_timeout} s") \
+                from None
+        except OSError as exc:
+            raise Unreachable(f"{self}: cannot connect: {exc.strerror or exc}") from exc
+
+    async def _ask_braced(self, request: str, timeout: float) -> str:
+        frame = encode_braced(request)
+        async with self._connect_lock:
+            if not self.connected:
+                _, self._proto = await self._open(_BracedProtocol)
+        proto = self._proto
+        assert proto is not None and proto.transport is not None
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        proto.waiting.append(fut)
+        proto.transport.write(frame)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            # The stream is out of step now: a late reply would answer the next request.
+            log.warning("%s: no reply to %r within %.1f s; dropping the connection", self,
+                        request, timeout)
+            if proto.transport is not None:
+                proto.transport.abort()
+            if self._proto is proto:
+                self._proto = None
+            raise NoReply(f"{self}: no reply to {request!r} within {timeout} s") from None
+
+    async def _ask_oneshot(self, payload: str, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**22, loop=loop)
+        transport, _ = await self._open(lambda: asyncio.StreamReaderProtocol(reader))
+        try:
+            transport.write(payload.encode("utf-8") + self.terminator)
+            chunks: list[bytes] = []
+            size = 0
+            async with asyncio.timeout(timeout):
+                while True:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > 2**22:
+                        raise PychronClientError(f"{self}: reply larger than 4 MiB")
+        except TimeoutError:
+            raise NoReply(f"{self}: no reply to {payload!r} within {timeout} s "
+                          "(a server-side exception is likely)") from None
+        finally:
+            transport.close()
+        if not chunks:
+            raise UnknownCommand(f"{self}: server closed without replying to {payload!r}")
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    async def _ask_udp(self, payload: str, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class _P(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if not got.done():
+                    got.set_result(data)
+
+            def error_received(self, exc: Exception) -> None:
+                if not got.done():
+                    got.set_exception(ConnectionRefusedError(str(exc)))
+
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                _P, remote_addr=(self.host, self.port))
+        except OSError as exc:
+            raise Unreachable(f"{self}: {exc.strerror or exc}") from exc
+        try:
+            transport.sendto(payload.encode("utf-8"))
+            try:
+                data = await asyncio.wait_for(got, timeout)
+            except TimeoutError:
+                raise NoReply(f"{self}: no UDP reply to {payload!r} within {timeout} s") \
+                    from None
+            except ConnectionRefusedError as exc:
+                raise Unreachable(f"{self}: {exc}") from exc
+        finally:
+            transport.close()
+        return data.decode("utf-8", "replace")
