@@ -275,9 +275,8 @@ class SimpleMockController(BaseMockController):
         self.telemetry["curr_position"] = pos
 
     def telemetry_record(self, tai: float | None = None) -> Any:
-        rec = super().telemetry_record(tai)
         self.telemetry["curr_position"] = self.telemetry.get("curr_position", 0.0) + 0.001
-        return rec
+        return super().telemetry_record(tai)
 
 
 #: ts_mtrotator constants: maximum velocity (deg/s) and acceleration (deg/s^2) (spec §3.11).
