@@ -173,3 +173,23 @@ async def test_concurrent_valves_share_one_connection(server: Server) -> None:
     finally:
         with contextlib.suppress(Exception):
             await bank.stop()
+
+
+async def test_bank_timeout_shorter_than_backend_drops_the_connection(server: Server) -> None:
+    """A silent device: the bank gives up first; the next call uses a fresh connection."""
+    backend = ModbusCoilBackend("127.0.0.1", server.port, unit=UNIT, timeout=5.0)
+    bank = ValveBank("valves", [ValveConfig("A", address="4")], backend, timeout=0.2)
+    await bank.start()
+    try:
+        assert server.srv is not None and backend.connects == 1
+        # Stop answering without closing: pause reading on every accepted connection.
+        for conn in list(server.srv.active_connections.values()):
+            conn.transport.pause_reading()
+        res = await bank.open("A")
+        assert res.outcome is Outcome.REFUSED and "timeout" in res.reason
+        assert backend.connects == 2  # the stalled connection was dropped, not reused
+        assert (await bank.open("A")).outcome is Outcome.ACTUATED
+        assert backend.connects == 2
+        assert (await server.coils())[4] is True
+    finally:
+        await bank.stop()

@@ -59,6 +59,8 @@ class ModbusCoilBackend(ValveBackend):
         self.unit = unit
         self.timeout = timeout
         self._client: Any = None
+        #: Successful connects so far (diagnostics: a growing number means a flaky link).
+        self.connects = 0
         # One request at a time on the connection: valves of one bank may actuate
         # concurrently, the module answers them in turn anyway.
         self._io = asyncio.Lock()
@@ -104,6 +106,7 @@ class ModbusCoilBackend(ValveBackend):
             client.close()
             raise BackendError(f"{self.where}: cannot connect (device unreachable)")
         self._client = client
+        self.connects += 1
         log.info("%s: connected", self.where)
         return client
 
@@ -117,6 +120,11 @@ class ModbusCoilBackend(ValveBackend):
                 self._drop()
                 raise BackendError(f"{self.where}: {what} failed: "
                                    f"{exc or type(exc).__name__}") from exc
+            except asyncio.CancelledError:
+                # The caller gave up (the bank's own timeout) with a request in flight: a late
+                # answer must not be taken for the next request's, so start afresh.
+                self._drop()
+                raise
             if rr is None or rr.isError():
                 code = getattr(rr, "exception_code", None)
                 raise BackendError(f"{self.where}: {what} refused by the device"
