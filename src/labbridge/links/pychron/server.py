@@ -48,7 +48,8 @@ class ServerSettings:
     def __init__(self, *, quiet_gap: float = 0.05, frame_timeout: float = 10.0,
                  first_request_timeout: float = 30.0, max_pipeline: int = 256,
                  max_raw_request: int = 64 * 1024, max_connections: int = 1024,
-                 allow: Sequence[Network] | None = None) -> None:
+                 allow: Sequence[Network] | None = None, linger: float = 1.0) -> None:
+        self.linger = linger
         self.quiet_gap = quiet_gap
         self.frame_timeout = frame_timeout
         self.first_request_timeout = first_request_timeout
@@ -69,14 +70,6 @@ class ServerSettings:
         return any(addr in net for net in self.allow)
 
 
-class _Entry:
-    __slots__ = ("future", "text")
-
-    def __init__(self, text: str | None, future: asyncio.Future[str] | None) -> None:
-        self.text = text
-        self.future = future
-
-
 class CommandConnection(asyncio.Protocol):
     """One client connection; framing chosen from the first bytes."""
 
@@ -91,9 +84,14 @@ class CommandConnection(asyncio.Protocol):
         self._head = bytearray()
         self._framer: BracedFramer | None = None
         self._reader: RawRequestReader | None = None
-        self._queue: deque[_Entry] = deque()
+        # Requests run one after another per connection (a pipelining client expects its
+        # "Open A" to be done before its "GetValveState A"); other connections run
+        # concurrently. Framing-error replies take their place in the same sequence.
+        self._backlog: deque[tuple[bool, str]] = deque()  # (is_request, text)
+        self._inflight: asyncio.Future[str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._draining = False
         self._close_after_flush = False
         self._denied = False
         self._paused_by_queue = False
@@ -111,8 +109,8 @@ class CommandConnection(asyncio.Protocol):
         self._arm(self.settings.first_request_timeout, self._on_first_request_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
+        if self._closing or self._draining:
+            return  # lingering close: discard what the peer still sends
         self._cancel_timer()
         if self.mode is None:
             self._head += data
@@ -128,7 +126,7 @@ class CommandConnection(asyncio.Protocol):
             self._raw_data(data)
 
     def eof_received(self) -> bool:
-        if self._closing:
+        if self._closing or self._draining:
             return False
         self._cancel_timer()
         if self.mode is None and self._head:
@@ -138,28 +136,28 @@ class CommandConnection(asyncio.Protocol):
         if self._reader is not None and not self._reader.done:
             req = self._reader.flush()
             if req is None:
-                return False
+                req = RawRequest("")
             self._submit_raw(req)
-            return True
+            return not self._closing
         if self._framer is not None:
             try:
                 self._framer.eof()
             except BracedFrameError as exc:
                 log.info("%s: %s closed mid-frame: %s", self.name, self.peer, exc)
-            if self._queue:
+            if self._inflight is not None or self._backlog:
                 self._close_after_flush = True
                 return True
             return False
         # One-shot reply still pending: keep the write side open until it is sent.
-        return bool(self._queue)
+        return self._inflight is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._cancel_timer()
-        for entry in self._queue:
-            if entry.future is not None:
-                entry.future.cancel()
-        self._queue.clear()
+        if self._inflight is not None:
+            self._inflight.cancel()
+            self._inflight = None
+        self._backlog.clear()
 
     def pause_writing(self) -> None:
         self._paused_by_writer = True
@@ -236,55 +234,54 @@ class CommandConnection(asyncio.Protocol):
 
     # -- requests and ordered replies ---------------------------------------------------------
     def _submit(self, text: str) -> None:
-        if self._denied:
-            self._push_text(error_text(ErrorCode.SECURITY, self.peer))
-            self._close_after_flush = True
-            self._flush()
-            return
-        assert self._caller is not None
-        result = self.dispatcher.dispatch(text, self._caller)
-        if isinstance(result, str):
-            self._push_text(result)
-            return
-        fut = asyncio.ensure_future(result)
-        self._queue.append(_Entry(None, fut))
-        fut.add_done_callback(self._on_done)
-        self._update_reading()
+        self._backlog.append((True, text))
+        self._pump()
 
     def _push_text(self, text: str) -> None:
-        if not self._queue:
-            self._write(text)
-            if self._close_after_flush:
-                self._close()
-            return
-        self._queue.append(_Entry(text, None))
-        self._update_reading()
-
-    def _on_done(self, fut: asyncio.Future[str]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("%s: reply task failed: %r", self.name, fut.exception())
-        self._flush()
+        self._backlog.append((False, text))
+        self._pump()
 
     def _flush(self) -> None:
-        q = self._queue
-        while q:
-            head = q[0]
-            if head.future is not None:
-                if not head.future.done():
-                    break
-                if head.future.cancelled():
-                    text = error_text(ErrorCode.NO_RESPONSE)
-                elif head.future.exception() is not None:
-                    text = error_text(ErrorCode.FUNC_CALL, head.future.exception(), "")
-                else:
-                    text = head.future.result()
-            else:
-                text = head.text or ""
-            q.popleft()
-            self._write(text)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Run queued requests in order until one has to wait for an asynchronous handler."""
+        backlog = self._backlog
+        while self._inflight is None and backlog and not self._closing:
+            is_request, text = backlog.popleft()
+            if not is_request:
+                self._write(text)
+                continue
+            if self._denied:
+                self._write(error_text(ErrorCode.SECURITY, self.peer))
+                backlog.clear()
+                self._close_after_flush = True
+                break
+            assert self._caller is not None
+            result = self.dispatcher.dispatch(text, self._caller)
+            if isinstance(result, str):
+                self._write(result)
+                continue
+            fut = asyncio.ensure_future(result)
+            self._inflight = fut
+            fut.add_done_callback(self._on_done)
         self._update_reading()
-        if not q and self._close_after_flush:
+        if self._inflight is None and not backlog and self._close_after_flush:
             self._close()
+
+    def _on_done(self, fut: asyncio.Future[str]) -> None:
+        if fut is not self._inflight:
+            return
+        self._inflight = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("%s: reply task failed: %r", self.name, exc)
+            self._write(error_text(ErrorCode.FUNC_CALL, exc, ""))
+        else:
+            self._write(fut.result())
+        self._pump()
 
     def _write(self, text: str) -> None:
         tr = self.transport
@@ -303,7 +300,7 @@ class CommandConnection(asyncio.Protocol):
         tr = self.transport
         if tr is None or tr.is_closing() or self.mode is not Framing.BRACED:
             return
-        full = len(self._queue) >= self.settings.max_pipeline
+        full = len(self._backlog) >= self.settings.max_pipeline
         should_pause = full or self._paused_by_writer
         if should_pause and not self._paused_by_queue:
             self._paused_by_queue = True
@@ -313,10 +310,29 @@ class CommandConnection(asyncio.Protocol):
             tr.resume_reading()
 
     def _close(self) -> None:
-        if self._closing:
+        """Lingering close: send FIN after the reply, discard what the peer still sends for
+        up to ``linger`` seconds, then close. Closing at once while unread request bytes sit
+        in our receive buffer would make the kernel send RST, and the peer could lose the
+        error reply that explains why."""
+        if self._closing or self._draining:
             return
-        self._closing = True
         self._cancel_timer()
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            self._closing = True
+            return
+        if tr.can_write_eof():
+            self._draining = True
+            tr.write_eof()
+            if self._paused_by_queue or self._paused_by_writer:
+                tr.resume_reading()
+            self._arm(self.settings.linger, self._final_close)
+        else:
+            self._final_close()
+
+    def _final_close(self) -> None:
+        self._timer = None
+        self._closing = True
         if self.transport is not None:
             self.transport.close()  # flushes what was written, then closes
 
@@ -351,8 +367,9 @@ class CommandConnection(asyncio.Protocol):
             return
         if self._reader is not None and not self._reader.done:
             req = self._reader.flush()
-            if req is not None:
-                self._submit_raw(req)
+            if req is None:
+                req = RawRequest("")  # only whitespace arrived: answer, don't hang
+            self._submit_raw(req)
 
     def _on_frame_timeout(self) -> None:
         self._timer = None

@@ -68,7 +68,9 @@ def _command_server(sec: Section, ctx: NodeContext) -> PychronCommandServer:
         max_connections=sec.get_int("max_connections", 1024, min=1, max=100000),
         allow=sec.get_networks("allow", None),
     )
-    host = ctx.host_override or sec.get_str("host", "127.0.0.1")
+    host = sec.get_str("host", "127.0.0.1")
+    if ctx.host_override:
+        host = ctx.host_override
     port = sec.get_port("port", 1061)
     if ctx.port_override is not None and not ctx.extra.get("port_override_used"):
         port = ctx.port_override
