@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "labbridge.cli.serve",
     "labbridge.cli.pychron",
     "labbridge.cli.pymodaq",
+    "labbridge.cli.rotator",
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

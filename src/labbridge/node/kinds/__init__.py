@@ -11,6 +11,7 @@ _FAMILIES = (
     "labbridge.node.kinds.pychron",
     "labbridge.node.kinds.pychron_server",
     "labbridge.node.kinds.pymodaq",
+    "labbridge.node.kinds.hexrotcomm",
 )
 
 

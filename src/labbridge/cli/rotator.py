@@ -1,0 +1,121 @@
+"""``labbridge rotator HOST:PORT status|enable|move ANGLE|stop|standby`` (docs/hexrotcomm.md).
+
+Generation D (default): connect to the controller at HOST:PORT, run the action, disconnect.
+Generation A: listen on HOST:PORT (telemetry) and PORT+1 (commands), wait for the controller to
+connect (it retries every 0.1 s), run the action, close.
+
+Every action prints one JSON object (the controller's status after the action) on stdout.
+Exit codes: 0 done; 1 refused (NO_ACK, local limit check, wrong state); 2 usage; 3 link error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+from labbridge.cli.common import parse_hostport, run_async
+from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
+from labbridge.links.hexrotcomm.controller import HexrotController, LimitError, StateError
+from labbridge.protocol.hexrotcomm.devices import device_spec
+from labbridge.protocol.hexrotcomm.framing import WireProfile
+
+ACTIONS = ("status", "enable", "move", "stop", "standby")
+
+
+def _status(ctrl: HexrotController) -> dict[str, Any]:
+    tel, cfg = ctrl.telemetry, ctrl.config
+    f = ctrl.profile.device
+    out: dict[str, Any] = {"controller": f"{ctrl.host}:{ctrl.port}",
+                           "generation": ctrl.generation.value, **ctrl.snapshot()}
+    if tel is not None:
+        out["position"] = getattr(tel, f.position_field)
+        out["demand_position"] = getattr(tel, f.demand_field)
+        out["enabled_substate"] = int(tel.enabled_substate)
+    if cfg is not None:
+        out["limits"] = {f.lower_limit_field: getattr(cfg, f.lower_limit_field),
+                         f.upper_limit_field: getattr(cfg, f.upper_limit_field),
+                         f.velocity_limit_field: getattr(cfg, f.velocity_limit_field)}
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+async def _run(ctrl: HexrotController, action: str, angle: float | None, wait: bool,
+               tolerance: float) -> tuple[int, dict[str, Any]]:
+    try:
+        if ctrl.generation.value == "A":
+            await ctrl.start()
+        await ctrl.connect()
+        result: dict[str, Any] = {}
+        if action == "enable":
+            await ctrl.enable()
+        elif action == "standby":
+            await ctrl.standby()
+        elif action == "move":
+            assert angle is not None
+            result["duration"] = await ctrl.move(angle, wait=wait, tolerance=tolerance)
+            if ctrl.link is not None and wait:
+                await ctrl.link.next_telemetry()
+        elif action == "stop":
+            result["duration"] = await ctrl.stop_motion()
+            if wait:
+                await ctrl.wait_stationary()
+        status = {**_status(ctrl), **result}
+        return 0, status
+    except (LimitError, StateError, CommandRejected) as exc:
+        return 1, {**_status(ctrl), "error": str(exc), "refused": type(exc).__name__}
+    except (LinkFault, ConnectionError, TimeoutError) as exc:
+        return 3, {**_status(ctrl), "error": str(exc) or type(exc).__name__}
+    finally:
+        await ctrl.disconnect()
+
+
+class _Failed(click.ClickException):
+    """Printed as ``Error: ...`` on stderr; the exit code says refused (1) or link error (3)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ignore_unknown_options lets a negative ANGLE through (``move -3``).
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("action", type=click.Choice(ACTIONS))
+@click.argument("angle", type=float, required=False)
+@click.option("--generation", type=click.Choice(("A", "D")), default="D", show_default=True,
+              help="D: connect to the controller; A: listen on PORT and PORT+1 for it.")
+@click.option("--device", type=click.Choice(("rotator", "simple")), default="rotator",
+              show_default=True)
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to connect and to get CONFIG and TELEMETRY.")
+@click.option("--enable-delay", type=float, default=1.0, show_default=True,
+              help="Pause after ENABLE_DRIVES before SET_STATE ENABLE (gen D).")
+@click.option("--move-pause", type=float, default=0.2, show_default=True,
+              help="Pause between POSITION_SET and MOVE_POINT_TO_POINT.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="move/stop: wait until the rotator is stationary.")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="move: arrival tolerance (deg).")
+def rotator(target: str, action: str, angle: float | None, generation: str, device: str,
+            timeout: float, enable_delay: float, move_pause: float, wait: bool,
+            tolerance: float) -> None:
+    """Drive a hexapod/rotator-style controller at TARGET (HOST:PORT)."""
+    host, port = parse_hostport(target)
+    if action == "move" and angle is None:
+        raise click.UsageError("move needs an ANGLE")
+    if action != "move" and angle is not None:
+        raise click.UsageError(f"{action} takes no ANGLE")
+    profile = WireProfile.make(device_spec(device, generation), generation)
+    ctrl = HexrotController("rotator", profile, host, port, connect_timeout=timeout,
+                            config_timeout=timeout, enable_drives_delay=enable_delay,
+                            move_pause=move_pause, autoconnect=True)
+    code, out = run_async(_run(ctrl, action, angle, wait, tolerance))
+    click.echo(json.dumps(out, sort_keys=True, default=str))
+    if code:
+        raise _Failed(str(out.get("error", "failed")), code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(rotator)

@@ -1,0 +1,157 @@
+"""Device and service kinds of the hexapod/rotator family (docs/hexrotcomm.md).
+
+Node file shapes (every field read through Section getters)::
+
+    devices:
+      - kind: hexrot_rotator_mock        # or hexrot_simple_mock
+        name: rotator
+        generation: D                    # A (seed 003) or D (real system today)
+        telemetry_hz: 50                 # rotator default 50, simple default 10
+        initial_position: 0.0            # rotator only
+        config: {velocity_limit: 3.5, accel_limit: 1.0, upper_pos_limit: 90}
+      - kind: hexrot_controller          # the CSC-side model of a (remote) controller
+        name: rot
+        device: rotator                  # rotator or simple
+        generation: D
+        host: 127.0.0.1                  # D: the controller's address; A: where we listen
+        port: 5570                       # A: telemetry port P, commands on P+1
+        connect_timeout: 10
+        config_timeout: 10
+        enable_drives_delay: 1.0
+
+    services:
+      - kind: hexrot_mock_controller     # the socket side of a mock device
+        device: rotator                  # a hexrot_*_mock device on this node
+        host: 127.0.0.1                  # D: listen here; A: the CSC to connect to
+        port: 5570                       # D: listen port (0 = any); A: CSC telemetry port P
+        command_port: 5571               # A only; default P+1
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labbridge.devices.hexrot.mock import (
+    BaseMockController,
+    RotatorMockController,
+    SimpleMockController,
+)
+from labbridge.links.hexrotcomm.controller import HexrotController
+from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
+from labbridge.node.config import Section
+from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
+from labbridge.protocol.hexrotcomm.devices import device_spec
+from labbridge.protocol.hexrotcomm.framing import WireProfile
+from labbridge.protocol.hexrotcomm.structs import Generation
+
+_GENERATIONS = ("A", "D")
+
+
+def _mock_config(sec: Section, cls: type[BaseMockController], generation: str) -> dict[str, Any]:
+    layout = device_spec(cls.device_name, generation).config
+    cfg = sec.get_mapping("config", {})
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key not in layout.names:
+            raise sec.error("config", f"{layout.name} has no field {key!r} (fields: "
+                            f"{', '.join(layout.names)})")
+        if key == "drives_enabled":
+            if not isinstance(value, bool):
+                raise sec.error("config", f"{key}: expected true or false")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise sec.error("config", f"{key}: expected a number, got {value!r}")
+        out[key] = value if isinstance(value, bool) else float(value)
+    return out
+
+
+@register_device("hexrot_rotator_mock")
+def _rotator_mock(sec: Section, ctx: NodeContext) -> RotatorMockController:
+    gen = sec.get_choice("generation", _GENERATIONS, "D")
+    hz = sec.get_float("telemetry_hz", 50.0, min=0.1, max=1000.0)
+    return RotatorMockController(sec.get_str("name"), gen,
+                                 config=_mock_config(sec, RotatorMockController, gen),
+                                 telemetry_interval=1.0 / hz,
+                                 initial_position=sec.get_float("initial_position", 0.0))
+
+
+@register_device("hexrot_simple_mock")
+def _simple_mock(sec: Section, ctx: NodeContext) -> SimpleMockController:
+    gen = sec.get_choice("generation", _GENERATIONS, "D")
+    hz = sec.get_float("telemetry_hz", 10.0, min=0.1, max=1000.0)
+    return SimpleMockController(sec.get_str("name"), gen,
+                                config=_mock_config(sec, SimpleMockController, gen),
+                                telemetry_interval=1.0 / hz)
+
+
+@register_device("hexrot_controller")
+def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
+    gen = sec.get_choice("generation", _GENERATIONS, "D")
+    device = sec.get_choice("device", ("rotator", "simple"), "rotator")
+    profile = WireProfile.make(device_spec(device, gen), gen,
+                               header_size=int(sec.get_choice("gen_a_header", ("24", "36"),
+                                                              "24")))
+    return HexrotController(
+        sec.get_str("name"), profile, ctx.host_override or sec.get_str("host", "127.0.0.1"),
+        sec.get_port("port"),
+        connect_timeout=sec.get_float("connect_timeout", 10.0, min=0.01),
+        config_timeout=sec.get_float("config_timeout", 10.0, min=0.01),
+        ack_timeout=sec.get_float("ack_timeout", 5.0, min=0.01),
+        enable_drives_delay=sec.get_float("enable_drives_delay", 1.0, min=0.0),
+        move_pause=sec.get_float("move_pause", 0.2, min=0.0),
+    )
+
+
+class MockControllerService:
+    """Runs the socket side of a mock device: gen D server, or gen A client to a CSC."""
+
+    def __init__(self, mock: BaseMockController, host: str, port: int,
+                 command_port: int | None) -> None:
+        self.name = "hexrot_mock_controller"
+        self.mock = mock
+        self.host = host
+        self.port = port
+        self.command_port = command_port
+        self.side: MockControllerServer | MockControllerClient | None = None
+
+    async def start(self) -> None:
+        if self.mock.generation is Generation.D:
+            self.side = MockControllerServer(self.mock, self.host, self.port)
+        else:
+            self.side = MockControllerClient(self.mock, self.host, self.port, self.command_port)
+        await self.side.start()
+
+    async def stop(self) -> None:
+        if self.side is not None:
+            await self.side.close()
+            self.side = None
+
+    def endpoints(self) -> list[Endpoint]:
+        if isinstance(self.side, MockControllerServer):
+            return [Endpoint(self.name, "tcp", self.host, self.side.port, role="listen",
+                             purpose=f"hexrotcomm generation D controller "
+                                     f"({self.mock.spec.name} mock)")]
+        cmd = self.command_port if self.command_port is not None else self.port + 1
+        return [
+            Endpoint(self.name, "tcp", self.host, self.port, role="connect",
+                     purpose="hexrotcomm generation A telemetry (controller writes)"),
+            Endpoint(self.name, "tcp", self.host, cmd, role="connect",
+                     purpose="hexrotcomm generation A commands (controller reads)"),
+        ]
+
+
+@register_service("hexrot_mock_controller")
+def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
+    mock = ctx.device(sec, "device")
+    if not isinstance(mock, BaseMockController):
+        raise sec.error("device", f"device {mock.name!r} is a {mock.kind}, expected a "
+                        "hexrot_rotator_mock or hexrot_simple_mock")
+    host = ctx.host_override or sec.get_str("host", "127.0.0.1")
+    port = sec.get_port("port")
+    if ctx.port_override is not None and mock.generation is Generation.D:
+        port = ctx.port_override
+    cmd_port = sec.get_port("command_port", None)
+    if mock.generation is Generation.D and cmd_port is not None:
+        raise sec.error("command_port", "generation D uses one socket; remove command_port")
+    if mock.generation is Generation.A and port == 0:
+        raise sec.error("port", "generation A connects to the CSC: give its telemetry port")
+    return MockControllerService(mock, host, port, cmd_port)
