@@ -308,6 +308,7 @@ class ServerSession:
         if self.module is not None:
             self.module._detach(self, reason)
         self.server.closed_connections += 1
+        self.server.close_reasons.append(reason)
         self.server._changed.set()
 
 
@@ -332,6 +333,8 @@ class PyMoDAQServer:
         self._sessions: set[ServerSession] = set()
         self._changed = asyncio.Event()
         self.closed_connections = 0
+        #: Why each closed connection ended (None = clean close), oldest first.
+        self.close_reasons: list[str | None] = []
         self.accepted = 0
 
     def module_for(self, client_type: ClientType) -> _RemoteModule:
@@ -368,6 +371,12 @@ class PyMoDAQServer:
                 s.stream.fail("server stopping: peer does not read")
         if srv is not None:
             await srv.wait_closed()
+
+    async def wait_closed_connections(self, n: int) -> None:
+        """Wait until ``n`` connections have ended since the server started (tests, tools)."""
+        while self.closed_connections < n:
+            self._changed.clear()
+            await self._changed.wait()
 
     @property
     def sessions(self) -> int:

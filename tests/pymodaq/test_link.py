@@ -1,0 +1,212 @@
+"""Our client against our server over loopback, every generation: handshake, moves, position,
+frames, set_info, stop, reconnect, replacement, timeouts (spec pymodaq.md §4, §6, §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+from labbridge.devices.spectrum import SimSpectrumBackend, Spectrometer
+from labbridge.devices.stage import SimStageBackend, Stage
+from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer, RemoteUnavailable
+from labbridge.links.pymodaq.settings_xml import parameter_to_xml
+from labbridge.protocol.pymodaq.g3 import encode_message
+from labbridge.protocol.pymodaq.messages import Dialect, Generation
+from tests.pymodaq.conftest import RecordingCamera, crc, fast_backoff
+
+MODES = [(Generation.G3, Dialect.G1A), (Generation.G1, Dialect.G1A),
+         (Generation.G1, Dialect.G1B)]
+IDS = ["g3", "g1a", "g1b"]
+
+
+@contextlib.asynccontextmanager
+async def running(*clients: PyMoDAQClient):
+    for c in clients:
+        await c.start()
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            await c.stop()
+
+
+def client(dev, srv: PyMoDAQServer, gen: Generation, dialect: Dialect) -> PyMoDAQClient:
+    assert srv.port is not None
+    return PyMoDAQClient(dev, "127.0.0.1", srv.port, generation=gen, dialect=dialect,
+                         backoff=fast_backoff())
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_full_exchange(server, stage, camera, gen, dialect):
+    async with running(client(stage, server, gen, dialect), client(camera, server, gen, dialect)):
+        await server.actuator.wait_connected(5)
+        await server.detector.wait_connected(5)
+        assert server.actuator.generation is gen and server.detector.generation is gen
+        # Infos arrived with the settings XML (units is what a PyMoDAQ move server expects)
+        await _until(server.actuator, lambda: server.actuator.units == "mm")
+        assert server.detector.settings["exposure_ms"] == "10.0"
+        # move_abs -> move_done, then the position query
+        assert await server.actuator.move_abs(12.5) == 12.5
+        assert stage.position == 12.5
+        assert await server.actuator.get_position() == 12.5
+        assert await server.actuator.move_rel(-2.5) == 10.0
+        assert await server.actuator.move_home() == 0.0
+        # Send Data 2D -> Done with a 480x640 frame whose checksum matches on both sides
+        frames = await server.detector.grab("2D")
+        assert frames[0].shape == (480, 640) and frames[0].dtype == np.uint16
+        assert crc(frames[0]) == crc(camera.sent[-1])
+        assert server.detector.data is not None
+        # set_info: the camera applies the parameter
+        server.detector.set_info(["exposure_ms"], parameter_to_xml("exposure_ms", 25.0))
+        await _until(camera, lambda: camera.exposure_ms == 25.0)
+
+
+async def _until(device, cond, timeout: float = 5.0) -> None:
+    """Wait for ``cond()`` to hold, re-checked on each change event of ``device``."""
+    changed = asyncio.Event()
+    unsubscribe = device.subscribe(lambda _ch: changed.set())
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                changed.clear()
+                await changed.wait()
+    finally:
+        unsubscribe()
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_spectrometer_1d_with_axis(server, gen, dialect):
+    spec = Spectrometer("spectro", SimSpectrumBackend(pixels=256))
+    async with running(client(spec, server, gen, dialect)):
+        await server.detector.wait_connected(5)
+        trace = (await server.detector.grab("1D"))[0]
+        assert trace.shape == (256,)
+        if gen is Generation.G3:
+            dwa = server.detector.dte.data[0]
+            assert dwa.axes[0].label == "wavelength" and dwa.axes[0].units == "nm"
+            np.testing.assert_allclose(dwa.axes[0].data, np.linspace(400, 800, 256))
+        else:
+            await _until(server.detector, lambda: "x" in server.detector.axes)
+            assert server.detector.axes["x"].units == "nm"
+
+
+async def test_stop_motion_interrupts_a_move(server):
+    slow = Stage("slow", SimStageBackend(speed=20.0))
+    moving = asyncio.Event()
+    slow.subscribe(lambda ch: moving.set() if ch.signal == "moving" and ch.value else None)
+    async with running(client(slow, server, Generation.G3, Dialect.G1A)):
+        await server.actuator.wait_connected(5)
+        move = asyncio.ensure_future(server.actuator.move_abs(1000.0))
+        await moving.wait()
+        await server.actuator.stop_motion()
+        final = await asyncio.wait_for(move, 5)
+        assert 0 <= final < 1000.0
+        assert server.actuator.position == final
+
+
+async def test_client_reconnects_after_the_server_restarts(stage):
+    srv = PyMoDAQServer("127.0.0.1", 0)
+    await srv.start()
+    port = srv.port
+    c = PyMoDAQClient(stage, "127.0.0.1", port, generation=Generation.G3,
+                      backoff=fast_backoff())
+    async with running(c):
+        await srv.actuator.wait_connected(5)
+        await srv.stop()
+        srv2 = PyMoDAQServer("127.0.0.1", port)
+        await srv2.start()
+        try:
+            await srv2.actuator.wait_connected(10)
+            assert c.connections == 2
+            assert await srv2.actuator.move_abs(3.0) == 3.0
+        finally:
+            await srv2.stop()
+
+
+async def test_second_client_of_a_type_replaces_the_first(server):
+    s1, s2 = Stage("s1", SimStageBackend(position=1.0)), Stage("s2", SimStageBackend(position=2.0))
+    c1 = client(s1, server, Generation.G3, Dialect.G1A)
+    async with running(c1):
+        await server.actuator.wait_connected(5)
+        assert await server.actuator.get_position() == 1.0
+        c2 = client(s2, server, Generation.G1, Dialect.G1B)
+        async with running(c2):
+            await c2.wait_connected(5)
+            await _until(server.actuator, lambda: server.actuator.generation is Generation.G1)
+            assert await server.actuator.get_position() == 2.0
+
+
+async def test_requests_without_a_client_fail_clearly(server):
+    with pytest.raises(RemoteUnavailable):
+        await server.actuator.move_abs(1.0)
+    with pytest.raises(RemoteUnavailable):
+        await server.detector.grab()
+
+
+async def test_silent_client_times_out_and_disconnect_fails_pending(server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(encode_message("GRABBER"))
+        await server.detector.wait_connected(5)
+        server.detector.timeout = 0.05
+        with pytest.raises(TimeoutError):
+            await server.detector.grab()
+        server.detector.timeout = 10
+        pending = asyncio.ensure_future(server.detector.grab())
+        assert await reader.readexactly(27) == encode_message("Send Data 2D")
+        writer.close()
+        with pytest.raises(RemoteUnavailable):
+            await pending
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_client_answers_both_position_queries(stage):
+    """§9 #12: a labbridge client answers check_position and get_actuator_value."""
+    from labbridge.protocol.pymodaq.g1 import G1Codec
+    from labbridge.protocol.pymodaq.messages import GetPosition, PositionIs, Role
+
+    srv = await asyncio.start_server(lambda r, w: conns.put_nowait((r, w)), "127.0.0.1", 0)
+    conns: asyncio.Queue = asyncio.Queue()
+    port = srv.sockets[0].getsockname()[1]
+    await stage.move_abs(4.0)
+    c = PyMoDAQClient(stage, "127.0.0.1", port, backoff=fast_backoff())
+    async with running(c):
+        reader, writer = await conns.get()
+        codec = G1Codec(Role.SERVER)
+        for query in ("check_position", "get_actuator_value"):
+            writer.write(codec.send(GetPosition(query)))
+            got = None
+            while not isinstance(got, PositionIs):
+                codec.receive_data(await reader.read(65536))
+                while (ev := codec.next_event()).__class__.__name__ != "_NeedData":
+                    got = ev if isinstance(ev, PositionIs) else got
+            assert got.value == 4.0
+        writer.close()
+    srv.close()
+    await srv.wait_closed()
+
+
+async def test_node_kinds_build_from_examples(tmp_path):
+    from labbridge.node.node import build_node
+
+    node = build_node("examples/pymodaq-server.yaml", port=0, host="127.0.0.1")
+    assert {"remote_stage", "remote_camera"} <= set(node.ctx.devices)
+    await node.start()
+    try:
+        srv = node.services[0].server
+        cam = RecordingCamera()
+        c = PyMoDAQClient(cam, "127.0.0.1", srv.port, generation=Generation.G3,
+                          backoff=fast_backoff())
+        async with running(c):
+            await node.ctx.devices["remote_camera"].wait_connected(5)
+            frame = (await node.ctx.devices["remote_camera"].grab())[0]
+            assert crc(frame) == crc(cam.sent[-1])
+    finally:
+        await node.stop()
+    cam_node = build_node("examples/pymodaq-camera.yaml")
+    assert cam_node.services[0].client.generation is Generation.G3
