@@ -130,6 +130,16 @@ class Stage(Device):
         """Settings exported to a PyMoDAQ server (§4.1 ``Infos``; ``units`` is expected)."""
         return {"units": self.units, "home": self.home}
 
+    def set_setting(self, name: str, value: str) -> None:
+        """Apply one exported setting (``set_info``); KeyError for an unknown one."""
+        if name == "home":
+            self.home = float(value)
+        elif name == "units":
+            self.units = str(value)
+        else:
+            raise KeyError(name)
+        self.emit(name, getattr(self, name))
+
     def snapshot(self) -> dict[str, Any]:
         return {"position": self._position}
 

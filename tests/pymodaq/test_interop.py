@@ -1,0 +1,224 @@
+"""Interop with the real G3 implementation (pymodaq_utils 5.3.7, pymodaq_data 5.3.0,
+serializall 0.0.1; spec pymodaq.md §10): their encoder vs ours, their client vs our server, our
+client vs a server built from their classes, auto-detection next to a G1 peer, EOF."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("serializall")
+pytest.importorskip("pymodaq_utils")
+pytest.importorskip("pymodaq_data")
+
+from labbridge.devices.stage import SimStageBackend, Stage
+from labbridge.links.pymodaq import PyMoDAQClient
+from labbridge.protocol.pymodaq.g1 import encode_string, scalar_chunks
+from labbridge.protocol.pymodaq.g3 import decode_object, encode_message
+from labbridge.protocol.pymodaq.messages import Generation
+from labbridge.protocol.pymodaq.objects import (
+    Axis,
+    DataWithAxes,
+    data_actuator,
+    data_from_plugins,
+    data_to_export,
+)
+from tests.pymodaq import pmd_peer as pmd
+from tests.pymodaq.conftest import RecordingCamera, crc, fast_backoff
+
+pytestmark = pytest.mark.interop
+TS = 1700000000.0
+
+
+def theirs(obj) -> bytes:
+    return pmd.FACTORY.get_apply_serializer(obj, append_length=True)
+
+
+def _stamp(obj):
+    obj.timestamp = TS
+    for d in getattr(obj, "data", []) if type(obj).__name__ == "DataToExport" else []:
+        d.timestamp = TS
+    return obj
+
+
+def _pairs():
+    frame = pmd.frame_480x640()
+    yield "str", "move_abs", "move_abs"
+    yield "int", 7, 7
+    yield "float", 12.5, 12.5
+    yield "bool", True, True
+    yield "complex", 1 + 2j, 1 + 2j
+    yield "bytes", b"\x00\x01", b"\x00\x01"
+    yield "None", None, None
+    yield "list", [1.0, "a", [2]], [1.0, "a", [2]]
+    yield "dict", {"a": 1, "b": "x"}, {"a": 1, "b": "x"}
+    a = np.arange(6, dtype=">f8").reshape(2, 3)
+    yield "ndarray>f8", a, a
+    f = np.asfortranarray(np.arange(6, dtype="<u2").reshape(2, 3))
+    yield "ndarray_fortran", f, f
+    yield ("DataActuator", _stamp(pmd.DataActuator("pos", data=[np.array([12.5])], units="mm")),
+           data_actuator(12.5, units="mm", name="pos", timestamp=TS))
+    ax = np.array([0.0, 1.0, 2.0])
+    yield ("DataRaw_with_Axis",
+           _stamp(pmd.DataRaw("spec", data=[np.arange(3.0)], units="V",
+                              axes=[pmd.Axis("x", units="um", data=ax, index=0)])),
+           DataWithAxes(cls_name="DataRaw", name="spec", data=(np.arange(3.0),), timestamp=TS,
+                        dim="Data1D", units="V", labels=("CH00",),
+                        axes=(Axis("x", "um", ax, 0),)))
+    yield ("DTE_480x640", _stamp(pmd.dte_of(frame)),
+           data_to_export("viewer", [data_from_plugins("cam", [frame], timestamp=TS)],
+                          timestamp=TS))
+
+
+PAIRS = list(_pairs())
+
+
+@pytest.mark.parametrize("name,their_obj,our_obj", PAIRS, ids=[p[0] for p in PAIRS])
+def test_byte_equality_and_cross_decoding(name, their_obj, our_obj):
+    their_bytes = theirs(their_obj)
+    assert encode_message(our_obj) == their_bytes
+    # we decode theirs and re-encode to the same bytes
+    assert encode_message(decode_object(their_bytes[4:])) == their_bytes
+    # they decode ours
+    back = pmd.FACTORY.get_apply_deserializer(encode_message(our_obj)[4:])
+    assert theirs(back) == their_bytes
+
+
+async def test_their_grabber_client_against_our_server(server):
+    frame = pmd.frame_480x640()
+    log: list = []
+    peer = asyncio.ensure_future(asyncio.to_thread(pmd.grabber_client, server.port, frame, log))
+    try:
+        await server.detector.wait_connected(10)
+        assert server.detector.generation is Generation.G3
+        got = (await server.detector.grab("2D"))[0]
+        assert got.shape == (480, 640) and got.dtype == np.uint16
+        assert crc(got) == pmd.crc(frame)  # checksum on their side vs ours
+        dte = server.detector.dte
+        assert dte is not None and dte.data[0].cls_name == "DataFromPlugins"
+        assert server.detector.settings["units"] == "mm"  # Infos (bytes XML) understood
+        server.detector.set_info(["exposure_ms"], "<exposure_ms value='3'/>")
+        got2 = (await server.detector.grab("2D"))[0]  # commands stay in order after set_info
+        assert crc(got2) == pmd.crc(frame)
+    finally:
+        server.detector.disconnect()
+        await asyncio.wait_for(peer, 15)
+    assert log[0] == "Send Data 2D" and log[1] == "set_info" and log[3] == "Send Data 2D"
+    set_info = [e for e in log if isinstance(e, tuple)]
+    assert set_info and set_info[0][1] == ["exposure_ms"] and b"value='3'" in set_info[0][2]
+
+
+async def test_their_actuator_client_against_our_server(server):
+    log: list = []
+    peer = asyncio.ensure_future(asyncio.to_thread(pmd.actuator_client, server.port, log))
+    try:
+        await server.actuator.wait_connected(10)
+        await asyncio.wait_for(_settings(server.actuator), 5)
+        assert server.actuator.units == "mm"
+        assert await server.actuator.move_abs(12.5) == 12.5
+        assert await server.actuator.get_position() == 12.5
+        assert await server.actuator.move_rel(1.5) == 14.0
+        assert await server.actuator.move_home() == 0.0
+    finally:
+        server.actuator.disconnect()
+        await asyncio.wait_for(peer, 15)
+    assert log[0] == "move_abs" and log[1] == ("DataActuator", 12.5, "mm")
+    assert "get_actuator_value" in log  # the G3 position query, not check_position
+
+
+async def _settings(dev):
+    changed = asyncio.Event()
+    unsub = dev.subscribe(lambda ch: changed.set() if ch.signal == "settings" else None)
+    try:
+        if not dev.settings:
+            await changed.wait()
+    finally:
+        unsub()
+
+
+@pytest.mark.parametrize("scenario", ["actuator", "grabber"])
+async def test_our_client_against_their_server(scenario):
+    srv = pmd.listen()
+    port = srv.getsockname()[1]
+    session = asyncio.ensure_future(asyncio.to_thread(pmd.server_session, srv, scenario))
+    stage = Stage("stage", SimStageBackend(), units="mm")
+    cam = RecordingCamera()
+    dev = stage if scenario == "actuator" else cam
+    changed = asyncio.Event()
+    dev.subscribe(lambda ch: changed.set() if ch.signal in ("exposure_ms", "home") else None)
+    client = PyMoDAQClient(dev, "127.0.0.1", port, generation=Generation.G3,
+                           backoff=fast_backoff())
+    await client.start()
+    try:
+        await client.wait_connected(10)
+        # set_info is the last command their server sends: wait until the device applied it
+        await asyncio.wait_for(changed.wait(), 10)
+        if scenario == "grabber":
+            await _wait_frames(cam, 1)
+    finally:
+        await client.stop()  # sends Quit
+        out = await asyncio.wait_for(session, 15)
+        srv.close()
+    assert out["infos"].startswith(b"<settings")
+    assert out["last"] == "Quit"
+    if scenario == "actuator":
+        assert out["type"] == "ACTUATOR"
+        assert out["reply1"] == "move_done" and out["moved"] == ("DataActuator", 12.5, "mm")
+        assert out["reply2"] == "position_is" and out["position"] == ("DataActuator", 12.5, "mm")
+        assert stage.position == 12.5
+    else:
+        assert out["type"] == "GRABBER"
+        assert cam.exposure_ms == 42.0  # set_info applied
+        assert out["reply1"] == "Done"
+        name, inner, shape, dtype, their_crc = out["dte"]
+        assert (name, inner, shape, dtype) == ("DataToExport", "DataFromPlugins", (480, 640),
+                                               "uint16")
+        assert their_crc == crc(cam.sent[-1])
+
+
+async def _wait_frames(cam, n):
+    done = asyncio.Event()
+    unsub = cam.subscribe(lambda ch: done.set() if ch.signal == "frames" and ch.value >= n
+                          else None)
+    try:
+        if cam.frames < n:
+            await asyncio.wait_for(done.wait(), 10)
+    finally:
+        unsub()
+
+
+async def test_auto_detection_g3_and_g1_on_one_port(server):
+    frame = pmd.frame_480x640(3)
+    log: list = []
+    peer = asyncio.ensure_future(asyncio.to_thread(pmd.grabber_client, server.port, frame, log))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        # a raw G1 actuator script (seed bytes) on the same port
+        writer.write(encode_string("ACTUATOR") + encode_string("Infos")
+                     + encode_string("<settings><units value='um'/></settings>"))
+        await server.actuator.wait_connected(10)
+        await server.detector.wait_connected(10)
+        assert server.actuator.generation is Generation.G1
+        assert server.detector.generation is Generation.G3
+        pos = asyncio.ensure_future(server.actuator.get_position())
+        assert await reader.readexactly(18) == encode_string("check_position")
+        writer.write(encode_string("position_is") + b"".join(scalar_chunks(3.5)))
+        assert await pos == 3.5
+        assert crc((await server.detector.grab())[0]) == pmd.crc(frame)
+    finally:
+        writer.close()
+        server.detector.disconnect()
+        await asyncio.wait_for(peer, 15)
+
+
+async def test_their_peer_closing_mid_message(server, caplog):
+    message = theirs(pmd.dte_of(pmd.frame_480x640()))
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(theirs("GRABBER") + theirs("Done") + message[: len(message) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.wait_for(server.wait_closed_connections(1), 10)
+    assert server.close_reasons[-1].startswith("truncated")
