@@ -151,6 +151,14 @@ class ReceiveBuffer:
         self._buf.clear()
         self._start = 0
 
+    def raw(self) -> tuple[bytearray, int]:
+        """The underlying bytearray and the offset of the first held byte.
+
+        For hot decode paths only: read, never modify, and do not keep it past the next
+        append/consume call.
+        """
+        return self._buf, self._start
+
     def __getitem__(self, i: int) -> int:
         if not 0 <= i < len(self):
             raise IndexError(i)

@@ -74,14 +74,56 @@ class ErrorReply(PychronClientError):
         self.message = parsed[1] if parsed else text
 
 
+class _Expired(Exception):
+    """Internal: the oldest request on a persistent connection got no reply in time."""
+
+
 class _BracedProtocol(asyncio.Protocol):
     """Persistent braced connection: replies resolve waiting futures in order."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.framer = BracedFramer()
-        self.waiting: deque[asyncio.Future[str]] = deque()
-        self.closed = asyncio.get_running_loop().create_future()
+        # Replies come back in request order, so only the oldest waiting request can time out
+        # first: one watchdog timer per connection instead of one timer per request.
+        self.waiting: deque[tuple[asyncio.Future[str], float]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.closed = self.loop.create_future()
+        # Requests issued in one loop iteration go out in one write (one syscall).
+        self._out: list[bytes] = []
+
+    def request(self, frame: bytes, timeout: float) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] = self.loop.create_future()
+        deadline = self.loop.time() + timeout
+        self.waiting.append((fut, deadline))
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_at(deadline, self._check)
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(frame)
+        return fut
+
+    def _check(self) -> None:
+        self._watchdog = None
+        while self.waiting and self.waiting[0][0].done():
+            self.waiting.popleft()
+        if not self.waiting:
+            return
+        _fut, deadline = self.waiting[0]
+        if self.loop.time() >= deadline:
+            # The stream is out of step now: a late reply would answer the next request.
+            self._fail(_Expired())
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._watchdog = self.loop.call_at(deadline, self._check)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        tr = self.transport
+        if out and tr is not None and not tr.is_closing():
+            tr.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; duck-type them.
@@ -96,7 +138,7 @@ class _BracedProtocol(asyncio.Protocol):
                 if not isinstance(ev, BracedFrame):
                     break
                 if self.waiting:
-                    fut = self.waiting.popleft()
+                    fut, _ = self.waiting.popleft()
                     if not fut.done():
                         fut.set_result(ev.payload)
                 else:
@@ -113,10 +155,14 @@ class _BracedProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut, _ = self.waiting.popleft()
             if not fut.done():
-                fut.set_exception(ConnectionResetError(str(exc)))
+                fut.set_exception(exc if isinstance(exc, _Expired)
+                                  else ConnectionResetError(str(exc)))
 
 
 class PychronClient:
@@ -227,22 +273,17 @@ class PychronClient:
 
     async def _ask_braced(self, request: str, timeout: float) -> str:
         frame = encode_braced(request)
-        async with self._connect_lock:
-            if not self.connected:
-                _, self._proto = await self._open(_BracedProtocol)
+        if not self.connected:
+            async with self._connect_lock:
+                if not self.connected:
+                    _, self._proto = await self._open(_BracedProtocol)
         proto = self._proto
         assert proto is not None and proto.transport is not None
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        proto.waiting.append(fut)
-        proto.transport.write(frame)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            # The stream is out of step now: a late reply would answer the next request.
+            return await proto.request(frame, timeout)
+        except _Expired:
             log.warning("%s: no reply to %r within %.1f s; dropping the connection", self,
                         request, timeout)
-            if proto.transport is not None:
-                proto.transport.abort()
             if self._proto is proto:
                 self._proto = None
             raise NoReply(f"{self}: no reply to {request!r} within {timeout} s") from None

@@ -97,6 +97,8 @@ class CommandConnection(asyncio.Protocol):
         self._paused_by_queue = False
         self._paused_by_writer = False
         self._caller: Caller | None = None
+        # Replies produced in one pass are written with one transport.write (one syscall).
+        self._out: list[bytes] = []
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,16 +189,18 @@ class CommandConnection(asyncio.Protocol):
             self._close_after_flush = True
             self._flush()
             return
-        while not self._closing:
+        backlog = self._backlog
+        while True:
             try:
                 ev = framer.next_event()
             except BracedFrameError as exc:
                 log.info("%s: bad frame from %s: %s", self.name, self.peer, exc)
-                self._push_text(exc.reply_text())
+                backlog.append((False, exc.reply_text()))
                 continue
             if not isinstance(ev, BracedFrame):
                 break
-            self._submit(ev.payload)
+            backlog.append((True, ev.payload))
+        self._pump()
         if self._closing:
             return
         if framer.suspect:
@@ -265,6 +269,7 @@ class CommandConnection(asyncio.Protocol):
             fut = asyncio.ensure_future(result)
             self._inflight = fut
             fut.add_done_callback(self._on_done)
+        self._send_out()
         self._update_reading()
         if self._inflight is None and not backlog and self._close_after_flush:
             self._close()
@@ -281,20 +286,27 @@ class CommandConnection(asyncio.Protocol):
             self._write(error_text(ErrorCode.FUNC_CALL, exc, ""))
         else:
             self._write(fut.result())
-        self._pump()
+        self._pump()  # sends what was written
 
     def _write(self, text: str) -> None:
-        tr = self.transport
-        if tr is None or tr.is_closing():
-            return
         if self.mode is Framing.BRACED:
             try:
-                tr.write(_encode_braced(text))
+                self._out.append(_encode_braced(text))
             except ProtocolError:
-                tr.write(_encode_braced(error_text(ErrorCode.FUNC_CALL,
-                                                   "reply too large for a braced frame", "")))
+                self._out.append(_encode_braced(error_text(
+                    ErrorCode.FUNC_CALL, "reply too large for a braced frame", "")))
         else:
-            tr.write(text.encode("utf-8"))
+            self._out.append(text.encode("utf-8"))
+
+    def _send_out(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        tr = self.transport
+        if tr is None or tr.is_closing() or self._draining:
+            return
+        tr.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _update_reading(self) -> None:
         tr = self.transport

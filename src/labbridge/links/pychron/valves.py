@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from labbridge.devices.backends import BackendError
 from labbridge.devices.flags import Flag
 from labbridge.devices.gauges import GaugeController
 from labbridge.devices.valves import Outcome, ValveBank
@@ -188,4 +189,7 @@ class ValveCommands(CommandSet):
         dev = self.gauges.get(ctrl)
         if dev is None or not dev.has(gauge):
             raise PychronError(ErrorCode.INVALID_GAUGE, ctrl, gauge)
-        return await dev.pressure(gauge)
+        try:
+            return await dev.pressure(gauge)
+        except BackendError:
+            raise PychronError(ErrorCode.NO_RESPONSE) from None

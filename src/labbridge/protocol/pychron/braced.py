@@ -21,6 +21,7 @@ The declared length, not the first CRLF, ends a frame: a payload may hold CRLF (
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +34,8 @@ MAX_PAYLOAD: Final = MAX_FRAME - MIN_FRAME
 CRLF: Final = b"\r\n"
 
 _HEX_UPPER: Final = frozenset(b"0123456789ABCDEF")
+_HEADER_STRICT: Final = re.compile(rb"\{([0-9A-F]{4})\}")
+_HEADER_ANY: Final = re.compile(rb"\{([0-9A-Fa-f]{4})\}")
 _HEX_ANY: Final = frozenset(b"0123456789ABCDEFabcdef")
 
 #: labbridge-only reply codes for framing errors (spec 3.1), by error kind.
@@ -179,18 +182,36 @@ class BracedFramer:
         n = len(buf)
         if n == 0:
             return NEED_DATA
-        if buf[0] != 0x7B:  # '{'
+        raw, start = buf.raw()
+        if n >= HEADER_LEN:
+            m = (_HEADER_STRICT if self.strict else _HEADER_ANY).match(raw, start)
+            if m is not None:
+                # Fast path: a well-formed header.
+                length = int(m.group(1), 16)
+                if MIN_FRAME <= length <= self.max_frame:
+                    if n < length:
+                        return NEED_DATA
+                    end = start + length
+                    if raw[end - 2] == 0x0D and raw[end - 1] == 0x0A:
+                        payload = bytes(raw[start + HEADER_LEN : end - 2])
+                        buf.skip(length)
+                        try:
+                            return BracedFrame(payload.decode("utf-8"))
+                        except UnicodeDecodeError:
+                            raise BracedFrameError("payload is not UTF-8",
+                                                   kind="not_utf8") from None
+        if raw[start] != 0x7B:  # '{'
             self._resync_after_newline()
             raise _header_error("missing_open_brace", "frame does not start with '{'")
         allowed = _HEX_UPPER if self.strict else _HEX_ANY
         for i in range(1, min(n, 5)):
-            if buf[i] not in allowed:
+            if raw[start + i] not in allowed:
                 self._resync_after_newline()
                 raise _header_error("bad_length_digits",
                                     f"length {buf.peek(5)[1:]!r} is not 4 hex digits")
         if n < HEADER_LEN:
             return NEED_DATA
-        if buf[5] != 0x7D:  # '}'
+        if raw[start + 5] != 0x7D:  # '}'
             self._resync_after_newline()
             raise _header_error("missing_close_brace", "no '}' after the 4 length digits")
         length = int(buf.peek(5)[1:], 16)
@@ -203,15 +224,6 @@ class BracedFramer:
                                 f"declared length {length} above maximum {self.max_frame}")
         if n < length:
             return NEED_DATA
-        view = buf.view()
-        if view[length - 2] == 0x0D and view[length - 1] == 0x0A:
-            del view
-            raw = buf.take(length)
-            try:
-                return BracedFrame(raw[HEADER_LEN:-2].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise BracedFrameError("payload is not UTF-8", kind="not_utf8") from None
-        del view
         crlf = buf.find(CRLF, HEADER_LEN)
         if crlf >= 0:
             # The peer's frame ended at a CRLF other than the declared end: it miscounted.
