@@ -190,11 +190,14 @@ def test_legacy_forms_exact():
         b'pychron {"kind":"valve_state","locked":0,"name":"A","owner":"","state":1,"ts":1.0}')
     with pytest.raises(ProtocolError):
         legacy.pychron_line({"kind": "x"})
-    with pytest.raises(ProtocolError):
-        legacy.line("two words", "x")
+    for bad in ("two words", "<a>b>", "<a\nb>", ""):
+        with pytest.raises(ProtocolError):
+            legacy.line(bad, "x")
 
 
 def test_legacy_parse():
+    spaced = legacy.parse(legacy.value_line("<Bone Gauge,p>", 1e-9))
+    assert (spaced.tag, spaced.text) == ("<Bone Gauge,p>", "1e-09")
     m = legacy.parse(b"<Env,temperature>  12.5 ")
     assert (m.tag, m.text, m.event) == ("<Env,temperature>", "12.5", None)
     assert legacy.parse_number(m.text) == 12.5 and legacy.parse_number("abc") is None

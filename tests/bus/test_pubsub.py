@@ -229,7 +229,7 @@ async def test_notifier_publishes_heartbeat_and_notifications():
     sub = Subscriber(n.pub_url)
     await sub.start()
     try:
-        _, hb, meta = await sub.wait_for(lambda t, p, m: t == "lab.notifier.heartbeat",
+        _, hb, _ = await sub.wait_for(lambda t, p, m: t == "lab.notifier.heartbeat",
                                          timeout=10)
         _, hb_legacy, lmeta = await sub.wait_for(lambda t, p, m: t == "pychron", timeout=10)
         n.send_notification("RunAdded", "1234-abcd")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -71,7 +72,7 @@ def normalize_endpoint(text: str, default_port: int | None = None) -> str:
     return f"tcp://{host.strip('[]') or '127.0.0.1'}:{int(port)}"
 
 
-def bind(sock: zmq.Socket[bytes], host: str, port: int, what: str) -> int:
+def bind(sock: zmq.Socket[Any] | zmq.asyncio.Socket, host: str, port: int, what: str) -> int:
     """Bind ``sock`` to ``host:port`` and return the bound port; clear error when taken."""
     url = tcp_url(host, port)
     try:
@@ -87,7 +88,7 @@ def shadow(sock: zmq.asyncio.Socket) -> zmq.Socket[bytes]:
     return zmq.Socket.shadow(sock.underlying)
 
 
-def close(sock: zmq.Socket[bytes] | None) -> None:
+def close(sock: zmq.Socket[Any] | zmq.asyncio.Socket | None) -> None:
     """Close without lingering: unsent telemetry is not worth blocking shutdown for."""
     if sock is not None and not sock.closed:
         sock.close(linger=0)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from labbridge.protocol.base import ProtocolError, Side
 from labbridge.protocol.telemetry.expr import ExpressionError, compile_test
+from labbridge.protocol.telemetry.legacy import valid_tag
 
 DEFAULT_PORT: Final = 8100
 DEFAULT_PERIOD: Final = 60.0
@@ -225,8 +226,9 @@ def _parse_conditional(item: Any, path: str, source: str, parent: _Reader) -> Co
 def _parse_value(vr: _Reader, dev_name: str) -> ValueConfig:
     name = vr.text("name")
     tag = vr.text("tag", default=f"<{dev_name},{name}>")
-    if any(c.isspace() for c in tag):
-        raise vr.error("tag", f"a tag may not contain whitespace: {tag!r}")
+    if not valid_tag(tag):
+        raise vr.error("tag", f"a tag is one word without whitespace, or <...> without "
+                              f"line breaks: {tag!r}")
     k = vr.key("period")
     period: float | None
     if k is not None and isinstance(vr.data[k], str) and vr.data[k].strip() == ON_CHANGE:

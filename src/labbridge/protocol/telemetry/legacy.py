@@ -48,10 +48,21 @@ class LegacyMessage:
     event: dict[str, Any] | None = None
 
 
+def valid_tag(tag: str) -> bool:
+    """A tag is one word, or a bracketed dashboard tag ``<Display Name,value>`` (Pychron
+    builds those from display names, which may contain spaces): ``<`` ... ``>`` with no other
+    ``>`` and no line breaks inside."""
+    if not tag or "\n" in tag or "\r" in tag:
+        return False
+    if tag.startswith("<") and tag.endswith(">") and len(tag) > 2:
+        return ">" not in tag[1:-1] and tag == tag.strip()
+    return not any(c.isspace() for c in tag)
+
+
 def line(tag: str, payload: str) -> bytes:
-    """``<tag> <payload>`` as UTF-8; the tag must be one word."""
-    if not tag or any(c.isspace() for c in tag):
-        raise ProtocolError(f"a legacy tag is one word: {tag!r}", side=Side.OURS,
+    """``<tag> <payload>`` as UTF-8 (see :func:`valid_tag`)."""
+    if not valid_tag(tag):
+        raise ProtocolError(f"a legacy tag is one word or <...>: {tag!r}", side=Side.OURS,
                             kind="bad_topic")
     return f"{tag} {payload}".encode()
 
@@ -84,7 +95,8 @@ def value_line(tag: str, value: Any) -> bytes:
 
 
 def parse(frame: Buffer) -> LegacyMessage:
-    """Split a legacy line at the first space; decode JSON for ``dashboard``/``pychron``.
+    """Split a legacy line at the first space (after the ``>`` of a bracketed tag); decode
+    JSON for ``dashboard``/``pychron``.
 
     A line without a space is a tag with an empty payload. The payload is stripped (as the
     real subscriber does). Raises :class:`ProtocolError` for non-UTF-8, oversize lines and
@@ -98,8 +110,13 @@ def parse(frame: Buffer) -> LegacyMessage:
         text = bytes(mv).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("legacy line is not UTF-8", kind="bad_payload") from None
-    tag, _, rest = text.partition(" ")
-    rest = rest.strip()
+    if text.startswith("<") and ">" in text:
+        # bracketed dashboard tag, which may contain spaces: ``<Bone Gauge,pressure> 1.5``
+        end = text.index(">") + 1
+        tag, rest = text[:end], text[end:].strip()
+    else:
+        tag, _, rest = text.partition(" ")
+        rest = rest.strip()
     if not tag:
         raise ProtocolError("legacy line starts with a space (no tag)", kind="bad_topic")
     event: dict[str, Any] | None = None
