@@ -1,0 +1,69 @@
+"""Run ``labbridge`` as a subprocess the way a user does, and wait for its ready file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REPO
+
+
+def labbridge_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "labbridge", *args]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(labbridge_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@contextlib.contextmanager
+def serving(config: str | Path, tmp_path: Path, *extra: str,
+            timeout: float = 30) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """Start ``labbridge serve CONFIG --port 0 --ready-file ...``; yield (process, ready info).
+
+    The ready file is written only once every service listens, so its appearance is the
+    readiness event (polled with a deadline; there is no other channel to a subprocess).
+    """
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        labbridge_cmd("--log-level", "info", "serve", str(config), "--port", "0",
+                      "--ready-file", str(ready), "--state-dir", str(tmp_path / "state"),
+                      *extra),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None:
+                _out, err = proc.communicate()
+                raise AssertionError(f"serve exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                raise AssertionError("serve did not write its ready file in time")
+            time.sleep(0.02)
+        yield proc, json.loads(ready.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def port_of(info: dict[str, Any], protocol: str = "tcp", service: str | None = None) -> int:
+    for s in info["services"]:
+        if s["protocol"] == protocol and (service is None or s["service"] == service):
+            return int(s["port"])
+    raise KeyError(protocol)
