@@ -146,15 +146,28 @@ async def test_requests_without_a_client_fail_clearly(server):
         await server.detector.grab()
 
 
-async def test_silent_client_times_out_and_disconnect_fails_pending(server):
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+async def test_silent_client_times_out_and_is_dropped(server):
+    """A reply that comes too late would be taken for the next request's: drop the link."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(encode_message("GRABBER"))
         await server.detector.wait_connected(5)
         server.detector.timeout = 0.05
         with pytest.raises(TimeoutError):
             await server.detector.grab()
-        server.detector.timeout = 10
+        await asyncio.wait_for(server.wait_closed_connections(1), 5)
+        assert server.close_reasons[-1].startswith("timeout")
+        assert not server.detector.connected
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_disconnect_fails_the_pending_request(server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(encode_message("GRABBER"))
+        await server.detector.wait_connected(5)
         pending = asyncio.ensure_future(server.detector.grab())
         assert await reader.readexactly(27) == encode_message("Send Data 2D")
         writer.close()
@@ -163,6 +176,21 @@ async def test_silent_client_times_out_and_disconnect_fails_pending(server):
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_grab_stream_keeps_frames_in_order(server, gen, dialect):
+    cam = RecordingCamera(width=64, height=48)
+    async with running(client(cam, server, gen, dialect)):
+        await server.detector.wait_connected(5)
+        got = [f[0] async for f in server.detector.grab_stream(6, in_flight=3)]
+        assert [crc(f) for f in got] == [crc(f) for f in cam.sent]
+        # leaving a stream early: late replies are not taken for the next grab's
+        async for _ in server.detector.grab_stream(5, in_flight=3):
+            break
+        frame = (await server.detector.grab())[0]
+        # 6, then 4 sent by the abandoned stream (3 in flight + 1 refill), then 1
+        assert crc(frame) == crc(cam.sent[-1]) and len(cam.sent) == 6 + 4 + 1
 
 
 async def test_client_answers_both_position_queries(stage):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -74,7 +76,8 @@ class _RemoteModule(Device):
         self.settings: dict[str, str] = {}
         self.infos: dict[str, Any] = {}
         self._lock = asyncio.Lock()
-        self._pending: dict[type, asyncio.Future[Any]] = {}
+        #: Futures waiting for a reply, by reply type, oldest first (replies come in order).
+        self._pending: dict[type, deque[asyncio.Future[Any]]] = {}
         self._attached = asyncio.Event()
 
     # -- connection ------------------------------------------------------------------------------
@@ -110,9 +113,10 @@ class _RemoteModule(Device):
         self.emit("connected", None)
 
     def _fail_pending(self, reason: str) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(RemoteUnavailable(f"{self.name}: {reason}"))
+        for queue in self._pending.values():
+            for fut in queue:
+                if not fut.done():
+                    fut.set_exception(RemoteUnavailable(f"{self.name}: {reason}"))
         self._pending.clear()
 
     def _stream(self) -> PyMoDAQStream:
@@ -120,23 +124,47 @@ class _RemoteModule(Device):
             raise RemoteUnavailable(f"{self.name}: no {self.client_type.value} client connected")
         return self.session.stream
 
+    def _send_expecting(self, msg: object, reply: type) -> asyncio.Future[Any]:
+        """Send ``msg`` and queue a future for its reply (caller holds the lock)."""
+        stream = self._stream()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        queue = self._pending.setdefault(reply, deque())
+        queue.append(fut)
+        try:
+            stream.send(msg)
+        except BaseException:
+            queue.remove(fut)
+            raise
+        return fut
+
+    async def _await_reply(self, fut: asyncio.Future[Any], reply: type,
+                           timeout: float | None) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            # A late reply would be taken for the next request's: this connection's state is
+            # unknown from now on, so drop it (the client reconnects).
+            self._fail_pending("no reply in time")
+            if self.session is not None:
+                self.session.stream.fail(f"timeout: no {reply.__name__} within {timeout} s")
+            raise
+        finally:
+            queue = self._pending.get(reply)
+            if queue and fut in queue:
+                queue.remove(fut)
+
     async def _request(self, msg: object, reply: type, timeout: float | None) -> Any:
         async with self._lock:
-            stream = self._stream()
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending[reply] = fut
-            try:
-                stream.send(msg)
-                return await asyncio.wait_for(fut, timeout)
-            finally:
-                if self._pending.get(reply) is fut:
-                    del self._pending[reply]
+            fut = self._send_expecting(msg, reply)
+            return await self._await_reply(fut, reply, timeout)
 
     def _resolve(self, msg: object) -> bool:
-        fut = self._pending.get(type(msg))
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-            return True
+        queue = self._pending.get(type(msg))
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(msg)
+                return True
         return False
 
     # -- messages from the client -----------------------------------------------------------------
@@ -272,8 +300,45 @@ class RemoteDetector(_RemoteModule):
         reply = await self._request(SendData(dim or self.data_dim), Done, self.timeout)
         return list(reply.arrays)
 
+    async def grab_stream(self, count: int, dim: str | None = None, *,
+                          in_flight: int = 2) -> AsyncIterator[list[np.ndarray]]:
+        """``count`` snapshots with up to ``in_flight`` requests outstanding.
+
+        The client executes commands in order, so keeping a second ``Send Data`` queued lets
+        it start the next acquisition while the previous frame is still on the wire
+        (continuous acquisition; the one-at-a-time :meth:`grab` leaves the link idle for a
+        round trip per frame)."""
+        if count <= 0:
+            return
+        async with self._lock:
+            futures: deque[asyncio.Future[Any]] = deque()
+            sent = 0
+            try:
+                while sent < min(in_flight, count):
+                    futures.append(self._send_expecting(SendData(dim or self.data_dim), Done))
+                    sent += 1
+                while futures:
+                    reply = await self._await_reply(futures.popleft(), Done, self.timeout)
+                    if sent < count:
+                        futures.append(self._send_expecting(SendData(dim or self.data_dim),
+                                                            Done))
+                        sent += 1
+                    yield list(reply.arrays)
+            finally:
+                # Left early: the client will still answer the requests already sent. Their
+                # futures stay queued so those late replies are consumed here and never
+                # taken for the answer to a later grab().
+                for fut in futures:
+                    fut.add_done_callback(_consume)
+
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "grabs": self.grabs}
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned future's outcome so asyncio does not log it as lost."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class ServerSession:
