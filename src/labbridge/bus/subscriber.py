@@ -37,7 +37,7 @@ import zmq.asyncio
 from labbridge.bus import sockets
 from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.telemetry import legacy
-from labbridge.protocol.telemetry.envelope import Encoding, decode
+from labbridge.protocol.telemetry.envelope import Encoding, decode, decode_meta
 from labbridge.protocol.telemetry.sequence import Gap, SequenceTracker
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class MessageMeta:
     gaps: int
     #: Messages known lost so far.
     missed: int
+    #: Array payloads: numpy dtype string and shape (also when payloads are not decoded).
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
 
     @property
     def legacy(self) -> bool:
@@ -80,6 +83,7 @@ class Subscriber:
                  on_gap: GapListener | None = None,
                  ctx: zmq.asyncio.Context | None = None, rcvhwm: int = 100_000,
                  max_batch: int = 256, accept_legacy: bool = True,
+                 decode_payloads: bool = True,
                  clock: Callable[[], float] = time.time, name: str = "subscriber") -> None:
         self.endpoints = [sockets.normalize_endpoint(e) for e in
                           ([connect] if isinstance(connect, str) else list(connect))]
@@ -88,6 +92,9 @@ class Subscriber:
         self.rcvhwm = rcvhwm
         self.max_batch = max_batch
         self.accept_legacy = accept_legacy
+        #: False: deliver frame 1 (or the whole legacy line) undecoded, as bytes (the
+        #: recorder stores payloads as they came). Meta and gaps are still decoded.
+        self.decode_payloads = decode_payloads
         self.clock = clock
         self.name = name
         self.tracker = SequenceTracker()
@@ -236,16 +243,19 @@ class Subscriber:
         gap: Gap | None = None
         if len(frames) == 3:
             try:
-                msg = decode(frames)
-            except ProtocolError as exc:
+                if self.decode_payloads:
+                    msg = decode(frames)
+                    topic, payload, m = msg.topic, msg.value, msg.meta
+                else:
+                    m = decode_meta(frames[2])
+                    topic, payload = frames[0].decode("utf-8"), frames[1]
+            except (ProtocolError, UnicodeDecodeError) as exc:
                 self._bad("envelope", exc)
                 return
-            m = msg.meta
-            gap = self.tracker.observe(m.publisher, msg.topic, m.seq)
-            topic, payload = msg.topic, msg.value
+            gap = self.tracker.observe(m.publisher, topic, m.seq)
             meta = MessageMeta(m.publisher, m.seq, m.ts, self.clock(), m.encoding, gap,
                                self.tracker.gaps + self.tracker.late_joins,
-                               self.tracker.missed)
+                               self.tracker.missed, m.dtype, m.shape)
         elif len(frames) == 1 and self.accept_legacy:
             try:
                 lm = legacy.parse(frames[0])
@@ -254,7 +264,10 @@ class Subscriber:
                 return
             self.legacy_received += 1
             topic = lm.tag
-            payload = lm.event if lm.event is not None else lm.text
+            if not self.decode_payloads:
+                payload = frames[0]
+            else:
+                payload = lm.event if lm.event is not None else lm.text
             meta = MessageMeta(None, None, None, self.clock(), Encoding.LEGACY, None,
                                self.tracker.gaps + self.tracker.late_joins,
                                self.tracker.missed)

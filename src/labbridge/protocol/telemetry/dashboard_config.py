@@ -51,6 +51,7 @@ class DashboardConfigError(ProtocolError):
         if field:
             where += f": {field}"
         super().__init__(f"{where}: {message}", side=Side.OURS, fatal=True)
+        self.reason = message
         self.field = field
         self.line = line
         self.source = source

@@ -161,14 +161,22 @@ def dumps_compact(value: Any) -> bytes:
 # -- encoding -------------------------------------------------------------------------------
 def encode_meta(encoding: Encoding, publisher: int, seq: int, ts: float,
                 array: np.ndarray[Any, Any] | None = None) -> bytes:
-    """Build the meta frame."""
+    """Build the meta frame (the array, when given, supplies dtype and shape)."""
     if array is None:
         return META.pack(MAGIC, VERSION, encoding, publisher, seq, ts, 0, 0)
-    dt = array.dtype.str.encode("ascii")
-    if array.ndim > 32:
+    return encode_meta_fields(encoding, publisher, seq, ts, array.dtype.str, array.shape)
+
+
+def encode_meta_fields(encoding: Encoding, publisher: int, seq: int, ts: float,
+                       dtype: str = "", shape: tuple[int, ...] = ()) -> bytes:
+    """Build the meta frame from its fields (the recorder re-creates array metas)."""
+    if encoding is not Encoding.NDARRAY:
+        return META.pack(MAGIC, VERSION, encoding, publisher, seq, ts, 0, 0)
+    dt = dtype.encode("ascii")
+    if len(shape) > 32 or len(dt) > 64:
         raise ProtocolError("arrays of more than 32 dimensions are not supported",
                             side=Side.OURS, kind="bad_value")
-    desc = struct.pack(f">B{len(dt)}sB{array.ndim}Q", len(dt), dt, array.ndim, *array.shape)
+    desc = struct.pack(f">B{len(dt)}sB{len(shape)}Q", len(dt), dt, len(shape), *shape)
     return META.pack(MAGIC, VERSION, encoding, publisher, seq, ts, len(desc), 0) + desc
 
 

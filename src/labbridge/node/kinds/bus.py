@@ -1,0 +1,253 @@
+"""Service kinds of the telemetry bus: ``notifier``, ``dashboard_server``, ``recorder``,
+``dashboard_client`` (docs/bus.md has the node-file reference).
+
+Example::
+
+    services:
+      - {kind: notifier, name: bus, port: 5555}            # REP on 5556; every device change
+      - {kind: dashboard_server, config: dashboard.yaml}   # PUB 8100 / REP 8101 by default
+      - {kind: recorder, connect: [bus], path: bus.sqlite}
+      - {kind: dashboard_client, host: 192.168.1.40, port: 8100}
+
+``connect`` entries of a recorder are URLs (``tcp://host:5555``, ``host:5555``) or the names
+of this node's own publishing services, resolved when the node starts (so ``port: 0`` works).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from labbridge.bus.dashboard import DashboardClient, DashboardError, DashboardServer
+from labbridge.bus.device_publisher import DevicePublisher
+from labbridge.bus.notifier import Notifier
+from labbridge.bus.recorder import Recorder
+from labbridge.bus.sockets import Address, BusError, normalize_endpoint
+from labbridge.devices.base import Device
+from labbridge.node.config import ConfigError, Section, load_yaml
+from labbridge.node.registry import Endpoint, NodeContext, register_service
+from labbridge.protocol.telemetry.dashboard_config import (
+    DashboardConfigError,
+    parse_dashboard_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _endpoints(name: str, addresses: list[Address]) -> list[Endpoint]:
+    return [Endpoint(service=name, protocol=a.protocol, host=a.host, port=a.port, role=a.role,
+                     purpose=a.purpose) for a in addresses]
+
+
+def _host(sec: Section, ctx: NodeContext) -> str:
+    return str(ctx.host_override or sec.get_str("host", "0.0.0.0"))
+
+
+def _devices(sec: Section, ctx: NodeContext) -> list[Device]:
+    names = sec.get_list("devices", None)
+    if names is None:
+        return list(ctx.devices.values())
+    out = []
+    for n in names:
+        dev = ctx.devices.get(str(n))
+        if dev is None:
+            raise sec.error("devices", f"no device named {n!r} on this node "
+                                       f"(devices: {', '.join(sorted(ctx.devices)) or 'none'})")
+        out.append(dev)
+    return out
+
+
+class NotifierService:
+    """A Notifier plus the DevicePublisher that puts every device change on it."""
+
+    def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None) -> None:
+        self.name = name
+        self.notifier = notifier
+        self.device_publisher = publisher
+
+    @property
+    def pub_url(self) -> str:
+        return self.notifier.pub_url
+
+    async def start(self) -> None:
+        await self.notifier.start()
+        if self.device_publisher is not None:
+            self.device_publisher.start()
+
+    async def stop(self) -> None:
+        if self.device_publisher is not None:
+            self.device_publisher.stop()
+        await self.notifier.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        return _endpoints(self.name, self.notifier.addresses())
+
+
+@register_service("notifier")
+def _notifier(sec: Section, ctx: NodeContext) -> NotifierService:
+    port = sec.get_port("port", 5555)
+    rep_port = sec.get_port("rep_port", None)
+    heartbeat = sec.get_float("heartbeat", 2.0, min=0.0)
+    legacy = sec.get_bool("legacy", True)
+    n = Notifier(_host(sec, ctx), port, rep_port, node=ctx.node_name, legacy=legacy,
+                 heartbeat=heartbeat or None, source=ctx.node_name,
+                 sndhwm=sec.get_int("sndhwm", 100_000, min=1))
+    pub = None
+    if sec.get_bool("publish_devices", True):
+        pub = DevicePublisher(n, ctx.node_name, _devices(sec, ctx), legacy=legacy)
+    else:
+        sec.get_list("devices", None)
+    return NotifierService(sec.get_str("name", "notifier"), n, pub)
+
+
+class DashboardServerService:
+    def __init__(self, name: str, server: DashboardServer) -> None:
+        self.name = name
+        self.server = server
+
+    @property
+    def pub_url(self) -> str:
+        return self.server.pub_url
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        return _endpoints(self.name, self.server.addresses())
+
+
+def _remote_reader(sec: Section, ctx: NodeContext) -> Callable[[str, str], Any] | None:
+    """``remote: <service>``: a service of this node with ``read_value(device, func_name)``
+    (sync or async) that reads values from another node."""
+    name = sec.get_str("remote", None)
+    if name is None:
+        return None
+    svc = ctx.services.get(name)
+    reader = getattr(svc, "read_value", None)
+    if svc is None or reader is None or not callable(reader):
+        raise sec.error("remote", f"no service {name!r} with a read_value(device, func_name) "
+                                  "method on this node (declare it before the dashboard)")
+
+    async def read(device: str, func_name: str) -> Any:
+        result = reader(device, func_name)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return read
+
+
+@register_service("dashboard_server")
+def _dashboard_server(sec: Section, ctx: NodeContext) -> DashboardServerService:
+    path = ctx.resolve_path(sec.get_str("config"))
+    try:
+        config = parse_dashboard_config(load_yaml(path), str(path))
+    except DashboardConfigError as exc:
+        raise ConfigError(exc.reason, file=str(path), line=exc.line,
+                          field=exc.field or None) from None
+    port = sec.get_port("port", None)
+    try:
+        server = DashboardServer(
+            config, node=ctx.node_name, devices=ctx.devices, remote=_remote_reader(sec, ctx),
+            host=_host(sec, ctx), port=port, rep_port=sec.get_port("rep_port", None),
+            heartbeat=sec.get_float("heartbeat", 2.0, min=0.01),
+            legacy=sec.get_bool("legacy", True), name=sec.get_str("name", "dashboard"))
+    except DashboardError as exc:
+        raise sec.error("config", str(exc)) from None
+    return DashboardServerService(sec.get_str("name", "dashboard"), server)
+
+
+class RecorderService:
+    def __init__(self, name: str, path: Path, connect: list[str], topics: list[str],
+                 ctx: NodeContext, batch_size: int, flush_interval: float) -> None:
+        self.name = name
+        self.path = path
+        self.connect = connect
+        self.topics = topics
+        self.ctx = ctx
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.recorder: Recorder | None = None
+
+    def _urls(self) -> list[str]:
+        urls = []
+        for c in self.connect:
+            svc = self.ctx.services.get(c)
+            if svc is not None:
+                urls.append(str(svc.pub_url))
+            else:
+                urls.append(normalize_endpoint(c))
+        return urls
+
+    async def start(self) -> None:
+        self.recorder = Recorder(self.path, self._urls(), self.topics or ("",),
+                                 batch_size=self.batch_size,
+                                 flush_interval=self.flush_interval, name=self.name)
+        await self.recorder.start()
+
+    async def stop(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(service=self.name, protocol="zmq-sub", role="connect",
+                         path=str(self.path), purpose=f"records {', '.join(self.connect)}")]
+
+
+@register_service("recorder")
+def _recorder(sec: Section, ctx: NodeContext) -> RecorderService:
+    connect = [str(c) for c in sec.get_list("connect")]
+    if not connect:
+        raise sec.error("connect", "a recorder needs at least one endpoint or service name")
+    for c in connect:
+        if c not in ctx.services:
+            try:
+                normalize_endpoint(c)
+            except BusError as exc:
+                raise sec.error("connect", f"{exc} (nor the name of a service declared "
+                                           "before the recorder)") from None
+    p = sec.get_str("path", "bus.sqlite")
+    path = Path(p).expanduser()
+    if not path.is_absolute():
+        path = ctx.state_dir / path
+    topics = [str(t) for t in sec.get_list("topics", [])]
+    return RecorderService(sec.get_str("name", "recorder"), path, connect, topics, ctx,
+                           sec.get_int("batch_size", 5000, min=1),
+                           sec.get_float("flush_interval", 0.25, min=0.001))
+
+
+class DashboardClientService:
+    def __init__(self, name: str, client: DashboardClient) -> None:
+        self.name = name
+        self.client = client
+
+    async def start(self) -> None:
+        try:
+            await self.client.connect()
+        except (DashboardError, TimeoutError) as exc:
+            raise BusError(f"{self.name}: {exc}") from None
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    def endpoints(self) -> list[Endpoint]:
+        c = self.client
+        return [Endpoint(service=self.name, protocol="zmq-sub", host=c.host, port=c.port,
+                         role="connect", purpose="dashboard values"),
+                Endpoint(service=self.name, protocol="zmq-req", host=c.host, port=c.rep_port,
+                         role="connect", purpose="dashboard config")]
+
+
+@register_service("dashboard_client")
+def _dashboard_client(sec: Section, ctx: NodeContext) -> DashboardClientService:
+    client = DashboardClient(sec.get_str("host"), sec.get_port("port", 8100),
+                             sec.get_port("rep_port", None),
+                             stale_after=sec.get_float("stale_after", 10.0, min=0.1),
+                             name=sec.get_str("name", "dashboard-client"))
+    return DashboardClientService(sec.get_str("name", "dashboard-client"), client)
