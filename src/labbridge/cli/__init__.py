@@ -17,6 +17,7 @@ from labbridge import __version__
 
 _COMMAND_MODULES = (
     "labbridge.cli.serve",
+    "labbridge.cli.bus",
     "labbridge.cli.pychron",
     "labbridge.cli.pymodaq",
     "labbridge.cli.rotator",

@@ -9,6 +9,7 @@ import importlib
 
 _FAMILIES = (
     "labbridge.node.kinds.pychron",
+    "labbridge.node.kinds.bus",
     "labbridge.node.kinds.pychron_server",
     "labbridge.node.kinds.pymodaq",
     "labbridge.node.kinds.hexrotcomm",
