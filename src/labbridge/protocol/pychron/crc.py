@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 
+from labbridge.protocol.base import ProtocolError
+
 
 def _make_table() -> tuple[int, ...]:
     table = []
@@ -54,8 +56,10 @@ def append_crc16(text: str) -> str:
     return text + crc16_suffix(text)
 
 
-class ChecksumMismatch(ValueError):
-    """A CRC16 suffix did not match its text."""
+class ChecksumMismatch(ProtocolError, ValueError):
+    """A CRC16 suffix did not match its text (the peer's error)."""
+
+    kind = "checksum_mismatch"
 
     def __init__(self, expected: str, got: str) -> None:
         super().__init__(f"CRC16 mismatch: expected {expected}, got {got}")
