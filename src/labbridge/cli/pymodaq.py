@@ -48,7 +48,7 @@ def to_gray(a: np.ndarray) -> np.ndarray:
     f = np.real(a).astype(np.float64)
     lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
     scale = 65535.0 / (hi - lo) if hi > lo else 0.0
-    return np.nan_to_num((f - lo) * scale).astype(">u2")
+    return np.rint(np.nan_to_num((f - lo) * scale)).astype(">u2")
 
 
 def png_bytes(a: np.ndarray) -> bytes:
