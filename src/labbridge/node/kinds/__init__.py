@@ -13,6 +13,7 @@ _FAMILIES = (
     "labbridge.node.kinds.pychron_server",
     "labbridge.node.kinds.pymodaq",
     "labbridge.node.kinds.hexrotcomm",
+    "labbridge.node.kinds.furnace",
 )
 
 
