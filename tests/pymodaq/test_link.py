@@ -238,3 +238,12 @@ async def test_node_kinds_build_from_examples(tmp_path):
         await node.stop()
     cam_node = build_node("examples/pymodaq-camera.yaml")
     assert cam_node.services[0].client.generation is Generation.G3
+
+
+async def test_a_refused_move_still_gets_move_done(server):
+    """ADR 0054: the server is answered with the actual position, not left waiting."""
+    st = Stage("s", SimStageBackend(position=1.0), minimum=-5, maximum=5)
+    async with running(client(st, server, Generation.G3, Dialect.G1A)):
+        await server.actuator.wait_connected(5)
+        assert await server.actuator.move_abs(1000.0) == 1.0
+        assert await server.actuator.move_abs(2.0) == 2.0

@@ -16,6 +16,7 @@ incrementally: by :meth:`PullDecoder.receive_data`, or with no copy at all throu
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import sys
@@ -43,6 +44,7 @@ _DTYPE_RE = re.compile(r"^([<>|=]?)([biufc])(\d{1,2})$")
 _ALLOWED_SIZES = {"b": {1}, "i": {1, 2, 4, 8}, "u": {1, 2, 4, 8}, "f": {2, 4, 8}, "c": {8, 16}}
 
 
+@functools.lru_cache(maxsize=256)
 def parse_dtype(text: str) -> np.dtype[np.generic]:
     """Turn a wire dtype string (``dtype.descr[0][1]`` of the sender) into a numpy dtype.
 

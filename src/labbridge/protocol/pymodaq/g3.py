@@ -30,6 +30,7 @@ memory (``transport.writelines``) instead of being copied into one bytes object.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -66,6 +67,22 @@ MAX_DEPTH: Final = 32
 Chunk = bytes | memoryview
 
 _SCALAR_DTYPES: Final = {"float": "<f8", "int": "<i8", "bool": "|b1", "complex": "<c16"}
+_unpack_u32 = U32.unpack_from
+
+
+def _tag_bytes(name: str) -> bytes:
+    b = name.encode("utf-8")
+    return U32.pack(len(b)) + b
+
+
+#: Pre-encoded type tags and scalar headers: the encoder's hot path (command round trips).
+_TAGS: Final = {name: _tag_bytes(name) for name in (
+    "NoneType", "str", "bytes", "bool", "int", "float", "complex", "ndarray", "list", "tuple",
+    "dict")}
+_SCALAR_HEAD: Final = {kind: _TAGS[kind] + _tag_bytes(ds) + U32.pack(np.dtype(ds).itemsize)
+                       for kind, ds in _SCALAR_DTYPES.items()}
+_STRUCT: Final = {"float": struct.Struct("<d"), "int": struct.Struct("<q"),
+                  "complex": struct.Struct("<dd")}
 
 
 def _to_python_scalar(obj: Any) -> Any:
@@ -112,7 +129,20 @@ def _ndarray_body(a: np.ndarray, out: list[Chunk]) -> None:
 def _encode(obj: Any, out: list[Chunk], depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise ProtocolError("object nested too deeply to encode", side=Side.OURS)
-    obj = _to_python_scalar(obj)
+    t = type(obj)
+    if t is str:  # fast paths for the exact built-in types (most fields of every message)
+        b = obj.encode("utf-8")
+        out.append(_TAGS["str"] + U32.pack(len(b)) + b)
+        return
+    if t is float or (t is int and -(2**63) <= obj < 2**63):
+        kind = "float" if t is float else "int"
+        out.append(_SCALAR_HEAD[kind] + _STRUCT[kind].pack(obj))
+        return
+    if t is bool:
+        out.append(_SCALAR_HEAD["bool"] + (b"\x01" if obj else b"\x00"))
+        return
+    if isinstance(obj, np.generic):
+        obj = _to_python_scalar(obj)
     if obj is None:
         _tag("NoneType", out)
     elif isinstance(obj, str):
@@ -233,31 +263,39 @@ class _Reader:
         self.copy = copy
         self.max_string = max_string
 
-    def _need(self, n: int, what: str) -> None:
-        if self.end - self.pos < n:
-            raise ProtocolError(f"frame too short: {what} needs {n} bytes, "
-                                f"{self.end - self.pos} left", kind="length_mismatch",
-                                fatal=True)
+    def _short(self, n: int, what: str) -> ProtocolError:
+        return ProtocolError(f"frame too short: {what} needs {n} bytes, "
+                             f"{self.end - self.pos} left", kind="length_mismatch", fatal=True)
 
     def u32(self, what: str = "u32") -> int:
-        self._need(4, what)
-        (v,) = U32.unpack_from(self.buf, self.pos)
-        self.pos += 4
-        return int(v)
+        pos = self.pos
+        if self.end - pos < 4:
+            raise self._short(4, what)
+        self.pos = pos + 4
+        return int(_unpack_u32(self.buf, pos)[0])
 
     def raw(self, n: int, what: str) -> memoryview:
-        self._need(n, what)
-        mv = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return mv
+        pos = self.pos
+        if self.end - pos < n:
+            raise self._short(n, what)
+        self.pos = pos + n
+        return self.buf[pos : pos + n]
 
     def string(self, what: str = "string") -> str:
-        n = self.u32(what + " length")
+        buf, pos = self.buf, self.pos
+        if self.end - pos < 4:
+            raise self._short(4, what + " length")
+        n = _unpack_u32(buf, pos)[0]
+        pos += 4
         if n > self.max_string:
             raise ProtocolError(f"{what} of {n} bytes exceeds the limit of {self.max_string}",
                                 kind="too_large", fatal=True)
+        if self.end - pos < n:
+            self.pos = pos
+            raise self._short(n, what)
+        self.pos = pos + n
         try:
-            return str(self.raw(n, what), "utf-8")
+            return str(buf[pos : pos + n], "utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(f"{what} is not valid UTF-8", kind="bad_string",
                                 fatal=True) from None
