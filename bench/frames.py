@@ -15,7 +15,8 @@ Prints ONE JSON object:
 * ratios ``frames_vs_raw_socket`` (goal >= 0.5) and ``frames_vs_pymodaq`` (goal >= 10);
 * ``rtt_us_p50_ours`` / ``rtt_us_p50_pymodaq``: get_actuator_value -> position_is round trip,
   ours (both ends labbridge) and theirs (server and client built from pymodaq_utils classes,
-  as the real ones: no TCP_NODELAY, command and payload in separate writes).
+  as the real ones: no TCP_NODELAY, command and payload in separate writes);
+  ``rtt_us_p50_pymodaq_client_to_our_server``: their client (with TCP_NODELAY) to our server.
 
 Rounds alternate ours and the raw baseline; the best round of each is reported, and every
 round's figure is listed (the machine may be shared). Frame checksums are verified.
@@ -121,9 +122,30 @@ async def bench_ours_and_raw(size: int, frames: int, rtts: int, rounds: int) -> 
             t = time.perf_counter()
             await server.actuator.get_position()
             samples.append(time.perf_counter() - t)
+        # their actuator client (pymodaq_utils classes, TCP_NODELAY as spec §10.4 asks for a
+        # latency test) against our server; it replaces our actuator client
+        before = server.actuator.session
+        attached = asyncio.Event()
+        server.actuator.subscribe(
+            lambda ch: attached.set() if ch.signal == "connected" and ch.value else None)
+        their_client = spawn("pmd-actuator-client", str(server.port))
+        mixed = []
+        try:
+            while server.actuator.session is before:
+                attached.clear()
+                await asyncio.wait_for(attached.wait(), 30)
+            for _ in range(20):
+                await server.actuator.get_position()
+            for _ in range(rtts):
+                t = time.perf_counter()
+                await server.actuator.get_position()
+                mixed.append(time.perf_counter() - t)
+        finally:
+            server.actuator.disconnect()
+            stop_child(their_client)
         loop_name = type(loop).__module__.split(".")[0]
         return {"stream": stream_runs, "single": single_runs, "raw": raw_runs, "rtt": samples,
-                "loop": loop_name}
+                "rtt_their_client": mixed, "loop": loop_name}
     finally:
         await server.stop()
         stop_child(child)
@@ -291,10 +313,17 @@ def bench_pymodaq_rtt(n: int) -> list[float]:
         stop_child(child)
 
 
-def child_pmd_actuator(port: int) -> None:
+def child_pmd_actuator(port: int, client: bool = False) -> None:
+    """Their actuator: answers get_actuator_value. As a client of our server it first sends
+    the client type and Infos, with TCP_NODELAY (spec §10.3 shim 8)."""
     pmd = pmd_imports()
     s = socket.create_connection(("127.0.0.1", port))
     sock = pmd["Socket"](s)
+    if client:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.check_sended_with_serializer("ACTUATOR")
+        sock.check_sended_with_serializer("Infos")
+        sock.check_sended_with_serializer(b'<settings><units value="mm"/></settings>')
     with contextlib.suppress(OSError, ConnectionError, AssertionError):
         while True:
             cmd = pmd["DeSerializer"](sock).string_deserialization()
@@ -329,6 +358,8 @@ def main() -> None:
             child_pmd(int(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "pmd-actuator":
             child_pmd_actuator(int(rest[0]))
+        elif kind == "pmd-actuator-client":
+            child_pmd_actuator(int(rest[0]), client=True)
         return
 
     t_start = time.perf_counter()
@@ -352,7 +383,10 @@ def main() -> None:
         "rtt_us_p50_ours": round(statistics.median(res["rtt"]) * 1e6, 1),
         "rtt_us_p99_ours": round(float(np.percentile(res["rtt"], 99)) * 1e6, 1),
         "rtt_us_p50_pymodaq": round(statistics.median(their_rtt) * 1e6, 1),
-        "rtt_samples": {"ours": len(res["rtt"]), "pymodaq": len(their_rtt)},
+        "rtt_us_p50_pymodaq_client_to_our_server": round(
+            statistics.median(res["rtt_their_client"]) * 1e6, 1),
+        "rtt_samples": {"ours": len(res["rtt"]), "pymodaq": len(their_rtt),
+                        "pymodaq_client_to_our_server": len(res["rtt_their_client"])},
         "goals": {"frames_vs_raw_socket": 0.5, "frames_vs_pymodaq": 10, "rtt_us_p50_ours": 1000},
         "env": {"python": platform.python_version(), "loop": res["loop"],
                 "numpy": np.__version__, "cpus": os.cpu_count(),

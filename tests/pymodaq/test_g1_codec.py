@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.pymodaq.codec import detect_generation
@@ -259,3 +261,19 @@ def test_detect_refuses(data):
     with pytest.raises(ProtocolError) as ei:
         detect_generation(data)
     assert ei.value.kind == "unknown_peer"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from([Role.SERVER, Role.CLIENT]))
+def test_garbage_never_crashes_or_hangs(data, role):
+    codec = G1Codec(role, max_message=4096, max_string=256)
+    head = S("GRABBER") if role is Role.SERVER else b""
+    try:
+        codec.receive_data(head + data)
+        for _ in range(len(data) + 2):
+            if codec.next_event() is NEED_DATA:
+                break
+        else:
+            pytest.fail("a stream of N bytes produced more than N messages")
+    except ProtocolError as exc:
+        assert exc.fatal
