@@ -19,6 +19,8 @@ _COMMAND_MODULES = (
     "labbridge.cli.serve",
     "labbridge.cli.bus",
     "labbridge.cli.pychron",
+    "labbridge.cli.node",
+    "labbridge.cli.run",
     "labbridge.cli.pymodaq",
     "labbridge.cli.rotator",
 )

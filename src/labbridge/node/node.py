@@ -149,6 +149,11 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     ctx = NodeContext(node_name=name, config_dir=p.parent.resolve(), state_dir=state_path,
                       host_override=host, port_override=port)
     root.get_str("description", None)
+    init_path = root.get_str("initialization", None)
+    if init_path is not None:
+        from labbridge.node.seed import load_initialization
+
+        ctx.extra["initialization"] = load_initialization(ctx.resolve_path(init_path))
 
     devices: list[Device] = []
     for sec in root.get_sections("devices", []):
@@ -168,6 +173,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         devices.append(dev)
 
     services: list[Service] = []
+    listening: dict[tuple[str, int], str] = {}
     for i, sec in enumerate(root.get_sections("services", [])):
         kind = sec.get_str("kind")
         factory_s = SERVICE_KINDS.get(kind)
@@ -179,13 +185,61 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             raise sec.error("name", f"duplicate service name {sname!r}")
         svc = factory_s(sec, ctx)
         svc.name = sname
+        try:
+            svc._kind = kind  # type: ignore[attr-defined]
+        except AttributeError:  # slotted services
+            pass
         sec.check_no_unknown()
+        _check_ports(sec, svc, listening)
         ctx.services[sname] = svc
         services.append(svc)
     root.check_no_unknown()
+    if init_path is not None:
+        _check_plugins(root, ctx, services)
     if not devices and not services:
         raise ConfigError("the node has no devices and no services", file=str(p), line=1)
     return Node(ctx, devices, services, source=str(p))
+
+
+#: initialization.xml plugins that need a service of this kind on the node.
+_PLUGIN_SERVICES = {
+    "RemoteCommandServer": ("pychron_command_server",),
+}
+
+
+def _check_plugins(root: Section, ctx: NodeContext, services: list[Service]) -> None:
+    """The seed's plugin list and the node's services must tell the same story."""
+    init = ctx.extra["initialization"]
+    built = {getattr(s, "_kind", "") for s in services}
+    for plugin in init.enabled():
+        wanted = _PLUGIN_SERVICES.get(plugin)
+        if wanted and not (set(wanted) & built):
+            raise root.error("initialization", f"{init.path}:{_plugin_line(init, plugin)} "
+                             f"enables {plugin}, but this node has no {' or '.join(wanted)} "
+                             "service")
+
+
+def _plugin_line(init: object, name: str) -> int:
+    for p in getattr(init, "plugins", []):
+        if p.name == name:
+            return int(p.line)
+    return 0
+
+
+def _check_ports(sec: Section, svc: Service, listening: dict[tuple[str, int], str]) -> None:
+    """Two services of one node may not listen on the same port (port 0 excepted)."""
+    for ep in svc.endpoints():
+        if ep.role != "listen" or not ep.port:
+            continue
+        proto = "udp" if ep.protocol == "udp" else "tcp"  # zmq, http, ... are TCP
+        key = (proto, ep.port)
+        other = listening.get(key)
+        if other is not None and other != svc.name:
+            field = next((k for k in sec if sec.raw().get(k) == ep.port
+                          and not isinstance(sec.raw().get(k), bool)), None)
+            raise sec.error(field, f"{proto.upper()} port {ep.port} is already used by "
+                            f"service {other!r} of this node")
+        listening[key] = svc.name
 
 
 async def run_node(node: Node, *, ready_file: str | Path | None = None,

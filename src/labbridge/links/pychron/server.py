@@ -454,9 +454,15 @@ class PychronCommandServer:
         await self._tcp.stop()
 
     def endpoints(self) -> list[Endpoint]:
-        eps = [Endpoint(self.name, "tcp", self.host, self.port, purpose="pychron commands")]
+        """Bound ports once started; the configured ones before (``labbridge ports``)."""
+        tcp_port = self._tcp.port if self._tcp.port is not None else self._tcp.requested_port
+        eps = [Endpoint(self.name, "tcp", self.host, tcp_port, purpose="pychron commands")]
         if self._udp is not None:
             eps.append(Endpoint(self.name, "udp", self.host, self._udp.port,
+                                purpose="pychron commands"))
+        elif self._udp_wanted:
+            udp_port = self._udp_port if self._udp_port is not None else tcp_port
+            eps.append(Endpoint(self.name, "udp", self.host, udp_port,
                                 purpose="pychron commands"))
         return eps
 

@@ -11,9 +11,11 @@ _FAMILIES = (
     "labbridge.node.kinds.pychron",
     "labbridge.node.kinds.bus",
     "labbridge.node.kinds.pychron_server",
+    "labbridge.node.kinds.acquisition",
     "labbridge.node.kinds.pymodaq",
     "labbridge.node.kinds.hexrotcomm",
     "labbridge.node.kinds.furnace",
+    "labbridge.node.kinds.relay",
 )
 
 

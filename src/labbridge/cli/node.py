@@ -1,0 +1,100 @@
+"""``labbridge check PATH`` and ``labbridge ports CONFIG``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from labbridge.node.config import ConfigError, load_yaml
+from labbridge.node.node import build_node
+from labbridge.node.seed import (
+    detect_kind,
+    load_device_file,
+    load_initialization,
+    load_server_file,
+)
+
+
+def check_one(path: Path) -> str:
+    """Validate one file; returns a one-line summary or raises ConfigError."""
+    kind = detect_kind(path)
+    if kind == "initialization":
+        init = load_initialization(path)
+        return (f"initialization.xml, node role {init.role()}: "
+                f"{', '.join(init.enabled()) or 'no enabled plugins'}")
+    if kind == "device":
+        link = load_device_file(path)
+        return (f"device file ({link.shape} shape): {link.name} = {link.klass} -> "
+                f"{link.role} at {link.host}:{link.port} over {link.kind}, "
+                f"timeout {link.timeout:g} s")
+    if kind == "server":
+        srv = load_server_file(path)
+        return f"command-server file: listen on {srv.host}:{srv.port}"
+    if kind == "dashboard":
+        from labbridge.protocol.telemetry.dashboard_config import (
+            DashboardConfigError,
+            parse_dashboard_config,
+        )
+
+        try:
+            cfg = parse_dashboard_config(load_yaml(path), str(path))
+        except DashboardConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        return f"dashboard file: {len(cfg.devices)} device(s), PUB port {cfg.port}"
+    node = build_node(path)
+    eps = node.endpoints()
+    return (f"node {node.name!r}: {len(node.devices)} device(s), {len(node.services)} "
+            f"service(s), {len(eps)} endpoint(s)")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def check(paths: tuple[str, ...]) -> None:
+    """Validate configuration files: node files, initialization.xml, device and server YAML,
+    dashboard.yaml. Errors name the file, the line and the field."""
+    failed = 0
+    for p in paths:
+        try:
+            summary = check_one(Path(p))
+        except ConfigError as exc:
+            failed += 1
+            click.echo(f"error: {exc}", err=True)
+        else:
+            click.echo(f"ok: {p}: {summary}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ports(config: str, as_json: bool) -> None:
+    """What the node in CONFIG listens on and connects to (for firewall rules)."""
+    try:
+        node = build_node(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    eps = node.endpoints()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([e.to_json() for e in eps], indent=2))
+        return
+    click.echo(f"node {node.name}")
+    for role in ("listen", "connect"):
+        rows = [e for e in eps if e.role == role]
+        if not rows:
+            continue
+        click.echo(f"  {role}s on:" if role == "listen" else "  connects to:")
+        for e in rows:
+            where = e.path if e.path else f"{e.host}:{e.port}"
+            proto = e.protocol.upper() if e.protocol in ("tcp", "udp") else e.protocol
+            click.echo(f"    {proto:<8} {where:<24} {e.service}"
+                       + (f"  ({e.purpose})" if e.purpose else ""))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(check)
+    group.add_command(ports)

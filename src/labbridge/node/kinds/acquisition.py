@@ -1,0 +1,135 @@
+"""Service kind ``remote_manager``: the acquisition side of a remote node (seed 002).
+
+Node file shape::
+
+    - kind: remote_manager
+      name: extraction-line
+      device_file: seed/extraction_line.yaml   # the seed's device YAML (either shape), or:
+      klass: RemoteExtractionLineManager       # inline: klass, host, port, timeout, kind
+      host: 127.0.0.1
+      port: 1061
+      timeout: 2
+      framing: braced          # braced (labbridge nodes, default) | plain | json (real Pychron)
+      monitor: {state_freq: 3, lock_freq: 5, owner_freq: 5, checksum_freq: 3,
+                update_period: 1}
+      bus: tcp://127.0.0.1:5555   # the valve node's notifier: pushed changes, gap detection
+
+It builds a :class:`PychronClient`, :class:`RemoteValves` and a :class:`StatusMonitor`, and adds
+a proxy device (named after the service) to the node so the bus and the web page show the remote
+valves like local ones. A peer that is down at start, or goes away later, is retried with
+backoff; the status goes to ``node_unreachable`` after three failed polls and back to ``ok``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from labbridge.links.pychron.client import PychronClient
+from labbridge.links.pychron.monitor import StatusMonitor
+from labbridge.links.pychron.proxy import RemoteValveBankProxy
+from labbridge.links.pychron.remote import RemoteValves
+from labbridge.node.config import Section
+from labbridge.node.registry import NodeContext, register_service
+from labbridge.node.seed import KLASSES, DeviceLink, check_host, load_device_file
+from labbridge.transport.endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+def read_link(sec: Section, ctx: NodeContext) -> DeviceLink:
+    dfile = sec.get_str("device_file", None)
+    if dfile is not None:
+        return load_device_file(ctx.resolve_path(dfile))
+    klass = sec.get_str("klass", "RemoteExtractionLineManager")
+    role = KLASSES.get(klass)
+    if role is None:
+        raise sec.error("klass", f"unknown klass {klass!r}")
+    return DeviceLink(sec.get_str("name", klass), klass, role, check_host(sec, "host"),
+                      sec.get_port("port", 1061), sec.get_float("timeout", 2.0, min=0.001),
+                      sec.get_choice("kind", ("TCP", "UDP"), "TCP"), sec.file or "", "inline")
+
+
+class RemoteManagerService:
+    """Client link + StatusMonitor + proxy device for one remote valve node."""
+
+    def __init__(self, name: str, link: DeviceLink, client: PychronClient,
+                 monitor_kw: dict[str, Any], bus: str | None) -> None:
+        self.name = name
+        self.link = link
+        self.client = client
+        self.remote = RemoteValves(client)
+        self.proxy: RemoteValveBankProxy | None = None
+        self.monitor = StatusMonitor(self.remote, **monitor_kw)
+        self.bus = bus
+        self._subscriber: Any = None
+
+    def attach(self, proxy: RemoteValveBankProxy) -> None:
+        self.proxy = proxy
+        self.monitor.on_change = proxy.on_change
+        self.monitor.on_status = proxy.on_status
+
+    async def start(self) -> None:
+        await self.monitor.start()
+        if self.bus:
+            from labbridge.bus.subscriber import Subscriber
+
+            sub = Subscriber([self.bus])
+            sub.add_listener(self._on_bus)
+            sub.add_gap_listener(lambda gap: self.monitor.gap_detected())
+            await sub.start()
+            self._subscriber = sub
+
+    def _on_bus(self, topic: str, payload: Any, meta: Any) -> None:
+        self.monitor.bus_alive()
+        if isinstance(payload, dict) and "state" in payload and "locked" in payload:
+            name = topic.rsplit(".", 1)[-1]
+            if isinstance(payload.get("name"), str):  # legacy "pychron {...}" events
+                name = payload["name"]
+            if name in self.monitor.valves or not self.monitor.valves:
+                self.monitor.push(name, state=bool(payload["state"]),
+                                  locked=bool(payload["locked"]),
+                                  owner=str(payload.get("owner") or ""))
+
+    async def stop(self) -> None:
+        if self._subscriber is not None:
+            await self._subscriber.stop()
+            self._subscriber = None
+        await self.monitor.stop()
+        await self.client.close()
+
+    def endpoints(self) -> list[Endpoint]:
+        eps = [Endpoint(self.name, self.link.kind.lower(), self.link.host, self.link.port,
+                        role="connect", purpose=f"pychron commands ({self.link.klass})")]
+        if self.bus:
+            host, _, port = self.bus.removeprefix("tcp://").rpartition(":")
+            eps.append(Endpoint(self.name, "zmq-sub", host, int(port) if port.isdigit()
+                                else None, role="connect", purpose="valve changes (bus)"))
+        return eps
+
+
+@register_service("remote_manager")
+def _remote_manager(sec: Section, ctx: NodeContext) -> RemoteManagerService:
+    link = read_link(sec, ctx)
+    if link.role != "valves":
+        raise sec.error("klass" if "klass" in sec else "device_file",
+                        f"{link.klass} is a {link.role} manager; remote_manager drives valves "
+                        "(use the furnace/laser/spectrometer link kinds for those)")
+    framing = sec.get_choice("framing", ("braced", "plain", "json"), "braced")
+    client = PychronClient(link.host, link.port, framing=framing, udp=link.kind == "UDP",
+                           timeout=link.timeout)
+    mon = sec.get_section("monitor", None)
+    monitor_kw: dict[str, Any] = {}
+    if mon is not None:
+        for key in ("state_freq", "lock_freq", "owner_freq", "checksum_freq"):
+            if key in mon:
+                monitor_kw[key] = mon.get_int(key, min=1)
+        if "update_period" in mon:
+            monitor_kw["update_period"] = mon.get_float("update_period", min=0.001)
+        mon.check_no_unknown()
+    name = sec.get_str("name", "extraction-line")
+    svc = RemoteManagerService(name, link, client, monitor_kw, sec.get_str("bus", None))
+    proxy = RemoteValveBankProxy(name.replace(" ", "_"), svc.remote, svc.monitor)
+    svc.attach(proxy)
+    ctx.devices.setdefault(proxy.name, proxy)
+    return svc

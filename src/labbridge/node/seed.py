@@ -1,0 +1,286 @@
+"""The seed's own configuration files, read as they are (seed 002, spec pychron.md section 16).
+
+* ``initialization.xml`` -- which plugins each Pychron node enables;
+* device YAML files -- how the acquisition computer reaches a remote node, in the seed's flat
+  shape (``name``, ``klass``, ``host``, ``port``, ``timeout``) or the real
+  ``General``/``Communications`` shape;
+* the command-server YAML -- ``port`` and ``host``.
+
+Every error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.parsers import expat
+
+from labbridge.node.config import ConfigError, Section, load_yaml
+
+#: Plugin names accepted in initialization.xml (seed names, real names, and the ones the
+#: spec lists as accepted but not communication-related).
+KNOWN_PLUGINS = frozenset({
+    # communication plugins labbridge acts on
+    "RemoteCommandServer", "ExtractionLine", "ClientExtractionLine", "Furnace", "NMGRLFurnace",
+    "Laser", "FusionsCO2", "FusionsDiode", "OsTechDiode", "FusionsUV", "Spectrometer",
+    "DashboardServer", "DashboardClient",
+    # accepted, no communication role
+    "DVC", "GitHub", "Database", "Experiment", "Pipeline", "MassSpec", "Entry", "Loading",
+    "Canvas", "Video", "Geochron", "LabBook", "Classifier", "Sparrow", "Social", "Update",
+})
+
+#: Seed ``klass`` names and what labbridge builds for them (spec 16.2).
+KLASSES = {
+    "RemoteExtractionLineManager": "valves",
+    "PychronGPActuator": "valves",
+    "RemoteFurnaceManager": "furnace",
+    "NMGRLFurnaceEurotherm": "furnace",
+    "RemoteLaserManager": "laser",
+    "ArgusSpectrometer": "spectrometer",
+    "QtegraSpectrometer": "spectrometer",
+}
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    enabled: bool
+    group: str  # "globals", "general", "hardware", ...
+    line: int
+
+
+@dataclass
+class Initialization:
+    """An initialization.xml: the plugins a node enables."""
+
+    path: str
+    plugins: list[Plugin] = field(default_factory=list)
+
+    def enabled(self) -> list[str]:
+        return [p.name for p in self.plugins if p.enabled]
+
+    def role(self) -> str:
+        """The node role of the seed's table that these plugins describe."""
+        on = set(self.enabled())
+        if "RemoteCommandServer" in on and on & {"Furnace", "NMGRLFurnace"}:
+            return "furnace-controller"
+        if "RemoteCommandServer" in on and "ExtractionLine" in on:
+            return "valve-controller"
+        if "Pipeline" in on or "DashboardClient" in on:
+            return "data-reduction"
+        if "Experiment" in on or "Spectrometer" in on:
+            return "acquisition"
+        if "DashboardServer" in on:
+            return "dashboard"
+        return "unknown"
+
+
+@dataclass
+class _El:
+    tag: str
+    attrs: dict[str, str]
+    line: int
+    text: str = ""
+    children: list[_El] = field(default_factory=list)
+
+    def iter(self) -> list[_El]:
+        out = [self]
+        for c in self.children:
+            out.extend(c.iter())
+        return out
+
+
+def _parse_xml(data: bytes, name: str) -> _El:
+    """A tiny expat tree that keeps each element's line (ElementTree does not)."""
+    parser = expat.ParserCreate()
+    stack: list[_El] = []
+    roots: list[_El] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        el = _El(tag, attrs, parser.CurrentLineNumber)
+        if stack:
+            stack[-1].children.append(el)
+        else:
+            roots.append(el)
+        stack.append(el)
+
+    def end(tag: str) -> None:
+        stack.pop()
+
+    def chars(text: str) -> None:
+        if stack:
+            stack[-1].text += text
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise ConfigError(f"XML syntax error: {expat.errors.messages[exc.code]}", file=name,
+                          line=exc.lineno) from None
+    return roots[0]
+
+
+def load_initialization(path: str | Path) -> Initialization:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=str(p)) from exc
+    root = _parse_xml(data, str(p))
+    if root.tag != "root":
+        raise ConfigError(f"the top element must be <root>, not <{root.tag}>", file=str(p),
+                          line=root.line)
+    init = Initialization(str(p))
+    for group in root.iter():
+        for el in group.children:
+            if el.tag != "plugin":
+                continue
+            name = el.text.strip().split("\n")[0].strip()
+            line = el.line
+            field_name = f"{group.tag}/plugin"
+            if not name:
+                raise ConfigError("a <plugin> element needs a name", file=str(p), line=line,
+                                  field=field_name)
+            enabled_text = el.attrs.get("enabled", "true").strip().lower()
+            if enabled_text not in ("true", "false"):
+                raise ConfigError(f"enabled must be true or false, got {enabled_text!r}",
+                                  file=str(p), line=line, field=f"{field_name}[{name}]")
+            if name not in KNOWN_PLUGINS:
+                raise ConfigError(f"unknown plugin {name!r}", file=str(p), line=line,
+                                  field=f"{field_name}[{name}]")
+            init.plugins.append(Plugin(name, enabled_text == "true", group.tag, line))
+    if not init.plugins:
+        raise ConfigError("no <plugin> elements found", file=str(p), line=root.line)
+    return init
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                          r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def check_host(sec: Section, key: str) -> str:
+    """A host must be an IP address (the seed: 'use IP addresses') or a valid host name."""
+    host: str = sec.get_str(key)
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise sec.error(key, f"{host!r} is not a valid IPv4 address; the node would be "
+                            "unreachable") from None
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(host):
+        raise sec.error(key, f"{host!r} is neither an IP address nor a host name")
+    return host
+
+
+@dataclass(frozen=True)
+class DeviceLink:
+    """How the acquisition computer reaches one remote node (a device YAML)."""
+
+    name: str
+    klass: str
+    role: str  # "valves", "furnace", "laser", "spectrometer"
+    host: str
+    port: int
+    timeout: float
+    kind: str = "TCP"  # or "UDP"
+    source: str = ""
+    shape: str = "seed"  # or "real"
+
+
+def load_device_file(path: str | Path, *, profile: str = "seed") -> DeviceLink:
+    """Read a device YAML in either shape; ``profile='pychron-real'`` defaults kind to UDP."""
+    p = Path(path)
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError("a device file must be a mapping", file=str(p), line=1)
+    root = Section(data, file=str(p))
+    if "General" in data or "Communications" in data:
+        general = root.get_section("General")
+        comms = root.get_section("Communications")
+        name = general.get_str("name")
+        klass = general.get_str("klass", None) or general.get_str("type")
+        host = check_host(comms, "host")
+        port = comms.get_port("port")
+        timeout = comms.get_float("timeout", 1.0, min=0.001, max=3600)
+        kind = comms.get_choice("kind", ("TCP", "UDP"), "UDP" if profile == "pychron-real"
+                                else "TCP")
+        general.unknown_keys()
+        shape = "real"
+        klass_sec, klass_key = general, "klass" if "klass" in general else "type"
+    else:
+        name = root.get_str("name")
+        klass = root.get_str("klass")
+        host = check_host(root, "host")
+        port = root.get_port("port")
+        timeout = root.get_float("timeout", 2.0, min=0.001, max=3600)
+        kind = root.get_choice("kind", ("TCP", "UDP"), "TCP")
+        shape = "seed"
+        klass_sec, klass_key = root, "klass"
+        root.check_no_unknown()
+    role = KLASSES.get(klass)
+    if role is None:
+        raise klass_sec.error(klass_key, f"unknown klass {klass!r} (known: "
+                              f"{', '.join(sorted(KLASSES))})")
+    if port == 0:
+        raise root.error("port", "a remote node's port cannot be 0")
+    return DeviceLink(name, klass, role, host, port, timeout, kind, str(p), shape)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    source: str
+
+
+def load_server_file(path: str | Path) -> ServerConfig:
+    """The seed's ``setupfiles/servers/remote_command_server.yaml``: ``port``, ``host``."""
+    p = Path(path)
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError("a server file must be a mapping with port and host", file=str(p),
+                          line=1)
+    root = Section(data, file=str(p))
+    host = root.get_str("host", "0.0.0.0")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise root.error("host", f"{host!r} is not an IP address to listen on") from None
+    port = root.get_port("port", 1061)
+    root.check_no_unknown()
+    return ServerConfig(host, port, str(p))
+
+
+def detect_kind(path: str | Path) -> str:
+    """What kind of configuration file ``path`` is: node, initialization, device, server,
+    dashboard."""
+    p = Path(path)
+    if p.suffix.lower() == ".xml":
+        return "initialization"
+    data: Any = load_yaml(p)
+    if isinstance(data, list):
+        return "dashboard"
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top of the file", file=str(p), line=1)
+    if "node" in data:
+        return "node"
+    if "klass" in data or "General" in data or "Communications" in data:
+        return "device"
+    if "devices" in data:
+        return "dashboard"
+    if set(data) <= {"port", "host"}:
+        return "server"
+    raise ConfigError("cannot tell what kind of file this is (a node file has 'node:', a "
+                      "device file 'klass:', a server file 'port:' and 'host:')",
+                      file=str(p), line=1)

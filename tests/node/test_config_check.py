@@ -1,0 +1,92 @@
+"""`labbridge check`: every example passes; every broken fixture names file, line and field;
+the seed's own files load as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labbridge.node.config import ConfigError
+from labbridge.node.node import build_node
+from labbridge.node.seed import load_device_file, load_initialization, load_server_file
+from tests.cli_helpers import run_cli
+from tests.conftest import REPO
+
+FIX = Path(__file__).parent / "fixtures"
+LAB = REPO / "examples" / "lab"
+
+
+def test_every_example_passes_check():
+    files = sorted(str(p) for p in [*LAB.glob("*.yaml"), *(LAB / "seed").glob("*"),
+                                    *(REPO / "examples").glob("*.yaml")])
+    r = run_cli("check", *files)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("ok: ") == len(files)
+
+
+@pytest.mark.parametrize(("fixture", "where", "message"), [
+    ("wrong_type.yaml", "wrong_type.yaml:6: devices[0].valves[0].settling_time",
+     "expected a number, got 'soon'"),
+    ("missing_field.yaml", "missing_field.yaml:3: devices[0].name", "required field is missing"),
+    ("unknown_plugin.xml", "unknown_plugin.xml:5: general/plugin[RemoteCommandServr]",
+     "unknown plugin 'RemoteCommandServr'"),
+    ("duplicate_port.yaml", "duplicate_port.yaml:12: services[1].port",
+     "TCP port 1061 is already used by service 'commands'"),
+    ("unreachable_host.yaml", "unreachable_host.yaml:3: host",
+     "'192.168.1.500' is not a valid IPv4 address"),
+    ("unknown_klass.yaml", "unknown_klass.yaml:3: General.klass",
+     "unknown klass 'PychronGPActuatr'"),
+])
+def test_broken_fixture_names_file_line_field(fixture, where, message):
+    r = run_cli("check", str(FIX / fixture))
+    assert r.returncode == 1
+    assert where in r.stderr and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_seed_files_load_as_written():
+    roles = {f: load_initialization(LAB / "seed" / f).role() for f in (
+        "pyexperiment-initialization.xml", "pyvalve-initialization.xml",
+        "furpi-initialization.xml", "pycrunch-initialization.xml")}
+    assert roles == {"pyexperiment-initialization.xml": "acquisition",
+                     "pyvalve-initialization.xml": "valve-controller",
+                     "furpi-initialization.xml": "furnace-controller",
+                     "pycrunch-initialization.xml": "data-reduction"}
+    el = load_device_file(LAB / "seed" / "extraction_line.yaml")
+    assert (el.klass, el.role, el.host, el.port, el.timeout) == (
+        "RemoteExtractionLineManager", "valves", "192.168.1.50", 1061, 2.0)
+    fu = load_device_file(LAB / "seed" / "furnace.yaml")
+    assert (fu.klass, fu.role, fu.host, fu.port, fu.timeout) == (
+        "RemoteFurnaceManager", "furnace", "192.168.1.51", 1061, 5.0)
+    srv = load_server_file(LAB / "seed" / "remote_command_server.yaml")
+    assert (srv.host, srv.port) == ("0.0.0.0", 1061)
+
+
+def test_real_device_file_shape(tmp_path):
+    p = tmp_path / "switch_controller.yaml"
+    p.write_text("General:\n  name: switch_controller\n  klass: PychronGPActuator\n"
+                 "Communications:\n  type: ethernet\n  host: 192.168.1.50\n  port: 8000\n"
+                 "  kind: UDP\n  timeout: 1.0\n")
+    link = load_device_file(p)
+    assert (link.role, link.port, link.kind, link.shape) == ("valves", 8000, "UDP", "real")
+
+
+def test_plugin_list_and_services_must_agree(tmp_path):
+    (tmp_path / "init.xml").write_text(
+        (LAB / "seed" / "pyvalve-initialization.xml").read_text())
+    node = tmp_path / "node.yaml"
+    node.write_text("node: v\ninitialization: init.xml\ndevices:\n  - kind: flag\n"
+                    "    name: AFlag\n")
+    with pytest.raises(ConfigError) as info:
+        build_node(node)
+    assert "enables RemoteCommandServer" in str(info.value)
+    assert info.value.line == 2 and info.value.field == "initialization"
+
+
+def test_ports_lists_listen_and_connect():
+    r = run_cli("ports", str(LAB / "valve-controller.yaml"))
+    assert r.returncode == 0
+    assert "TCP      0.0.0.0:1061" in r.stdout and "UDP      0.0.0.0:1061" in r.stdout
+    r = run_cli("ports", str(LAB / "acquisition.yaml"))
+    assert "connects to:" in r.stdout and "192.168.1.50:1061" in r.stdout
