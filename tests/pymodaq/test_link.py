@@ -247,3 +247,28 @@ async def test_a_refused_move_still_gets_move_done(server):
         await server.actuator.wait_connected(5)
         assert await server.actuator.move_abs(1000.0) == 1.0
         assert await server.actuator.move_abs(2.0) == 2.0
+
+
+async def test_unsendable_reply_is_logged_and_the_client_keeps_serving(server, caplog):
+    """A 3-D frame cannot travel in dialect 1.6: the client says so and goes on serving."""
+    from labbridge.devices.base import Device
+
+    class Cube(Device):
+        def __init__(self) -> None:
+            super().__init__("cube")
+            self.shape = (2, 2, 2)
+
+        async def grab(self):
+            return [np.zeros(self.shape)]
+
+    cube = Cube()
+    async with running(client(cube, server, Generation.G1, Dialect.G1A)):
+        await server.detector.wait_connected(5)
+        server.detector.timeout = 0.5
+        with pytest.raises(TimeoutError):
+            await server.detector.grab()
+        assert any("cannot send Done" in r.getMessage() for r in caplog.records)
+        cube.shape = (2, 2)
+        await server.detector.wait_connected(5)  # dropped after the timeout, reconnected
+        server.detector.timeout = 10
+        assert (await server.detector.grab())[0].shape == (2, 2)

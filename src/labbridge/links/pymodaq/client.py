@@ -91,7 +91,7 @@ class PyMoDAQClient:
         self.last_close_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._axes_sent = False
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,10 +108,10 @@ class PyMoDAQClient:
                     stream.send(Quit())
             stream.close()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        for t in [*self._side_tasks, *([task] if task is not None else [])]:
+            t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await t
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
@@ -161,7 +161,9 @@ class PyMoDAQClient:
     def _make_stream(self, queue: asyncio.Queue[object]) -> PyMoDAQStream:
         def on_message(stream: PyMoDAQStream, msg: object) -> None:
             if isinstance(msg, StopMotion):  # at once: it must interrupt a running move
-                asyncio.get_running_loop().create_task(self._stop_motion())
+                task = asyncio.get_running_loop().create_task(self._stop_motion())
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
             else:
                 queue.put_nowait(msg)
 
@@ -201,9 +203,16 @@ class PyMoDAQClient:
             except Exception:
                 log.exception("%s: %s failed on the device", self.name, type(msg).__name__)
                 reply = await self._error_reply(msg)
-            if reply is not None and stream.is_open:
+            if reply is None or not stream.is_open:
+                continue
+            try:
                 stream.send(reply)
-                await stream.drain()
+            except ProtocolError as exc:  # e.g. an N-D array in dialect 1.6: our side's limit
+                log.error("%s: cannot send %s: %s", self.name, type(reply).__name__, exc)
+                continue
+            except ConnectionError:
+                return
+            await stream.drain()
 
     async def _error_reply(self, msg: object) -> object | None:
         """A failed move still answers ``move_done`` with the actual position, so the server
