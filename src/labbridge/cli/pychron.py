@@ -14,6 +14,7 @@ from labbridge.cli.common import parse_hostport, run_async
 from labbridge.links.pychron.client import PychronClient, PychronClientError
 from labbridge.links.pychron.monitor import StatusMonitor, ValveView
 from labbridge.links.pychron.remote import RemoteValves
+from labbridge.protocol.base import ProtocolError
 
 FRAMINGS = ("braced", "plain", "json")
 
@@ -22,25 +23,35 @@ FRAMINGS = ("braced", "plain", "json")
 @click.option("--framing", type=click.Choice(FRAMINGS), default="braced", show_default=True,
               help="braced for labbridge nodes; plain (or json) for real Pychron servers.")
 @click.option("--udp", is_flag=True, help="Send one UDP datagram instead of using TCP.")
+@click.option("--relay", is_flag=True,
+              help="TARGET is a legacy RemoteHardwareServer: decode its F-CRC reply frame "
+                   "and check the CRC.")
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds.")
 @click.argument("target")
 @click.argument("command", nargs=-1, required=True)
-def call(framing: str, udp: bool, timeout: float, target: str, command: tuple[str, ...]) -> None:
+def call(framing: str, udp: bool, relay: bool, timeout: float, target: str,
+         command: tuple[str, ...]) -> None:
     """Send COMMAND to the server at TARGET (HOST:PORT) and print the reply.
 
-    Exit code 0 for a normal reply, 1 for an ERROR reply, 2 when no reply came.
+    Exit code 0 for a normal reply, 1 for an ERROR reply (``Error:`` from Qtegra too), 2 when
+    no reply came (or a relay frame failed its check).
     """
     host, port = parse_hostport(target)
     text = " ".join(command)
 
     async def _main() -> str:
+        if relay:
+            from labbridge.links.pychron.clients import RelayClient
+
+            async with RelayClient(host, port, udp=udp, timeout=timeout) as rclient:
+                return await rclient.ask(text)
         async with PychronClient(host, port, framing=framing,  # type: ignore[arg-type]
                                  udp=udp, timeout=timeout) as client:
             return await client.ask(text)
 
     try:
         reply = run_async(_main())
-    except PychronClientError as exc:
+    except (PychronClientError, ProtocolError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(reply)

@@ -6,6 +6,7 @@ Importing this package registers them all. A family adds its module to ``_FAMILI
 from __future__ import annotations
 
 import importlib
+import logging
 
 _FAMILIES = (
     "labbridge.node.kinds.pychron",
@@ -21,4 +22,10 @@ _FAMILIES = (
 
 def load_all() -> None:
     for mod in _FAMILIES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise  # a real import error inside the family module
+            logging.getLogger(__name__).warning("device/service family %s is not installed",
+                                                mod)

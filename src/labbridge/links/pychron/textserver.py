@@ -1,0 +1,237 @@
+"""A one-request-per-connection text server (TCP) with a UDP twin, for the legacy faces.
+
+Both the Qtegra RemoteControlServer (spec pychron.md section 12) and the legacy
+RemoteHardwareServer (section 10) take one unframed text request per TCP connection, answer
+it and close; over UDP one datagram in, one datagram out. They differ only in what they
+answer, so both are this server with a different ``handler``.
+
+A request ends (spec 3.2, via :class:`~labbridge.protocol.pychron.raw.RawRequestReader`) at a
+CR or LF, at the peer's half-close, or after a quiet gap with no new bytes (clients that send no
+terminator). It may hold at most ``max_request`` bytes; beyond that the peer gets
+``oversize_reply`` and the connection is closed. Every connection is served concurrently on
+the one event loop: a handler that takes long (a slow device) holds only its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
+from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.tcp import TcpServer, UdpServer, peer_host
+
+log = logging.getLogger(__name__)
+
+#: ``handler(request_text, peer_host) -> reply bytes`` (or an awaitable of them).
+TextHandler = Callable[[str, str], "bytes | Awaitable[bytes]"]
+
+
+class _OneShot(asyncio.Protocol):
+    def __init__(self, server: OneShotTextServer) -> None:
+        self.server = server
+        self.reader = RawRequestReader(server.max_request)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "local"
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Future[bytes] | None = None
+        self.answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = peer_host(transport)
+        self._arm(self.server.first_request_timeout, self._idle_close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered or self.reader.done:
+            return  # one request per connection; later bytes are dropped
+        self._cancel()
+        try:
+            self.reader.receive_data(data)
+        except RawRequestTooLarge as exc:
+            log.warning("%s: %s: %s", self.server.name, self.peer, exc)
+            self._reply(self.server.oversize_reply)
+            return
+        ev = self.reader.next_event()
+        if isinstance(ev, RawRequest):
+            self._run(ev.text)
+        else:
+            self._arm(self.server.quiet_gap, self._on_quiet)
+
+    def eof_received(self) -> bool:
+        self._cancel()
+        if self.answered:
+            # The peer read our reply and closed: done.
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        if not self.answered and self.task is None:
+            req = self.reader.flush()
+            self._run(req.text if req is not None else "")
+        return True  # keep our side open until the reply is written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _on_quiet(self) -> None:
+        self.timer = None
+        if self.answered or self.task is not None:
+            return
+        req = self.reader.flush()
+        self._run(req.text if req is not None else "")
+
+    def _idle_close(self) -> None:
+        self.timer = None
+        if self.task is None and not self.answered and self.transport is not None:
+            log.info("%s: %s sent nothing; closing", self.server.name, self.peer)
+            self.transport.close()
+
+    def _run(self, text: str) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+        try:
+            result = self.server.handler(text, self.peer)
+        except Exception:
+            log.exception("%s: handler failed on %r", self.server.name, text[:80])
+            result = self.server.failure_reply
+        if isinstance(result, bytes):
+            self._reply(result)
+            return
+        fut = asyncio.ensure_future(result)
+        self.task = fut
+        self.server._tasks.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future[bytes]) -> None:
+        self.server._tasks.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("%s: handler failed: %r", self.server.name, exc)
+            self._reply(self.server.failure_reply)
+        else:
+            self._reply(fut.result())
+
+    def _reply(self, data: bytes) -> None:
+        self.answered = True
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        if data:
+            tr.write(data)
+        # Half-close after the reply, then close; unread request bytes could otherwise turn
+        # our close into an RST that destroys the reply in flight.
+        if tr.can_write_eof():
+            tr.write_eof()
+            tr.resume_reading()
+            self._arm(self.server.linger, tr.close)
+        else:
+            tr.close()
+
+    def _arm(self, delay: float, cb: Callable[[], Any]) -> None:
+        self._cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay, cb)
+
+    def _cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class OneShotTextServer:
+    """Service: TCP (one request per connection) plus optional UDP, one handler."""
+
+    def __init__(self, handler: TextHandler, host: str = "127.0.0.1", port: int = 0, *,
+                 udp: bool = False, udp_port: int | None = None, name: str = "text-server",
+                 purpose: str = "", quiet_gap: float = 0.05, max_request: int = 64 * 1024,
+                 first_request_timeout: float = 30.0, linger: float = 1.0,
+                 oversize_reply: bytes = b"", failure_reply: bytes = b"",
+                 max_connections: int = 1024) -> None:
+        self.handler = handler
+        self.host = host
+        self.name = name
+        self.purpose = purpose
+        self.quiet_gap = quiet_gap
+        self.max_request = max_request
+        self.first_request_timeout = first_request_timeout
+        self.linger = linger
+        self.oversize_reply = oversize_reply
+        self.failure_reply = failure_reply
+        self._tcp = TcpServer(lambda: _OneShot(self), host, port, name=name,
+                              max_connections=max_connections)
+        self._udp_wanted = udp or udp_port is not None
+        self._udp_port = udp_port
+        self._udp: UdpServer | None = None
+        self._tasks: set[asyncio.Future[bytes]] = set()
+
+    @property
+    def port(self) -> int | None:
+        return self._tcp.port
+
+    @property
+    def udp_port(self) -> int | None:
+        return self._udp.port if self._udp else None
+
+    async def start(self) -> None:
+        await self._tcp.start()
+        if self._udp_wanted:
+            port = self._udp_port if self._udp_port is not None else self._tcp.port
+            assert port is not None
+            self._udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
+            try:
+                await self._udp.start()
+            except BaseException:
+                await self._tcp.stop()
+                raise
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._udp is not None:
+            await self._udp.stop()
+            self._udp = None
+        await self._tcp.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        eps = [Endpoint(self.name, "tcp", self.host, self.port, purpose=self.purpose)]
+        if self._udp is not None:
+            eps.append(Endpoint(self.name, "udp", self.host, self._udp.port,
+                                purpose=self.purpose))
+        return eps
+
+    def _datagram(self, data: bytes, addr: Any, reply: Callable[[bytes], None]) -> None:
+        host = str(addr[0]) if isinstance(addr, tuple) else "local"
+        if len(data) > self.max_request:
+            reply(self.oversize_reply)
+            return
+        text = data.decode("utf-8", "replace").strip()
+        try:
+            result = self.handler(text, host)
+        except Exception:
+            log.exception("%s: handler failed on %r", self.name, text[:80])
+            reply(self.failure_reply)
+            return
+        if isinstance(result, bytes):
+            reply(result)
+            return
+        fut = asyncio.ensure_future(result)
+        self._tasks.add(fut)
+
+        def done(f: asyncio.Future[bytes]) -> None:
+            self._tasks.discard(f)
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.error("%s: handler failed: %r", self.name, f.exception())
+                reply(self.failure_reply)
+            else:
+                reply(f.result())
+
+        fut.add_done_callback(done)

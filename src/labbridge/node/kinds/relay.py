@@ -1,0 +1,94 @@
+"""Service kinds of the legacy relay (spec pychron.md sections 3.3, 3.4, 10).
+
+Node file shapes::
+
+    - kind: relay_processor            # the CommandProcessor, inside the hardware process
+      name: processor
+      path: hardware-extractionline    # Unix socket; relative = in the system temp directory
+      handlers:                        # request type -> devices whose command sets answer it
+        Extractionline: [valves, gauges]   # default: every device of the node
+        Hardware: [furnace]
+      # "System" (the seed's type) always means Extractionline; "test" always echoes.
+
+    - kind: relay_front_server         # the RemoteHardwareServer
+      name: front
+      host: 127.0.0.1
+      port: 1061
+      udp: true
+      path: hardware-extractionline    # where the processor listens
+      process_type: Extractionline     # prepended to every request (seed: System)
+      timeout: 5                       # seconds for the processor's reply
+      max_connections: 8               # parallel requests to the processor
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from labbridge.devices.base import Device
+from labbridge.links.pychron.dispatch import Dispatcher
+from labbridge.links.pychron.relay import CommandRepeater, RelayFrontServer, RelayProcessor
+from labbridge.node.config import Section
+from labbridge.node.kinds import pychron_server
+from labbridge.node.registry import NodeContext, register_service
+from labbridge.protocol.pychron.relay import PROCESS_TYPES
+
+
+def _socket_path(sec: Section) -> str:
+    path: str = sec.get_str("path", "hardware-extractionline")
+    if not os.path.isabs(path):
+        path = os.path.join(tempfile.gettempdir(), path)
+    if len(path.encode()) > 100:
+        raise sec.error("path", f"a Unix socket path may hold at most 100 bytes: {path!r}")
+    return path
+
+
+def _dispatcher(sec: Section, key: str, devices: list[Device]) -> Dispatcher:
+    sets = [s for s in (b(devices) for b in pychron_server.COMMAND_SET_BUILDERS)
+            if s is not None]
+    if not sets:
+        raise sec.error(key, "none of these devices speaks a Pychron command set")
+    try:
+        return Dispatcher(sets)
+    except ValueError as exc:
+        raise sec.error(key, str(exc)) from None
+
+
+@register_service("relay_processor")
+def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
+    handlers: dict[str, Dispatcher] = {}
+    hsec = sec.get_section("handlers", None)
+    if hsec is None:
+        handlers["Extractionline"] = _dispatcher(sec, "handlers",
+                                                 list(ctx.devices.values()))
+    else:
+        for ptype in list(hsec):
+            if ptype not in PROCESS_TYPES or ptype in ("test", "System"):
+                raise hsec.error(ptype, f"unknown request type {ptype!r} (known: "
+                                 "Extractionline, Diode, Synrad, CO2, UV, Hardware)")
+            devices: list[Device] = []
+            for n in hsec.get_list(ptype):
+                dev = ctx.devices.get(str(n))
+                if dev is None:
+                    raise hsec.error(ptype, f"no device named {n!r} on this node")
+                devices.append(dev)
+            handlers[ptype] = _dispatcher(hsec, ptype, devices)
+    return RelayProcessor(_socket_path(sec), handlers, name=sec.get_str("name", "processor"))
+
+
+@register_service("relay_front_server")
+def _front(sec: Section, ctx: NodeContext) -> RelayFrontServer:
+    ptype = sec.get_choice("process_type", PROCESS_TYPES, "Extractionline")
+    repeater = CommandRepeater(
+        _socket_path(sec), ptype,
+        timeout=sec.get_float("timeout", 5.0, min=0.01, max=3600.0),
+        max_connections=sec.get_int("max_connections", 8, min=1, max=1024))
+    host = ctx.host_override or sec.get_str("host", "127.0.0.1")
+    port = sec.get_port("port", 1061)
+    if ctx.port_override is not None and not ctx.extra.get("port_override_used"):
+        port = ctx.port_override
+        ctx.extra["port_override_used"] = True
+    return RelayFrontServer(repeater, host, port, udp=sec.get_bool("udp", False),
+                            udp_port=sec.get_port("udp_port", None),
+                            name=sec.get_str("name", "front"))
