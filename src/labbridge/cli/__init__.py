@@ -60,7 +60,13 @@ def cli(log_level: str) -> None:
 
 def _load_commands() -> None:
     for mod in _COMMAND_MODULES:
-        importlib.import_module(mod).register(cli)
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue  # a family that is not installed: its commands are absent
+        module.register(cli)
 
 
 _load_commands()
