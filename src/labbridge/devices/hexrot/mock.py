@@ -85,6 +85,7 @@ class BaseMockController(Device):
             cfg[key] = value
         self.config: dict[str, Any] = cfg
         self.telemetry: dict[str, Any] = dict(self.default_telemetry())
+        self._has_offline_substate = "offline_substate" in self.spec.telemetry.names
         if initial_state is None:
             initial_state = (ControllerState.OFFLINE if self.generation is Generation.A
                              else ControllerState.STANDBY)
@@ -144,7 +145,7 @@ class BaseMockController(Device):
         old = self.telemetry.get("state")
         self.telemetry["state"] = float(state)
         self.telemetry["enabled_substate"] = float(EnabledSubstate.STATIONARY)
-        if "offline_substate" in self.spec.telemetry.names:
+        if self._has_offline_substate:
             self.telemetry["offline_substate"] = float(
                 OfflineSubstate.AVAILABLE if state == ControllerState.OFFLINE else 0)
         if old != float(state):

@@ -16,6 +16,12 @@ protocol error puts it in FAULT with the reason (``fault_reason``, ``error_code`
 the command in flight. Decision (spec §3.8 [lb], §9 quirk 2): an unknown frame id, a corrupt
 header or a truncated frame closes the connection with a :class:`ProtocolError` instead of the
 upstream "flush and continue".
+
+Reading is an :class:`asyncio.Protocol`: frames are decoded and dispatched inside
+``data_received`` with no task hop, so a status resolves the waiting command directly and
+telemetry at hundreds of kHz costs only the decoding (ADR 0044). Callbacks may be plain
+functions (called inline) or coroutine functions (run as tasks); their exceptions are logged
+and never break the link.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +38,8 @@ from labbridge.links.hexrotcomm.common import (
     Callback,
     CommandRejected,
     LinkFault,
-    call_callback,
 )
-from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.hexrotcomm.framing import Frame, FrameDecoder, FrameKind, WireProfile
 from labbridge.protocol.hexrotcomm.structs import (
     COMMANDER_CSC,
@@ -42,12 +48,41 @@ from labbridge.protocol.hexrotcomm.structs import (
     ErrorCode,
     Generation,
 )
-from labbridge.transport.one_client import READ_CHUNK, configure_socket
+from labbridge.transport.one_client import configure_socket
 
 #: Spec §3.8.
 COMMAND_STATUS_TIMEOUT = 5.0
 CONFIG_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
+#: Most statuses of timed-out commands remembered to recognise late answers (spec §9 #11).
+_LATE_MEMORY = 64
+#: Largest slice of a received chunk fed to the decoder at once.
+_FEED = 65536
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, client: CommandTelemetryClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        configure_socket(transport.get_extra_info("socket"))
+
+    def data_received(self, data: bytes) -> None:
+        self.client._data_received(data)
+
+    def eof_received(self) -> bool:
+        self.client._eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.client._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.client._can_write.set()
+
 
 class CommandTelemetryClient:
     """Generation-D client; construct, ``await connect()``, use, ``await close()``."""
@@ -78,34 +113,44 @@ class CommandTelemetryClient:
         self.on_telemetry = on_telemetry
         self.on_connect = on_connect
         self.log = log or logging.getLogger(__name__)
+        #: Last CONFIG payload record.
         self.config: Any = None
+        #: Last TELEMETRY frame: every telemetry field as an attribute, plus ``header`` and
+        #: ``payload`` (the pure payload record); ``on_telemetry`` receives the same objects.
         self.telemetry: Any = None
-        self.header: Any = None
         self.fault_reason: str | None = None
         self.error_code: ErrorCode | None = None
-        #: Header TAI minus local clock of the last telemetry frame (spec §3.7).
+        #: Header TAI minus local clock, from the last telemetry frame of a read (spec §3.7).
         self.clock_offset: float | None = None
         self.late_statuses = 0
         self.ignored_statuses = 0
         self.commands_sent = 0
+        self.frames_received = 0
+        self._loop = asyncio.get_running_loop()
         self._last_counter = 0xFFFFFFFF
-        self._lock = asyncio.Lock()
+        self._busy = False
+        self._queue: deque[asyncio.Future[None]] = deque()
         self._pending: tuple[int, asyncio.Future[Any]] | None = None
         self._timed_out: dict[int, float] = {}
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._read_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(profile)
+        self._pack_command = profile.command.struct.pack
+        self._broken: str | None = None
+        self._lost = False
         self._used = False
         self._closing = False
-        self._configured = asyncio.get_running_loop().create_future()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._configured: asyncio.Future[None] = self._loop.create_future()
         self._telemetry_waiters: list[asyncio.Future[Any]] = []
+        self._cb_tasks: set[asyncio.Task[Any]] = set()
         self.closed = asyncio.Event()
 
     # -- connection -------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return (self._writer is not None and not self._writer.is_closing()
-                and self._read_task is not None and not self._read_task.done())
+        t = self._transport
+        return t is not None and not self._lost and not t.is_closing()
 
     async def connect(self) -> None:
         """Connect, then wait for CONFIG and one TELEMETRY (spec §3.8 connect sequence).
@@ -116,28 +161,32 @@ class CommandTelemetryClient:
             raise RuntimeError("a CommandTelemetryClient is single use; make a new one")
         self._used = True
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.connect_timeout)
+            transport, _ = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _ClientProtocol(self), self.host,
+                                             self.port),
+                self.connect_timeout)
         except TimeoutError:
+            self.closed.set()
             raise self._set_fault(f"Timed out connecting to {self.host}:{self.port}",
                                   ErrorCode.CONNECTION_LOST) from None
         except OSError as exc:
+            self.closed.set()
             raise self._set_fault(f"Could not connect to {self.host}:{self.port}: {exc}",
                                   ErrorCode.CONNECTION_LOST) from None
-        self._reader, self._writer = reader, writer
-        configure_socket(writer.get_extra_info("socket"))
-        self._read_task = asyncio.create_task(self._read_loop(), name="hexrot-client-read")
-        await call_callback(self.on_connect, self, self.log)
+        self._transport = transport  # uvloop transports are not asyncio.Transport subclasses
+        self._fire(self.on_connect, self)
         try:
             await asyncio.wait_for(asyncio.shield(self._configured), self.config_timeout)
             if self.telemetry is None:
                 await asyncio.wait_for(self.next_telemetry(), self.config_timeout)
         except TimeoutError:
-            await self._abort(f"Timed out waiting for config and telemetry from "
-                              f"{self.host}:{self.port}", ErrorCode.NO_CONFIG)
-            raise LinkFault(self.fault_reason or "", ErrorCode.NO_CONFIG) from None
-        except (ConnectionError, ProtocolError) as exc:
-            await self.close()
+            reason = (f"Timed out waiting for config and telemetry from "
+                      f"{self.host}:{self.port}")
+            fault = self._set_fault(reason, ErrorCode.NO_CONFIG)
+            await self._shutdown(fault)
+            raise fault from None
+        except ConnectionError as exc:
+            await self._shutdown(exc)
             if isinstance(exc, LinkFault):
                 raise
             raise LinkFault(self.fault_reason or str(exc),
@@ -146,41 +195,31 @@ class CommandTelemetryClient:
     async def close(self) -> None:
         """User close: not a fault. Idempotent."""
         self._closing = True
-        task, self._read_task = self._read_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._close_writer()
-        self._fail_waiters(ConnectionError("client closed"))
-        self.closed.set()
+        await self._shutdown(ConnectionError("client closed"))
 
-    async def _close_writer(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 5.0)
+    async def _shutdown(self, exc: BaseException) -> None:
+        self._fail_waiters(exc)
+        t = self._transport
+        if t is not None and not self._lost:
+            t.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), 5.0)
+            if not self._lost:
+                t.abort()
+        self.closed.set()
+        tasks, self._cb_tasks = self._cb_tasks, set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _set_fault(self, reason: str, code: ErrorCode) -> LinkFault:
         if self.fault_reason is None:
             self.fault_reason = reason
             self.error_code = code
             self.log.error("hexrot link %s:%s FAULT: %s", self.host, self.port, reason)
-        return LinkFault(reason, code)
-
-    async def _abort(self, reason: str, code: ErrorCode) -> None:
-        exc = self._set_fault(reason, code)
-        self._fail_waiters(exc)
-        task = self._read_task
-        if task is not None and task is not asyncio.current_task():
-            self._read_task = None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._close_writer()
-        self.closed.set()
-        await call_callback(self.on_connect, self, self.log)
+        return LinkFault(self.fault_reason, self.error_code or code)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         if self._pending is not None and not self._pending[1].done():
@@ -193,54 +232,116 @@ class CommandTelemetryClient:
                 fut.set_exception(exc)
         self._telemetry_waiters.clear()
 
-    # -- reading ------------------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        reader = self._reader
-        decoder = FrameDecoder(self.profile)
-        reason: str
-        code = ErrorCode.CONNECTION_LOST
-        try:
-            while True:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    decoder.eof()
-                    reason = "Lost connection to the low-level controller"
-                    break
-                decoder.receive_data(data)
-                while (frame := decoder.next_event()) is not NEED_DATA:
-                    await self._dispatch(frame)
-        except ProtocolError as exc:
-            reason = f"Protocol error from the low-level controller ({exc.kind}): {exc}"
-        except (ConnectionError, OSError) as exc:
-            reason = f"Lost connection to the low-level controller: {exc!r}"
-        if self._closing:
+    def _fire(self, cb: Callback | None, arg: Any) -> None:
+        """Run a callback; exceptions are logged and never break the link (spec §3.8)."""
+        if cb is None:
             return
-        self._read_task = None
-        await self._abort(reason, code)
+        try:
+            res = cb(arg)
+        except Exception:
+            self.log.exception("callback %r failed", cb)
+            return
+        if res is not None:
+            self._keep(res)
 
-    async def _dispatch(self, frame: Frame) -> None:
-        kind = frame.kind
-        if kind is FrameKind.TELEMETRY:
-            self.telemetry = frame.payload
-            self.header = frame.header
-            h = frame.header
-            self.clock_offset = h.tai_sec + h.tai_nsec * 1e-9 - time.time()
-            if self._telemetry_waiters:
-                for fut in self._telemetry_waiters:
-                    if not fut.done():
-                        fut.set_result(frame.payload)
-                self._telemetry_waiters.clear()
-            await call_callback(self.on_telemetry, frame.payload, self.log)
-        elif kind is FrameKind.CONFIG:
+    def _keep(self, res: Any) -> None:
+        """A callback returned a coroutine: run it as a tracked task."""
+        if asyncio.iscoroutine(res):
+            task = self._loop.create_task(res)
+            self._cb_tasks.add(task)
+            task.add_done_callback(self._cb_done)
+
+    def _cb_done(self, task: asyncio.Task[Any]) -> None:
+        self._cb_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("callback failed", exc_info=task.exception())
+
+    # -- protocol callbacks (run by the event loop) -------------------------------------------
+    def _data_received(self, data: bytes) -> None:
+        if self._broken is not None:
+            return
+        decoder = self._decoder
+        tel_kind = FrameKind.TELEMETRY
+        cb = self.on_telemetry
+        last = None
+        count = 0
+        try:
+            # Feed at most _FEED bytes at a time so the decoder's bounded buffer never holds
+            # more than one slice plus a partial frame, whatever the read size.
+            view = memoryview(data)
+            for start in range(0, len(view), _FEED):
+                decoder.receive_data(view[start:start + _FEED])
+                while True:
+                    frame = None
+                    for frame in decoder.next_events():
+                        if frame.kind is tel_kind:
+                            last = frame
+                            count += 1
+                            if cb is not None:
+                                try:
+                                    res = cb(frame)
+                                except Exception:
+                                    self.log.exception("telemetry callback failed")
+                                else:
+                                    if res is not None:
+                                        self._keep(res)
+                        else:
+                            self._dispatch_other(frame)
+                            if self._broken is not None:
+                                return
+                    if frame is None:  # nothing more decodable: need data
+                        break
+        except ProtocolError as exc:
+            self._break(f"Protocol error from the low-level controller ({exc.kind}): {exc}")
+        finally:
+            if last is not None:
+                self._on_telemetry(last, count)
+
+    def _break(self, reason: str) -> None:
+        self._broken = reason
+        self._set_fault(reason, ErrorCode.CONNECTION_LOST)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _eof_received(self) -> None:
+        if self._broken is None:
+            try:
+                self._decoder.eof()
+            except ProtocolError as exc:
+                self._broken = (f"Protocol error from the low-level controller ({exc.kind}): "
+                                f"{exc}")
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if not self._closing:
+            reason = self._broken or "Lost connection to the low-level controller" + (
+                f": {exc!r}" if exc is not None else "")
+            self._fail_waiters(self._set_fault(reason, ErrorCode.CONNECTION_LOST))
+        else:
+            self._fail_waiters(ConnectionError("client closed"))
+        self.closed.set()
+        self._fire(self.on_connect, self)
+
+    def _on_telemetry(self, frame: Frame, count: int) -> None:
+        """After a read: keep the last telemetry, wake waiters, estimate the clock offset."""
+        self.frames_received += count
+        self.telemetry = frame
+        h = frame.header
+        self.clock_offset = h.tai_sec + h.tai_nsec * 1e-9 - time.time()
+        if self._telemetry_waiters:
+            for fut in self._telemetry_waiters:
+                if not fut.done():
+                    fut.set_result(frame)
+            self._telemetry_waiters.clear()
+
+    def _dispatch_other(self, frame: Frame) -> None:
+        self.frames_received += 1
+        if frame.kind is FrameKind.CONFIG:
             self.config = frame.payload
-            await call_callback(self.on_config, frame.payload, self.log)
+            self._fire(self.on_config, frame.payload)
             if not self._configured.done():
                 self._configured.set_result(None)
-        else:
-            self._on_status(frame)
-
-    def _on_status(self, frame: Frame) -> None:
+            return
         counter = frame.header.counter
         pending = self._pending
         if pending is None or pending[0] != counter:
@@ -262,8 +363,8 @@ class CommandTelemetryClient:
     async def next_telemetry(self) -> Any:
         """The next telemetry struct to arrive (wrap in ``asyncio.timeout`` to bound it)."""
         if not self.connected:
-            raise ConnectionError("not connected")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            raise ConnectionError(self.fault_reason or "not connected")
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._telemetry_waiters.append(fut)
         try:
             return await fut
@@ -280,37 +381,72 @@ class CommandTelemetryClient:
         """
         if not isinstance(command, Command):
             raise ValueError(f"expected a Command, got {type(command).__name__}")
-        async with self._lock:
-            writer = self._writer
-            if writer is None or not self.connected:
+        # One command in flight (spec §3.8): a FIFO mutex that only awaits when contended.
+        if self._busy or self._queue:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._queue.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._queue:
+                    self._queue.remove(waiter)
+                elif not waiter.cancelled():
+                    self._release()  # we were handed the mutex but will not use it
+                raise
+        self._busy = True
+        try:
+            transport = self._transport
+            if transport is None or self._lost or transport.is_closing():
                 raise ConnectionError(self.fault_reason or "not connected")
+            if not self._can_write.is_set():
+                await self._can_write.wait()
             counter = (self._last_counter + 1) & 0xFFFFFFFF
             self._last_counter = counter
-            cmd = command._replace(commander=COMMANDER_CSC, counter=counter)
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[Any] = self._loop.create_future()
             self._pending = (counter, fut)
+            timer = self._loop.call_later(self.ack_timeout, _expire, fut)
             try:
                 # One write per command (spec §3.9: the controller does no reassembly).
-                writer.write(self.profile.encode_command(cmd))
+                transport.write(self._pack_command(COMMANDER_CSC, counter, *command[2:]))
                 self.commands_sent += 1
-                await writer.drain()
                 try:
-                    status = await asyncio.wait_for(fut, self.ack_timeout)
-                except TimeoutError:
+                    status = await fut
+                except _AckTimeout:
                     self._timed_out[counter] = time.monotonic()
-                    if len(self._timed_out) > 64:
+                    if len(self._timed_out) > _LATE_MEMORY:
                         self._timed_out.pop(next(iter(self._timed_out)))
-                    raise TimeoutError(f"no status for command {cmd.code:#x} (counter "
+                    raise TimeoutError(f"no status for command {command.code:#x} (counter "
                                        f"{counter}) within {self.ack_timeout} s") from None
             finally:
+                timer.cancel()
                 self._pending = None
+        finally:
+            self._release()
         if status.status == CommandStatusCode.ACK:
             return float(status.duration)
         if status.status == CommandStatusCode.NO_ACK:
-            raise CommandRejected(status.reason, cmd.code)
+            raise CommandRejected(status.reason, command.code)
         raise CommandRejected(f"Unknown command status {status.status}; reason={status.reason}",
-                              cmd.code)
+                              command.code)
+
+    def _release(self) -> None:
+        self._busy = False
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                self._busy = True  # handed over directly: no barging
+                waiter.set_result(None)
+                return
 
     async def send(self, code: int, params: Sequence[float] = ()) -> float:
         """Build and run a command from a code and up to six parameters."""
         return await self.run_command(self.profile.make_command(code, 0, params))
+
+
+class _AckTimeout(Exception):
+    pass
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_AckTimeout())

@@ -132,12 +132,13 @@ class CommandTelemetryServer:
                 decoder.receive_data(data)
                 while (frame := decoder.next_event()) is not NEED_DATA:
                     if frame.kind is FrameKind.TELEMETRY:
-                        self.telemetry = frame.payload
+                        # The frame: telemetry fields as attributes, plus header and payload.
+                        self.telemetry = frame
                         for fut in self._telemetry_waiters:
                             if not fut.done():
-                                fut.set_result(frame.payload)
+                                fut.set_result(frame)
                         self._telemetry_waiters.clear()
-                        await call_callback(self.on_telemetry, frame.payload, self.log)
+                        await call_callback(self.on_telemetry, frame, self.log)
                     else:
                         self.config = frame.payload
                         await call_callback(self.on_config, frame.payload, self.log)

@@ -1,0 +1,212 @@
+"""Benchmark of the hexapod/rotator link (issue 5): prints ONE JSON object.
+
+* ``telemetry``: generation-D rotator telemetry frames (24 + 396 bytes) decoded per second by
+  :class:`CommandTelemetryClient` over loopback, with the controller side writing frames as
+  fast as TCP takes them (frames produced by the rotator mock and encoded once, then
+  re-sent), versus a raw ``struct.unpack_from`` loop (header + telemetry) over the same bytes
+  in the same run. Ratio ``telemetry_decode_vs_raw`` (goal >= 0.5).
+* ``ack``: command -> ACK round trip (p50) of :class:`CommandTelemetryClient.run_command`
+  against the rotator :class:`MockControllerServer` (telemetry running at 50 Hz meanwhile),
+  versus a raw asyncio streams echo (60 bytes out, 86 bytes back) in the same run.
+  Ratio ``ack_rtt_vs_echo`` (goal <= 1.5).
+
+Both measurements of a pair run on the same event loop (uvloop when installed, as the CLI
+does). Loopback only; about 10-20 s. Usage: ``python bench/moog.py [--seconds 3] [--commands 2000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import struct
+import sys
+import time
+from typing import Any
+
+from labbridge.devices.hexrot.mock import RotatorMockController
+from labbridge.links.hexrotcomm.client import CommandTelemetryClient
+from labbridge.links.hexrotcomm.mock_server import MockControllerServer
+from labbridge.protocol.hexrotcomm import (
+    ROTATOR,
+    FrameKind,
+    RotatorCommandCode,
+    SetStateParam,
+    WireProfile,
+)
+from labbridge.transport.one_client import OneClientServer, configure_socket
+
+PROFILE = WireProfile.make(ROTATOR, "D")
+FRAME = PROFILE.header.size + ROTATOR.telemetry.size
+
+
+def _telemetry_blob(n: int) -> bytes:
+    """n real telemetry frames from the rotator mock while it moves (distinct contents)."""
+    mock = RotatorMockController("bench", "D", config={"velocity_limit": 3.5})
+    mock.handle_command(int(RotatorCommandCode.SET_STATE), (2.0, 0, 0, 0, 0, 0))
+    mock.handle_command(int(RotatorCommandCode.POSITION_SET), (80.0, 0, 0, 0, 0, 0))
+    mock.handle_command(int(RotatorCommandCode.SET_ENABLED_SUBSTATE), (1.0, 0, 0, 0, 0, 0))
+    t0 = 1.7e9
+    frames = [PROFILE.encode_frame(FrameKind.TELEMETRY, mock.telemetry_record(t0 + i * 0.02),
+                                   i, t0 + i * 0.02) for i in range(n)]
+    return b"".join(frames)
+
+
+def raw_unpack_rate(blob: bytes, frames: int) -> float:
+    """Baseline: struct.unpack_from of header and telemetry, frame by frame."""
+    hdr = struct.Struct(PROFILE.header.struct.format)
+    tel = struct.Struct(ROTATOR.telemetry.struct.format)
+    hsize = hdr.size
+    per_blob = len(blob) // FRAME
+    loops = max(1, frames // per_blob)
+    mv = memoryview(blob)
+    t0 = time.perf_counter()
+    for _ in range(loops):
+        for off in range(0, len(blob), FRAME):
+            hdr.unpack_from(mv, off)
+            tel.unpack_from(mv, off + hsize)
+    dt = time.perf_counter() - t0
+    return loops * per_blob / dt
+
+
+async def client_decode_rate(blob: bytes, seconds: float) -> tuple[float, int]:
+    """Frames/s decoded by CommandTelemetryClient from a controller writing at full speed."""
+    config = PROFILE.encode_frame(FrameKind.CONFIG, ROTATOR.config.make(upper_pos_limit=90.0),
+                                  0, time.time())
+
+    async def blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(config)
+        while True:
+            writer.write(blob)
+            await writer.drain()
+
+    server = OneClientServer("bench-controller", handler=blast)
+    await server.start()
+    count = 0
+
+    def on_tel(_: Any) -> None:
+        nonlocal count
+        count += 1
+
+    client = CommandTelemetryClient(PROFILE, "127.0.0.1", server.port, on_telemetry=on_tel)
+    try:
+        await client.connect()
+        await asyncio.sleep(0.5)  # warm-up
+        c0, t0 = count, time.perf_counter()
+        await asyncio.sleep(seconds)
+        c1, t1 = count, time.perf_counter()
+    finally:
+        await client.close()
+        await server.close()
+    return (c1 - c0) / (t1 - t0), c1 - c0
+
+
+async def ack_rtts(n: int) -> list[float]:
+    mock = RotatorMockController("bench", "D")
+    server = MockControllerServer(mock)
+    await server.start()
+    client = CommandTelemetryClient(PROFILE, "127.0.0.1", server.port)
+    out: list[float] = []
+    try:
+        await client.connect()
+        cmd = PROFILE.make_command(int(RotatorCommandCode.SET_STATE), 0,
+                                   [float(SetStateParam.CLEAR_ERROR)])
+        for i in range(n + 50):
+            t0 = time.perf_counter()
+            await client.run_command(cmd)
+            if i >= 50:
+                out.append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+        await server.close()
+    return out
+
+
+async def echo_rtts(n: int) -> list[float]:
+    """Baseline: raw asyncio streams, 60 bytes out, 86 bytes back (the same sizes)."""
+    reply = b"\x01" * 86
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        configure_socket(writer.get_extra_info("socket"))
+        try:
+            while True:
+                await reader.readexactly(60)
+                writer.write(reply)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    configure_socket(writer.get_extra_info("socket"))
+    msg = b"\x02" * 60
+    out: list[float] = []
+    try:
+        for i in range(n + 50):
+            t0 = time.perf_counter()
+            writer.write(msg)
+            await writer.drain()
+            await reader.readexactly(86)
+            if i >= 50:
+                out.append(time.perf_counter() - t0)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    return out
+
+
+async def run(seconds: float, commands: int) -> dict[str, Any]:
+    blob = _telemetry_blob(1000)
+    client_rate, decoded = await client_decode_rate(blob, seconds)
+    raw_rate = raw_unpack_rate(blob, max(decoded, 100_000))
+    # Interleave the two RTT measurements so machine load affects both alike.
+    acks: list[float] = []
+    echoes: list[float] = []
+    for _ in range(4):
+        echoes += await echo_rtts(commands // 4)
+        acks += await ack_rtts(commands // 4)
+    ack_p50 = statistics.median(acks)
+    echo_p50 = statistics.median(echoes)
+    return {
+        "bench": "moog",
+        "python": platform.python_version(),
+        "frame_bytes": FRAME,
+        "telemetry_client_frames_per_s": round(client_rate),
+        "telemetry_raw_unpack_frames_per_s": round(raw_rate),
+        "telemetry_decode_vs_raw": round(client_rate / raw_rate, 3),
+        "telemetry_frames_decoded": decoded,
+        "ack_rtt_p50_us": round(ack_p50 * 1e6, 1),
+        "ack_rtt_p90_us": round(statistics.quantiles(acks, n=10)[-1] * 1e6, 1),
+        "echo_rtt_p50_us": round(echo_p50 * 1e6, 1),
+        "ack_rtt_vs_echo": round(ack_p50 / echo_p50, 3),
+        "commands": len(acks),
+        "goals": {"telemetry_decode_vs_raw": ">= 0.5", "ack_rtt_vs_echo": "<= 1.5"},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--commands", type=int, default=2000)
+    args = ap.parse_args(argv)
+    try:  # the CLI runs on uvloop when installed (labbridge.cli.common.run_async): same here
+        import uvloop
+    except ImportError:
+        result = asyncio.run(run(args.seconds, args.commands))
+        result["event_loop"] = "asyncio"
+    else:
+        result = uvloop.run(run(args.seconds, args.commands))
+        result["event_loop"] = "uvloop"
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
