@@ -17,6 +17,7 @@ _FAMILIES = (
     "labbridge.node.kinds.hexrotcomm",
     "labbridge.node.kinds.furnace",
     "labbridge.node.kinds.relay",
+    "labbridge.node.kinds.qtegra",
 )
 
 

@@ -84,7 +84,9 @@ def _front(sec: Section, ctx: NodeContext) -> RelayFrontServer:
         _socket_path(sec), ptype,
         timeout=sec.get_float("timeout", 5.0, min=0.01, max=3600.0),
         max_connections=sec.get_int("max_connections", 8, min=1, max=1024))
-    host = ctx.host_override or sec.get_str("host", "127.0.0.1")
+    host = sec.get_str("host", "127.0.0.1")
+    if ctx.host_override:
+        host = ctx.host_override
     port = sec.get_port("port", 1061)
     if ctx.port_override is not None and not ctx.extra.get("port_override_used"):
         port = ctx.port_override
