@@ -272,3 +272,20 @@ async def test_unsendable_reply_is_logged_and_the_client_keeps_serving(server, c
         await server.detector.wait_connected(5)  # dropped after the timeout, reconnected
         server.detector.timeout = 10
         assert (await server.detector.grab())[0].shape == (2, 2)
+
+
+async def test_a_slow_move_does_not_block_the_detector(server, camera):
+    slow = Stage("slow", SimStageBackend(speed=1.0))
+    moving = asyncio.Event()
+    slow.subscribe(lambda ch: moving.set() if ch.signal == "moving" and ch.value else None)
+    async with running(client(slow, server, Generation.G3, Dialect.G1A),
+                       client(camera, server, Generation.G1, Dialect.G1B)):
+        await server.actuator.wait_connected(5)
+        await server.detector.wait_connected(5)
+        move = asyncio.ensure_future(server.actuator.move_abs(1000.0))
+        await moving.wait()
+        for _ in range(3):  # served while the move is in progress
+            assert crc((await server.detector.grab())[0]) == crc(camera.sent[-1])
+        assert not move.done()
+        await server.actuator.stop_motion()
+        assert await move < 1000.0
