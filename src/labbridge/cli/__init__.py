@@ -21,8 +21,10 @@ _COMMAND_MODULES = (
     "labbridge.cli.pychron",
     "labbridge.cli.node",
     "labbridge.cli.run",
+    "labbridge.cli.demo",
     "labbridge.cli.pymodaq",
     "labbridge.cli.rotator",
+    "labbridge.cli.web",
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

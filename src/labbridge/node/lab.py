@@ -138,6 +138,83 @@ async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: flo
         await asyncio.sleep(poll)
 
 
+class Furnace:
+    """A remote furnace for scripts: ``set_setpoint`` and ``wait_for_temperature``."""
+
+    def __init__(self, client: Any, rec: _Recorder) -> None:
+        self.client = client
+        self._rec = rec
+
+    async def set_setpoint(self, value: float) -> None:
+        step = self._rec.begin(f"furnace setpoint {value:g} C")
+        try:
+            await self.client.set_setpoint(value)
+        except Exception as exc:
+            self._rec.end(step, False, str(exc))
+            raise ScriptError(f"set furnace setpoint {value:g}: {exc}") from exc
+        self._rec.end(step, True)
+
+    async def temperature(self) -> float:
+        return float(await self.client.temperature())
+
+    async def wait_for_temperature(self, target: float, *, tolerance: float = 2.0,
+                                   timeout: float = 600.0, poll: float = 0.2) -> float:
+        step = self._rec.begin(f"wait for furnace {target:g} +- {tolerance:g} C")
+        deadline = time.monotonic() + timeout
+        temp = float("nan")
+        while time.monotonic() < deadline:
+            try:
+                temp = await self.temperature()
+            except Exception as exc:
+                self._rec.end(step, False, str(exc))
+                raise ScriptError(f"read furnace temperature: {exc}") from exc
+            step.detail = f"{temp:.1f} C"
+            self._rec._notify(step)
+            if abs(temp - target) <= tolerance:
+                self._rec.end(step, True, f"{temp:.1f} C")
+                return temp
+            await asyncio.sleep(poll)
+        self._rec.end(step, False, f"{temp:.1f} C after {timeout:g} s")
+        raise ScriptError(f"furnace did not reach {target:g} C within {timeout:g} s "
+                          f"(last {temp:.1f} C)")
+
+
+class Spectrometer:
+    """A remote spectrometer for scripts: ``measure`` returns averaged detector readings."""
+
+    def __init__(self, client: Any, rec: _Recorder) -> None:
+        self.client = client
+        self._rec = rec
+
+    async def measure(self, cycles: int = 5, *, integration: float | None = None,
+                      poll: float = 0.05) -> dict[str, float]:
+        step = self._rec.begin(f"measure {cycles} cycles")
+        try:
+            if integration is not None:
+                await self.client.set_integration_time(integration)
+            sums: dict[str, float] = {}
+            seen = 0
+            last: dict[str, float] | None = None
+            while seen < cycles:
+                data = await self.client.data()
+                if data and data != last:  # new data only after each integration period
+                    last = data
+                    seen += 1
+                    for k, v in data.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    step.detail = f"cycle {seen}/{cycles}"
+                    self._rec._notify(step)
+                else:
+                    await asyncio.sleep(poll)
+        except Exception as exc:
+            self._rec.end(step, False, str(exc))
+            raise ScriptError(f"measure: {exc}") from exc
+        means = {k: v / cycles for k, v in sums.items()}
+        top = max(means, key=lambda k: means[k]) if means else "-"
+        self._rec.end(step, True, f"{top}: {means.get(top, 0.0):.4g}")
+        return means
+
+
 class Lab:
     """What a script drives, built from a running acquisition node."""
 
@@ -147,8 +224,19 @@ class Lab:
         managers = [s for s in node.services if isinstance(getattr(s, "remote", None),
                                                              RemoteValves)]
         self.line = ExtractionLine(managers, self._rec)
-        self.furnace = self._find("furnace")
-        self.spectrometer = self._find("spectrometer")
+        furnace = self._find("furnace")
+        spectrometer = self._find("spectrometer")
+        self.furnace: Furnace | None = Furnace(furnace, self._rec) if furnace else None
+        self.spectrometer: Spectrometer | None = (Spectrometer(spectrometer, self._rec)
+                                                  if spectrometer else None)
+
+    def attach_furnace(self, client: Any) -> Furnace:
+        self.furnace = Furnace(client, self._rec)
+        return self.furnace
+
+    def attach_spectrometer(self, client: Any) -> Spectrometer:
+        self.spectrometer = Spectrometer(client, self._rec)
+        return self.spectrometer
 
     def _find(self, attr: str) -> Any:
         for s in self.node.services:

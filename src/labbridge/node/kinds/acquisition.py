@@ -9,6 +9,7 @@ Node file shape::
       host: 127.0.0.1
       port: 1061
       timeout: 2
+      transport: TCP           # or UDP (inline form; a device file says kind: UDP)
       framing: braced          # braced (labbridge nodes, default) | plain | json (real Pychron)
       monitor: {state_freq: 3, lock_freq: 5, owner_freq: 5, checksum_freq: 3,
                 update_period: 1}
@@ -47,7 +48,7 @@ def read_link(sec: Section, ctx: NodeContext) -> DeviceLink:
         raise sec.error("klass", f"unknown klass {klass!r}")
     return DeviceLink(sec.get_str("name", klass), klass, role, check_host(sec, "host"),
                       sec.get_port("port", 1061), sec.get_float("timeout", 2.0, min=0.001),
-                      sec.get_choice("kind", ("TCP", "UDP"), "TCP"), sec.file or "", "inline")
+                      sec.get_choice("transport", ("TCP", "UDP"), "TCP"), sec.file or "", "inline")
 
 
 class RemoteManagerService:

@@ -1,0 +1,183 @@
+"""``labbridge demo``: start a whole simulated lab on loopback and run an extraction."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from labbridge.cli.common import run_async
+from labbridge.cli.run import render
+from labbridge.node.demo import Lab as DemoLab
+from labbridge.node.demo import new_workdir
+from labbridge.node.demo_sequence import extraction
+from labbridge.node.lab import Lab, ScriptError, Step
+from labbridge.node.node import build_node, write_json_atomic
+
+
+def _where(lab: DemoLab) -> list[str]:
+    lines = []
+    for key, c in lab.components.items():
+        eps = ", ".join(f"{s['protocol']} {s.get('host', '')}:{s.get('port')}"
+                        for s in c.info.get("services", []) if s.get("port"))
+        lines.append(f"  {key:<20} {eps}")
+    vc = lab.components.get("valve-controller")
+    if vc:
+        host, port = vc.endpoint("tcp")  # type: ignore[misc]
+        lines.append("")
+        lines.append(f"  try:  labbridge call {host}:{port} GetValveStates")
+        lines.append(f"        labbridge monitor {host}:{port}")
+        if vc.url("zmq-pub"):
+            lines.append(f"        labbridge watch {vc.url('zmq-pub')}")
+    rot = lab.components.get("rotator")
+    if rot and rot.endpoint("tcp"):
+        host, port = rot.endpoint("tcp")  # type: ignore[misc]
+        lines.append(f"        labbridge rotator {host}:{port} status")
+    web = next((s for c in lab.components.values() for s in c.info.get("services", [])
+                if s.get("protocol") == "http"), None)
+    if web:
+        lines.append(f"  web dashboard: http://{web['host']}:{web['port']}/")
+    else:
+        lines.append("  web dashboard: not in this installation yet")
+    return lines
+
+
+@click.command()
+@click.option("--ready-file", type=click.Path(dir_okay=False),
+              help="Write JSON with every node's endpoints once the lab is up.")
+@click.option("--exit-after-sequence", is_flag=True,
+              help="Stop the lab and exit when the extraction sequence is done.")
+@click.option("--no-sequence", is_flag=True, help="Start the lab but run no sequence.")
+@click.option("--no-progress", is_flag=True, help="Plain lines instead of a live display.")
+@click.option("--temperature", type=float, default=600.0, show_default=True,
+              help="Furnace temperature of the extraction (degrees C).")
+def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
+         no_progress: bool, temperature: float) -> None:
+    """Start a whole simulated lab on loopback, run an extraction, keep it up until Ctrl-C."""
+    console = Console()
+    plain = no_progress or not console.is_terminal
+
+    async def _main() -> int:
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        workdir = new_workdir()
+        lab = DemoLab(workdir)
+        click.echo(f"labbridge demo: starting a simulated lab in {workdir}")
+        code = 0
+        node = None
+        clients: list[Any] = []
+        try:
+            starting = asyncio.ensure_future(lab.start(
+                on_ready=lambda c: click.echo(f"  ready: {c.title}")))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({starting, stopper},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if starting not in done:
+                starting.cancel()
+                click.echo("interrupted while starting")
+                return 130
+            stopper.cancel()
+            starting.result()
+            for c in lab.left_out:
+                click.echo(f"  left out: {c.title}: {c.note}")
+            click.echo(f"lab up in {time.monotonic() - t0:.1f} s")
+            for line in _where(lab):
+                click.echo(line)
+            if ready_file:
+                write_json_atomic(Path(ready_file), lab.ready_info())
+            if not no_sequence and "valve-controller" in lab.components:
+                cfg_path = workdir / "acquisition.yaml"
+                import yaml
+
+                cfg_path.write_text(yaml.safe_dump(lab.acquisition_config(), sort_keys=False))
+                node = build_node(cfg_path, state_dir=workdir / "state" / "acquisition")
+                await node.start()
+                from labbridge.cli.run import wait_ready
+
+                await wait_ready(node, 10)
+                holder: list[Lab] = []
+                shown: dict[str, Any] = {}
+
+                def on_step(step: Step) -> None:
+                    if plain:
+                        if step.ok is not None:
+                            mark = "ok  " if step.ok else "FAIL"
+                            click.echo(f"  {mark} {step.what} {step.detail}".rstrip())
+                    elif shown.get("live") is not None and holder:
+                        shown["live"].update(render(holder[0], "extraction"), refresh=True)
+
+                acq = Lab(node, on_step=on_step)
+                holder.append(acq)
+                fc = lab.components.get("furnace-controller")
+                if fc is not None:
+                    from labbridge.links.pychron.clients import RemoteFurnace
+
+                    host, port = fc.endpoint("tcp")  # type: ignore[misc]
+                    furnace = RemoteFurnace.connect(host, port, timeout=5)
+                    clients.append(furnace)
+                    acq.attach_furnace(furnace)
+                sp = lab.components.get("spectrometer")
+                if sp is not None and sp.endpoint("tcp"):
+                    from labbridge.links.pychron.clients import QtegraSpectrometer
+
+                    host, port = sp.endpoint("tcp")  # type: ignore[misc]
+                    spec = QtegraSpectrometer.connect(host, port, udp=False, timeout=5)
+                    clients.append(spec)
+                    acq.attach_spectrometer(spec)
+                click.echo("running the extraction sequence: pump, isolate, heat, expand, "
+                           "measure, pump out")
+                seq = asyncio.ensure_future(_run(acq, temperature, console, plain, shown))
+                stopper = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({seq, stopper},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if seq in done:
+                    try:
+                        seq.result()
+                        click.echo("extraction sequence complete")
+                    except ScriptError as exc:
+                        click.echo(f"extraction sequence failed: {exc}", err=True)
+                        code = 1
+                else:
+                    seq.cancel()
+                    click.echo("interrupted during the sequence")
+                    return 130
+            if not exit_after_sequence:
+                click.echo("the lab keeps running; Ctrl-C to stop")
+                await stop.wait()
+            return code
+        finally:
+            for c in clients:
+                await c.close()
+            if node is not None:
+                await node.stop()
+            await lab.stop()
+            click.echo("lab stopped")
+
+    sys.exit(run_async(_main()))
+
+
+async def _run(acq: Lab, temperature: float, console: Console, plain: bool,
+               shown: dict[str, Any]) -> None:
+    if plain:
+        await extraction(acq, temperature=temperature)
+        return
+    from rich.live import Live
+
+    with Live(render(acq, "extraction"), console=console, auto_refresh=False) as live:
+        shown["live"] = live
+        await extraction(acq, temperature=temperature)
+        live.update(render(acq, "extraction"), refresh=True)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(demo)

@@ -1,0 +1,259 @@
+"""``labbridge demo``: a whole simulated lab on loopback, in one command (issue 7).
+
+Each node runs as its own ``labbridge serve`` process (as it would on its own computer), on
+port 0, and reports readiness through its ready file; the acquisition side runs in the demo's
+own process and drives the lab through the same links a real acquisition computer uses.
+Components whose device or service kinds are not installed are left out with a one-line note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labbridge.node import kinds
+from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
+
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class Component:
+    key: str
+    title: str
+    needs: tuple[str, ...]
+    build: Callable[[dict[str, Any]], dict[str, Any]]
+    after: tuple[str, ...] = ()
+    proc: asyncio.subprocess.Process | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def endpoint(self, protocol: str, service: str | None = None) -> tuple[str, int] | None:
+        for s in self.info.get("services", []):
+            if s.get("protocol") == protocol and (service is None or s["service"] == service):
+                host = str(s.get("host") or "127.0.0.1")
+                return ("127.0.0.1" if host in ("0.0.0.0", "*") else host), int(s["port"])
+        return None
+
+    def url(self, protocol: str) -> str | None:
+        ep = self.endpoint(protocol)
+        return f"tcp://{ep[0]}:{ep[1]}" if ep else None
+
+
+def _valves(_: dict[str, Any]) -> dict[str, Any]:
+    names = [("A", "sample inlet", 1, 0), ("B", "pipette air in", 2, 0),
+             ("C", "pipette air out", 3, 0), ("D", "getter", 2, 1),
+             ("E", "to spectrometer", 3, 1), ("F", "roughing pump", 1, 1)]
+    return {
+        "node": "valve-controller",
+        "devices": [
+            {"kind": "valve_bank", "name": "valves", "backend": {"kind": "sim", "delay": 0.05},
+             "valves": [{"name": n, "address": i, "description": d, "layout": {"x": x, "y": y}}
+                        for i, (n, d, x, y) in enumerate(names)]},
+            {"kind": "gauge_controller", "name": "gauges", "gauges": ["IG", "CG1"],
+             "backend": {"kind": "sim"}},
+        ],
+        "services": [
+            {"kind": "pychron_command_server", "name": "command-server", "port": 0,
+             "udp": True},
+            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
+             "rep_port": 0},
+        ],
+    }
+
+
+def _furnace(_: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": "furnace-controller",
+        "devices": [
+            {"kind": "furnace", "name": "furnace", "setpoint": 22,
+             "pid": {"kp": 4.0, "ki": 0.04, "kd": 0.0},
+             "watchdog": {"timeout": 600, "safe_setpoint": 0}, "time_scale": 200},
+        ],
+        "services": [
+            {"kind": "pychron_command_server", "name": "command-server", "port": 0},
+            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
+             "rep_port": 0},
+        ],
+    }
+
+
+def _spectrometer(_: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": "spectrometer",
+        "devices": [{"kind": "qtegra_spectrometer", "name": "spectrometer"}],
+        "services": [{"kind": "qtegra_server", "name": "qtegra", "port": 0, "udp": False}],
+    }
+
+
+def _rotator(_: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": "rotator",
+        "devices": [{"kind": "hexrot_rotator_mock", "name": "rotator", "generation": "D",
+                     "telemetry_hz": 50}],
+        "services": [{"kind": "hexrot_mock_controller", "name": "rotator-controller",
+                      "device": "rotator", "host": "127.0.0.1", "port": 0}],
+    }
+
+
+def _pymodaq_main(_: dict[str, Any]) -> dict[str, Any]:
+    return {"node": "pymodaq-main",
+            "services": [{"kind": "pymodaq_server", "name": "pymodaq-server",
+                          "host": "127.0.0.1", "port": 0}]}
+
+
+def _camera(done: dict[str, Any]) -> dict[str, Any]:
+    host, port = done["pymodaq-main"].endpoint("tcp")
+    return {"node": "pymodaq-camera",
+            "devices": [{"kind": "camera", "name": "camera"}],
+            "services": [{"kind": "pymodaq_client", "name": "camera-client", "device": "camera",
+                          "server": f"{host}:{port}", "generation": "g3"}]}
+
+
+def _recorder(done: dict[str, Any]) -> dict[str, Any]:
+    urls = [c.url("zmq-pub") for c in done.values() if c.url("zmq-pub")]
+    return {"node": "data-reduction",
+            "services": [{"kind": "recorder", "name": "recorder", "connect": urls,
+                          "path": "lab.sqlite"}]}
+
+
+COMPONENTS: list[Component] = [
+    Component("valve-controller", "valve controller (Pychron command server + notifier)",
+              ("valve_bank", "pychron_command_server", "notifier"), _valves),
+    Component("furnace-controller", "furnace controller (furPi)",
+              ("furnace", "pychron_command_server", "notifier"), _furnace),
+    Component("spectrometer", "spectrometer (Qtegra RemoteControlServer)",
+              ("qtegra_spectrometer", "qtegra_server"), _spectrometer),
+    Component("rotator", "Moog-style rotator mock (generation D)",
+              ("hexrot_rotator_mock", "hexrot_mock_controller"), _rotator),
+    Component("pymodaq-main", "PyMoDAQ main computer (TCPServer)", ("pymodaq_server",),
+              _pymodaq_main),
+    Component("pymodaq-camera", "PyMoDAQ camera (GRABBER client)",
+              ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
+    Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
+              _recorder, after=("valve-controller", "furnace-controller")),
+]
+
+
+def available(c: Component) -> bool:
+    return all(k in DEVICE_KINDS or k in SERVICE_KINDS for k in c.needs)
+
+
+class Lab:
+    """The running demo lab: processes, their endpoints, and where their logs go."""
+
+    def __init__(self, workdir: Path, log_level: str = "warning") -> None:
+        self.workdir = workdir
+        self.log_level = log_level
+        self.components: dict[str, Component] = {}
+        self.left_out: list[Component] = []
+
+    async def _start_one(self, c: Component) -> None:
+        cfg = c.build(self.components)
+        path = self.workdir / f"{c.key}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        ready = self.workdir / f"{c.key}.ready.json"
+        log = open(self.workdir / f"{c.key}.log", "wb")  # noqa: ASYNC230 - a local file, once
+        c.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
+            str(path), "--ready-file", str(ready), "--state-dir",
+            str(self.workdir / "state" / c.key),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        c.info["log"] = str(self.workdir / f"{c.key}.log")
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        # The ready file is the readiness event of a child process (no other channel).
+        while not ready.exists():
+            if c.proc.returncode is not None:
+                raise RuntimeError(f"{c.title} exited with code {c.proc.returncode}; see "
+                                   f"{c.info['log']}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{c.title} not ready within {READY_TIMEOUT:g} s; see "
+                                   f"{c.info['log']}")
+            await asyncio.sleep(0.02)
+        c.info.update(json.loads(ready.read_text()))
+        self.components[c.key] = c
+
+    async def start(self, on_ready: Callable[[Component], None] | None = None) -> None:
+        kinds.load_all()
+        pending = []
+        for c in COMPONENTS:
+            if available(c):
+                pending.append(c)
+            else:
+                missing = [k for k in c.needs if k not in DEVICE_KINDS and k not in SERVICE_KINDS]
+                c.note = f"not available in this installation (missing: {', '.join(missing)})"
+                self.left_out.append(c)
+        keys = {c.key for c in pending}
+        while pending:
+            wave = [c for c in pending
+                    if all(a in self.components or a not in keys for a in c.after)]
+            if not wave:
+                raise RuntimeError("demo components depend on each other in a cycle")
+            results = await asyncio.gather(*(self._start_one(c) for c in wave),
+                                           return_exceptions=True)
+            for c, r in zip(wave, results, strict=True):
+                pending.remove(c)
+                if isinstance(r, BaseException):
+                    raise r
+                if on_ready:
+                    on_ready(c)
+
+    async def stop(self) -> None:
+        procs = [c.proc for c in self.components.values() if c.proc is not None]
+        for key in list(self.components):
+            c = self.components[key]
+            if c.proc is not None and c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                await p.wait()
+        # Also any process that was starting when we were interrupted.
+        for c in COMPONENTS:
+            if c.proc is not None and c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
+                await c.proc.wait()
+
+    def acquisition_config(self) -> dict[str, Any]:
+        valves = self.components["valve-controller"]
+        host, port = valves.endpoint("tcp")  # type: ignore[misc]
+        return {
+            "node": "acquisition",
+            "services": [{"kind": "remote_manager", "name": "extraction-line",
+                          "klass": "RemoteExtractionLineManager", "host": host, "port": port,
+                          "timeout": 2, "bus": valves.url("zmq-pub"),
+                          "monitor": {"update_period": 0.5}}],
+        }
+
+    def ready_info(self) -> dict[str, Any]:
+        return {
+            "workdir": str(self.workdir),
+            "pid": os.getpid(),
+            "nodes": {k: {"services": c.info.get("services", []), "log": c.info.get("log"),
+                          "pid": c.proc.pid if c.proc else None}
+                      for k, c in self.components.items()},
+            "left_out": {c.key: c.note for c in self.left_out},
+        }
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="labbridge-demo-"))
