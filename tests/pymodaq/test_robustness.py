@@ -97,3 +97,15 @@ async def test_connection_limit(server):
         for w in (w1, w2):
             w.close()
             await w.wait_closed()
+
+
+async def test_a_connection_that_never_identifies_is_dropped(server):
+    server.hello_timeout = 0.05
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"\x00\x00")  # half a length, then silence
+        await asyncio.wait_for(server.wait_closed_connections(1), 10)
+        assert server.close_reasons[-1].startswith("timeout: no client type")
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -347,13 +347,27 @@ class ServerSession:
     def __init__(self, server: PyMoDAQServer) -> None:
         self.server = server
         self.module: _RemoteModule | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self.stream = PyMoDAQStream(
             Role.SERVER, on_message=self._on_message, on_close=self._on_close,
-            dialect=server.dialect, detect_dialect=server.detect_dialect,
-            max_message=server.max_message, name=server.name)
+            on_open=self._on_open, dialect=server.dialect,
+            detect_dialect=server.detect_dialect, max_message=server.max_message,
+            name=server.name)
+
+    def _on_open(self, stream: PyMoDAQStream) -> None:
+        if len(self.server._sessions) > self.server.max_connections:
+            stream.fail("too many connections")
+        elif self.server.hello_timeout is not None:
+            # a connection that never says who it is would hold a slot forever
+            self._hello_timer = asyncio.get_running_loop().call_later(
+                self.server.hello_timeout, stream.fail,
+                f"timeout: no client type within {self.server.hello_timeout:g} s")
 
     def _on_message(self, stream: PyMoDAQStream, msg: object) -> None:
         if isinstance(msg, Hello):
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
+                self._hello_timer = None
             self.module = self.server.module_for(msg.client_type)
             log.info("%s: %s registered from %s (%s)", self.server.name,
                      msg.client_type.value, stream.peer,
@@ -369,6 +383,9 @@ class ServerSession:
             self.module.handle(msg)
 
     def _on_close(self, stream: PyMoDAQStream, reason: str | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self.server._sessions.discard(self)
         if self.module is not None:
             self.module._detach(self, reason)
@@ -383,7 +400,8 @@ class PyMoDAQServer:
     def __init__(self, host: str = "0.0.0.0", port: int = 6341, *, name: str = "pymodaq-server",
                  actuator: RemoteActuator | None = None, detector: RemoteDetector | None = None,
                  dialect: Dialect = Dialect.G1A, detect_dialect: bool = True,
-                 max_message: int = 256 * 1024 * 1024, max_connections: int = 16) -> None:
+                 max_message: int = 256 * 1024 * 1024, max_connections: int = 16,
+                 hello_timeout: float | None = 10.0) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
@@ -394,6 +412,8 @@ class PyMoDAQServer:
         self.detect_dialect = detect_dialect
         self.max_message = max_message
         self.max_connections = max_connections
+        #: Seconds a new connection has to send its client type (None = forever).
+        self.hello_timeout = hello_timeout
         self._server: asyncio.base_events.Server | None = None
         self._sessions: set[ServerSession] = set()
         self._changed = asyncio.Event()
@@ -408,10 +428,7 @@ class PyMoDAQServer:
     def _factory(self) -> PyMoDAQStream:
         session = ServerSession(self)
         self.accepted += 1
-        if len(self._sessions) >= self.max_connections:
-            session.stream._on_open = lambda s: s.fail("too many connections")
-        else:
-            self._sessions.add(session)
+        self._sessions.add(session)  # refused in _on_open when over max_connections
         return session.stream
 
     async def start(self) -> None:

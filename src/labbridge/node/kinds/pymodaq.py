@@ -19,6 +19,7 @@ Node file shapes (every field read through Section getters)::
         g1_dialect: "1.6"               # used to send until a client's dialect is seen
         g1_dialect_detect: auto         # or fixed
         max_message_mb: 256
+        hello_timeout: 10               # seconds a connection has to send its client type
       - kind: pymodaq_client           # the distant computer (ACTUATOR / GRABBER)
         device: cam
         server: 192.168.1.10:6341       # required: there is no default address (spec §9 #16)
@@ -152,7 +153,8 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
         dialect=_DIALECTS[sec.get_choice("g1_dialect", tuple(_DIALECTS), "1.6")],
         detect_dialect=sec.get_choice("g1_dialect_detect", ("auto", "fixed"), "auto") == "auto",
         max_message=_max_message(sec),
-        max_connections=sec.get_int("max_connections", 16, min=1))
+        max_connections=sec.get_int("max_connections", 16, min=1),
+        hello_timeout=sec.get_float("hello_timeout", 10.0, min=0.001))
     ctx.devices[actuator.name] = actuator
     ctx.devices[detector.name] = detector
     return PyMoDAQServerService(server)
