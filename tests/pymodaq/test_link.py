@@ -289,3 +289,14 @@ async def test_a_slow_move_does_not_block_the_detector(server, camera):
         assert not move.done()
         await server.actuator.stop_motion()
         assert await move < 1000.0
+
+
+async def test_sockets_have_nodelay_and_keepalive(server, stage):
+    import socket
+
+    async with running(client(stage, server, Generation.G3, Dialect.G1A)) as (c,):
+        await server.actuator.wait_connected(5)
+        for stream in (c.stream, server.actuator.session.stream):
+            sock = stream.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)

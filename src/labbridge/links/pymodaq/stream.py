@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -30,6 +31,22 @@ log = logging.getLogger(__name__)
 
 _COALESCE = 64 * 1024
 _HEAD = 11
+#: TCP keepalive (spec §9 #11): first probe after 30 s idle, then every 10 s, 3 probes.
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+
+
+def _set_keepalive(transport: asyncio.BaseTransport) -> None:
+    """A peer that vanished (cable pulled, host crashed) is noticed within about a minute."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:  # pragma: no cover - platform dependent
+        pass
 
 
 class PyMoDAQStream(asyncio.BufferedProtocol):
@@ -77,6 +94,7 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses, only duck-typed ones.
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
+        _set_keepalive(transport)
         self.peer = f"{peer_host(transport)}:{(transport.get_extra_info('peername') or ('', 0))[1]}"
         if self._on_open is not None:
             self._on_open(self)
