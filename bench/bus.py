@@ -1,0 +1,269 @@
+"""Telemetry bus benchmark (issue 4, item 7). Prints ONE JSON object.
+
+Throughput, 64-byte payloads, publisher -> subscriber on loopback TCP, both ends on one event
+loop (uvloop when installed, as labbridge runs), every variant measured in this same run,
+``--rounds`` times alternating, median kept:
+
+* ``bus_json``   Publisher.publish(topic, {"v": "x"*56}) -> Subscriber callback
+                 (the payload encodes to 64 bytes of JSON; envelope, sequence, gap tracking,
+                 JSON decode and a callback per message included);
+* ``bus_bytes``  the same with a 64-byte ``bytes`` payload (no JSON);
+* ``raw_zmq``    raw pyzmq asyncio PUB/SUB, ``[topic, 64 bytes]``, one ``await`` per send and
+                 per receive (idiomatic pyzmq asyncio code);
+* ``raw_zmq_drain``  raw pyzmq with the bus's own I/O technique (non-blocking sends, drain
+                 the SUB socket after each wake-up): the strictest baseline, it isolates the
+                 cost of the envelope and the callbacks.
+
+``bus_vs_raw_zmq`` = bus_json / raw_zmq; ``bus_vs_raw_zmq_drain`` = bus_json / raw_zmq_drain.
+
+Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
+Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
+so both processes read the same clock).
+
+    python bench/bus.py [--messages 40000] [--rounds 3] [--latency-samples 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import zmq  # noqa: E402
+import zmq.asyncio  # noqa: E402
+
+from labbridge.bus.device_publisher import DevicePublisher  # noqa: E402
+from labbridge.bus.notifier import Notifier  # noqa: E402
+from labbridge.bus.publisher import Publisher  # noqa: E402
+from labbridge.bus.subscriber import Subscriber  # noqa: E402
+from labbridge.devices.base import Device  # noqa: E402
+
+TOPIC = "bench.dev.sig"
+JSON_VALUE = {"v": "x" * 56}
+RAW = b"x" * 64
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def _join(sub: Subscriber, poke: Any) -> None:
+    w = asyncio.ensure_future(sub.wait_for(timeout=10))
+    while not w.done():
+        poke()
+        await asyncio.wait([w], timeout=0.01)
+    w.result()
+
+
+async def bus_rate(n: int, value: Any) -> float:
+    pub = Publisher(port=0, sndhwm=0)
+    pub.open()
+    count = 0
+    done = asyncio.Event()
+
+    def cb(topic: str, payload: Any, meta: Any) -> None:
+        nonlocal count
+        if topic == TOPIC:
+            count += 1
+            if count == n:
+                done.set()
+
+    sub = Subscriber(pub.url, on_message=cb, rcvhwm=0)
+    await sub.start()
+    try:
+        await _join(sub, lambda: pub.publish("bench.warm.up", 0))
+        t0 = time.perf_counter()
+        publish = pub.publish
+        for i in range(n):
+            publish(TOPIC, value)
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(done.wait(), 60)
+        dt = time.perf_counter() - t0  # all n arrived (unlimited high-water marks): no loss
+    finally:
+        await sub.stop()
+        pub.close()
+    return n / dt
+
+
+async def raw_rate(n: int, drain: bool) -> float:
+    ctx = zmq.asyncio.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.sndhwm = 0
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = ctx.socket(zmq.SUB)
+    sub.rcvhwm = 0
+    sub.subscribe(b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    topic = TOPIC.encode()
+    try:
+        while True:  # join: publish until the subscriber hears something
+            await pub.send_multipart([b"warm", b"0"])
+            try:
+                await asyncio.wait_for(sub.recv_multipart(), 0.01)
+                break
+            except TimeoutError:
+                pass
+        spub = zmq.Socket.shadow(pub.underlying)
+        ssub = zmq.Socket.shadow(sub.underlying)
+
+        async def receive() -> None:
+            got = 0
+            while got < n:
+                frames = await sub.recv_multipart()
+                if frames[0] == topic:
+                    got += 1
+                if drain:
+                    while got < n:
+                        try:
+                            frames = ssub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if frames[0] == topic:
+                            got += 1
+
+        t0 = time.perf_counter()
+        rx = asyncio.create_task(receive())
+        for i in range(n):
+            if drain:
+                spub.send_multipart([topic, RAW], zmq.NOBLOCK)
+            else:
+                await pub.send_multipart([topic, RAW])
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(rx, 60)
+        return n / (time.perf_counter() - t0)
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+
+
+class BenchDevice(Device):
+    kind = "bench"
+
+
+async def latency(samples: int) -> list[float]:
+    dev = BenchDevice("dev")
+    notifier = Notifier(port=0, node="bench", heartbeat=None, legacy=False)
+    await notifier.start()
+    dp = DevicePublisher(notifier, "bench", [dev], legacy=False)
+    dp.start()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--latency-child", notifier.pub_url, str(samples),
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        ready = asyncio.ensure_future(proc.stdout.readline())
+        while not ready.done():
+            dev.emit("warm", {"t0": time.perf_counter()})
+            await asyncio.wait([ready], timeout=0.01)
+        if ready.result().strip() != b"ready":
+            raise RuntimeError("latency child failed to start")
+        out = asyncio.ensure_future(proc.stdout.read())
+        for _ in range(samples):
+            dev.emit("sig", {"t0": time.perf_counter()})
+            await asyncio.sleep(0.002)   # paced: latency, not queueing under a flood
+        data = await asyncio.wait_for(out, 30)
+        await proc.wait()
+        return [float(x) for x in json.loads(data)]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        dp.stop()
+        await notifier.stop()
+
+
+async def latency_child(url: str, samples: int) -> None:
+    lat: list[float] = []
+    done = asyncio.Event()
+    announced = False
+
+    def cb(topic: str, payload: Any, meta: Any) -> None:
+        nonlocal announced
+        now = time.perf_counter()
+        if not announced:
+            announced = True
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+        if topic == "bench.dev.sig":
+            lat.append(now - payload["t0"])
+            if len(lat) >= samples:
+                done.set()
+
+    sub = Subscriber(url, ["bench.dev."], on_message=cb)
+    await sub.start()
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await sub.stop()
+    sys.stdout.write(json.dumps(lat))
+    sys.stdout.flush()
+
+
+def run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.messages
+    rates: dict[str, list[float]] = {k: [] for k in ("bus_json", "bus_bytes", "raw_zmq",
+                                                     "raw_zmq_drain")}
+    for _ in range(args.rounds):
+        rates["raw_zmq"].append(await raw_rate(n, drain=False))
+        rates["bus_json"].append(await bus_rate(n, JSON_VALUE))
+        rates["raw_zmq_drain"].append(await raw_rate(n, drain=True))
+        rates["bus_bytes"].append(await bus_rate(n, RAW))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    lat = await latency(args.latency_samples)
+    return {
+        "payload_bytes": 64,
+        "messages_per_round": n,
+        "rounds": args.rounds,
+        "event_loop": "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__
+        else "asyncio",
+        "bus_msgs_per_s": round(med["bus_json"]),
+        "bus_bytes_msgs_per_s": round(med["bus_bytes"]),
+        "raw_zmq_msgs_per_s": round(med["raw_zmq"]),
+        "raw_zmq_drain_msgs_per_s": round(med["raw_zmq_drain"]),
+        "bus_vs_raw_zmq": round(med["bus_json"] / med["raw_zmq"], 3),
+        "bus_vs_raw_zmq_drain": round(med["bus_json"] / med["raw_zmq_drain"], 3),
+        "latency_samples": len(lat),
+        "emit_to_remote_callback_p50_ms": round(pct(lat, 0.50) * 1e3, 3),
+        "emit_to_remote_callback_p99_ms": round(pct(lat, 0.99) * 1e3, 3),
+        "emit_to_remote_callback_max_ms": round(max(lat) * 1e3, 3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=40_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency-samples", type=int, default=2000)
+    ap.add_argument("--latency-child", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.latency_child:
+        run(latency_child(args.latency_child[0], int(args.latency_child[1])))
+        return 0
+    t0 = time.perf_counter()
+    result = run(main_async(args))
+    result["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
