@@ -67,13 +67,13 @@ async def test_initial_config_and_telemetry_then_counters():
         assert c.telemetry is not None and len(h.configs) == 1
         assert c.clock_offset is not None and abs(c.clock_offset) < 60
         seen = []
-        orig = h.server._handle
+        orig = h.server._reply
 
-        async def spy(command, out):
+        def spy(command, out):
             seen.append(command)
-            await orig(command, out)
+            return orig(command, out)
 
-        h.server._handle = spy
+        h.server._reply = spy
         await c.run_command(cmd(C.SET_STATE, SetStateParam.ENABLE))
         await c.run_command(cmd(C.MOVE, 3.5))
         await c.run_command(cmd(C.MOVE, 4.5))

@@ -268,9 +268,12 @@ class CommandTelemetryClient:
         try:
             # Feed at most _FEED bytes at a time so the decoder's bounded buffer never holds
             # more than one slice plus a partial frame, whatever the read size.
-            view = memoryview(data)
-            for start in range(0, len(view), _FEED):
-                decoder.receive_data(view[start:start + _FEED])
+            chunks: Any = (data,)
+            if len(data) > _FEED:
+                view = memoryview(data)
+                chunks = (view[i:i + _FEED] for i in range(0, len(view), _FEED))
+            for chunk in chunks:
+                decoder.receive_data(chunk)
                 while True:
                     frame = None
                     for frame in decoder.next_events():
@@ -342,7 +345,7 @@ class CommandTelemetryClient:
             if not self._configured.done():
                 self._configured.set_result(None)
             return
-        counter = frame.header.counter
+        counter = frame[1]  # Header.counter (gen D header: frame_id, counter, ...)
         pending = self._pending
         if pending is None or pending[0] != counter:
             if counter in self._timed_out:
@@ -358,7 +361,8 @@ class CommandTelemetryClient:
                                  "flight (%d); ignored", counter, pending[0])
             return
         if not pending[1].done():
-            pending[1].set_result(frame.payload)
+            # The frame itself: status, duration and reason are attributes of it.
+            pending[1].set_result(frame)
 
     async def next_telemetry(self) -> Any:
         """The next telemetry struct to arrive (wrap in ``asyncio.timeout`` to bound it)."""

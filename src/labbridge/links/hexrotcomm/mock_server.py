@@ -37,6 +37,8 @@ from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configur
 
 log = logging.getLogger(__name__)
 
+#: Replies are written without awaiting drain() until this many bytes wait to be sent.
+_DRAIN_ABOVE = 64 * 1024
 #: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
 CONNECT_RETRY_INTERVAL = 0.1
 
@@ -49,16 +51,13 @@ class _FrameWriter:
         self.writer = writer
         self.counters = {FrameKind.CONFIG: 0, FrameKind.TELEMETRY: 0}
 
-    async def frame(self, kind: FrameKind, payload: Any) -> None:
+    def encode(self, kind: FrameKind, payload: Any) -> bytes:
         n = self.counters[kind]
         self.counters[kind] = (n + 1) & 0xFFFFFFFF
-        self.writer.write(self.profile.encode_frame(kind, payload, n, time.time()))
-        await self.writer.drain()
+        return self.profile.encode_frame(kind, payload, n, time.time())
 
-    async def status(self, counter: int, code: CommandStatusCode, duration: float,
-                     reason: str) -> None:
-        self.writer.write(self.profile.encode_status(counter, code, duration, reason,
-                                                     time.time()))
+    async def frame(self, kind: FrameKind, payload: Any) -> None:
+        self.writer.write(self.encode(kind, payload))
         await self.writer.drain()
 
 
@@ -116,11 +115,15 @@ class MockControllerServer:
             tel_task = asyncio.create_task(_telemetry_loop(self.mock, out),
                                            name=f"{self.mock.name}-telemetry")
         decoder = CommandDecoder(self.profile)
+        transport = writer.transport
         try:
             while data := await reader.read(READ_CHUNK):
                 decoder.receive_data(data)
                 while (cmd := decoder.next_event()) is not NEED_DATA:
-                    await self._handle(cmd, out)
+                    # One write per reply; drain only when the peer is not keeping up.
+                    writer.write(self._reply(cmd, out))
+                    if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+                        await writer.drain()
             decoder.eof()
         except ProtocolError as exc:
             log.warning("%s: %s", self.mock.name, exc)
@@ -130,21 +133,24 @@ class MockControllerServer:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
                     await tel_task
 
-    async def _handle(self, cmd: Any, out: _FrameWriter) -> None:
-        if cmd.commander not in (COMMANDER_GUI, COMMANDER_CSC):
-            await out.status(cmd.counter, CommandStatusCode.NO_ACK, 0.0,
-                             "Unrecognized commander; must be one of GUI or CSC")
-            return
+    def _reply(self, cmd: Any, out: _FrameWriter) -> bytes:
+        """COMMAND_STATUS for one command (plus CONFIG when the command changed it)."""
+        now = time.time()
+        if cmd[0] not in (COMMANDER_GUI, COMMANDER_CSC):
+            return self.profile.encode_status(
+                cmd[1], CommandStatusCode.NO_ACK, 0.0,
+                "Unrecognized commander; must be one of GUI or CSC", now)
         version = self.mock.config_version
         try:
-            duration = self.mock.handle_command(cmd.code, tuple(cmd)[3:])
+            duration = self.mock.handle_command(cmd[2], cmd[3:])
         except CommandError as exc:
-            log.info("%s: command %#x refused: %s", self.mock.name, cmd.code, exc)
-            await out.status(cmd.counter, CommandStatusCode.NO_ACK, 0.0, str(exc))
-            return
-        await out.status(cmd.counter, CommandStatusCode.ACK, duration, "")
+            log.info("%s: command %#x refused: %s", self.mock.name, cmd[2], exc)
+            return self.profile.encode_status(cmd[1], CommandStatusCode.NO_ACK, 0.0, str(exc),
+                                              now)
+        reply = self.profile.encode_status(cmd[1], CommandStatusCode.ACK, duration, "", now)
         if self.mock.config_version != version:  # ENABLE_DRIVES re-sends CONFIG (§3.10)
-            await out.frame(FrameKind.CONFIG, self.mock.config_record())
+            reply += out.encode(FrameKind.CONFIG, self.mock.config_record())
+        return reply
 
 
 class MockControllerClient:

@@ -271,7 +271,21 @@ class FrameDecoder:
         self.frames_decoded = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf.append(data)
+        """Take received bytes. Whole frames are decoded now; only a partial frame is kept.
+
+        When nothing is buffered, frames are decoded straight from ``data`` (no copy into the
+        buffer); the buffer then only ever holds the tail of one frame.
+        """
+        if self._buf or self._error is not None:
+            self._buf.append(data)
+            return
+        view = memoryview(data)
+        try:
+            pos = self._decode_from(view, isinstance(data, bytes))
+            if pos < len(view):
+                self._buf.append(view[pos:])
+        finally:
+            view.release()
 
     @property
     def buffered(self) -> int:
@@ -304,7 +318,8 @@ class FrameDecoder:
         means NEED_DATA. Frames decoded before an error come first; the error is raised by the
         next call.
         """
-        if self._current is None and not self._segments and self._error is None:
+        if (self._current is None and not self._segments and self._error is None
+                and len(self._buf) >= self._hsize):
             self._decode_all()
         parts: list[Iterable[Frame]] = []
         if self._current is not None:
@@ -319,9 +334,20 @@ class FrameDecoder:
         return iter(())
 
     def _decode_all(self) -> None:
-        # Hot path (telemetry at up to hundreds of kHz): locals, one unpack and one
-        # tuple.__new__ per frame.
         view = self._buf.view()
+        try:
+            pos = self._decode_from(view, False)
+        finally:
+            view.release()
+        self._buf.skip(pos)
+
+    def _decode_from(self, view: memoryview, immutable: bool) -> int:
+        """Queue every whole frame in ``view``; return the bytes consumed.
+
+        Hot path (telemetry at up to hundreds of kHz): locals, one unpack and one
+        tuple.__new__ per frame, runs unpacked in C. ``immutable``: ``view`` is over bytes, so
+        a run may keep referring to it instead of copying.
+        """
         n = len(view)
         pos = 0
         count = 0
@@ -354,8 +380,10 @@ class FrameDecoder:
                             self._segments.append(singles)
                             singles = []
                             append = singles.append
-                        # A private copy, so the buffer may change while the run is consumed.
-                        self._segments.append(map(maker, iter_unpack(bytes(view[pos:end]))))
+                        # Immutable source: refer to it; else a private copy, so the buffer may
+                        # change while the run is consumed.
+                        run = view[pos:end] if immutable else bytes(view[pos:end])
+                        self._segments.append(map(maker, iter_unpack(run)))
                         pos = end
                         count += k
                         continue
@@ -375,12 +403,10 @@ class FrameDecoder:
                 count += 1
         except ProtocolError as exc:
             self._error = exc
-        finally:
-            if singles:
-                self._segments.append(singles)
-            view.release()
-            self.frames_decoded += count
-            self._buf.skip(pos)
+        if singles:
+            self._segments.append(singles)
+        self.frames_decoded += count
+        return pos
 
     def _run_length(self, view: memoryview, pos: int, k: int, fid: int, size: int,
                      check_time: bool) -> int:

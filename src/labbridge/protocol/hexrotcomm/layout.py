@@ -19,6 +19,7 @@ Decoded values are immutable records of two shapes (ADR 0041):
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import struct
@@ -234,7 +235,8 @@ class Layout:
                 raise LayoutError(f"{name}: record fields {getattr(record, '_fields', None)} "
                                   f"do not match the layout {self.names}")
             self.record = record
-            self._new = record._make
+            # tuple.__new__ directly: the struct guarantees the length _make would check.
+            self._new = functools.partial(tuple.__new__, record)
 
     # -- record classes ---------------------------------------------------------------------
     def properties(self, shift: int = 0) -> dict[str, property]:
