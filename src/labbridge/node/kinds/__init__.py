@@ -18,6 +18,8 @@ _FAMILIES = (
     "labbridge.node.kinds.furnace",
     "labbridge.node.kinds.relay",
     "labbridge.node.kinds.qtegra",
+    "labbridge.node.kinds.laser",
+    "labbridge.node.kinds.web",
 )
 
 

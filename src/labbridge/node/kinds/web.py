@@ -1,0 +1,206 @@
+"""Service kind ``web_dashboard``: the live web page of the lab (issue 8; docs/web.md).
+
+Example (a dashboard node watching two other nodes)::
+
+    services:
+      - kind: web_dashboard
+        name: web
+        host: 127.0.0.1            # default: loopback only; 0.0.0.0 serves the lab network
+        port: 8080                 # 0 picks any free port (the ready file says which)
+        title: Argon lab
+        subscribe:                 # bus publishers: URLs, or names of this node's services
+          - tcp://192.168.1.40:5555          # valve controller's notifier
+          - tcp://192.168.1.41:5555          # furnace controller's notifier
+          - tcp://192.168.1.40:8100          # a dashboard_server's PUB (warnings, criticals)
+        command_servers:           # where control actions go, by node name
+          - {node: valve-controller, url: 192.168.1.40:1061}
+          - {node: furnace-controller, url: 192.168.1.41:1061}
+        control: false             # default; true lets the page open/close valves, set setpoints
+        recorder: /var/lib/labbridge/bus.sqlite   # history on page load (or a recorder service)
+        stale_after: 10            # seconds without heartbeat before a node shows "stale"
+        history_minutes: 10
+        layout:                    # optional valve schematic hints, per node
+          valve-controller:
+            A: {x: 0, y: 0, to: [B]}
+            B: {x: 1, y: 0}
+
+A ``command_servers`` entry may name a ``pychron_command_server`` of this node instead of a
+URL (``{node: me, service: command-server}``), and ``recorder`` may name a ``recorder``
+service of this node. Valve banks on this node contribute their own ``layout`` hints.
+
+Layering (ADR 0070): this module is the one place under ``labbridge.node`` that imports the web
+face; pyproject.toml's import-linter contract lists exactly these imports as allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from labbridge.bus.sockets import BusError, normalize_endpoint
+from labbridge.devices.valves import ValveBank
+from labbridge.node.config import Section
+from labbridge.node.registry import Endpoint, NodeContext, register_service
+from labbridge.web.app import WebConfig, WebDashboard
+from labbridge.web.control import CommandTarget
+
+
+class WebDashboardService:
+    """The node-side wrapper: start/stop and the endpoints for ``labbridge ports``."""
+
+    def __init__(self, name: str, dashboard: WebDashboard) -> None:
+        self.name = name
+        self.dashboard = dashboard
+
+    @property
+    def url(self) -> str:
+        return self.dashboard.url
+
+    async def start(self) -> None:
+        await self.dashboard.start()
+
+    async def stop(self) -> None:
+        await self.dashboard.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        c = self.dashboard.config
+        port = self.dashboard.port if self.dashboard.port is not None else c.port
+        out = [Endpoint(service=self.name, protocol="http", host=c.host, port=port,
+                        role="listen", purpose="web dashboard")]
+        for url in c.subscribe:
+            out.append(Endpoint(service=self.name, protocol="zmq-sub", role="connect",
+                                path=url, purpose="bus events for the page"))
+        for t in c.command_servers:
+            out.append(Endpoint(service=self.name, protocol="pychron-tcp", host=t.host,
+                                port=t.port, role="connect",
+                                purpose=f"control of {t.node}"))
+        return out
+
+
+def _hostport(sec: Section, key: str, text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.error(key, f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _ServiceTarget(CommandTarget):
+    """A command server of this node, whose port is known only once it listens."""
+
+    def __init__(self, node: str, service: Any, timeout: float) -> None:
+        super().__init__(node, "127.0.0.1", 0, timeout)
+        self.service = service
+
+    def remote(self) -> Any:
+        if self.client is None:
+            self.port = int(self.service.port)
+            host = str(getattr(self.service, "host", "127.0.0.1"))
+            self.host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return super().remote()
+
+
+def _command_servers(sec: Section, ctx: NodeContext) -> list[CommandTarget]:
+    out: list[CommandTarget] = []
+    seen: set[str] = set()
+    for s in sec.get_sections("command_servers", []):
+        node = s.get_str("node")
+        if node in seen:
+            raise s.error("node", f"two command servers for node {node!r}")
+        seen.add(node)
+        timeout = s.get_float("timeout", 3.0, min=0.05, max=600.0)
+        svc_name = s.get_str("service", None)
+        url = s.get_str("url", None)
+        if (svc_name is None) == (url is None):
+            raise s.error("url", "give either url: HOST:PORT or service: <name of a "
+                                 "command server on this node>")
+        if svc_name is not None:
+            svc = ctx.services.get(svc_name)
+            if svc is None or not hasattr(svc, "port"):
+                raise s.error("service", f"no command server named {svc_name!r} declared "
+                                         "before the dashboard on this node")
+            out.append(_ServiceTarget(node, svc, timeout))
+        else:
+            assert url is not None
+            host, port = _hostport(s, "url", url)
+            out.append(CommandTarget(node, host, port, timeout))
+        s.check_no_unknown()
+    return out
+
+
+def _layout(sec: Section, ctx: NodeContext) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dev in ctx.devices.values():  # hints from this node's own valve banks
+        if isinstance(dev, ValveBank):
+            for v in dev.describe().get("valves", []):
+                if v.get("layout"):
+                    out.setdefault(ctx.node_name, {})[v["name"]] = dict(v["layout"])
+    raw = sec.get_section("layout", None)
+    if raw is None:
+        return out
+    for node in list(raw):
+        per_node = raw.get_section(node)
+        for valve in list(per_node):
+            hint = per_node.get_section(valve)
+            x, y = hint.get_float("x"), hint.get_float("y")
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise hint.error("x", "x and y must be finite numbers")
+            entry: dict[str, Any] = {"x": x, "y": y}
+            to = hint.get_list("to", [])
+            entry["to"] = [str(t) for t in to]
+            hint.check_no_unknown()
+            out.setdefault(str(node), {})[str(valve)] = entry
+    return out
+
+
+def _recorder(sec: Section, ctx: NodeContext) -> Path | None:
+    value = sec.get_str("recorder", None)
+    if value is None:
+        return None
+    svc = ctx.services.get(value)
+    if svc is not None:
+        path = getattr(svc, "path", None)
+        if path is None:
+            raise sec.error("recorder", f"service {value!r} is not a recorder")
+        return Path(path)
+    return ctx.resolve_path(value)
+
+
+@register_service("web_dashboard")
+def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
+    name = sec.get_str("name", "web")
+    subscribe = [str(s) for s in sec.get_list("subscribe", [])]
+    for entry in subscribe:
+        if entry in ctx.services:
+            if not hasattr(ctx.services[entry], "pub_url"):
+                raise sec.error("subscribe", f"service {entry!r} publishes nothing")
+            continue
+        try:
+            normalize_endpoint(entry)
+        except BusError as exc:
+            raise sec.error("subscribe", f"{exc} (nor the name of a publishing service "
+                                         "declared before the dashboard)") from None
+
+    def resolve(entry: str) -> str:
+        svc = ctx.services.get(entry)
+        return str(svc.pub_url) if svc is not None else normalize_endpoint(entry)
+
+    stale = sec.get_float("stale_after", 10.0, min=0.05, max=86400.0)
+    config = WebConfig(
+        host=str(ctx.host_override or sec.get_str("host", "127.0.0.1")),
+        port=sec.get_port("port", 8080),
+        title=sec.get_str("title", ctx.node_name),
+        subscribe=subscribe,
+        topics=[str(t) for t in sec.get_list("topics", [""])],
+        command_servers=_command_servers(sec, ctx),
+        control=sec.get_bool("control", False),
+        recorder=_recorder(sec, ctx),
+        stale_after=stale,
+        disconnect_after=sec.get_float("disconnect_after", None, min=stale, max=864000.0),
+        history_minutes=sec.get_float("history_minutes", 10.0, min=0.1, max=7 * 24 * 60.0),
+        push_interval=sec.get_float("push_interval", 0.05, min=0.005, max=5.0),
+        max_clients=sec.get_int("max_clients", 64, min=1, max=10_000),
+        layout=_layout(sec, ctx),
+        hide=[str(h) for h in sec.get_list("hide", [])],
+    )
+    return WebDashboardService(name, WebDashboard(config, name=name, resolve=resolve))
