@@ -30,7 +30,7 @@ def _laser(clock: FakeClock, **kw) -> tuple[Laser, Dispatcher]:
 
 async def test_stage_moves_take_time_and_drive_moving_tells():
     clock = FakeClock()
-    laser, disp = _laser(clock, speed=5.0, z_speed=1.0)
+    _dev, disp = _laser(clock, speed=5.0, z_speed=1.0)
     assert await _ask(disp, "GetPosition") == "0.00000,0.00000,0.00000"
     assert await _ask(disp, "SetXY 3,4") == "OK"  # 5 mm at 5 mm/s: one second
     assert await _ask(disp, "GetDriveMoving") == "OK"
@@ -58,7 +58,7 @@ async def test_stage_moves_take_time_and_drive_moving_tells():
 
 async def test_holes_patterns_and_abort():
     clock = FakeClock()
-    laser, disp = _laser(clock, holes=10, hole_spacing=2.5)
+    _dev, disp = _laser(clock, holes=10, hole_spacing=2.5)
     assert await _ask(disp, "GoToHole 1,False") == "OK"
     clock.advance(100)
     assert await _ask(disp, "GetPosition") == "-11.25000,11.25000,0.00000"
