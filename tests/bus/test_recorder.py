@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 
 import numpy as np
@@ -122,7 +123,7 @@ async def test_gaps_arrays_and_legacy_are_recorded(tmp_path, capsys):
     assert "1 messages; 1 gaps (4 missed)" in out.err
 
 
-async def test_history_png(tmp_path, capsys):
+async def test_history_png(tmp_path, capsys, monkeypatch):
     db = tmp_path / "p.sqlite"
 
     async def series(pub, rec):
@@ -132,14 +133,14 @@ async def test_history_png(tmp_path, capsys):
 
     await _record(db, series)
     png = tmp_path / "out.png"
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    with monkeypatch.context() as m:   # without the 'plot' extra: a clear message
+        m.setitem(sys.modules, "matplotlib", None)
         assert main(["history", "lab.f.temp", "--db", str(db), "--png", str(png)]) == 1
         assert "pip install 'labbridge[plot]'" in capsys.readouterr().err
-        return
+    pytest.importorskip("matplotlib")
     assert main(["history", "lab.f.temp", "--db", str(db), "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["history", "lab.nothing", "--db", str(db), "--png", str(png)]) == 1
 
 
 def test_history_errors(tmp_path, capsys):
