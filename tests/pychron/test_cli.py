@@ -56,3 +56,13 @@ def test_bad_config_is_one_clear_line(tmp_path):
     assert r.returncode != 0
     assert "bad.yaml:5: devices[0].valves: expected a list" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_port_in_use_fails_loudly_with_the_port(tmp_path):
+    with serving(EXAMPLE, tmp_path / "first") as (_, info):
+        port = port_of(info)
+        r = run_cli("serve", str(EXAMPLE), "--port", str(port), "--state-dir",
+                    str(tmp_path / "second"))
+    assert r.returncode == 1
+    assert f"TCP port {port} on 127.0.0.1 is already in use" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -37,7 +37,10 @@ def serve(config: str, host: str | None, port: int | None, ready_file: str | Non
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    run_async(_main())
+    try:
+        run_async(_main())
+    except OSError as exc:  # a port in use, an address not on this machine...
+        raise click.ClickException(f"cannot start node {node.name}: {exc}") from None
 
 
 def register(group: click.Group) -> None:
