@@ -399,3 +399,46 @@ def test_missing_device_or_method_is_a_clear_error():
         {"name": "v", "func": "missing", "enabled": True}]}]}, "d.yaml")
     with pytest.raises(DashboardError, match="no method 'missing'"):
         DashboardServer(cfg2, devices={"t": Thing("t")})
+
+
+# -- dashboard.xml -----------------------------------------------------------------------------
+DASH_XML = """<root>
+  <port>8100</port>
+  <device>Env<name>env_ctrl</name><use>true</use>
+    <value>temperature<func>get_temp</func><period>30</period><enabled>true</enabled>
+      <units>C</units><record/><change_threshold>0.1</change_threshold>
+      <conditionals>
+        <warn>x>30<nfail>3</nfail></warn>
+        <critical>x>40<nfail>2</nfail><script>cool.py</script></critical>
+      </conditionals>
+    </value>
+    <value>humidity<period>on_change</period><bind>rh</bind></value>
+  </device>
+</root>"""
+
+
+def test_dashboard_xml_reads_into_the_same_model():
+    from labbridge.protocol.telemetry.dashboard_config import parse_dashboard_xml
+
+    cfg = parse_dashboard_xml(DASH_XML, "dashboard.xml")
+    (env,) = cfg.devices
+    t, h = env.values
+    assert (env.name, env.device, env.enabled) == ("Env", "env_ctrl", True)
+    assert (t.func_name, t.period, t.enabled, t.units, t.record, t.threshold) == (
+        "get_temp", 30.0, True, "C", True, 0.1)
+    assert [(c.severity, c.teststr, c.nfail, c.script) for c in t.conditionals] == [
+        (Severity.WARNING, "x>30", 3, ""), (Severity.CRITICAL, "x>40", 2, "cool.py")]
+    assert h.on_change and h.bindname == "rh" and h.enabled is False
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("<root><device>", "XML syntax error"),
+    ('<!DOCTYPE r [<!ENTITY a "aaaa">]><root/>', "DOCTYPE"),
+    ("<root><device>D<name>d</name><value>v<period>-1</period></value></device></root>",
+     "period"),
+])
+def test_dashboard_xml_errors(text, msg):
+    from labbridge.protocol.telemetry.dashboard_config import parse_dashboard_xml
+
+    with pytest.raises(DashboardConfigError, match=msg):
+        parse_dashboard_xml(text, "d.xml")

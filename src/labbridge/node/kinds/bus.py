@@ -32,6 +32,7 @@ from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.protocol.telemetry.dashboard_config import (
     DashboardConfigError,
     parse_dashboard_config,
+    parse_dashboard_xml,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,14 @@ def _remote_reader(sec: Section, ctx: NodeContext) -> Callable[[str, str], Any] 
 def _dashboard_server(sec: Section, ctx: NodeContext) -> DashboardServerService:
     path = ctx.resolve_path(sec.get_str("config"))
     try:
-        config = parse_dashboard_config(load_yaml(path), str(path))
+        if path.suffix.lower() == ".xml":
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read file: {exc}", file=str(path)) from None
+            config = parse_dashboard_xml(text, str(path))
+        else:
+            config = parse_dashboard_config(load_yaml(path), str(path))
     except DashboardConfigError as exc:
         raise ConfigError(exc.reason, file=str(path), line=exc.line,
                           field=exc.field or None) from None

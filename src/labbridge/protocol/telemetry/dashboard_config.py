@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -320,3 +321,76 @@ def parse_dashboard_config(data: Any, source: str = "") -> DashboardConfig:
         devices.append(DeviceConfig(dname, hw, dr.boolean("enabled", "use", default=True),
                                     tuple(values)))
     return DashboardConfig(int(port), tuple(devices), source)
+
+
+# -- dashboard.xml ----------------------------------------------------------------------------
+#: dashboard.xml is a few kilobytes; anything larger is refused before parsing.
+MAX_XML = 1 << 20
+_XML_VALUE_TAGS = {"func": "func_name", "period": "period", "enabled": "enabled",
+                   "record": "record", "timeout": "timeout",
+                   "change_threshold": "change_threshold", "threshold": "threshold",
+                   "units": "units", "bind": "bindname", "tag": "tag"}
+
+
+def parse_dashboard_xml(text: str, source: str = "") -> DashboardConfig:
+    """Read Pychron's ``setupfiles/dashboard.xml`` (spec §14.2) into the same model.
+
+    Shape: ``<port>``, then ``<device>Display<name>hw</name><use>true</use>
+    <value>name<func/><period/>...<conditionals><warn>test<nfail/></warn>
+    <critical>test<nfail/><script/></critical></conditionals></value></device>``.
+    Document type declarations are refused (no entity expansion).
+    """
+    if len(text) > MAX_XML:
+        raise DashboardConfigError(f"file larger than {MAX_XML} bytes", source=source)
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise DashboardConfigError("DOCTYPE/ENTITY declarations are not allowed",
+                                   source=source)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise DashboardConfigError(f"XML syntax error: {exc}", source=source,
+                                   line=exc.position[0]) from None
+
+    def head(el: ET.Element) -> str:
+        return (el.text or "").strip()
+
+    data: dict[str, Any] = {}
+    port = root.find("port")
+    if port is not None:
+        data["port"] = head(port)
+    devices: list[dict[str, Any]] = []
+    for d in root.iter("device"):
+        dev: dict[str, Any] = {"name": head(d)}
+        hw = d.find("name")
+        if hw is not None:
+            dev["device"] = head(hw)
+        use = d.find("use")
+        if use is not None:
+            dev["enabled"] = head(use)
+        values = []
+        for v in d.findall("value"):
+            val: dict[str, Any] = {"name": head(v)}
+            for tag, key in _XML_VALUE_TAGS.items():
+                el = v.find(tag)
+                if el is not None and head(el):
+                    val[key] = head(el)
+                elif el is not None and tag == "record":  # a bare <record/> switches it on
+                    val[key] = True
+            conds = []
+            c = v.find("conditionals")
+            if c is not None:
+                for sev_tag, sev in (("warn", 10), ("critical", 20)):
+                    for ce in c.findall(sev_tag):
+                        body: dict[str, Any] = {"teststr": head(ce)}
+                        for k in ("nfail", "script", "emails"):
+                            el = ce.find(k)
+                            if el is not None and head(el):
+                                body[k] = head(el)
+                        conds.append([sev, body])
+            if conds:
+                val["conditionals"] = conds
+            values.append(val)
+        dev["values"] = values
+        devices.append(dev)
+    data["devices"] = devices
+    return parse_dashboard_config(data, source)
