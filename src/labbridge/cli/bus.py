@@ -198,7 +198,9 @@ def _plot(rows: list[Record], topic: str, png: str) -> None:
     if not pts:
         raise click.ClickException(f"no numeric values to plot on {topic!r}")
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot([dt.datetime.fromtimestamp(t) for t, _ in pts], [v for _, v in pts],
+    # matplotlib plots datetimes; its stubs only admit numbers, hence the Any
+    times: Any = [dt.datetime.fromtimestamp(t) for t, _ in pts]
+    ax.plot(times, [v for _, v in pts],
             marker="." if len(pts) < 500 else None, linewidth=1)
     ax.set_title(topic)
     ax.set_xlabel("time")
