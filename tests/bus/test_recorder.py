@@ -90,6 +90,8 @@ async def test_gaps_arrays_and_legacy_are_recorded(tmp_path, capsys):
         pub.publish_legacy(b"<Env,temp> 21.5")
         pub.publish_legacy(b'dashboard {"kind": "heartbeat", "ts": 5.0}')
         await rec.subscriber.wait_for(lambda t, p, m: t == "dashboard", timeout=10)
+        live = await rec.query("lab.cam.frame")   # the async query API flushes first
+        assert len(live) == 1 and live[0].value.shape == (3, 4)
 
     rec = await _record(db, mixed)
     assert rec.gap_count >= 1
