@@ -267,3 +267,53 @@ async def test_slow_valve_on_the_furnace_node_never_blocks_another_client(tmp_pa
         backend.unblock("0")
         reply, _ = await asyncio.wait_for(slow, 5.0)
         assert reply == b"OK"
+
+
+async def test_remote_furnace_client(tmp_path):
+    from labbridge.links.pychron.client import ErrorReply
+    from labbridge.links.pychron.clients import RemoteFurnace
+
+    async with example_node("furnace-controller.yaml", tmp_path) as node:
+        port = tcp_port(node)
+        for framing in ("braced", "plain", "json"):
+            async with RemoteFurnace.connect("127.0.0.1", port, framing=framing) as furnace:
+                await furnace.set_setpoint(350)
+                assert await furnace.setpoint() == 350.0
+                summary = await furnace.summary(h2o_channel="h2o")
+                assert summary["setpoint"] == 350.0 and summary["h2o_state"] is True
+                await furnace.set_pid(4, 0.04, 0)
+                assert await furnace.version() == "1.0"
+                assert await furnace.di_state("door_closed") is True
+                assert await furnace.channel_state("A") is False
+                assert 0.0 <= await furnace.percent_output() <= 100.0
+                assert await furnace.temperature() > -50
+                with pytest.raises(ErrorReply):
+                    await furnace.set_setpoint(99999)
+
+
+def test_blocking_remote_furnace(tmp_path):
+    from labbridge.links.pychron.clients import Blocking, RemoteFurnace
+
+    async def main() -> None:
+        async with example_node("furnace-controller.yaml", tmp_path) as node:
+            port = tcp_port(node)
+
+            def script() -> float:
+                with Blocking(RemoteFurnace.connect, "127.0.0.1", port) as furnace:
+                    furnace.set_setpoint(123.5)
+                    return float(furnace.setpoint())
+
+            assert await asyncio.get_running_loop().run_in_executor(None, script) == 123.5
+
+    asyncio.run(main())
+
+
+def test_bad_furnace_config_names_file_line_and_field(tmp_path):
+    from labbridge.node.config import ConfigError
+    from labbridge.node.node import build_node
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node: f\ndevices:\n  - kind: furnace\n    name: furnace\n"
+                   "    watchdog: {timeout: -1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:5: devices\[0\].watchdog.timeout"):
+        build_node(bad)

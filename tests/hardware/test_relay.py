@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from labbridge.links.pychron.client import ErrorReply
 from labbridge.links.pychron.clients import RelayClient
 from labbridge.links.pychron.dispatch import Dispatcher
 from labbridge.links.pychron.relay import CommandRepeater, RelayFrontServer, RelayProcessor
@@ -78,6 +79,10 @@ async def test_replies_through_the_whole_chain_match_the_vectors(sock_dir):
             expected = REPLY[data]["tcp_reply_to_external_client"].encode()
             assert await _ask(front, request) == expected, request
         assert processor.requests == len(cases) + 1
+        async with RelayClient("127.0.0.1", front.udp_port, udp=True) as client:
+            assert await client.ask("GetValveState A") == "OK"
+            with pytest.raises(ErrorReply):
+                await client.call("GetValveState Z")
 
 
 async def test_repeater_sends_the_vector_request_frames(sock_dir):
@@ -156,6 +161,7 @@ async def test_pychron_ready_and_system_type(sock_dir):
         async with RelayClient("127.0.0.1", front.port) as client:
             assert await client.ready()
             assert await client.ask("GetValveState B") == "OK"
+            assert await client.ask("GetValveStates") == "A0,B1,C03446"
         # A front server configured with the seed's "System" type.
         seed_front = RelayFrontServer(CommandRepeater(processor.path, "System"), "127.0.0.1", 0)
         await seed_front.start()

@@ -253,8 +253,8 @@ class Furnace(Device):
         if elapsed > 0:
             self.model.step(elapsed * self.time_scale)
         self._check_watchdog(now)
-        if self.model.t - self._last_publish >= self.publish_period:
-            self._last_publish = self.model.t
+        if now - self._last_publish >= self.publish_period:  # clock seconds, not model time
+            self._last_publish = now
             self.emit("temperature", self.model.pv)
             self.emit("output", round(self.model.output, 3))
 
