@@ -153,3 +153,45 @@ async def test_default_handler_discards_and_logs(caplog):
         w.close()
     finally:
         await srv.close()
+
+
+class _EchoProto(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def test_protocol_mode_single_client_and_events():
+    events: list[bool] = []
+
+    async def cb(server: OneClientServer) -> None:
+        events.append(server.connected)
+
+    with pytest.raises(ValueError):
+        OneClientServer("t", handler=_echo, protocol_factory=_EchoProto)
+    srv = OneClientServer("t", protocol_factory=_EchoProto, connect_callback=cb)
+    await srv.start()
+    try:
+        r1, w1 = await _connect(srv.port)
+        await asyncio.wait_for(srv.connected_task, T)
+        r2, w2 = await _connect(srv.port)
+        assert await asyncio.wait_for(r2.read(10), T) == b""  # refused
+        w2.close()
+        w1.write(b"abc")
+        assert await asyncio.wait_for(r1.readexactly(3), T) == b"abc"
+        await srv.write(b"xy")
+        assert await asyncio.wait_for(r1.readexactly(2), T) == b"xy"
+        assert srv.rejected_count == 1
+        w1.close()
+        await asyncio.wait_for(srv.wait_disconnected(), T)
+        assert not srv.connected
+        r3, w3 = await _connect(srv.port)
+        await asyncio.wait_for(srv.connected_task, T)
+        await srv.close_client()
+        assert await asyncio.wait_for(r3.read(10), T) == b""
+        w3.close()
+    finally:
+        await srv.close()
+    assert events == [True, False, True, False]

@@ -25,6 +25,11 @@ Semantics (spec §6.2, numbered as there):
 10. :meth:`close` closes the client then the listening socket (each step time-limited);
     idempotent; :attr:`done_task` resolves.
 13. ``TCP_NODELAY`` and keepalive are set on every accepted socket.
+
+Two ways to serve the client: ``handler(reader, writer)`` (asyncio streams, one task per
+client) or ``protocol_factory()`` (an :class:`asyncio.Protocol` per client, called straight
+from the event loop with no task hop: for request/response paths where latency matters,
+ADR 0044). The single-client rules, events and callbacks are the same for both.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ProtocolFactory = Callable[[], asyncio.Protocol]
 ConnectCallback = Callable[["OneClientServer"], Awaitable[None]]
 
 #: Time limit of each closing step (spec §6.1 ``CLOSE_WAIT_TIME``).
@@ -63,6 +69,7 @@ class OneClientServer:
         port: int = 0,
         *,
         handler: ClientHandler | None = None,
+        protocol_factory: ProtocolFactory | None = None,
         connect_callback: ConnectCallback | None = None,
         family: socket.AddressFamily = socket.AF_UNSPEC,
         log: logging.Logger | None = None,
@@ -74,7 +81,12 @@ class OneClientServer:
         self.port = port
         self.family = family
         self.log = log or logging.getLogger(f"{__name__}.{name}")
+        if handler is not None and protocol_factory is not None:
+            raise ValueError("give a handler or a protocol_factory, not both")
         self._handler = handler or self._discard_handler
+        self._protocol_factory = protocol_factory
+        self._gate: _Gate | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._connect_callback = connect_callback
         self._server: asyncio.Server | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -96,8 +108,15 @@ class OneClientServer:
     async def start(self) -> None:
         if self._server is not None or self._closing:
             raise RuntimeError("Start already called.")
-        self._server = await asyncio.start_server(
-            self._on_accept, self.host, self.port, family=self.family, reuse_address=True)
+        if self._protocol_factory is not None:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _Gate(self), self.host, self.port, family=self.family,
+                reuse_address=True)
+        else:
+            self._server = await asyncio.start_server(
+                self._on_accept, self.host, self.port, family=self.family,
+                reuse_address=True)
         socks = self._server.sockets
         if len(socks) == 1:
             self.port = socks[0].getsockname()[1]
@@ -110,6 +129,9 @@ class OneClientServer:
     @property
     def connected(self) -> bool:
         """Reader and writer present, reader not at EOF, writer not closing (spec §6.2 #5)."""
+        if self._protocol_factory is not None:
+            gate = self._gate
+            return gate is not None and not gate.transport.is_closing()
         return (self._reader is not None and self._writer is not None
                 and not self._reader.at_eof() and not self._writer.is_closing())
 
@@ -125,6 +147,11 @@ class OneClientServer:
 
     async def write(self, data: bytes) -> None:
         """Write one message (one call) and drain; ``ConnectionError`` when not connected."""
+        if self._protocol_factory is not None:
+            if self._gate is None or not self.connected:
+                raise ConnectionError(f"{self.name}: not connected")
+            self._gate.transport.write(data)
+            return
         writer = self._writer
         if writer is None or not self.connected:
             raise ConnectionError(f"{self.name}: not connected")
@@ -138,6 +165,14 @@ class OneClientServer:
     async def close_client(self) -> None:
         """Close the current client (if any); keep listening (spec §6.2 #9)."""
         self.should_be_connected = False
+        gate = self._gate
+        if gate is not None:
+            gate.transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._disconnected_event.wait(), CLOSE_WAIT_TIME)
+            if self._gate is gate:
+                gate.transport.abort()
+                gate.connection_lost(None)
         writer = self._writer
         task = self._client_task
         if task is not None and task is not asyncio.current_task() and not task.done():
@@ -160,6 +195,10 @@ class OneClientServer:
                 await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT_TIME)
         if not self.connected_task.done():
             self.connected_task.cancel()
+        tasks, self._tasks = self._tasks, set()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         if not self.done_task.done():
             self.done_task.set_result(None)
 
@@ -243,13 +282,101 @@ class OneClientServer:
                              len(data))
 
 
+    # -- protocol mode ---------------------------------------------------------------------------
+    def _gate_made(self, gate: _Gate) -> bool:
+        """A connection arrived (protocol mode); False if it must be refused."""
+        peer = _peer_name(gate.transport)
+        if self._closing:
+            return False
+        if self.connected:
+            self.rejected_count += 1
+            self.log.warning("%s: rejecting connection from %s; a client is already "
+                             "connected (%s).", self.name, peer, self.peer)
+            return False
+        if self._gate is not None:  # #4: the old client hung up unnoticed
+            self._gate.transport.abort()
+            self._gate_lost(self._gate, "replaced")
+        configure_socket(gate.transport.get_extra_info("socket"))
+        self._gate = gate
+        self.peer = peer
+        self.should_be_connected = True
+        self.client_count += 1
+        self.log.info("%s: client %s connected", self.name, peer)
+        self._connected_event.set()
+        self._disconnected_event.clear()
+        if not self.connected_task.done():
+            self.connected_task.set_result(None)
+        self._spawn_notify()
+        return True
+
+    def _gate_lost(self, gate: _Gate, reason: str) -> None:
+        if self._gate is not gate:
+            return
+        self._gate = None
+        self.log.info("%s: client %s disconnected (%s)", self.name, self.peer, reason)
+        self._connected_event.clear()
+        self._disconnected_event.set()
+        if self.connected_task.done():
+            self.connected_task = asyncio.get_running_loop().create_future()
+        self._spawn_notify()
+
+    def _spawn_notify(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Gate(asyncio.Protocol):
+    """Protocol-mode wrapper: enforces one client, then forwards to the user's protocol."""
+
+    def __init__(self, server: OneClientServer) -> None:
+        self.server = server
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.server._gate_made(self):
+            transport.close()
+            return
+        assert self.server._protocol_factory is not None
+        self.inner = self.server._protocol_factory()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.inner is not None:
+            self.inner.eof_received()
+        return False
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        inner, self.inner = self.inner, None
+        if inner is None:
+            return
+        try:
+            inner.connection_lost(exc)
+        finally:
+            self.server._gate_lost(self, "end of stream" if exc is None else repr(exc))
+
+
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception, asyncio.TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT_TIME)
 
 
-def _peer_name(writer: asyncio.StreamWriter) -> str:
+def _peer_name(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
@@ -37,46 +38,111 @@ from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configur
 
 log = logging.getLogger(__name__)
 
-#: Replies are written without awaiting drain() until this many bytes wait to be sent.
-_DRAIN_ABOVE = 64 * 1024
 #: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
 CONNECT_RETRY_INTERVAL = 0.1
 
 
 class _FrameWriter:
-    """Encodes controller -> CSC frames with per-frame-id counters."""
+    """Encodes controller -> CSC frames with per-frame-id counters, writes them in one call.
 
-    def __init__(self, profile: WireProfile, writer: asyncio.StreamWriter) -> None:
+    ``config_sent`` is the mock's config version last sent, so a CONFIG goes out once per
+    change whichever path (command reply or telemetry loop) notices it first.
+    """
+
+    def __init__(self, profile: WireProfile, write: Callable[[bytes], None],
+                 drain: Callable[[], Awaitable[Any]]) -> None:
         self.profile = profile
-        self.writer = writer
+        self.write = write
+        self.drain = drain
         self.counters = {FrameKind.CONFIG: 0, FrameKind.TELEMETRY: 0}
+        self.config_sent = -1
 
     def encode(self, kind: FrameKind, payload: Any) -> bytes:
         n = self.counters[kind]
         self.counters[kind] = (n + 1) & 0xFFFFFFFF
         return self.profile.encode_frame(kind, payload, n, time.time())
 
-    async def frame(self, kind: FrameKind, payload: Any) -> None:
-        self.writer.write(self.encode(kind, payload))
-        await self.writer.drain()
+    def encode_config(self, mock: BaseMockController) -> bytes:
+        self.config_sent = mock.config_version
+        return self.encode(FrameKind.CONFIG, mock.config_record())
+
+    async def frame(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
 
 
 async def _telemetry_loop(mock: BaseMockController, out: _FrameWriter) -> None:
     """CONFIG once, then TELEMETRY every interval; CONFIG again when it changes."""
-    cfg_version = mock.config_version
-    await out.frame(FrameKind.CONFIG, mock.config_record())
+    await out.frame(out.encode_config(mock))
     loop = asyncio.get_running_loop()
     next_t = loop.time()
     while True:
-        if mock.config_version != cfg_version:
-            cfg_version = mock.config_version
-            await out.frame(FrameKind.CONFIG, mock.config_record())
-        await out.frame(FrameKind.TELEMETRY, mock.telemetry_record())
+        if mock.config_version != out.config_sent:
+            await out.frame(out.encode_config(mock))
+        await out.frame(out.encode(FrameKind.TELEMETRY, mock.telemetry_record()))
         next_t += mock.telemetry_interval
         delay = next_t - loop.time()
         if delay < -1.0:  # fell far behind (a stalled peer): do not burst to catch up
             next_t = loop.time()
         await asyncio.sleep(max(0.0, delay))
+
+
+class _MockProtocol(asyncio.Protocol):
+    """One CSC connection to a gen-D mock: commands in, statuses/config/telemetry out.
+
+    Commands are decoded and answered inside ``data_received`` (no task hop, ADR 0044); the
+    telemetry loop is a task that awaits ``drain`` only when the transport asks to pause.
+    """
+
+    def __init__(self, owner: MockControllerServer) -> None:
+        self.owner = owner
+        self.decoder = CommandDecoder(owner.profile)
+        self.transport: asyncio.Transport | None = None
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.tel_task: asyncio.Task[None] | None = None
+        self.out: _FrameWriter | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop: own classes
+        self.out = _FrameWriter(self.owner.profile, transport.write,  # type: ignore[attr-defined]
+                                self.can_write.wait)
+        if self.owner.send_config:
+            self.tel_task = asyncio.get_running_loop().create_task(
+                _telemetry_loop(self.owner.mock, self.out),
+                name=f"{self.owner.mock.name}-telemetry")
+            self.owner._tasks.add(self.tel_task)
+            self.tel_task.add_done_callback(self._tel_done)
+
+    def _tel_done(self, task: asyncio.Task[None]) -> None:
+        self.owner._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("%s: telemetry stopped: %r", self.owner.mock.name, task.exception())
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.out is not None
+        decoder = self.decoder
+        decoder.receive_data(data)
+        while (cmd := decoder.next_event()) is not NEED_DATA:
+            self.transport.write(self.owner._reply(cmd, self.out))
+
+    def eof_received(self) -> bool | None:
+        try:
+            self.decoder.eof()
+        except ProtocolError as exc:
+            log.warning("%s: %s", self.owner.mock.name, exc)
+        return False
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.can_write.set()
+        if self.tel_task is not None:
+            self.tel_task.cancel()
 
 
 class MockControllerServer:
@@ -90,7 +156,8 @@ class MockControllerServer:
         self.mock = mock
         self.profile = profile or WireProfile.make(mock.spec, Generation.D)
         self.server = OneClientServer(f"MockController-{mock.name}", host, port,
-                                      handler=self._serve, log=log)
+                                      protocol_factory=lambda: _MockProtocol(self), log=log)
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Set False to simulate a controller that never sends CONFIG (spec §3.10).
         self.send_config = True
 
@@ -107,31 +174,12 @@ class MockControllerServer:
 
     async def close(self) -> None:
         await self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        out = _FrameWriter(self.profile, writer)
-        tel_task: asyncio.Task[None] | None = None
-        if self.send_config:
-            tel_task = asyncio.create_task(_telemetry_loop(self.mock, out),
-                                           name=f"{self.mock.name}-telemetry")
-        decoder = CommandDecoder(self.profile)
-        transport = writer.transport
-        try:
-            while data := await reader.read(READ_CHUNK):
-                decoder.receive_data(data)
-                while (cmd := decoder.next_event()) is not NEED_DATA:
-                    # One write per reply; drain only when the peer is not keeping up.
-                    writer.write(self._reply(cmd, out))
-                    if transport.get_write_buffer_size() > _DRAIN_ABOVE:
-                        await writer.drain()
-            decoder.eof()
-        except ProtocolError as exc:
-            log.warning("%s: %s", self.mock.name, exc)
-        finally:
-            if tel_task is not None:
-                tel_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                    await tel_task
+        tasks, self._tasks = self._tasks, set()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
 
     def _reply(self, cmd: Any, out: _FrameWriter) -> bytes:
         """COMMAND_STATUS for one command (plus CONFIG when the command changed it)."""
@@ -149,7 +197,7 @@ class MockControllerServer:
                                               now)
         reply = self.profile.encode_status(cmd[1], CommandStatusCode.ACK, duration, "", now)
         if self.mock.config_version != version:  # ENABLE_DRIVES re-sends CONFIG (§3.10)
-            reply += out.encode(FrameKind.CONFIG, self.mock.config_record())
+            reply += out.encode_config(self.mock)
         return reply
 
 
@@ -218,7 +266,8 @@ class MockControllerClient:
                               writer: asyncio.StreamWriter) -> None:
         self.telemetry_connections += 1
         self.telemetry_connected.set()
-        tel = asyncio.create_task(_telemetry_loop(self.mock, _FrameWriter(self.profile, writer)))
+        tel = asyncio.create_task(_telemetry_loop(
+            self.mock, _FrameWriter(self.profile, writer.write, writer.drain)))
         try:
             # The CSC writes nothing here; EOF means it closed the telemetry connection.
             while await reader.read(READ_CHUNK):

@@ -281,6 +281,14 @@ class FrameDecoder:
             return
         view = memoryview(data)
         try:
+            if len(view) >= self._hsize:
+                # Exactly one unchecked frame (a command status): the acknowledgement path.
+                entry = self._frames.get(self._fid_unpack(view, 0)[0])
+                if (entry is not None and entry[3] == len(view) and not entry[4]
+                        and not entry[5]):
+                    self._segments.append((tuple.__new__(entry[1], entry[2](view, 0)),))
+                    self.frames_decoded += 1
+                    return
             pos = self._decode_from(view, isinstance(data, bytes))
             if pos < len(view):
                 self._buf.append(view[pos:])
