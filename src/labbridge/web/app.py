@@ -473,8 +473,9 @@ class WebDashboard:
         node = result.target.split("/", 1)[0]
         self.push(self.state.add_event(level, node, text, entry["ts"], kind="control",
                                        client=peer))
-        return web.json_response(result.to_json(), status=200 if result.ok else 409
-                                 if result.outcome == REFUSED else 502)
+        # A refusal is a well-formed answer, not a failed request: 200 with the outcome in
+        # the body (ADR 0072); 4xx/5xx are kept for malformed or disallowed requests.
+        return web.json_response(result.to_json())
 
     def _disabled(self, request: web.Request, action: str, target: str) -> web.Response:
         res = ControlResult(REFUSED, action, target,

@@ -345,7 +345,7 @@ function ensureSeries(topic) {
     el("i", { style: `background:${s.color}` }), el("span", { class: "lname", text: s.label }),
     document.createTextNode(" "), el("b", { class: "lval", text: "-" }));
   g.legend.append(item);
-  if (s.label === "setpoint" && S.config.control && S.config.command_nodes.includes(g.node)) {
+  if (/^(setpoint|temperature)$/.test(s.label) && S.config.control && S.config.command_nodes.includes(g.node)) {
     addSetpointForm(g);
   }
   return s;
@@ -419,9 +419,13 @@ function schedule() {
 
 function drawAll() {
   S.dirty = false;
-  const t1 = now(), t0 = t1 - S.config.history_minutes * 60;
+  const t1 = now(), windowStart = t1 - S.config.history_minutes * 60;
   for (const g of S.groups.values()) {
     const series = g.topics.map((t) => S.series.get(t));
+    // Zoom to the data while there is less of it than the window (at least one minute).
+    let first = Infinity;
+    for (const s of series) if (s.points.length) first = Math.min(first, s.points[0][0]);
+    const t0 = Math.max(windowStart, Math.min(first, t1 - 60));
     g.plot.draw(series, t0, t1);
     for (const s of series) {
       const last = s.points.length ? s.points[s.points.length - 1][1] : null;

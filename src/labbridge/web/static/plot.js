@@ -70,7 +70,8 @@ class TimePlot {
     for (const t of timeTicks(t0, t1, Math.max(2, Math.floor(pw / (70 * dpr))))) {
       const x = Math.round(X(t)) + 0.5;
       ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + ph); ctx.stroke();
-      ctx.fillText(fmtClock(t), x, top + ph + 4 * dpr);
+      const label = fmtClock(t), half = ctx.measureText(label).width / 2;
+      ctx.fillText(label, Math.min(Math.max(x, half), W - half), top + ph + 4 * dpr);
     }
     ctx.strokeStyle = "#9aa3b2";
     ctx.strokeRect(left + 0.5, top + 0.5, pw, ph);

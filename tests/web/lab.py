@@ -1,0 +1,143 @@
+"""A small simulated lab built in-process for the web tests (issue 8 "what it must show"):
+a valve node (valve bank + Pychron command server + notifier/DevicePublisher + recorder), a
+furnace node (furnace + command server + notifier) and a dashboard node (``web_dashboard``
+subscribed to both notifiers, sending control actions to both command servers).
+
+Every port is 0; the dashboard's node file is written once the other two listen, with their
+real ports. Heartbeats are fast and ``stale_after`` short so a stopped node turns stale in
+well under a second of test time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labbridge.devices.furnace import Furnace
+from labbridge.devices.valves import ValveBank
+from labbridge.links.pychron.server import PychronCommandServer
+from labbridge.node.kinds.web import WebDashboardService
+from labbridge.node.node import Node, build_node
+
+VALVE_NODE = """
+node: valve-controller
+devices:
+  - kind: valve_bank
+    name: valves
+    persist: false
+    backend: {kind: sim, delay: 0.0}
+    valves:
+      - {name: A, address: 0, description: "sample inlet", layout: {x: 0, y: 0}}
+      - {name: B, address: 1, description: "getter", layout: {x: 1, y: 0}}
+      - {name: C, address: 2, description: "pipette", layout: {x: 2, y: 0}}
+      - {name: D, address: 3, description: "turbo pump"}
+services:
+  - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}
+  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1}
+  - {kind: recorder, name: rec, connect: [bus], path: rec.sqlite, flush_interval: 0.05}
+"""
+
+FURNACE_NODE = """
+node: furnace-controller
+devices:
+  - {kind: furnace, name: furnace, setpoint: 22, time_scale: 20, tick: 0.05, seed: 1,
+     watchdog: {timeout: 0}}
+services:
+  - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}
+  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1}
+"""
+
+WEB_NODE = """
+node: dashboard
+services:
+  - kind: web_dashboard
+    name: web
+    host: 127.0.0.1
+    port: 0
+    title: Test lab
+    control: {control}
+    stale_after: 0.6
+    disconnect_after: 30
+    history_minutes: 5
+    subscribe: [{valve_bus}, {furnace_bus}]
+    command_servers:
+      - {{node: valve-controller, url: "127.0.0.1:{valve_cmd}"}}
+      - {{node: furnace-controller, url: "127.0.0.1:{furnace_cmd}"}}
+    recorder: {recorder}
+    layout:
+      valve-controller:
+        A: {{x: 0, y: 0, to: [B]}}
+        B: {{x: 1, y: 0, to: [C]}}
+        C: {{x: 2, y: 0}}
+"""
+
+
+def _service(node: Node, name: str) -> Any:
+    return node.ctx.services[name]
+
+
+@dataclass
+class Lab:
+    valves_node: Node
+    furnace_node: Node
+    web_node: Node
+
+    @property
+    def bank(self) -> ValveBank:
+        dev = self.valves_node.ctx.devices["valves"]
+        assert isinstance(dev, ValveBank)
+        return dev
+
+    @property
+    def furnace(self) -> Furnace:
+        dev = self.furnace_node.ctx.devices["furnace"]
+        assert isinstance(dev, Furnace)
+        return dev
+
+    @property
+    def web(self) -> WebDashboardService:
+        svc = _service(self.web_node, "web")
+        assert isinstance(svc, WebDashboardService)
+        return svc
+
+    @property
+    def url(self) -> str:
+        return self.web.url
+
+    def cmd_port(self, node: Node) -> int:
+        svc = _service(node, "cmd")
+        assert isinstance(svc, PychronCommandServer) and svc.port
+        return int(svc.port)
+
+    async def stop(self) -> None:
+        for n in (self.web_node, self.furnace_node, self.valves_node):
+            await n.stop()
+
+
+async def start_lab(tmp: Path, *, control: bool = True) -> Lab:
+    """Build and start the three nodes; the caller must ``await lab.stop()``."""
+    (tmp / "valves.yaml").write_text(VALVE_NODE)
+    (tmp / "furnace.yaml").write_text(FURNACE_NODE)
+    valves = build_node(tmp / "valves.yaml")
+    furnace = build_node(tmp / "furnace.yaml")
+    started: list[Node] = []
+    try:
+        for n in (valves, furnace):
+            await n.start()
+            started.append(n)
+        rec = _service(valves, "rec")
+        text = WEB_NODE.format(
+            control="true" if control else "false",
+            valve_bus=_service(valves, "bus").pub_url,
+            furnace_bus=_service(furnace, "bus").pub_url,
+            valve_cmd=_service(valves, "cmd").port, furnace_cmd=_service(furnace, "cmd").port,
+            recorder=str(rec.path))
+        (tmp / "web.yaml").write_text(text)
+        web = build_node(tmp / "web.yaml")
+        await web.start()
+    except BaseException:
+        for n in reversed(started):
+            await n.stop()
+        raise
+    return Lab(valves, furnace, web)
