@@ -55,6 +55,7 @@ from aiohttp import WSMsgType, web
 
 from labbridge.bus.recorder import RecordStore
 from labbridge.bus.subscriber import MessageMeta, Subscriber
+from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
 from labbridge.web.control import REFUSED, CommandTarget, ControlResult, Controls
@@ -286,6 +287,10 @@ class WebDashboard:
                 self._resync_wanted.discard(node)
                 try:
                     valves = await self.controls.read_valves(node)
+                except (ErrorReply, UnknownCommand) as exc:
+                    # The node answers but has no valves (a furnace-only node): done.
+                    log.info("%s: %s has no valves to show (%s)", self.name, node, exc)
+                    continue
                 except Exception as exc:
                     log.info("%s: cannot read valves of %s yet: %s", self.name, node, exc)
                     failed.add(node)
@@ -452,6 +457,8 @@ class WebDashboard:
             return _error(415, "send JSON (Content-Type: application/json)")
         try:
             body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"a control request is at most {MAX_BODY} bytes")
         except (ValueError, web.HTTPException):
             return _error(400, "the body is not JSON")
         if not isinstance(body, dict) or any(f not in body for f in fields):
