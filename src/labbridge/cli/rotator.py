@@ -71,12 +71,20 @@ async def _run(ctrl: HexrotController, action: str, angle: float | None, wait: b
         await ctrl.disconnect()
 
 
-class _Failed(click.ClickException):
-    """Printed as ``Error: ...`` on stderr; the exit code says refused (1) or link error (3)."""
+class _Refused(click.ClickException):
+    """Printed as ``Error: ...`` on stderr; exit code 1: the controller refused."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
+
+
+class _LinkError(click.ClickException):
+    """Exit code 3: the link to the controller failed."""
+
+    exit_code = 3
+
+
+def _Failed(message: str, code: int) -> click.ClickException:  # noqa: N802 - reads as a class
+    return _Refused(message) if code == 1 else _LinkError(message)
 
 
 # ignore_unknown_options lets a negative ANGLE through (``move -3``).
