@@ -83,7 +83,7 @@ class _LinkError(click.ClickException):
     exit_code = 3
 
 
-def _Failed(message: str, code: int) -> click.ClickException:  # noqa: N802 - reads as a class
+def _Failed(message: str, code: int) -> click.ClickException:
     return _Refused(message) if code == 1 else _LinkError(message)
 
 
