@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from labbridge.links.hexrotcomm.common import (
@@ -262,43 +262,53 @@ class CommandTelemetryClient:
             return
         decoder = self._decoder
         tel_kind = FrameKind.TELEMETRY
-        cb = self.on_telemetry
         last = None
-        count = 0
         try:
-            # Feed at most _FEED bytes at a time so the decoder's bounded buffer never holds
-            # more than one slice plus a partial frame, whatever the read size.
             chunks: Any = (data,)
             if len(data) > _FEED:
+                # Feed at most _FEED bytes at a time so the decoder's bounded buffer never
+                # holds more than one slice plus a partial frame, whatever the read size.
                 view = memoryview(data)
                 chunks = (view[i:i + _FEED] for i in range(0, len(view), _FEED))
             for chunk in chunks:
                 decoder.receive_data(chunk)
-                while True:
-                    frame = None
-                    for frame in decoder.next_events():
-                        if frame.kind is tel_kind:
-                            last = frame
-                            count += 1
-                            if cb is not None:
-                                try:
-                                    res = cb(frame)
-                                except Exception:
-                                    self.log.exception("telemetry callback failed")
-                                else:
-                                    if res is not None:
-                                        self._keep(res)
-                        else:
-                            self._dispatch_other(frame)
-                            if self._broken is not None:
-                                return
-                    if frame is None:  # nothing more decodable: need data
-                        break
+                while runs := decoder.next_runs():
+                    for kind, frames in runs:
+                        if kind is tel_kind:
+                            last = self._telemetry_run(frames) or last
+                            continue
+                        for frame in frames:
+                            if frame.kind is tel_kind:
+                                last = self._telemetry_run((frame,)) or last
+                            else:
+                                self._dispatch_other(frame)
+                                if self._broken is not None:
+                                    return
         except ProtocolError as exc:
             self._break(f"Protocol error from the low-level controller ({exc.kind}): {exc}")
         finally:
+            self.frames_received = decoder.frames_decoded
             if last is not None:
-                self._on_telemetry(last, count)
+                self._on_telemetry(last)
+
+    def _telemetry_run(self, frames: Iterable[Frame]) -> Frame | None:
+        """Hand every telemetry frame of a run to the callback; return the last one."""
+        cb = self.on_telemetry
+        last = None
+        if cb is None:
+            for last in frames:  # noqa: B007 - only the last one is kept
+                pass
+            return last
+        it = iter(frames)
+        while True:
+            try:
+                for last in it:
+                    res = cb(last)
+                    if res is not None:
+                        self._keep(res)
+                return last
+            except Exception:  # a raising callback must not break the link (spec §3.8)
+                self.log.exception("telemetry callback failed")
 
     def _break(self, reason: str) -> None:
         self._broken = reason
@@ -325,9 +335,8 @@ class CommandTelemetryClient:
         self.closed.set()
         self._fire(self.on_connect, self)
 
-    def _on_telemetry(self, frame: Frame, count: int) -> None:
+    def _on_telemetry(self, frame: Frame) -> None:
         """After a read: keep the last telemetry, wake waiters, estimate the clock offset."""
-        self.frames_received += count
         self.telemetry = frame
         h = frame.header
         self.clock_offset = h.tai_sec + h.tai_nsec * 1e-9 - time.time()
@@ -338,7 +347,6 @@ class CommandTelemetryClient:
             self._telemetry_waiters.clear()
 
     def _dispatch_other(self, frame: Frame) -> None:
-        self.frames_received += 1
         if frame.kind is FrameKind.CONFIG:
             self.config = frame.payload
             self._fire(self.on_config, frame.payload)

@@ -237,7 +237,8 @@ class FrameDecoder:
         self._buf = ReceiveBuffer(max_buffer)
         # Decoded frames not yet handed out: single frames and lazy runs (iterators that
         # build one Frame per step from a private copy of the run's bytes).
-        self._segments: deque[Iterable[Frame]] = deque()
+        # (kind of every frame in the segment, or None when mixed; the frames)
+        self._segments: deque[tuple[FrameKind | None, Iterable[Frame]]] = deque()
         self._current: Iterator[Frame] | None = None
         self._error: ProtocolError | None = None
         hdr = profile.header
@@ -286,7 +287,8 @@ class FrameDecoder:
                 entry = self._frames.get(self._fid_unpack(view, 0)[0])
                 if (entry is not None and entry[3] == len(view) and not entry[4]
                         and not entry[5]):
-                    self._segments.append((tuple.__new__(entry[1], entry[2](view, 0)),))
+                    self._segments.append(
+                        (entry[0], (tuple.__new__(entry[1], entry[2](view, 0)),)))
                     self.frames_decoded += 1
                     return
             pos = self._decode_from(view, isinstance(data, bytes))
@@ -307,7 +309,7 @@ class FrameDecoder:
                     return frame
                 self._current = None
             if self._segments:
-                self._current = itertools.chain.from_iterable(self._segments)
+                self._current = itertools.chain.from_iterable(f for _, f in self._segments)
                 self._segments = deque()
                 continue
             if self._error is not None:
@@ -333,13 +335,31 @@ class FrameDecoder:
         if self._current is not None:
             parts.append(self._current)
             self._current = None
-        parts.extend(self._segments)
+        parts.extend(f for _, f in self._segments)
         self._segments = deque()
         if parts:
             return itertools.chain.from_iterable(parts)
         if self._error is not None:
             raise self._error
         return iter(())
+
+    def next_runs(self) -> list[tuple[FrameKind | None, Iterable[Frame]]]:
+        """Like :meth:`next_events`, grouped: ``(kind, frames)`` where every frame of the
+        group has that kind, or ``(None, frames)`` for a mixed group. Lets a consumer handle a
+        run of telemetry without looking at each frame's kind. Empty list: NEED_DATA.
+        """
+        if (self._current is None and not self._segments and self._error is None
+                and len(self._buf) >= self._hsize):
+            self._decode_all()
+        out: list[tuple[FrameKind | None, Iterable[Frame]]] = []
+        if self._current is not None:
+            out.append((None, self._current))
+            self._current = None
+        out.extend(self._segments)
+        self._segments = deque()
+        if not out and self._error is not None:
+            raise self._error
+        return out
 
     def _decode_all(self) -> None:
         view = self._buf.view()
@@ -385,13 +405,13 @@ class FrameDecoder:
                         iter_unpack, maker, _ = self._runs[fid]
                         end = pos + k * size
                         if singles:
-                            self._segments.append(singles)
+                            self._segments.append((None, singles))
                             singles = []
                             append = singles.append
                         # Immutable source: refer to it; else a private copy, so the buffer may
                         # change while the run is consumed.
                         run = view[pos:end] if immutable else bytes(view[pos:end])
-                        self._segments.append(map(maker, iter_unpack(run)))
+                        self._segments.append((kind, map(maker, iter_unpack(run))))
                         pos = end
                         count += k
                         continue
@@ -412,7 +432,7 @@ class FrameDecoder:
         except ProtocolError as exc:
             self._error = exc
         if singles:
-            self._segments.append(singles)
+            self._segments.append((None, singles))
         self.frames_decoded += count
         return pos
 
