@@ -249,6 +249,9 @@ async def test_qtegra_client_udp_and_tcp(tmp_path):
         finally:
             await spec.close()
         async with QtegraSpectrometer.connect("127.0.0.1", port, udp=False) as tcp:
+            await tcp.set_integration_time(100.0)  # a new integration: no scan for 100 s
+            assert await tcp.data() == {}
+            await tcp.set_integration_time(1.0)
             await tcp.open("Valve1")
             assert await tcp.valve_state("Valve1") is True
             assert await tcp.high_voltage() == 4500.0

@@ -152,7 +152,10 @@ class QtegraSpectrometer(_Proxy):
 
     async def data(self) -> dict[str, float]:
         """Last scan as ``{detector: value}`` (tagged ``det,value,...``); {} before any."""
-        reply = await self.call("GetData")
+        try:
+            reply = await self.call("GetData")
+        except UnknownCommand:
+            return {}  # TCP: an empty reply before the first scan is a bare close
         items = [s for s in reply.split(",") if s != ""]
         if len(items) % 2:
             raise ErrorReply(f"untagged or odd GetData reply: {reply[:80]!r}")
