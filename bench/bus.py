@@ -14,7 +14,8 @@ loop (uvloop when installed, as labbridge runs), every variant measured in this 
                  the SUB socket after each wake-up): the strictest baseline, it isolates the
                  cost of the envelope and the callbacks.
 
-``bus_vs_raw_zmq`` = bus_json / raw_zmq; ``bus_vs_raw_zmq_drain`` = bus_json / raw_zmq_drain.
+``bus_vs_raw_zmq`` = bus_json / raw_zmq; ``bus_vs_raw_zmq_drain`` = bus_json / raw_zmq_drain;
+``bus_bytes_vs_raw_zmq_drain`` = bus_bytes / raw_zmq_drain (same 64 raw bytes on both sides).
 
 Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
 Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
@@ -241,6 +242,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "raw_zmq_drain_msgs_per_s": round(med["raw_zmq_drain"]),
         "bus_vs_raw_zmq": round(med["bus_json"] / med["raw_zmq"], 3),
         "bus_vs_raw_zmq_drain": round(med["bus_json"] / med["raw_zmq_drain"], 3),
+        "bus_bytes_vs_raw_zmq_drain": round(med["bus_bytes"] / med["raw_zmq_drain"], 3),
         "latency_samples": len(lat),
         "emit_to_remote_callback_p50_ms": round(pct(lat, 0.50) * 1e3, 3),
         "emit_to_remote_callback_p99_ms": round(pct(lat, 0.99) * 1e3, 3),
