@@ -50,6 +50,8 @@ services:
 
 WEB_NODE = """
 node: dashboard
+devices:
+  - {{kind: camera, name: cam, width: 64, height: 48, dtype: uint16, backend: {{kind: sim}}}}
 services:
   - kind: web_dashboard
     name: web
@@ -65,6 +67,7 @@ services:
       - {{node: valve-controller, url: "127.0.0.1:{valve_cmd}"}}
       - {{node: furnace-controller, url: "127.0.0.1:{furnace_cmd}"}}
     recorder: {recorder}
+    cameras: [{{device: cam, every: 0.2}}]
     layout:
       valve-controller:
         A: {{x: 0, y: 0, to: [B]}}

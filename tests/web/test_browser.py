@@ -80,6 +80,11 @@ async def test_page_loads_against_the_lab_at_laptop_and_phone_sizes(lab, browser
             "data-status", "live")
     # The furnace temperature is plotted live.
     await expect(legend(page, TEMPERATURE)).to_have_attribute("data-last", re.compile(r"\d"))
+    # The latest camera frame, served by the app as a PNG.
+    await expect(page.locator("#camera-panel")).to_be_visible()
+    await page.wait_for_function(
+        "() => { const i = document.querySelector('#frames img[data-topic=\"dashboard.cam.frame\"]');"
+        " return i && i.complete && i.naturalWidth === 64 && i.naturalHeight === 48; }")
     await page.screenshot(path=artifact("laptop-1366x768.png"), full_page=True)
 
     phone_console = Console()

@@ -73,6 +73,18 @@ POINTS_PER_BATCH = 10
 
 
 @dataclass
+class CameraSource:
+    """A device of the dashboard's own node with ``grab()`` (a Camera, or the
+    ``remote_detector`` of a ``pymodaq_server``): its first 2-D array is shown every
+    ``every`` seconds as the latest frame of ``topic``."""
+
+    device: Any
+    topic: str
+    every: float = 1.0
+    timeout: float = 10.0
+
+
+@dataclass
 class WebConfig:
     """Settings of one dashboard (node-file keys of ``web_dashboard``, docs/web.md)."""
 
@@ -93,6 +105,7 @@ class WebConfig:
     layout: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Topics (or prefixes ending in '.') not to plot.
     hide: list[str] = field(default_factory=list)
+    cameras: list[CameraSource] = field(default_factory=list)
 
     @property
     def disconnect(self) -> float:
@@ -175,6 +188,9 @@ class WebDashboard:
         self._tasks.append(asyncio.create_task(self._flush_loop(), name=f"{self.name}-push"))
         self._tasks.append(asyncio.create_task(self._health_loop(),
                                                name=f"{self.name}-health"))
+        for cam in self.config.cameras:
+            self._tasks.append(asyncio.create_task(self._camera_loop(cam),
+                                                   name=f"{self.name}-camera-{cam.topic}"))
         if self.config.command_servers:
             self._resync_wanted.update(self.controls.targets)
             self._resync_event.set()
@@ -307,6 +323,25 @@ class WebDashboard:
                 self._resync_event.set()
             else:
                 backoff.reset()
+
+    async def _camera_loop(self, cam: CameraSource) -> None:
+        """Grab a frame every ``cam.every`` seconds; an outage is logged once, not per try."""
+        failing = False
+        while True:
+            try:
+                result = await asyncio.wait_for(cam.device.grab(), cam.timeout)
+                arrays = result if isinstance(result, list | tuple) else [result]
+                frame = next((a for a in arrays if getattr(a, "ndim", 0) == 2), None)
+                if frame is None:
+                    raise ValueError("the device returned no 2-D array")
+            except Exception as exc:
+                if not failing:
+                    log.info("%s: no frame from %s yet: %s", self.name, cam.topic, exc)
+                failing = True
+            else:
+                failing = False
+                self.push(self.state.set_frame(cam.topic, self.clock(), np.array(frame)))
+            await asyncio.sleep(cam.every)
 
     # -- history -------------------------------------------------------------------------
     def _query(self, topic: str, since: float, max_points: int) -> list[list[float]] | None:

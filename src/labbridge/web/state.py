@@ -241,13 +241,17 @@ class LabState:
             return self.add_point(topic, ts, number)
         shape = getattr(value, "shape", None)
         if shape is not None and len(shape) == 2:
-            f = self.frames.get(topic)
-            count = (f.count + 1) if f is not None else 1
-            self.frames[topic] = Frame(topic, ts, value, count)
-            return [{"type": "frame", "topic": topic, "ts": ts, "count": count,
-                     "shape": list(shape)}]
+            return [self.set_frame(topic, ts, value)]
         self.ignored += 1
         return []
+
+    def set_frame(self, topic: str, ts: float, array: Any) -> dict[str, Any]:
+        """Keep the latest 2-D frame of ``topic`` (only the latest: bounded by topic)."""
+        f = self.frames.get(topic)
+        count = (f.count + 1) if f is not None else 1
+        self.frames[topic] = Frame(topic, ts, array, count)
+        return {"type": "frame", "topic": topic, "ts": ts, "count": count,
+                "shape": list(getattr(array, "shape", ()))}
 
     def add_point(self, topic: str, t: float, v: float) -> list[dict[str, Any]]:
         s = self.series.get(topic)

@@ -19,6 +19,8 @@ Example (a dashboard node watching two other nodes)::
         recorder: /var/lib/labbridge/bus.sqlite   # history on page load (or a recorder service)
         stale_after: 10            # seconds without heartbeat before a node shows "stale"
         history_minutes: 10
+        cameras:                   # devices of THIS node that can grab(): a camera, or the
+          - {device: remote_detector, every: 1}   # remote_detector of a pymodaq_server
         layout:                    # optional valve schematic hints, per node
           valve-controller:
             A: {x: 0, y: 0, to: [B]}
@@ -42,7 +44,8 @@ from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.devices.valves import ValveBank
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
-from labbridge.web.app import WebConfig, WebDashboard
+from labbridge.protocol.telemetry.envelope import make_topic
+from labbridge.web.app import CameraSource, WebConfig, WebDashboard
 from labbridge.web.control import CommandTarget
 
 
@@ -72,8 +75,9 @@ class WebDashboardService:
             out.append(Endpoint(service=self.name, protocol="zmq-sub", role="connect",
                                 path=url, purpose="bus events for the page"))
         for t in c.command_servers:
+            port_t = t.service.port if isinstance(t, _ServiceTarget) else t.port
             out.append(Endpoint(service=self.name, protocol="pychron-tcp", host=t.host,
-                                port=t.port, role="connect",
+                                port=port_t, role="connect",
                                 purpose=f"control of {t.node}"))
         return out
 
@@ -166,13 +170,26 @@ def _recorder(sec: Section, ctx: NodeContext) -> Path | None:
     return ctx.resolve_path(value)
 
 
+def _cameras(sec: Section, ctx: NodeContext) -> list[CameraSource]:
+    out: list[CameraSource] = []
+    for c in sec.get_sections("cameras", []):
+        dev = ctx.device(c, "device")
+        if not callable(getattr(dev, "grab", None)):
+            raise c.error("device", f"device {dev.name!r} ({dev.kind}) cannot grab frames")
+        out.append(CameraSource(dev, make_topic(ctx.node_name, dev.name, "frame"),
+                                every=c.get_float("every", 1.0, min=0.05, max=3600.0),
+                                timeout=c.get_float("timeout", 10.0, min=0.05, max=3600.0)))
+        c.check_no_unknown()
+    return out
+
+
 @register_service("web_dashboard")
 def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
     name = sec.get_str("name", "web")
     subscribe = [str(s) for s in sec.get_list("subscribe", [])]
     for entry in subscribe:
         if entry in ctx.services:
-            if not hasattr(ctx.services[entry], "pub_url"):
+            if not hasattr(type(ctx.services[entry]), "pub_url"):
                 raise sec.error("subscribe", f"service {entry!r} publishes nothing")
             continue
         try:
@@ -202,5 +219,6 @@ def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
         max_clients=sec.get_int("max_clients", 64, min=1, max=10_000),
         layout=_layout(sec, ctx),
         hide=[str(h) for h in sec.get_list("hide", [])],
+        cameras=_cameras(sec, ctx),
     )
     return WebDashboardService(name, WebDashboard(config, name=name, resolve=resolve))
