@@ -198,6 +198,17 @@ async def test_server_over_tcp_and_udp_with_the_real_wire():
         assert reply == b"4.5"
 
 
+async def test_empty_getdata_before_the_first_scan():
+    spec = Spectrometer("argus", seed=1, integration_time=100.0)
+    async with qtegra(spec) as server:
+        assert server.port and server.udp_port
+        reply, closed = await ask_like_pychron(server.port, b"GetData\r")
+        assert (reply, closed) == (b"", True)
+        assert await ask_udp(server.udp_port, b"GetData") == b""
+        async with QtegraSpectrometer.connect("127.0.0.1", server.port, udp=False) as tcp:
+            assert await tcp.data() == {}
+
+
 async def test_server_rejects_garbage_and_keeps_serving():
     spec = Spectrometer("argus", seed=1)
     async with qtegra(spec) as server:
@@ -249,9 +260,6 @@ async def test_qtegra_client_udp_and_tcp(tmp_path):
         finally:
             await spec.close()
         async with QtegraSpectrometer.connect("127.0.0.1", port, udp=False) as tcp:
-            await tcp.set_integration_time(100.0)  # a new integration: no scan for 100 s
-            assert await tcp.data() == {}
-            await tcp.set_integration_time(1.0)
             await tcp.open("Valve1")
             assert await tcp.valve_state("Valve1") is True
             assert await tcp.high_voltage() == 4500.0
