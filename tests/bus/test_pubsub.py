@@ -288,3 +288,37 @@ def test_device_publisher_survives_unencodable_value():
     dp.start()
     dev.set("x", object())
     assert dp.failed == 1 and dp.published == 0
+
+
+async def test_publisher_restart_is_a_new_publisher():
+    """A restarted node reuses the port with a new publisher id; the subscriber reconnects by
+    itself, and what the new publisher sent before the reconnect shows as a late join."""
+    first = Publisher(port=0)
+    first.open()
+    port = first.port
+    got = []
+    sub = Subscriber(first.url, on_message=lambda t, p, m: got.append((t, m)))
+    await sub.start()
+    try:
+        await until_joined(sub, lambda: first.publish("lab.x.v", 0))
+        first.close()
+        second = Publisher(port=port)
+        # ZeroMQ releases the port in its I/O thread: no event to wait on, so retry (5 s max)
+        for _ in range(250):
+            try:
+                second.open()
+                break
+            except BusError:
+                await asyncio.sleep(0.02)
+        assert second.is_open
+        try:
+            assert second.publisher_id != first.publisher_id
+            await until_joined(sub, lambda: second.publish("lab.x.v", 1),
+                               lambda t, p, m: m.publisher == second.publisher_id, timeout=20)
+        finally:
+            second.close()
+    finally:
+        await sub.stop()
+    new = [m for t, m in got if m.publisher == second.publisher_id]
+    assert new[0].seq >= 1 and (new[0].seq == 1 or new[0].gap.late_join)
+    assert sub.tracker.resets == 0   # a new id is a new stream, not a sequence going back
