@@ -225,3 +225,23 @@ async def test_relay_client_verifies_the_crc():
     assert RelayClient.decode("ERROR 011 : could not communicate").startswith("ERROR 011")
     with pytest.raises(ChecksumMismatch):
         RelayClient.decode("000AOK75b8\n")
+
+
+async def test_front_server_request_byte_by_byte_and_glued(sock_dir):
+    async with relay(sock_dir) as (_processor, front, bank):
+        assert front.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        try:
+            for b in b"GetValveState B":
+                writer.write(bytes([b]))
+                await writer.drain()
+            writer.write(b"\r\n")
+            assert await asyncio.wait_for(reader.read(), 5) == b"000AOK75b7\n"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        # Two requests glued in one segment are one request (one connection, one request):
+        # never two actuations.
+        reply = await _ask(front, "GetValveState B\r\nOpen A")
+        assert decode_crc_reply(reply).startswith("ERROR 0")
+        assert not bank.is_open("A")
