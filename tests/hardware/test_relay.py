@@ -245,3 +245,39 @@ async def test_front_server_request_byte_by_byte_and_glued(sock_dir):
         reply = await _ask(front, "GetValveState B\r\nOpen A")
         assert decode_crc_reply(reply).startswith("ERROR 0")
         assert not bank.is_open("A")
+
+
+async def test_front_server_from_a_legacy_cfg(tmp_path, sock_dir):
+    from labbridge.node.config import ConfigError
+    from labbridge.node.node import build_node
+
+    path = sock_dir / "hw-extractionline"
+    (tmp_path / "system.cfg").write_text(
+        "[General]\nclass = UDPServer\nhost = 127.0.0.1\nport = 1061\n"
+        f"[Requests]\ntype = System\ndatasize = 1024\n[Repeater]\npath = {path}\n")
+    node_file = tmp_path / "rhs.yaml"
+    node_file.write_text("node: rhs\nservices:\n"
+                         "  - {kind: relay_front_server, legacy_cfg: system.cfg, port: 0}\n")
+    node = build_node(node_file)
+    front = node.services[0]
+    assert isinstance(front, RelayFrontServer)
+    assert front.repeater.process_type == "System"
+    assert front.repeater.path == str(path)
+    bank = bank_from_vector(SAMPLE)
+    processor = RelayProcessor(str(path), {"Extractionline": Dispatcher([ValveCommands([bank])])})
+    await bank.start()
+    await processor.start()
+    await node.start()
+    try:
+        assert front.udp_port  # class = UDPServer
+        got = await ask_udp(front.udp_port, b"GetStateChecksum A,B,C")
+        assert got == REPLY["1023369191"]["tcp_reply_to_external_client"].encode()
+    finally:
+        await node.stop()
+        await processor.stop()
+        await bank.stop()
+    (tmp_path / "bad.cfg").write_text("[General]\nclass = IPCServer\n")
+    node_file.write_text("node: rhs\nservices:\n  - {kind: relay_front_server, "
+                         "legacy_cfg: bad.cfg}\n")
+    with pytest.raises(ConfigError, match="IPCServer"):
+        build_node(node_file)

@@ -19,24 +19,28 @@ Node file shapes::
       process_type: Extractionline     # prepended to every request (seed: System)
       timeout: 5                       # seconds for the processor's reply
       max_connections: 8               # parallel requests to the processor
+      legacy_cfg: servers/system.cfg   # optional: a legacy RHS .cfg ([General] class/host/
+                                       # port, [Requests] type, [Repeater] path) as defaults
 """
 
 from __future__ import annotations
 
+import configparser
 import os
 import tempfile
+from typing import Any
 
 from labbridge.devices.base import Device
 from labbridge.links.pychron.dispatch import Dispatcher
 from labbridge.links.pychron.relay import CommandRepeater, RelayFrontServer, RelayProcessor
-from labbridge.node.config import Section
+from labbridge.node.config import ConfigError, Section
 from labbridge.node.kinds import pychron_server
 from labbridge.node.registry import NodeContext, register_service
 from labbridge.protocol.pychron.relay import PROCESS_TYPES
 
 
-def _socket_path(sec: Section) -> str:
-    path: str = sec.get_str("path", "hardware-extractionline")
+def _socket_path(sec: Section, default: str = "hardware-extractionline") -> str:
+    path: str = sec.get_str("path", default)
     if not os.path.isabs(path):
         path = os.path.join(tempfile.gettempdir(), path)
     if len(path.encode()) > 100:
@@ -77,20 +81,62 @@ def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
     return RelayProcessor(_socket_path(sec), handlers, name=sec.get_str("name", "processor"))
 
 
+def _legacy_cfg(sec: Section, ctx: NodeContext) -> dict[str, Any]:
+    """Defaults from a legacy RemoteHardwareServer ``<root>/servers/<name>.cfg`` (spec 10).
+
+    ``[General] class`` (TCPServer / UDPServer), ``host``, ``port``; ``[Requests] type``;
+    ``[Repeater] path``. Fields of the node file win over the ``.cfg``.
+    """
+    name = sec.get_str("legacy_cfg", None)
+    if name is None:
+        return {}
+    path = ctx.resolve_path(name)
+    cp = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cp.read_file(fh)
+    except (OSError, configparser.Error) as exc:
+        raise sec.error("legacy_cfg", f"cannot read {path}: {exc}") from None
+    out: dict[str, Any] = {}
+    try:
+        kind = cp.get("General", "class", fallback="TCPServer")
+        if kind not in ("TCPServer", "UDPServer"):
+            raise ConfigError(f"[General] class {kind!r}: only TCPServer and UDPServer can "
+                              "front a relay", file=str(path))
+        out["udp"] = kind == "UDPServer"
+        if cp.has_option("General", "host"):
+            out["host"] = cp.get("General", "host")
+        if cp.has_option("General", "port"):
+            out["port"] = cp.getint("General", "port")
+        if cp.has_option("Requests", "type"):
+            out["process_type"] = cp.get("Requests", "type")
+        if cp.has_option("Repeater", "path"):
+            out["path"] = cp.get("Repeater", "path")
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=str(path)) from None
+    if out.get("process_type", "Extractionline") not in PROCESS_TYPES:
+        raise ConfigError(f"[Requests] type {out['process_type']!r} is not a relay type",
+                          file=str(path))
+    return out
+
+
 @register_service("relay_front_server")
 def _front(sec: Section, ctx: NodeContext) -> RelayFrontServer:
-    ptype = sec.get_choice("process_type", PROCESS_TYPES, "Extractionline")
+    legacy = _legacy_cfg(sec, ctx)
+    ptype = sec.get_choice("process_type", PROCESS_TYPES,
+                           legacy.get("process_type", "Extractionline"))
     repeater = CommandRepeater(
-        _socket_path(sec), ptype,
+        _socket_path(sec, legacy.get("path", "hardware-extractionline")), ptype,
         timeout=sec.get_float("timeout", 5.0, min=0.01, max=3600.0),
         max_connections=sec.get_int("max_connections", 8, min=1, max=1024))
-    host = sec.get_str("host", "127.0.0.1")
+    host = sec.get_str("host", legacy.get("host", "127.0.0.1"))
     if ctx.host_override:
         host = ctx.host_override
-    port = sec.get_port("port", 1061)
+    port = sec.get_port("port", legacy.get("port", 1061))
     if ctx.port_override is not None and not ctx.extra.get("port_override_used"):
         port = ctx.port_override
         ctx.extra["port_override_used"] = True
-    return RelayFrontServer(repeater, host, port, udp=sec.get_bool("udp", False),
+    return RelayFrontServer(repeater, host, port,
+                            udp=sec.get_bool("udp", legacy.get("udp", False)),
                             udp_port=sec.get_port("udp_port", None),
                             name=sec.get_str("name", "front"))
