@@ -70,3 +70,16 @@ def test_bad_web_dashboard_fields_name_file_line_and_field(tmp_path):
                    "      - {node: v, url: nohost}\n")
     res = run_cli("dashboard", str(cfg))
     assert res.returncode != 0 and "HOST:PORT" in res.stderr
+
+
+def test_the_example_node_file_builds():
+    from labbridge.node.kinds.web import WebDashboardService
+    from labbridge.node.node import build_node
+
+    node = build_node(REPO / "examples" / "dashboard-web.yaml")
+    (web,) = [s for s in node.services if isinstance(s, WebDashboardService)]
+    cfg = web.dashboard.config
+    assert cfg.host == "127.0.0.1" and cfg.control is True and cfg.recorder is not None
+    assert cfg.layout["lab-in-a-box"]["B"]["to"] == ["C", "D"]
+    assert [t.node for t in cfg.command_servers] == ["lab-in-a-box"]
+    assert cfg.subscribe == ["notifier", "dashboard"]

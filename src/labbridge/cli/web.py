@@ -9,7 +9,6 @@ import signal
 import click
 
 from labbridge.cli.common import fail_on_config_error, run_async
-from labbridge.node.kinds.web import WebDashboardService
 from labbridge.node.node import build_node
 
 
@@ -25,6 +24,10 @@ from labbridge.node.node import build_node
 def dashboard(config: str, host: str | None, port: int | None, ready_file: str | None,
               state_dir: str | None) -> None:
     """Serve the live web dashboard described by CONFIG until interrupted."""
+    try:
+        from labbridge.node.kinds.web import WebDashboardService
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(f"the web dashboard is not installed: {exc}") from None
     with fail_on_config_error():
         node = build_node(config, host=host, state_dir=state_dir)
     webs = [s for s in node.services if isinstance(s, WebDashboardService)]

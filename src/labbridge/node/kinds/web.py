@@ -40,6 +40,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+try:
+    import aiohttp  # noqa: F401  (the `web` extra)
+except ModuleNotFoundError as exc:  # reported by the registry as a family not installed
+    raise ModuleNotFoundError(f"{exc} (pip install 'labbridge[web]')", name=__name__) from exc
+
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.devices.valves import ValveBank
 from labbridge.node.config import Section
