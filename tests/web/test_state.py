@@ -120,3 +120,14 @@ def test_decimate_and_coalesce():
     out = _coalesce(items)
     assert [it["t"] for it in out if it["type"] == "point"] == [float(i) for i in range(15, 25)]
     assert sum(it["type"] == "valve" for it in out) == 1
+
+
+def test_a_record_of_numbers_is_one_series_per_field():
+    st = LabState()
+    items = st.on_message("spec.spectrometer.scan", {"H1": 1.5e-3, "AX": 2.0, "L2": 0}, 3.0)
+    assert sorted(it["topic"] for it in items) == [
+        "spec.spectrometer.scan.AX", "spec.spectrometer.scan.H1", "spec.spectrometer.scan.L2"]
+    assert st.series["spec.spectrometer.scan.H1"].last == (3.0, 1.5e-3)
+    # Mixed or oversized records are not plotted.
+    assert st.on_message("laser.laser.status", {"x": 1.0, "mode": "on"}, 4.0) == []
+    assert st.on_message("a.b.c", {f"k{i}": 1.0 for i in range(40)}, 4.0) == []

@@ -12,7 +12,8 @@ Classification of a message on topic ``<node>.<device>.<signal>`` (docs/web.md, 
 * a JSON object with ``state`` and ``locked``: a valve (``ValveBank`` changes, seed 002
   "the valve state change is published on ZMQ");
 * a number (or a ``value_update`` / ``{"value": n}`` object holding one): a point of the
-  trend series named by the topic;
+  trend series named by the topic; an object of up to 32 numbers (a spectrometer ``scan``
+  of detector intensities): one series per field, ``<topic>.<field>``;
 * a 2-D array: the latest frame of a camera;
 * anything else is counted for health and otherwise ignored.
 
@@ -31,6 +32,9 @@ from typing import Any
 LIVE = "live"
 STALE = "stale"
 DISCONNECTED = "disconnected"
+
+#: Largest record of numbers split into one series per field.
+MAX_FIELDS = 32
 
 #: Dashboard event kinds that go to the event log, with their level.
 EVENT_LEVELS = {"warning": "warning", "critical": "critical", "timeout": "warning",
@@ -239,6 +243,16 @@ class LabState:
         number = as_number(value)
         if number is not None:
             return self.add_point(topic, ts, number)
+        if isinstance(value, dict) and 0 < len(value) <= MAX_FIELDS:
+            # A record of numbers (a spectrometer scan: {"H1": 1.2e-3, "AX": ...}): one
+            # series per field, ``<topic>.<field>``.
+            fields = {str(k): as_number(v) for k, v in value.items()}
+            if all(v is not None for v in fields.values()):
+                out: list[dict[str, Any]] = []
+                for k, v in fields.items():
+                    assert v is not None
+                    out += self.add_point(f"{topic}.{k}", ts, v)
+                return out
         shape = getattr(value, "shape", None)
         if shape is not None and len(shape) == 2:
             return [self.set_frame(topic, ts, value)]
