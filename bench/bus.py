@@ -19,7 +19,8 @@ loop (uvloop when installed, as labbridge runs), every variant measured in this 
 
 Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
 Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
-so both processes read the same clock).
+so both processes read the same clock); and the same from a simulated ValveBank's
+``open``/``close`` call (actuation on the sim backend included) to the remote callback.
 
     python bench/bus.py [--messages 40000] [--rounds 3] [--latency-samples 2000]
 """
@@ -152,8 +153,19 @@ class BenchDevice(Device):
     kind = "bench"
 
 
-async def latency(samples: int) -> list[float]:
-    dev = BenchDevice("dev")
+async def latency(samples: int, valve: bool = False) -> list[float]:
+    """Paced changes -> callback in a child process. ``valve``: the change is a simulated
+    ValveBank's ``open``/``close`` of valve ``sig`` (timed from the call, actuation included);
+    otherwise a plain ``Device.emit``."""
+    dev: Device
+    if valve:
+        from labbridge.devices.backends.sim import SimValveBackend
+        from labbridge.devices.valves import ValveBank, ValveConfig
+
+        dev = ValveBank("dev", [ValveConfig("sig"), ValveConfig("warm")], SimValveBackend())
+        await dev.start()
+    else:
+        dev = BenchDevice("dev")
     notifier = Notifier(port=0, node="bench", heartbeat=None, legacy=False)
     await notifier.start()
     dp = DevicePublisher(notifier, "bench", [dev], legacy=False)
@@ -162,6 +174,7 @@ async def latency(samples: int) -> list[float]:
         sys.executable, __file__, "--latency-child", notifier.pub_url, str(samples),
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
+    proc_t0: list[float] = []
     try:
         ready = asyncio.ensure_future(proc.stdout.readline())
         while not ready.done():
@@ -170,13 +183,22 @@ async def latency(samples: int) -> list[float]:
         if ready.result().strip() != b"ready":
             raise RuntimeError("latency child failed to start")
         out = asyncio.ensure_future(proc.stdout.read())
-        for _ in range(samples):
-            dev.emit("sig", {"t0": time.perf_counter()})
+        for i in range(samples):
+            if isinstance(dev, BenchDevice):
+                dev.emit("sig", {"t0": time.perf_counter()})
+            else:
+                t0 = time.perf_counter()
+                proc_t0.append(t0)
+                await (dev.open("sig") if i % 2 == 0 else dev.close("sig"))  # type: ignore[attr-defined]
             await asyncio.sleep(0.002)   # paced: latency, not queueing under a flood
         data = await asyncio.wait_for(out, 30)
         await proc.wait()
-        return [float(x) for x in json.loads(data)]
+        arrivals = [float(x) for x in json.loads(data)]
+        if proc_t0:  # the child reports arrival times; subtract our call times
+            return [a - t for a, t in zip(arrivals, proc_t0, strict=True)]
+        return arrivals
     finally:
+        await dev.stop()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
@@ -197,7 +219,8 @@ async def latency_child(url: str, samples: int) -> None:
             sys.stdout.write("ready\n")
             sys.stdout.flush()
         if topic == "bench.dev.sig":
-            lat.append(now - payload["t0"])
+            # a plain emit carries its send time; a valve change does not: report arrival
+            lat.append(now - payload["t0"] if "t0" in payload else now)
             if len(lat) >= samples:
                 done.set()
 
@@ -230,6 +253,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rates["bus_bytes"].append(await bus_rate(n, RAW))
     med = {k: statistics.median(v) for k, v in rates.items()}
     lat = await latency(args.latency_samples)
+    vlat = await latency(args.latency_samples // 2, valve=True)
     return {
         "payload_bytes": 64,
         "messages_per_round": n,
@@ -247,6 +271,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "emit_to_remote_callback_p50_ms": round(pct(lat, 0.50) * 1e3, 3),
         "emit_to_remote_callback_p99_ms": round(pct(lat, 0.99) * 1e3, 3),
         "emit_to_remote_callback_max_ms": round(max(lat) * 1e3, 3),
+        "valve_open_to_remote_callback_p50_ms": round(pct(vlat, 0.50) * 1e3, 3),
+        "valve_open_to_remote_callback_p99_ms": round(pct(vlat, 0.99) * 1e3, 3),
     }
 
 
