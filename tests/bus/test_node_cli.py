@@ -148,3 +148,43 @@ def test_watch_bad_endpoint(capsys):
     from labbridge.cli import main
 
     assert main(["watch", "nohost"]) == 2
+
+
+async def test_dashboard_client_service_waits_for_a_late_server(tmp_path):
+    from labbridge.bus.dashboard import DashboardServer
+    from labbridge.protocol.telemetry.dashboard_config import parse_dashboard_config
+
+    cfg = parse_dashboard_config({"devices": [{"name": "D", "device": "d", "values": [
+        {"name": "v", "enabled": True}]}]}, "x")
+    probe = DashboardServer(cfg, remote=lambda d, f: 1.0, port=0)
+    await probe.start()
+    port = probe.port
+    await probe.stop()               # nothing listens on port / port+1 now
+    (tmp_path / "client.yaml").write_text(
+        f"node: crunch\nservices:\n  - {{kind: dashboard_client, name: dc, host: 127.0.0.1, "
+        f"port: {port}, rep_port: {probe.rep_port}}}\n")
+    node = build_node(tmp_path / "client.yaml")
+    await node.start()               # does not fail: the server is not up yet
+    server = None
+    try:
+        svc = node.ctx.services["dc"]
+        assert not svc.client.connected.is_set()
+        for _ in range(500):         # let one attempt fail first (ping times out after 1 s)
+            if svc.attempts >= 2:
+                break
+            await asyncio.sleep(0.02)
+        server = DashboardServer(cfg, remote=lambda d, f: 1.0, port=port,
+                                 rep_port=probe.rep_port, node="lab")
+        for _ in range(250):         # the OS may hold the port briefly; no event to wait on
+            try:
+                await server.start()
+                break
+            except Exception:
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(svc.client.connected.wait(), 30)
+        assert svc.attempts >= 2
+        assert svc.client.config["node"] == "lab"
+    finally:
+        await node.stop()
+        if server is not None:
+            await server.stop()

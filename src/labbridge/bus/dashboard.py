@@ -331,6 +331,8 @@ class DashboardClient:
         self._connected_at: float | None = None
         self.last_heartbeat: float | None = None
         self._stale = False
+        #: Set once :meth:`connect` has succeeded (cleared by :meth:`close`).
+        self.connected = asyncio.Event()
 
     @property
     def pub_url(self) -> str:
@@ -396,9 +398,11 @@ class DashboardClient:
         await self.subscriber.start()
         self._connected_at = self.clock()
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-stale")
+        self.connected.set()
         return cfg
 
     async def close(self) -> None:
+        self.connected.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

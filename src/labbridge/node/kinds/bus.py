@@ -15,6 +15,8 @@ of this node's own publishing services, resolved when the node starts (so ``port
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -231,17 +233,39 @@ def _recorder(sec: Section, ctx: NodeContext) -> RecorderService:
 
 
 class DashboardClientService:
+    """Follows a remote dashboard. The server may come up after this node: connecting is
+    retried in the background (0.5 s doubling to 10 s) instead of failing the node;
+    ``client.connected`` is set once it succeeds."""
+
     def __init__(self, name: str, client: DashboardClient) -> None:
         self.name = name
         self.client = client
+        self._task: asyncio.Task[None] | None = None
+        self.attempts = 0
 
     async def start(self) -> None:
-        try:
-            await self.client.connect()
-        except (DashboardError, TimeoutError) as exc:
-            raise BusError(f"{self.name}: {exc}") from None
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while True:
+            self.attempts += 1
+            try:
+                await self.client.connect()
+                return
+            except (DashboardError, TimeoutError, BusError) as exc:
+                log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
+                await self.client.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.client.close()
 
     def endpoints(self) -> list[Endpoint]:
