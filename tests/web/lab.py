@@ -1,5 +1,6 @@
 """A small simulated lab built in-process for the web tests (issue 8 "what it must show"):
-a valve node (valve bank + Pychron command server + notifier/DevicePublisher + recorder), a
+a valve node (valve bank, ion gauge + Pychron command server + notifier/DevicePublisher +
+DashboardServer with a warning conditional + recorder), a
 furnace node (furnace + command server + notifier) and a dashboard node (``web_dashboard``
 subscribed to both notifiers, sending control actions to both command servers).
 
@@ -32,10 +33,30 @@ devices:
       - {name: B, address: 1, description: "getter", layout: {x: 1, y: 0}}
       - {name: C, address: 2, description: "pipette", layout: {x: 2, y: 0}}
       - {name: D, address: 3, description: "turbo pump"}
+  - {kind: gauge_controller, name: gauges, gauges: [IG], backend: {kind: sim}}
 services:
   - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}
   - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1}
+  - {kind: dashboard_server, name: dash, config: dashboard.yaml, host: 127.0.0.1, port: 0,
+     heartbeat: 0.1}
   - {kind: recorder, name: rec, connect: [bus], path: rec.sqlite, flush_interval: 0.05}
+"""
+
+#: The valve node's DashboardServer: the ion gauge sampled every 0.1 s, a warning once it
+#: has read above zero (it always does) eight times in a row, 0.8 s after start: late enough
+#: for the dashboard node to have subscribed (PUB/SUB drops what is sent before a join).
+DASHBOARD = """
+devices:
+  - name: Line gauges
+    device: gauges
+    values:
+      - name: IG
+        func_name: pressure IG
+        period: 0.1
+        units: torr
+        enabled: true
+        conditionals:
+          - [10, {teststr: "x>0", nfail: 8}]
 """
 
 FURNACE_NODE = """
@@ -62,7 +83,7 @@ services:
     stale_after: 0.6
     disconnect_after: 30
     history_minutes: 5
-    subscribe: [{valve_bus}, {furnace_bus}]
+    subscribe: [{valve_bus}, {valve_dash}, {furnace_bus}]
     command_servers:
       - {{node: valve-controller, url: "127.0.0.1:{valve_cmd}"}}
       - {{node: furnace-controller, url: "127.0.0.1:{furnace_cmd}"}}
@@ -121,6 +142,7 @@ class Lab:
 async def start_lab(tmp: Path, *, control: bool = True) -> Lab:
     """Build and start the three nodes; the caller must ``await lab.stop()``."""
     (tmp / "valves.yaml").write_text(VALVE_NODE)
+    (tmp / "dashboard.yaml").write_text(DASHBOARD)
     (tmp / "furnace.yaml").write_text(FURNACE_NODE)
     valves = build_node(tmp / "valves.yaml")
     furnace = build_node(tmp / "furnace.yaml")
@@ -133,6 +155,7 @@ async def start_lab(tmp: Path, *, control: bool = True) -> Lab:
         text = WEB_NODE.format(
             control="true" if control else "false",
             valve_bus=_service(valves, "bus").pub_url,
+            valve_dash=_service(valves, "dash").pub_url,
             furnace_bus=_service(furnace, "bus").pub_url,
             valve_cmd=_service(valves, "cmd").port, furnace_cmd=_service(furnace, "cmd").port,
             recorder=str(rec.path))

@@ -80,6 +80,11 @@ async def test_page_loads_against_the_lab_at_laptop_and_phone_sizes(lab, browser
             "data-status", "live")
     # The furnace temperature is plotted live.
     await expect(legend(page, TEMPERATURE)).to_have_attribute("data-last", re.compile(r"\d"))
+    # The dashboard server's gauge value is plotted and its warning is in the event log.
+    await expect(legend(page, "valve-controller.dashboard.value.Line_gauges.IG")
+                 ).to_have_attribute("data-last", re.compile(r"\d"))
+    await expect(page.locator('#events li[data-level="warning"]').first).to_contain_text(
+        "Line gauges.IG.x>0 is True")
     # The latest camera frame, served by the app as a PNG.
     await expect(page.locator("#camera-panel")).to_be_visible()
     await page.wait_for_function(
