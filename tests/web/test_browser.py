@@ -189,3 +189,32 @@ async def test_control_on_a_locked_valve_shows_the_refusal(lab, page):
     await expect(result).to_have_attribute("data-outcome", "done")
     await expect(valve(page, "A")).to_have_attribute("data-state", "open")
     assert lab.bank.is_open("A") is True
+
+
+async def test_view_only_dashboard_offers_no_control(tmp_path):
+    """control: false (the default): nothing is clickable, no setpoint field, and a click on a
+    valve sends nothing."""
+    from playwright.async_api import expect
+
+    lab = await start_lab(tmp_path, control=False)
+    try:
+        async with chromium(tmp_path / "profile") as ctx:
+            console = Console()
+            page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+            console.attach(page)
+            await page.goto(lab.url)
+            await expect(page.locator("#control-mode")).to_have_attribute("data-control", "off")
+            await expect(page.locator("#control-mode")).to_contain_text("view only")
+            await expect(valve(page, "A")).to_have_attribute("data-known", "true")
+            await expect(legend(page, TEMPERATURE)).to_have_attribute("data-last",
+                                                                      re.compile(r"\d"))
+            await expect(page.locator(".valve.clickable")).to_have_count(0)
+            await expect(page.locator(".setpoint-form")).to_have_count(0)
+            await valve(page, "A").click()
+            await expect(page.locator("#confirm")).to_be_hidden()
+            await expect(page.locator("#control-result")).to_be_hidden()
+            assert lab.web.dashboard.control_log == []
+            await page.close()
+            assert console.errors == [], "\n".join(console.errors)
+    finally:
+        await lab.stop()
