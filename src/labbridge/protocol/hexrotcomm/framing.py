@@ -483,9 +483,20 @@ class CommandDecoder:
         self.layout = profile.command
         self._buf = ReceiveBuffer(max_buffer)
         self._events: deque[Any] = deque()
+        self._iter_unpack = self.layout.struct.iter_unpack
+        self._make = functools.partial(tuple.__new__, self.layout.record)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf.append(data)
+        """Take received bytes; whole commands are decoded now, a partial one is kept."""
+        if self._buf:
+            self._buf.append(data)
+            return
+        size = self.layout.size
+        whole = len(data) - len(data) % size
+        if whole:  # nothing buffered: decode straight from the caller's bytes
+            self._events.extend(map(self._make, self._iter_unpack(bytes(data[:whole]))))
+        if whole < len(data):
+            self._buf.append(data[whole:])
 
     def next_event(self) -> Any:
         if not self._events:
