@@ -131,3 +131,13 @@ def test_a_record_of_numbers_is_one_series_per_field():
     # Mixed or oversized records are not plotted.
     assert st.on_message("laser.laser.status", {"x": 1.0, "mode": "on"}, 4.0) == []
     assert st.on_message("a.b.c", {f"k{i}": 1.0 for i in range(40)}, 4.0) == []
+
+
+def test_health_uses_the_receive_time_not_the_source_clock():
+    st = LabState(started=0.0)
+    # The node's clock is an hour behind; we received its heartbeat just now.
+    st.on_message("n.notifier.heartbeat", {}, 1000.0 - 3600.0, received=1000.0)
+    (h,) = st.health(1001.0, 10.0, 30.0)
+    assert h["status"] == LIVE and h["heartbeat_age"] == 1.0
+    (p,) = st.on_message("n.dev.x", 1.0, 1000.0 - 3600.0, received=1000.5)
+    assert p["t"] == 1000.0 - 3600.0  # plots keep the source's time

@@ -229,8 +229,9 @@ class WebDashboard:
             if meta.legacy:  # the envelope form carries the same news
                 return
             ts = meta.ts if meta.ts is not None else meta.received
-            for item in self.state.on_message(topic, payload, ts, source=source,
-                                              gaps=meta.gaps, missed=meta.missed):
+            for item in self.state.on_message(topic, payload, ts, received=meta.received,
+                                              source=source, gaps=meta.gaps,
+                                              missed=meta.missed):
                 self.push(item)
 
         return on_message

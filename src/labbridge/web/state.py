@@ -212,21 +212,26 @@ class LabState:
         return {"type": "valve", "valve": v.to_json()}
 
     # -- messages ---------------------------------------------------------------------------
-    def on_message(self, topic: str, value: Any, ts: float, *, source: str = "",
-                   gaps: int = 0, missed: int = 0) -> list[dict[str, Any]]:
-        """Fold one bus message in; returns what to push to the pages."""
+    def on_message(self, topic: str, value: Any, ts: float, *, received: float | None = None,
+                   source: str = "", gaps: int = 0, missed: int = 0) -> list[dict[str, Any]]:
+        """Fold one bus message in; returns what to push to the pages.
+
+        ``ts`` is the source's timestamp (plots, valve times); ``received`` is the local receive
+        time (health: a node whose clock is off must not look stale). Default: ``ts``.
+        """
         node_name, device, signal = split_topic(topic)
         if not node_name:
             self.ignored += 1
             return []
+        rx = ts if received is None else received
         n = self.node(node_name, source)
         if n.first_seen is None:
-            n.first_seen = ts
-        n.last_message = ts
+            n.first_seen = rx
+        n.last_message = rx
         n.messages += 1
         n.gaps, n.missed = gaps, missed
         if (device, signal) in (("notifier", "heartbeat"), ("dashboard", "event.heartbeat")):
-            n.last_heartbeat = ts
+            n.last_heartbeat = rx
             return []
         if device == "dashboard" and signal.startswith("event."):
             kind = signal[len("event."):]
