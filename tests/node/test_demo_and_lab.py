@@ -25,11 +25,13 @@ def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     out = r.stdout
     assert "extraction sequence complete" in out
     for step in ("open F", "close F", "furnace setpoint 600 C", "wait for furnace 600",
-                 "open E", "lab stopped"):
+                 "open E", "measure 3 cycles", "lab stopped"):
         assert step in out, step
     assert "labbridge call 127.0.0.1:" in out
     info = json.loads(ready.read_text())
-    assert {"valve-controller", "furnace-controller", "data-reduction"} <= set(info["nodes"])
+    assert {"valve-controller", "furnace-controller", "spectrometer", "rotator",
+            "pymodaq-camera", "data-reduction", "dashboard"} <= set(info["nodes"])
+    assert "web dashboard: http://127.0.0.1:" in out
     for note in info["left_out"].values():
         assert "not available" in note
     assert "Traceback" not in r.stderr

@@ -93,8 +93,10 @@ def _furnace(_: dict[str, Any]) -> dict[str, Any]:
 def _spectrometer(_: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": "spectrometer",
-        "devices": [{"kind": "qtegra_spectrometer", "name": "spectrometer"}],
-        "services": [{"kind": "qtegra_server", "name": "qtegra", "port": 0, "udp": False}],
+        "devices": [{"kind": "mass_spectrometer", "name": "argus",
+                     "integration_time": 0.2, "magnet_dac": 5.0}],
+        "services": [{"kind": "qtegra_server", "name": "qtegra", "device": "argus",
+                      "host": "127.0.0.1", "port": 0, "udp": False}],
     }
 
 
@@ -129,13 +131,31 @@ def _recorder(done: dict[str, Any]) -> dict[str, Any]:
                           "path": "lab.sqlite"}]}
 
 
+def _web(done: dict[str, Any]) -> dict[str, Any]:
+    subscribe = [c.url("zmq-pub") for c in done.values() if c.url("zmq-pub")]
+    servers = []
+    for key in ("valve-controller", "furnace-controller"):
+        c = done.get(key)
+        ep = c.endpoint("tcp") if c else None
+        if ep:
+            servers.append({"node": key, "url": f"{ep[0]}:{ep[1]}"})
+    svc: dict[str, Any] = {"kind": "web_dashboard", "name": "web", "host": "127.0.0.1",
+                           "port": 0, "title": "labbridge demo lab", "subscribe": subscribe,
+                           "command_servers": servers,
+                           "control": True}  # the demo is on loopback only
+    rec = done.get("data-reduction")
+    if rec is not None:
+        svc["recorder"] = str(Path(rec.info["state_dir"]) / "lab.sqlite")
+    return {"node": "dashboard", "services": [svc]}
+
+
 COMPONENTS: list[Component] = [
     Component("valve-controller", "valve controller (Pychron command server + notifier)",
               ("valve_bank", "pychron_command_server", "notifier"), _valves),
     Component("furnace-controller", "furnace controller (furPi)",
               ("furnace", "pychron_command_server", "notifier"), _furnace),
     Component("spectrometer", "spectrometer (Qtegra RemoteControlServer)",
-              ("qtegra_spectrometer", "qtegra_server"), _spectrometer),
+              ("mass_spectrometer", "qtegra_server"), _spectrometer),
     Component("rotator", "Moog-style rotator mock (generation D)",
               ("hexrot_rotator_mock", "hexrot_mock_controller"), _rotator),
     Component("pymodaq-main", "PyMoDAQ main computer (TCPServer)", ("pymodaq_server",),
@@ -144,6 +164,8 @@ COMPONENTS: list[Component] = [
               ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
               _recorder, after=("valve-controller", "furnace-controller")),
+    Component("dashboard", "web dashboard", ("web_dashboard",), _web,
+              after=("valve-controller", "furnace-controller", "data-reduction")),
 ]
 
 
@@ -165,11 +187,11 @@ class Lab:
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ready = self.workdir / f"{c.key}.ready.json"
+        c.info["state_dir"] = str(self.workdir / "state" / c.key)
         log = open(self.workdir / f"{c.key}.log", "wb")  # noqa: ASYNC230 - a local file, once
         c.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
-            str(path), "--ready-file", str(ready), "--state-dir",
-            str(self.workdir / "state" / c.key),
+            str(path), "--ready-file", str(ready), "--state-dir", c.info["state_dir"],
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         c.info["log"] = str(self.workdir / f"{c.key}.log")
