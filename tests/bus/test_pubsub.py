@@ -322,3 +322,23 @@ async def test_publisher_restart_is_a_new_publisher():
     new = [m for t, m in got if m.publisher == second.publisher_id]
     assert new[0].seq >= 1 and (new[0].seq == 1 or new[0].gap.late_join)
     assert sub.tracker.resets == 0   # a new id is a new stream, not a sequence going back
+
+
+async def test_oversized_message_is_refused():
+    """A message over max_message never reaches us (ZeroMQ drops that connection, which
+    reconnects); what the same publisher sends afterwards arrives."""
+    pub = Publisher(port=0)
+    pub.open()
+    topics: list[str] = []
+    sub = Subscriber(pub.url, max_message=1024, on_message=lambda t, p, m: topics.append(t))
+    await sub.start()
+    try:
+        await until_joined(sub, lambda: pub.publish("lab.small.v", 1))
+        pub.publish("lab.big.v", b"x" * 4096)
+        await until_joined(sub, lambda: pub.publish("lab.after.v", 2),
+                           lambda t, p, m: t == "lab.after.v", timeout=30)
+    finally:
+        await sub.stop()
+        pub.close()
+    assert "lab.big.v" not in topics   # same connection, FIFO: it would have come first
+    assert sub.reconnects >= 1

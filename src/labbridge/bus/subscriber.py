@@ -91,7 +91,7 @@ class Subscriber:
                  on_gap: GapListener | None = None,
                  ctx: zmq.asyncio.Context | None = None, rcvhwm: int = 100_000,
                  max_batch: int = 256, accept_legacy: bool = True,
-                 decode_payloads: bool = True,
+                 decode_payloads: bool = True, max_message: int = 256 * 1024 * 1024,
                  clock: Callable[[], float] = time.time, name: str = "subscriber") -> None:
         self.endpoints = [sockets.normalize_endpoint(e) for e in
                           ([connect] if isinstance(connect, str) else list(connect))]
@@ -103,6 +103,9 @@ class Subscriber:
         #: False: deliver frame 1 (or the whole legacy line) undecoded, as bytes (the
         #: recorder stores payloads as they came). Meta and gaps are still decoded.
         self.decode_payloads = decode_payloads
+        #: Largest message accepted (ZeroMQ MAXMSGSIZE): a publisher sending more is
+        #: disconnected by ZeroMQ instead of filling our memory.
+        self.max_message = max_message
         self.clock = clock
         self.name = name
         self.tracker = SequenceTracker()
@@ -116,6 +119,9 @@ class Subscriber:
         self._sock: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        #: Connections re-established after ZeroMQ dropped them (see _watch_connections).
+        self.reconnects = 0
         self._waiters: list[tuple[Callable[[str, Any, MessageMeta], bool],
                                   asyncio.Future[tuple[str, Any, MessageMeta]]]] = []
         self.received = 0
@@ -156,6 +162,7 @@ class Subscriber:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message)
         try:
             for t in self.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8"))
@@ -168,13 +175,21 @@ class Subscriber:
         self._sock = sock
         self._sync = sockets.shadow(sock)
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-recv")
+        mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = asyncio.create_task(self._watch_connections(mon),
+                                            name=f"{self.name}-monitor")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._monitor) if t is not None]
+        self._task = self._monitor = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._sock is not None and not self._sock.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
         sockets.close(self._sock)
         self._sock = None
         self._sync = None
@@ -209,6 +224,38 @@ class Subscriber:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)
+
+    # -- connections -------------------------------------------------------------------------
+    async def _watch_connections(self, mon: Any) -> None:
+        """Re-connect an endpoint whenever ZeroMQ drops its connection.
+
+        ZeroMQ retries a connection that the peer closed, but not one it dropped itself on a
+        protocol error such as a message over MAXMSGSIZE: that publisher would be cut off for
+        good, silently. Re-connecting on every disconnect is harmless in the ordinary case
+        and logs what happened; messages lost meanwhile show up as gaps.
+        """
+        from zmq.utils.monitor import parse_monitor_message
+
+        try:
+            while True:
+                try:
+                    event = parse_monitor_message(await mon.recv_multipart())
+                except zmq.ZMQError:
+                    return
+                ep = event.get("endpoint", b"")
+                url = ep.decode("utf-8", "replace") if isinstance(ep, bytes) else str(ep)
+                sock = self._sock
+                if sock is None or sock.closed or url not in self.endpoints:
+                    continue
+                log.warning("%s: connection to %s dropped; reconnecting", self.name, url)
+                try:
+                    sock.disconnect(url)
+                except zmq.ZMQError:
+                    pass
+                sock.connect(url)
+                self.reconnects += 1
+        finally:
+            mon.close(linger=0)
 
     # -- receiving ---------------------------------------------------------------------------
     async def _run(self) -> None:
