@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from labbridge.bus import sockets
 from labbridge.protocol.base import ProtocolError
@@ -234,8 +235,6 @@ class Subscriber:
         good, silently. Re-connecting on every disconnect is harmless in the ordinary case
         and logs what happened; messages lost meanwhile show up as gaps.
         """
-        from zmq.utils.monitor import parse_monitor_message
-
         try:
             while True:
                 try:
