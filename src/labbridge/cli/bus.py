@@ -232,7 +232,7 @@ def watch(endpoint: str, topics: tuple[str, ...], count: int | None, no_legacy: 
 
         def show(topic: str, payload: Any, meta: MessageMeta) -> None:
             nonlocal seen
-            if no_legacy and meta.legacy:
+            if (no_legacy and meta.legacy) or (count is not None and seen >= count):
                 return
             seen += 1
             stamp = _stamp(meta.ts if meta.ts is not None else meta.received)[11:]
