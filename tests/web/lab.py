@@ -6,7 +6,7 @@ subscribed to both notifiers, sending control actions to both command servers).
 
 Every port is 0; the dashboard's node file is written once the other two listen, with their
 real ports. Heartbeats are fast and ``stale_after`` short so a stopped node turns stale in
-well under a second of test time.
+well under a second of test time, and disconnected (nothing at all) after 2 s.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ services:
     title: Test lab
     control: {control}
     stale_after: 0.6
-    disconnect_after: 30
+    disconnect_after: 2
     history_minutes: 5
     subscribe: [{valve_bus}, {valve_dash}, {furnace_bus}]
     command_servers:

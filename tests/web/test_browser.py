@@ -9,6 +9,7 @@ control result ``data-outcome``. Screenshots go to test-artifacts/web/.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -155,6 +156,50 @@ async def test_stopping_a_node_shows_it_stale(lab, page):
     await expect(page.locator('.node[data-node="furnace-controller"]')).to_have_attribute(
         "data-status", "live")
     await page.screenshot(path=artifact("stale-node-laptop.png"), full_page=True)
+    # Nothing at all for disconnect_after (2 s): disconnected, said plainly.
+    await expect(node).to_have_attribute("data-status", "disconnected", timeout=6000)
+    await expect(node.locator(".status")).to_have_text("disconnected")
+    await expect(page.locator('.node[data-node="furnace-controller"]')).to_have_attribute(
+        "data-status", "live")
+
+
+async def test_trends_load_the_recorders_history_on_page_load(lab, browser):
+    """Points recorded before the page opened are plotted: the gauge stops being sampled
+    (its DashboardServer is stopped), so everything beyond the hello's last value can only
+    come from /api/history (the recorder's SQLite file)."""
+    import aiohttp
+    from playwright.async_api import expect
+
+    topic = "valve-controller.gauges.IG"
+    async with aiohttp.ClientSession(lab.url) as http:
+        async def history() -> list:
+            h = await (await http.get("/api/history", params={"topic": topic})).json()
+            assert h["source"] == "recorder"
+            return h["points"]
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while len(await history()) < 5:  # the recorder gets them through the bus
+            assert loop.time() < end, "the recorder did not store 5 gauge readings"
+            await asyncio.sleep(0.05)
+        await lab.valves_node.ctx.services["dash"].stop()  # no more readings
+        # The last reading may still be in flight to the recorder: settle on a stable count.
+        n = len(await history())
+        end = loop.time() + 10
+        while True:  # no event tells us the recorder has flushed the last one: poll
+            await asyncio.sleep(0.3)
+            m = len(await history())
+            if m == n:
+                break
+            assert loop.time() < end, "the recording did not settle"
+            n = m
+    console = Console()
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    console.attach(page)
+    await page.goto(lab.url)
+    await expect(legend(page, topic)).to_have_attribute("data-points", str(n))
+    await page.close()
+    assert console.errors == [], "\n".join(console.errors)
 
 
 async def test_control_on_a_locked_valve_shows_the_refusal(lab, page):

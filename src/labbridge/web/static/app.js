@@ -432,6 +432,7 @@ function drawAll() {
       const item = g.legend.querySelector(`.legend-item[data-topic="${CSS.escape(s.topic)}"]`);
       if (!item) continue;
       item.dataset.last = last === null ? "" : String(last);
+      item.dataset.points = String(s.points.length);
       item.querySelector(".lval").textContent = fmtValue(last);
     }
   }
