@@ -141,3 +141,18 @@ def test_health_uses_the_receive_time_not_the_source_clock():
     assert h["status"] == LIVE and h["heartbeat_age"] == 1.0
     (p,) = st.on_message("n.dev.x", 1.0, 1000.0 - 3600.0, received=1000.5)
     assert p["t"] == 1000.0 - 3600.0  # plots keep the source's time
+
+
+def test_a_page_that_cannot_keep_up_is_dropped_not_buffered():
+    from labbridge.web.app import WebConfig, WebDashboard, _Page
+
+    dash = WebDashboard(WebConfig(client_queue=3))
+    slow = _Page(ws=None, peer="10.0.0.9:5000", size=3)  # type: ignore[arg-type]
+    fast = _Page(ws=None, peer="10.0.0.8:5000", size=100)  # type: ignore[arg-type]
+    dash.pages.update({slow, fast})
+    for i in range(10):
+        dash._broadcast(f"m{i}")
+    assert slow.overflowed and slow.queue.qsize() == 3
+    items = [slow.queue.get_nowait() for _ in range(3)]
+    assert items[-1] is None  # the sender closes the socket (1013) when it gets here
+    assert fast.queue.qsize() == 10 and not fast.overflowed
