@@ -5,6 +5,10 @@ period; a subscriber that joins late knows it and the StatusMonitor resynchronis
 The glue from Subscriber to StatusMonitor is written here in the test (the lead owns the
 production wiring): valve topics -> ``push``, any message -> ``bus_alive``, gaps ->
 ``gap_detected``.
+
+The subscriber is stopped before the StatusMonitor: on Python 3.11 ``asyncio.wait_for`` swallows
+a cancellation that arrives as the awaited event is set, so a ``gap_detected()`` wake-up racing
+``StatusMonitor.stop()`` can keep the monitor's task alive (reported to the lead).
 """
 
 from __future__ import annotations
@@ -110,8 +114,8 @@ async def test_valve_opened_through_command_server_is_pushed(tmp_path):
             lat_mon.append(mon_times[key] - t0)
             assert monitor.valves["A"].state is target and monitor.valves["A"].source == "push"
     finally:
+        await sub.stop()        # first: no gap_detected() wake-ups while the monitor stops
         await monitor.stop()
-        await sub.stop()
         await client.close()
         await node.stop()
     p99_sub = float(np.percentile(lat_sub, 99))
@@ -173,3 +177,42 @@ async def test_late_joiner_knows_and_monitor_resyncs(tmp_path):
     assert meta.gap is not None and meta.gap.late_join
     assert payload["state"] == 1
     assert monitor.resyncs > resyncs_before
+
+
+async def test_loss_under_load_makes_the_monitor_poll_the_truth(tmp_path):
+    """A flood overflows a small publisher queue: the subscriber counts the gap and the
+    monitor resynchronises by polling (and agrees with the node afterwards)."""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(NODE.replace("heartbeat: 0.2}", "heartbeat: 0.2, sndhwm: 10}"))
+    node = build_node(cfg)
+    await node.start()
+    cmd_port = next(e.port for e in node.endpoints() if e.service == "cmd" and e.protocol == "tcp")
+    bus = node.ctx.services["bus"]
+    bank = node.ctx.devices["valves"]
+    client = PychronClient("127.0.0.1", cmd_port, timeout=5.0)
+    monitor = StatusMonitor(RemoteValves(client))
+    sub = Subscriber(bus.pub_url, ["vnode."], rcvhwm=10)
+    _wire(sub, monitor, "vnode.valves.")
+    await sub.start()
+    try:
+        await until_joined(sub, lambda: None, lambda t, p, m: t == "vnode.notifier.heartbeat")
+        await monitor.start()
+        await asyncio.wait_for(monitor.wait_synced(), 10)
+        resyncs_before = monitor.resyncs
+        # 20,000 change events in one go (repeating A's real state: closed, unlocked)
+        for _ in range(20_000):
+            bank.emit("A", {"state": 0, "locked": 0, "owner": ""})
+        await until_joined(sub, lambda: bank.emit("B", {"state": 0, "locked": 0, "owner": ""}),
+                           lambda t, p, m: t == "vnode.valves.B")
+        for _ in range(500):   # the resync is a full poll with no event to wait on (5 s max)
+            if monitor.resyncs > resyncs_before:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await sub.stop()        # first: no gap_detected() wake-ups while the monitor stops
+        await monitor.stop()
+        await client.close()
+        await node.stop()
+    assert sub.gaps >= 1 and sub.missed > 0
+    assert monitor.resyncs > resyncs_before
+    assert monitor.valves["A"].state is False and bank.is_open("A") is False

@@ -236,7 +236,10 @@ class DashboardServer:
         """Read one value once and publish what it produces."""
         limit = mon.value.timeout or mon.value.period or ON_CHANGE_POLL
         try:
-            raw = await asyncio.wait_for(reader(), limit)
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
+            # that arrives as the reading completes, and stop() would then wait forever
+            async with asyncio.timeout(limit):
+                raw = await reader()
         except TimeoutError:
             self._emit_all(mon.failure(f"no reading within {limit:g} s", self.clock()))
             return
@@ -358,7 +361,8 @@ class DashboardClient:
         req = self._req_socket()
         try:
             await req.send(text.encode("utf-8"))
-            return await asyncio.wait_for(req.recv(), timeout or self.request_timeout)
+            async with asyncio.timeout(timeout or self.request_timeout):
+                return await req.recv()
         except BaseException:
             sockets.close(self._req)
             self._req = None

@@ -20,7 +20,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -205,7 +205,9 @@ class Notifier:
         try:
             result = handler(req.args)
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(_as_coro(result), self.request_timeout)
+                # asyncio.timeout: wait_for (3.11) may swallow stop()'s cancellation
+                async with asyncio.timeout(self.request_timeout):
+                    result = await result
         except TimeoutError:
             self.request_errors += 1
             log.warning("%s: handler for %r took longer than %.1f s", self.name, req.name,
@@ -224,6 +226,3 @@ class Notifier:
         except Exception as exc:
             return requests.exception_reply(exc)
 
-
-async def _as_coro(aw: Awaitable[Any]) -> Any:
-    return await aw

@@ -318,8 +318,11 @@ class Recorder:
 
     async def _flush_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and stop() would then wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._full.wait()
             try:
                 await self.flush()
             except sqlite3.Error as exc:

@@ -221,7 +221,8 @@ class Subscriber:
         entry = (predicate or (lambda t, p, m: True), fut)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)

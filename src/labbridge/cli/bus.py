@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
@@ -109,11 +110,9 @@ def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: 
                 write_json_atomic(Path(ready_file), {"db": db_abs,
                                                      "endpoints": urls})
             click.echo(f"recording {', '.join(urls)} into {db} (Ctrl-C to stop)", err=True)
-            with_timeout = asyncio.wait_for(stop.wait(), duration)
-            try:
-                await with_timeout
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(duration):
+                    await stop.wait()
         finally:
             await rec.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
