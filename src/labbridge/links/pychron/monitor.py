@@ -210,13 +210,16 @@ class StatusMonitor:
                     self._set_status("node_unreachable", str(exc))
                 self._resync_requested = True
                 delay = min(self.periods.values())
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await self._sleep_or_wake(delay)
                 continue
             if self._resync_requested:
                 continue
-            delay = max(0.0, min(self._due.values()) - self.clock())
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await self._sleep_or_wake(max(0.0, min(self._due.values()) - self.clock()))
+
+    async def _sleep_or_wake(self, delay: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation of
+        # stop() when it races the event being set, and stop() would hang.
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
