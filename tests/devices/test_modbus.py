@@ -125,8 +125,13 @@ async def test_server_down_is_refused_then_recovers(server: Server) -> None:
         assert res.outcome is Outcome.REFUSED
         assert f"127.0.0.1:{server.port} unit {UNIT}" in res.reason, res.reason
         assert bank.is_open("A")  # unknown outcome: memory unchanged
-        res = await bank.close("A")  # reconnect attempt fails fast and clearly
-        assert res.outcome is Outcome.REFUSED and "cannot connect" in res.reason
+        # The next attempt fails fast and clearly too. Whether the client has noticed the
+        # closed connection yet (then: "cannot connect") or not ("... failed: no response")
+        # depends on scheduling; either way it names the device and is refused.
+        res = await bank.close("A")
+        assert res.outcome is Outcome.REFUSED
+        assert f"127.0.0.1:{server.port}" in res.reason
+        assert "cannot connect" in res.reason or "failed" in res.reason, res.reason
         await server.start()  # same port again
         assert (await bank.close("A")).outcome is Outcome.ACTUATED
         assert not bank.is_open("A") and (await server.coils())[3] is False
