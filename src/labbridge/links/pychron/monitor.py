@@ -209,7 +209,9 @@ class StatusMonitor:
                 if self.failures >= self.unreachable_after:
                     self._set_status("node_unreachable", str(exc))
                 self._resync_requested = True
-                delay = min(self.periods.values())
+                # Exponential backoff while the node is down (from one tick up to 30 s), so a
+                # dead node is not hammered; request_resync() still wakes the loop at once.
+                delay = min(30.0, min(self.periods.values()) * (2 ** min(self.failures - 1, 8)))
                 await self._sleep_or_wake(delay)
                 continue
             if self._resync_requested:
