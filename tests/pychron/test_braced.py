@@ -182,3 +182,25 @@ def test_not_utf8_payload():
     assert [e.kind for e in errors(events)] == ["not_utf8"]
     assert errors(events)[0].reply_text() == "ERROR 903 : payload is not UTF-8"
     assert payloads(events) == ["OK"]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_drain_matches_next_event(chunked):
+    """The batched hot path yields exactly what next_event yields, errors in place."""
+    data = (encode_braced("Open A") + b"{000F}Open A\r\n" + b"junk\r\n" + encode_braced("x" * 300)
+            + b"{000A}\xff\xfe\r\n" + encode_braced("Info a\r\nb") + encode_braced("OK")
+            + b"{00")
+    chunks = bytewise(data) if chunked else [data]
+
+    def norm(items):
+        return [i.payload if isinstance(i, BracedFrame) else i if isinstance(i, str)
+                else (type(i).__name__, i.kind, str(i)) for i in items]
+
+    slow = norm(feed(BracedFramer(), chunks))
+    fast_framer = BracedFramer()
+    fast: list = []
+    for c in chunks:
+        fast_framer.receive_data(c)
+        fast.extend(fast_framer.drain())
+    assert norm(fast) == slow
+    assert "Open A" in slow and "OK" in slow and "Info a\r\nb" in slow

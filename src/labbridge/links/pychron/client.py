@@ -23,7 +23,7 @@ from collections import deque
 from typing import Any, Literal, cast
 
 from labbridge.protocol.base import ProtocolError
-from labbridge.protocol.pychron.braced import BracedFrame, BracedFramer, encode_braced
+from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
 from labbridge.protocol.pychron.messages import format_json_request, parse_error_reply
 from labbridge.transport.backoff import Backoff
 from labbridge.transport.tcp import set_nodelay
@@ -133,16 +133,15 @@ class _BracedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.framer.receive_data(data)
-            while True:
-                ev = self.framer.next_event()
-                if not isinstance(ev, BracedFrame):
-                    break
+            for item in self.framer.drain():
+                if not isinstance(item, str):
+                    raise item
                 if self.waiting:
                     fut, _ = self.waiting.popleft()
                     if not fut.done():
-                        fut.set_result(ev.payload)
+                        fut.set_result(item)
                 else:
-                    log.warning("unsolicited reply %r", ev.payload[:80])
+                    log.warning("unsolicited reply %r", item[:80])
         except ProtocolError as exc:
             log.warning("bad reply frame: %s; dropping the connection", exc)
             self._fail(exc)

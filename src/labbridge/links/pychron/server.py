@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
 from labbridge.protocol.base import BufferOverflow, ProtocolError
-from labbridge.protocol.pychron.braced import BracedFrame, BracedFrameError, BracedFramer
+from labbridge.protocol.pychron.braced import BracedFrameError, BracedFramer
 from labbridge.protocol.pychron.braced import encode_braced as _encode_braced
 from labbridge.protocol.pychron.messages import ErrorCode, error_text
 from labbridge.protocol.pychron.raw import (
@@ -190,16 +190,12 @@ class CommandConnection(asyncio.Protocol):
             self._flush()
             return
         backlog = self._backlog
-        while True:
-            try:
-                ev = framer.next_event()
-            except BracedFrameError as exc:
-                log.info("%s: bad frame from %s: %s", self.name, self.peer, exc)
-                backlog.append((False, exc.reply_text()))
-                continue
-            if not isinstance(ev, BracedFrame):
-                break
-            backlog.append((True, ev.payload))
+        for item in framer.drain():
+            if isinstance(item, str):
+                backlog.append((True, item))
+            else:
+                log.info("%s: bad frame from %s: %s", self.name, self.peer, item)
+                backlog.append((False, item.reply_text()))
         self._pump()
         if self._closing:
             return
