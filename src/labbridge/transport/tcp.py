@@ -125,7 +125,13 @@ class TcpServer:
 
 
 class UdpServer:
-    """A UDP endpoint: ``handler(data, addr, reply)`` for each datagram."""
+    """A UDP endpoint: ``handler(data, addr, reply)`` for each datagram.
+
+    ``reply(b"")`` really sends an empty datagram: Python 3.11's datagram transport silently
+    drops ``sendto(b"")``, but an empty reply is a real answer on some wires (Qtegra's
+    ``GetData`` before the first scan), so those go out through the socket itself
+    (non-blocking; a zero-length datagram never waits).
+    """
 
     def __init__(self, handler: Callable[[bytes, Any, Callable[[bytes], None]], None],
                  host: str = "127.0.0.1", port: int = 0, *, name: str = "udp") -> None:
@@ -135,6 +141,20 @@ class UdpServer:
         self.name = name
         self.port: int | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+
+    def _send(self, payload: bytes, addr: Any) -> None:
+        tr = self._transport
+        if tr is None or tr.is_closing():
+            return
+        if payload:
+            tr.sendto(payload, addr)
+            return
+        try:
+            assert self._sock is not None
+            self._sock.sendto(b"", addr)
+        except OSError as exc:  # buffer full or peer gone: UDP may drop; say so
+            log.debug("%s: empty UDP reply to %s not sent: %s", self.name, addr, exc)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,33 +162,33 @@ class UdpServer:
 
         class _Proto(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: Any) -> None:
-                tr = outer._transport
-
-                def reply(payload: bytes) -> None:
-                    if tr is not None and not tr.is_closing():
-                        tr.sendto(payload, addr)
-
                 try:
-                    outer._handler(data, addr, reply)
+                    outer._handler(data, addr, lambda payload: outer._send(payload, addr))
                 except Exception:
                     log.exception("%s: datagram handler failed", outer.name)
 
             def error_received(self, exc: Exception) -> None:
                 log.debug("%s: %s", outer.name, exc)
 
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                _Proto, local_addr=(self.host, self.requested_port))
+            sock.setblocking(False)
+            sock.bind((self.host, self.requested_port))
         except OSError as exc:
+            sock.close()
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(
                     exc.errno, f"{self.name}: UDP port {self.requested_port} on {self.host} "
                     "is already in use") from exc
             raise
+        self._sock = sock
+        transport, _ = await loop.create_datagram_endpoint(_Proto, sock=sock)
         self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
+        self.port = sock.getsockname()[1]
 
     async def stop(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._sock = None

@@ -187,7 +187,7 @@ class CommandConnection(asyncio.Protocol):
             log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
             self._push_text(error_text(ErrorCode.FRAME_HEADER, str(exc)))
             self._close_after_flush = True
-            self._flush()
+            self._pump()
             return
         backlog = self._backlog
         for item in framer.drain():
@@ -215,7 +215,7 @@ class CommandConnection(asyncio.Protocol):
             log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
             self._push_text(error_text(ErrorCode.INVALID_COMMAND, str(exc)))
             self._close_after_flush = True
-            self._flush()
+            self._pump()
             return
         ev = reader.next_event()
         if isinstance(ev, RawRequest):
@@ -239,9 +239,6 @@ class CommandConnection(asyncio.Protocol):
 
     def _push_text(self, text: str) -> None:
         self._backlog.append((False, text))
-        self._pump()
-
-    def _flush(self) -> None:
         self._pump()
 
     def _pump(self) -> None:
@@ -385,7 +382,7 @@ class CommandConnection(asyncio.Protocol):
                  self.settings.frame_timeout)
         self._push_text(error_text(ErrorCode.FRAME_TIMEOUT))
         self._close_after_flush = True
-        self._flush()
+        self._pump()
 
     def _on_first_request_timeout(self) -> None:
         self._timer = None

@@ -15,15 +15,13 @@ the one event loop: a handler that takes long (a slow device) holds only its own
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
 from labbridge.transport.endpoint import Endpoint
-from labbridge.transport.tcp import PortInUseError, TcpServer, peer_host
+from labbridge.transport.tcp import TcpServer, UdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
@@ -145,68 +143,6 @@ class _OneShot(asyncio.Protocol):
             self.timer = None
 
 
-class _Udp(asyncio.DatagramProtocol):
-    """UDP endpoint that can also send an empty datagram.
-
-    Python 3.11's datagram transport silently drops ``sendto(b"")``, but an empty reply is a
-    real answer on these wires (Qtegra's ``GetData`` before the first scan): those go out
-    through the socket itself (non-blocking; a zero-length datagram never waits).
-    """
-
-    def __init__(self, server: OneShotTextServer, host: str, port: int) -> None:
-        self.server = server
-        self.host = host
-        self.requested_port = port
-        self.port: int | None = None
-        self.sock: socket.socket | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-
-    async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((self.host, self.requested_port))
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(exc.errno, f"{self.server.name}: UDP port "
-                                     f"{self.requested_port} on {self.host} is already in "
-                                     "use") from exc
-            raise
-        self.sock = sock
-        self.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: self, sock=sock)
-        self.port = sock.getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-
-    def send(self, data: bytes, addr: Any) -> None:
-        tr = self.transport
-        if tr is None or tr.is_closing():
-            return
-        if data:
-            tr.sendto(data, addr)
-            return
-        try:
-            assert self.sock is not None
-            self.sock.sendto(b"", addr)
-        except OSError as exc:  # buffer full or peer gone: UDP may drop, log it
-            log.debug("%s: empty UDP reply to %s not sent: %s", self.server.name, addr, exc)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            self.server._datagram(data, addr, lambda payload: self.send(payload, addr))
-        except Exception:
-            log.exception("%s: datagram handler failed", self.server.name)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("%s/udp: %s", self.server.name, exc)
-
-
 class OneShotTextServer:
     """Service: TCP (one request per connection) plus optional UDP, one handler."""
 
@@ -230,7 +166,7 @@ class OneShotTextServer:
                               max_connections=max_connections)
         self._udp_wanted = udp or udp_port is not None
         self._udp_port = udp_port
-        self._udp: _Udp | None = None
+        self._udp: UdpServer | None = None
         self._tasks: set[asyncio.Future[bytes]] = set()
 
     @property
@@ -246,7 +182,7 @@ class OneShotTextServer:
         if self._udp_wanted:
             port = self._udp_port if self._udp_port is not None else self._tcp.port
             assert port is not None
-            self._udp = _Udp(self, self.host, port)
+            self._udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
             try:
                 await self._udp.start()
             except BaseException:
