@@ -239,11 +239,14 @@ async def test_status_monitor_follows_changes_and_resyncs():
         async with PychronClient("127.0.0.1", server.port) as client:
             changes: list[tuple[str, bool | None, str]] = []
             seen_a_open = asyncio.Event()
+            b_corrected = asyncio.Event()
 
             def on_change(old, new):
                 changes.append((new.name, new.state, new.source))
                 if new.name == "A" and new.state:
                     seen_a_open.set()
+                if new.name == "B" and new.state and old is not None and old.state is False:
+                    b_corrected.set()  # a poll put our wrong belief right
 
             mon = StatusMonitor(RemoteValves(client), update_period=0.02, on_change=on_change)
             await mon.start()
@@ -261,10 +264,7 @@ async def test_status_monitor_follows_changes_and_resyncs():
                 assert mon.polls == polls
                 # Our belief is now wrong (B is really open): the checksum poll notices and
                 # a full resync puts it right.
-                for _ in range(500):
-                    if mon.checksum_mismatches and mon.valves["B"].state is True:
-                        break
-                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(b_corrected.wait(), 5)
                 assert mon.checksum_mismatches >= 1
                 assert mon.valves["B"].state is True
                 resyncs = mon.resyncs
