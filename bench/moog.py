@@ -7,8 +7,9 @@
   in the same block. Ratio ``telemetry_decode_vs_raw`` (goal >= 0.5), median of the blocks.
 * ``ack``: command -> ACK round trip (p50) of :class:`CommandTelemetryClient.run_command`
   against the rotator :class:`MockControllerServer` (telemetry running at 50 Hz meanwhile),
-  versus a raw asyncio streams echo (60 bytes out, 86 bytes back) in the same run.
-  Ratio ``ack_rtt_vs_echo`` (goal <= 1.5), median of the per-block ratios of p50s.
+  versus a raw asyncio streams echo (60 bytes out, 86 bytes back) in the same run, one round
+  trip of each in turn so both see the same load. Ratio ``ack_rtt_vs_echo`` (goal <= 1.5),
+  median of the per-block ratios of p50s.
 
 Both measurements of a pair run on the same event loop (uvloop when installed, as the CLI
 does). Loopback only; about 10-20 s.
@@ -120,63 +121,86 @@ async def client_decode_rate(port: int, seconds: float) -> tuple[float, int]:
     return (c1 - c0) / (t1 - t0), c1 - c0
 
 
-async def ack_rtts(n: int) -> list[float]:
-    mock = RotatorMockController("bench", "D")
-    server = MockControllerServer(mock)
-    await server.start()
-    client = CommandTelemetryClient(PROFILE, "127.0.0.1", server.port)
-    out: list[float] = []
-    try:
-        await client.connect()
-        cmd = PROFILE.make_command(int(RotatorCommandCode.SET_STATE), 0,
-                                   [float(SetStateParam.CLEAR_ERROR)])
-        for i in range(n + 50):
-            t0 = time.perf_counter()
-            await client.run_command(cmd)
-            if i >= 50:
-                out.append(time.perf_counter() - t0)
-    finally:
-        await client.close()
-        await server.close()
-    return out
+class _EchoPair:
+    """Baseline: a raw asyncio streams echo, 60 bytes out, 86 bytes back (the same sizes as
+    a command and its status frame)."""
 
-
-async def echo_rtts(n: int) -> list[float]:
-    """Baseline: raw asyncio streams, 60 bytes out, 86 bytes back (the same sizes)."""
     reply = b"\x01" * 86
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        configure_socket(writer.get_extra_info("socket"))
-        try:
-            while True:
-                await reader.readexactly(60)
-                writer.write(reply)
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    configure_socket(writer.get_extra_info("socket"))
     msg = b"\x02" * 60
-    out: list[float] = []
+
+    async def start(self) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            configure_socket(writer.get_extra_info("socket"))
+            try:
+                while True:
+                    await reader.readexactly(60)
+                    writer.write(self.reply)
+                    await writer.drain()
+            except asyncio.IncompleteReadError:
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        configure_socket(self.writer.get_extra_info("socket"))
+
+    async def rtt(self) -> float:
+        t0 = time.perf_counter()
+        self.writer.write(self.msg)
+        await self.writer.drain()
+        await self.reader.readexactly(86)
+        return time.perf_counter() - t0
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class _AckPair:
+    """The rotator mock controller (telemetry at 50 Hz meanwhile) and our client."""
+
+    cmd = PROFILE.make_command(int(RotatorCommandCode.SET_STATE), 0,
+                               [float(SetStateParam.CLEAR_ERROR)])
+
+    async def start(self) -> None:
+        self.server = MockControllerServer(RotatorMockController("bench", "D"))
+        await self.server.start()
+        self.client = CommandTelemetryClient(PROFILE, "127.0.0.1", self.server.port)
+        await self.client.connect()
+
+    async def rtt(self) -> float:
+        t0 = time.perf_counter()
+        await self.client.run_command(self.cmd)
+        return time.perf_counter() - t0
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.server.close()
+
+
+async def ack_and_echo_rtts(n: int) -> tuple[list[float], list[float]]:
+    """n command->ACK round trips and n echo round trips, alternating one of each, so both
+    see the same machine load (the machine is shared and its load drifts)."""
+    echo, ack = _EchoPair(), _AckPair()
+    await echo.start()
+    await ack.start()
+    acks: list[float] = []
+    echoes: list[float] = []
     try:
         for i in range(n + 50):
-            t0 = time.perf_counter()
-            writer.write(msg)
-            await writer.drain()
-            await reader.readexactly(86)
-            if i >= 50:
-                out.append(time.perf_counter() - t0)
+            e = await echo.rtt()
+            a = await ack.rtt()
+            if i >= 50:  # warm-up
+                echoes.append(e)
+                acks.append(a)
     finally:
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-    return out
+        await ack.close()
+        await echo.close()
+    return acks, echoes
 
 
 async def run(port: int, seconds: float, commands: int, blocks: int) -> dict[str, Any]:
@@ -201,8 +225,7 @@ async def run(port: int, seconds: float, commands: int, blocks: int) -> dict[str
     echoes: list[float] = []
     ack_ratios: list[float] = []
     for _ in range(blocks):
-        e = await echo_rtts(commands // blocks)
-        a = await ack_rtts(commands // blocks)
+        a, e = await ack_and_echo_rtts(commands // blocks)
         echoes += e
         acks += a
         ack_ratios.append(statistics.median(a) / statistics.median(e))

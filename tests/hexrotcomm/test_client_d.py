@@ -173,6 +173,8 @@ class ScriptedController:
     def __init__(self, replies):
         self.replies = replies
         self.server = OneClientServer("scripted", handler=self._serve)
+        #: Set when the last scripted command has been read.
+        self.received = asyncio.Event()
 
     async def _serve(self, reader, writer):
         writer.write(PROFILE.encode_frame(FrameKind.CONFIG, SIMPLE.config.make(), 0, 1.0)
@@ -181,7 +183,10 @@ class ScriptedController:
         await writer.drain()
         while data := await reader.read(60):
             command = PROFILE.command.decode(data)
-            for offset, status, reason in self.replies.pop(0):
+            replies = self.replies.pop(0)
+            if not self.replies:
+                self.received.set()
+            for offset, status, reason in replies:
                 writer.write(PROFILE.encode_status(command.counter + offset, status, 0.5,
                                                    reason, 1.0))
             await writer.drain()
@@ -233,3 +238,31 @@ async def test_unrecognized_commander_refused_by_mock():
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+async def test_ack_watchdog_sleeps_until_the_deadline_of_the_command_in_flight():
+    """One watchdog per connection (no timer per command): when it fires before the deadline
+    of the command now in flight (armed for an earlier command), it re-arms instead of
+    expiring it; past the deadline it expires it with TimeoutError."""
+    ctl = ScriptedController([[(0, CommandStatusCode.ACK, "")], []])
+    received = ctl.received
+    await ctl.server.start()
+    c = CommandTelemetryClient(PROFILE, "127.0.0.1", ctl.server.port, ack_timeout=30.0)
+    try:
+        await asyncio.wait_for(c.connect(), T)
+        assert await asyncio.wait_for(c.run_command(cmd(1, 2.0)), T) == 0.5
+        armed = c._watchdog
+        assert armed is not None  # still armed for the first command's deadline
+        task = asyncio.create_task(c.run_command(cmd(1, 2.0)))
+        await asyncio.wait_for(received.wait(), T)
+        assert c._watchdog is armed  # sending did not create a timer
+        c._check_ack()  # fires "early": the command in flight has 30 s left
+        assert not task.done() and c._watchdog is not None and c._watchdog is not armed
+        c._ack_deadline = asyncio.get_running_loop().time() - 1.0
+        c._check_ack()
+        with pytest.raises(TimeoutError, match="no status"):
+            await asyncio.wait_for(task, T)
+        assert c._watchdog is None
+    finally:
+        await c.close()
+        await ctl.server.close()

@@ -264,10 +264,32 @@ def test_random_bytes_raise_protocol_error_never_anything_else():
 
 
 def test_oversized_input_is_bounded():
-    dec = FrameDecoder(WireProfile.make(ROTATOR, "D"), max_buffer=1000)
-    dec.receive_data(b"\x02\0")  # a partial header stays buffered
+    # Only the start of one frame is ever held: the next chunk completes it, the rest of the
+    # chunk is decoded in place, whatever the chunk sizes.
+    prof = WireProfile.make(ROTATOR, "D")
+    frame = prof.encode_frame(FrameKind.TELEMETRY, ROTATOR_TELEMETRY.make(state=2.0), 7, 1.5)
+    stream = frame * 2500  # about 1 MiB
+    dec = FrameDecoder(prof)
+    pos, got, step = 0, 0, 3
+    while pos < len(stream):
+        dec.receive_data(stream[pos:pos + step])
+        assert dec.buffered < len(frame)
+        got += len(_drain(dec))
+        pos += step
+        step = step * 7 % 99_991 + 1  # odd sizes, from a few bytes to about 100 kB
+    assert got == 2500 and dec.buffered == 0
+    # After garbage the stream is dead: later bytes are not held, the error stays.
+    dec.receive_data(b"\0" * 30)
+    dec.receive_data(b"\0" * 300_000)
+    assert dec.buffered < len(frame)
     with pytest.raises(ProtocolError) as ei:
-        dec.receive_data(b"\0\0" + b"\0" * 2000)
+        _drain(dec)
+    assert ei.value.kind == "unknown_frame_id" and ei.value.fatal
+    # The limit holds even below one frame.
+    small = FrameDecoder(prof, max_buffer=100)
+    small.receive_data(b"\x02\0")
+    with pytest.raises(ProtocolError) as ei:
+        small.receive_data(frame[2:])
     assert ei.value.kind == "too_large"
 
 

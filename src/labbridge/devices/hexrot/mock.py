@@ -49,6 +49,7 @@ Handler = Callable[[tuple[float, ...]], float | None]
 _MAX_STEP = 0.001
 #: Unix epoch as a Modified Julian Date.
 _MJD_UNIX = 40587.0
+_STATIONARY = float(EnabledSubstate.STATIONARY)
 
 
 class CommandError(Exception):
@@ -135,7 +136,8 @@ class BaseMockController(Device):
     # -- state ------------------------------------------------------------------------------
     @property
     def state(self) -> ControllerState:
-        return ControllerState(int(self.telemetry["state"]))
+        """The controller state; ``telemetry["state"]`` holds the same value as a float."""
+        return self._state
 
     @property
     def enabled_substate(self) -> int:
@@ -143,8 +145,9 @@ class BaseMockController(Device):
 
     def _set_state(self, state: ControllerState) -> None:
         old = self.telemetry.get("state")
+        self._state = state
         self.telemetry["state"] = float(state)
-        self.telemetry["enabled_substate"] = float(EnabledSubstate.STATIONARY)
+        self.telemetry["enabled_substate"] = _STATIONARY
         if self._has_offline_substate:
             self.telemetry["offline_substate"] = float(
                 OfflineSubstate.AVAILABLE if state == ControllerState.OFFLINE else 0)

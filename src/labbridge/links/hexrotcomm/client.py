@@ -56,8 +56,6 @@ CONFIG_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 #: Most statuses of timed-out commands remembered to recognise late answers (spec §9 #11).
 _LATE_MEMORY = 64
-#: Largest slice of a received chunk fed to the decoder at once.
-_FEED = 65536
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -135,6 +133,12 @@ class CommandTelemetryClient:
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(profile)
         self._pack_command = profile.command.struct.pack
+        st = profile.frames.get(profile.status_frame_id or 0)
+        self._status_size = profile.header.size + st[1].size if st else -1
+        #: One acknowledgement watchdog per connection, re-armed only when it fires early
+        #: (no timer is created or cancelled per command).
+        self._ack_deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._broken: str | None = None
         self._lost = False
         self._used = False
@@ -222,6 +226,9 @@ class CommandTelemetryClient:
         return LinkFault(self.fault_reason, self.error_code or code)
 
     def _fail_waiters(self, exc: BaseException) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(exc)
         if not self._configured.done():
@@ -261,29 +268,29 @@ class CommandTelemetryClient:
         if self._broken is not None:
             return
         decoder = self._decoder
+        if self._pending is not None and len(data) == self._status_size:
+            # The acknowledgement path: exactly one command status and nothing held.
+            frame = decoder.decode_single(data)
+            if frame is not None:
+                self.frames_received = decoder.frames_decoded
+                self._dispatch_other(frame)
+                return
         tel_kind = FrameKind.TELEMETRY
         last = None
         try:
-            chunks: Any = (data,)
-            if len(data) > _FEED:
-                # Feed at most _FEED bytes at a time so the decoder's bounded buffer never
-                # holds more than one slice plus a partial frame, whatever the read size.
-                view = memoryview(data)
-                chunks = (view[i:i + _FEED] for i in range(0, len(view), _FEED))
-            for chunk in chunks:
-                decoder.receive_data(chunk)
-                while runs := decoder.next_runs():
-                    for kind, frames in runs:
-                        if kind is tel_kind:
-                            last = self._telemetry_run(frames) or last
-                            continue
-                        for frame in frames:
-                            if frame.kind is tel_kind:
-                                last = self._telemetry_run((frame,)) or last
-                            else:
-                                self._dispatch_other(frame)
-                                if self._broken is not None:
-                                    return
+            decoder.receive_data(data)
+            while runs := decoder.next_runs():
+                for kind, frames in runs:
+                    if kind is tel_kind:
+                        last = self._telemetry_run(frames) or last
+                        continue
+                    for frame in frames:
+                        if frame.kind is tel_kind:
+                            last = self._telemetry_run((frame,)) or last
+                        else:
+                            self._dispatch_other(frame)
+                            if self._broken is not None:
+                                return
         except ProtocolError as exc:
             self._break(f"Protocol error from the low-level controller ({exc.kind}): {exc}")
         finally:
@@ -416,7 +423,9 @@ class CommandTelemetryClient:
             self._last_counter = counter
             fut: asyncio.Future[Any] = self._loop.create_future()
             self._pending = (counter, fut)
-            timer = self._loop.call_later(self.ack_timeout, _expire, fut)
+            self._ack_deadline = self._loop.time() + self.ack_timeout
+            if self._watchdog is None:
+                self._watchdog = self._loop.call_at(self._ack_deadline, self._check_ack)
             try:
                 # One write per command (spec §3.9: the controller does no reassembly).
                 transport.write(self._pack_command(COMMANDER_CSC, counter, *command[2:]))
@@ -430,7 +439,6 @@ class CommandTelemetryClient:
                     raise TimeoutError(f"no status for command {command.code:#x} (counter "
                                        f"{counter}) within {self.ack_timeout} s") from None
             finally:
-                timer.cancel()
                 self._pending = None
         finally:
             self._release()
@@ -440,6 +448,18 @@ class CommandTelemetryClient:
             raise CommandRejected(status.reason, command.code)
         raise CommandRejected(f"Unknown command status {status.status}; reason={status.reason}",
                               command.code)
+
+    def _check_ack(self) -> None:
+        """The watchdog fired: expire the command in flight if its deadline has passed,
+        else sleep until it does; with no command in flight, stop."""
+        self._watchdog = None
+        pending = self._pending
+        if pending is None or pending[1].done():
+            return
+        if self._loop.time() >= self._ack_deadline:
+            pending[1].set_exception(_AckTimeout())
+        else:
+            self._watchdog = self._loop.call_at(self._ack_deadline, self._check_ack)
 
     def _release(self) -> None:
         self._busy = False
@@ -457,8 +477,3 @@ class CommandTelemetryClient:
 
 class _AckTimeout(Exception):
     pass
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(_AckTimeout())

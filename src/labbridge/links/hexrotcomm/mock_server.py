@@ -97,6 +97,9 @@ class _MockProtocol(asyncio.Protocol):
     def __init__(self, owner: MockControllerServer) -> None:
         self.owner = owner
         self.decoder = CommandDecoder(owner.profile)
+        self.command_size = owner.profile.command.size
+        self.unpack_command = owner.profile.command.struct.unpack
+        self.command_record = owner.profile.command.record
         self.transport: asyncio.Transport | None = None
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -122,6 +125,11 @@ class _MockProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.out is not None
         decoder = self.decoder
+        if len(data) == self.command_size and not decoder.pending:
+            # One whole command and nothing pending: the usual case (one command in flight).
+            cmd = tuple.__new__(self.command_record, self.unpack_command(data))
+            self.transport.write(self.owner._reply(cmd, self.out))
+            return
         decoder.receive_data(data)
         while (cmd := decoder.next_event()) is not NEED_DATA:
             self.transport.write(self.owner._reply(cmd, self.out))

@@ -19,8 +19,8 @@ resynchronise. Decision (spec §5.6, §9 quirk 2): the decoder raises a *fatal*
 count of bytes.
 
 :class:`FrameDecoder` decodes every complete frame of a received chunk in one pass over one
-memoryview and queues them (the buffered bytes are bounded by ``max_buffer``; the link feeds
-chunks of at most 64 KiB and drains events after each chunk).
+memoryview and queues them; only the start of one frame is ever buffered (and never more than
+``max_buffer``): the next chunk first completes it, then is decoded in place.
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def frame_class(kind: FrameKind, header: Layout, payload: Layout) -> type[Frame]
 
 def split_time(t: float) -> tuple[int, int]:
     """Seconds as (sec, nsec) with ``nsec = floor(frac * 1e9)`` (spec §3.7)."""
+    if t >= 0.0:  # the usual case: int() truncates, which is floor for t >= 0
+        sec = int(t)
+        return sec, min(_NSEC - 1, int((t - sec) * _NSEC))
     frac, whole = math.modf(t)
     if frac < 0:
         frac += 1.0
@@ -277,25 +280,66 @@ class FrameDecoder:
         When nothing is buffered, frames are decoded straight from ``data`` (no copy into the
         buffer); the buffer then only ever holds the tail of one frame.
         """
-        if self._buf or self._error is not None:
-            self._buf.append(data)
-            return
+        if self._error is not None:
+            return  # the stream is dead: the error is raised by the next next_event()
         view = memoryview(data)
         try:
-            if len(view) >= self._hsize:
-                # Exactly one unchecked frame (a command status): the acknowledgement path.
-                entry = self._frames.get(self._fid_unpack(view, 0)[0])
-                if (entry is not None and entry[3] == len(view) and not entry[4]
-                        and not entry[5]):
-                    self._segments.append(
-                        (entry[0], (tuple.__new__(entry[1], entry[2](view, 0)),)))
-                    self.frames_decoded += 1
+            start = self._top_up(view) if self._buf else 0
+            if start == len(view) or self._error is not None:
+                return
+            if start == 0:
+                frame = self.decode_single(data)
+                if frame is not None:
+                    self._segments.append((frame.kind, (frame,)))
                     return
-            pos = self._decode_from(view, isinstance(data, bytes))
-            if pos < len(view):
-                self._buf.append(view[pos:])
+            rest = view[start:] if start else view
+            pos = self._decode_from(rest, isinstance(data, bytes))
+            if pos < len(rest) and self._error is None:
+                self._buf.append(rest[pos:])  # the start of the next frame
         finally:
             view.release()
+
+    def _top_up(self, view: memoryview) -> int:
+        """Complete the partial frame held from the front of ``view``; return the bytes taken.
+
+        The buffer only ever holds the start of one frame: the rest of a chunk is decoded
+        straight from the caller's bytes, with no copy into the buffer.
+        """
+        buf = self._buf
+        taken = 0
+        hsize = self._hsize
+        if len(buf) < hsize:
+            taken = min(hsize - len(buf), len(view))
+            buf.append(view[:taken])
+            if len(buf) < hsize:
+                return taken
+        head = buf.view()
+        try:
+            entry = self._frames.get(self._fid_unpack(head, 0)[0])
+        finally:
+            head.release()
+        if entry is not None:
+            more = min(entry[3] - len(buf), len(view) - taken)
+            buf.append(view[taken:taken + more])
+            taken += more
+            if len(buf) < entry[3]:
+                return taken
+        self._decode_all()  # the one whole frame held, or the unknown frame id's error
+        return taken
+
+    def decode_single(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """``data`` decoded at once when it is exactly one frame that needs no checks (a
+        command status: the acknowledgement path) and nothing is held or queued; else None,
+        and ``receive_data`` must be used."""
+        if (len(data) < self._hsize or self._buf or self._segments
+                or self._current is not None or self._error is not None):
+            return None
+        entry = self._frames.get(self._fid_unpack(data, 0)[0])
+        if entry is None or entry[3] != len(data) or entry[4] or entry[5]:
+            return None
+        self.frames_decoded += 1
+        frame: Frame = tuple.__new__(entry[1], entry[2](data, 0))
+        return frame
 
     @property
     def buffered(self) -> int:
@@ -497,6 +541,11 @@ class CommandDecoder:
             self._events.extend(map(self._make, self._iter_unpack(bytes(data[:whole]))))
         if whole < len(data):
             self._buf.append(data[whole:])
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is held: a partial command, or whole ones not yet handed out."""
+        return bool(self._events) or bool(self._buf)
 
     def next_event(self) -> Any:
         if not self._events:
