@@ -1,7 +1,9 @@
 """The ``labbridge`` command line.
 
-Each family adds its subcommands in its own module (``labbridge.cli.<name>``) and lists it in
-``_COMMAND_MODULES``; every module exposes ``register(group)``.
+Each family adds its subcommands in its own module (``labbridge.cli.<name>``) that exposes
+``register(group)``, and lists the command names here in ``COMMANDS``. A module is imported
+only when one of its commands runs (or ``--help`` lists them all): ``labbridge serve`` does not
+pay for the imports of every other command, which matters when the demo starts eight nodes.
 """
 
 from __future__ import annotations
@@ -15,17 +17,48 @@ import click
 
 from labbridge import __version__
 
-_COMMAND_MODULES = (
-    "labbridge.cli.serve",
-    "labbridge.cli.bus",
-    "labbridge.cli.pychron",
-    "labbridge.cli.node",
-    "labbridge.cli.run",
-    "labbridge.cli.demo",
-    "labbridge.cli.pymodaq",
-    "labbridge.cli.rotator",
-    "labbridge.cli.web",
-)
+#: Command name -> the module whose ``register(group)`` adds it.
+COMMANDS = {
+    "serve": "labbridge.cli.serve",
+    "record": "labbridge.cli.bus",
+    "history": "labbridge.cli.bus",
+    "watch": "labbridge.cli.bus",
+    "call": "labbridge.cli.pychron",
+    "monitor": "labbridge.cli.pychron",
+    "check": "labbridge.cli.node",
+    "ports": "labbridge.cli.node",
+    "run": "labbridge.cli.run",
+    "demo": "labbridge.cli.demo",
+    "grab": "labbridge.cli.pymodaq",
+    "rotator": "labbridge.cli.rotator",
+    "dashboard": "labbridge.cli.web",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported on first use, from :data:`COMMANDS`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._loaded: set[str] = set()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        module = COMMANDS.get(cmd_name)
+        if command is None and module is not None and module not in self._loaded:
+            self._loaded.add(module)
+            try:
+                importlib.import_module(module).register(self)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                return None  # a family that is not installed: its commands are absent
+            command = super().get_command(ctx, cmd_name)
+        return command
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -51,27 +84,13 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="labbridge")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
               envvar="LABBRIDGE_LOG_LEVEL", help="Logging level (logs go to stderr).")
 def cli(log_level: str) -> None:
     """labbridge: drive instruments on one computer from an experiment on another."""
     setup_logging(log_level)
-
-
-def _load_commands() -> None:
-    for mod in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue  # a family that is not installed: its commands are absent
-        module.register(cli)
-
-
-_load_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

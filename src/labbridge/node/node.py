@@ -131,7 +131,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def build_node(path: str | Path, *, host: str | None = None, port: int | None = None,
                state_dir: str | Path | None = None) -> Node:
     """Read a node file and build (not start) its devices and services."""
-    kinds.load_all()
     p = Path(path)
     data = load_yaml(p)
     if not isinstance(data, dict):
@@ -158,10 +157,11 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     devices: list[Device] = []
     for sec in root.get_sections("devices", []):
         kind = sec.get_str("kind")
+        kinds.load_for((kind,))
         factory = DEVICE_KINDS.get(kind)
         if factory is None:
             raise sec.error("kind", f"unknown device kind {kind!r} (known: "
-                            f"{', '.join(sorted(DEVICE_KINDS))})")
+                            f"{', '.join(sorted(kinds.DEVICE_FAMILIES))})")
         dname = sec.get_str("name")
         if not _NAME_RE.match(dname):
             raise sec.error("name", "a device name may hold letters, digits, '_' and '-' only")
@@ -176,10 +176,11 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     listening: dict[tuple[str, int], str] = {}
     for i, sec in enumerate(root.get_sections("services", [])):
         kind = sec.get_str("kind")
+        kinds.load_for((kind,))
         factory_s = SERVICE_KINDS.get(kind)
         if factory_s is None:
             raise sec.error("kind", f"unknown service kind {kind!r} (known: "
-                            f"{', '.join(sorted(SERVICE_KINDS))})")
+                            f"{', '.join(sorted(kinds.SERVICE_FAMILIES))})")
         sname = sec.get_str("name", f"{kind}-{i}")
         if sname in ctx.services:
             raise sec.error("name", f"duplicate service name {sname!r}")
