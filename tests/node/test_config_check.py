@@ -88,5 +88,23 @@ def test_ports_lists_listen_and_connect():
     r = run_cli("ports", str(LAB / "valve-controller.yaml"))
     assert r.returncode == 0
     assert "TCP      0.0.0.0:1061" in r.stdout and "UDP      0.0.0.0:1061" in r.stdout
+    # Bus services list their configured ports before they bind (REP is PUB + 1).
+    for line in ("zmq-pub  0.0.0.0:5555", "zmq-rep  0.0.0.0:5556",
+                 "zmq-pub  0.0.0.0:8100", "zmq-rep  0.0.0.0:8101"):
+        assert line in r.stdout, r.stdout
     r = run_cli("ports", str(LAB / "acquisition.yaml"))
     assert "connects to:" in r.stdout and "192.168.1.50:1061" in r.stdout
+
+
+def test_notifier_rep_port_clash_is_a_config_error(tmp_path):
+    node = tmp_path / "clash.yaml"
+    node.write_text("node: clash\n"
+                    "devices:\n"
+                    "  - {kind: valve_bank, name: valves, valves: [{name: A}]}\n"
+                    "services:\n"
+                    "  - {kind: notifier, name: bus, port: 7100}\n"
+                    "  - {kind: pychron_command_server, name: cmd, port: 7101}\n")
+    with pytest.raises(ConfigError) as info:
+        build_node(node)
+    assert "TCP port 7101 is already used by service 'bus'" in str(info.value)
+    assert info.value.line == 6 and info.value.field == "services[1].port"

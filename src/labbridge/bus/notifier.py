@@ -83,14 +83,18 @@ class Notifier:
         return self.publisher.port
 
     def addresses(self) -> list[sockets.Address]:
-        out = []
-        if self.publisher.port is not None:
-            out.append(sockets.Address("zmq-pub", self.host, self.publisher.port,
-                                       purpose=f"{self.name} broadcast"))
-        if self.rep_port is not None:
-            out.append(sockets.Address("zmq-rep", self.host, self.rep_port,
-                                       purpose=f"{self.name} requests"))
-        return out
+        """Where the PUB and REP sockets listen: the bound ports once started, the configured
+        ones before (0: any free port), so ``labbridge ports`` can list them."""
+        pub = self.publisher.port
+        rep = self.rep_port
+        return [
+            sockets.Address("zmq-pub", self.host,
+                            self.publisher.requested_port if pub is None else pub,
+                            purpose=f"{self.name} broadcast"),
+            sockets.Address("zmq-rep", self.host,
+                            self.requested_rep_port if rep is None else rep,
+                            purpose=f"{self.name} requests"),
+        ]
 
     @property
     def pub_url(self) -> str:
