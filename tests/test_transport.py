@@ -10,7 +10,7 @@ import pytest
 
 from labbridge.transport.backoff import Backoff
 from labbridge.transport.blocking import BlockingPortal
-from labbridge.transport.tcp import PortInUseError, UdpServer
+from labbridge.transport.tcp import PortInUseError, TcpUdpServer, UdpServer
 
 
 async def _udp_ask(port: int, payload: bytes) -> bytes:
@@ -42,6 +42,70 @@ async def test_udp_echo_and_empty_reply_and_port_in_use():
             await other.start()
     finally:
         await server.stop()
+
+
+async def test_tcp_udp_pair_replies_fails_cleanly_and_cancels_on_stop():
+    release = asyncio.Event()
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def slow() -> bytes:
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return b"late"
+
+    async def fails() -> bytes:
+        raise RuntimeError("handler bug")
+
+    def handle(data: bytes, host: str):
+        if data == b"sync":
+            return b"sync from " + host.encode()
+        if data == b"async":
+            return _later(b"async")
+        if data == b"raise":
+            raise ValueError("handler bug")
+        if data == b"async-raise":
+            return fails()
+        if data == b"slow":
+            return slow()
+        return None
+
+    pair = TcpUdpServer(asyncio.Protocol, handle, udp=True, name="pair", purpose="test",
+                        failure_reply=b"ERROR")
+    # Before start: the configured ports (0: any), so `labbridge ports` can list them.
+    assert [(e.protocol, e.port) for e in pair.endpoints()] == [("tcp", 0), ("udp", 0)]
+    await pair.start()
+    try:
+        assert pair.udp_port == pair.port and pair.port
+        assert [(e.protocol, e.port) for e in pair.endpoints()] == [("tcp", pair.port),
+                                                                    ("udp", pair.port)]
+        assert await _udp_ask(pair.port, b"sync") == b"sync from 127.0.0.1"
+        assert await _udp_ask(pair.port, b"async") == b"async"
+        assert await _udp_ask(pair.port, b"raise") == b"ERROR"
+        assert await _udp_ask(pair.port, b"async-raise") == b"ERROR"
+        # The TCP side is a real listener on the same port.
+        _, writer = await asyncio.open_connection("127.0.0.1", pair.port)
+        writer.close()
+        await writer.wait_closed()
+        # A reply still running when the server stops is cancelled, not leaked.
+        loop = asyncio.get_running_loop()
+        tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                    remote_addr=("127.0.0.1", pair.port))
+        tr.sendto(b"slow")
+        await asyncio.wait_for(started.wait(), 5)
+        tr.close()
+    finally:
+        await pair.stop()
+    assert cancelled.is_set() and pair.udp_port is None
+
+
+async def _later(payload: bytes) -> bytes:
+    await asyncio.sleep(0)
+    return payload
 
 
 def test_backoff_grows_caps_and_resets():

@@ -12,8 +12,10 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from labbridge.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +194,109 @@ class UdpServer:
             self._transport.close()
             self._transport = None
         self._sock = None
+
+
+#: A datagram handler of :class:`TcpUdpServer`: ``(data, peer host) -> reply``; the reply is
+#: bytes, an awaitable of bytes (run as a task, cancelled on stop) or None (no reply).
+DatagramHandler = Callable[[bytes, str], "bytes | Awaitable[bytes] | None"]
+
+
+class TcpUdpServer:
+    """A TCP server plus, optionally, a UDP server on the same port (or ``udp_port``),
+    started and stopped together; the shape of every Pychron-style text service.
+
+    Each datagram goes to ``datagram(data, host)``. A reply that is an awaitable runs as a
+    tracked task: :meth:`stop` cancels those still running. A handler that raises (at once or
+    in its task) is logged and answered with ``failure_reply`` when one is given.
+    """
+
+    def __init__(self, protocol_factory: Callable[[], asyncio.Protocol],
+                 datagram: DatagramHandler, host: str = "127.0.0.1", port: int = 0, *,
+                 udp: bool = False, udp_port: int | None = None, name: str = "server",
+                 purpose: str = "", max_connections: int = 1024,
+                 failure_reply: bytes | None = None) -> None:
+        self.host = host
+        self.name = name
+        self.purpose = purpose
+        self.tcp = TcpServer(protocol_factory, host, port, name=name,
+                             max_connections=max_connections)
+        self._datagram_handler = datagram
+        self._failure_reply = failure_reply
+        self.udp_wanted = udp or udp_port is not None
+        self._udp_port = udp_port
+        self.udp: UdpServer | None = None
+        self._tasks: set[asyncio.Future[bytes]] = set()
+
+    @property
+    def port(self) -> int | None:
+        return self.tcp.port
+
+    @property
+    def udp_port(self) -> int | None:
+        return self.udp.port if self.udp is not None else None
+
+    async def start(self) -> None:
+        await self.tcp.start()
+        if self.udp_wanted:
+            port = self._udp_port if self._udp_port is not None else self.tcp.port
+            assert port is not None
+            self.udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
+            try:
+                await self.udp.start()
+            except BaseException:
+                self.udp = None
+                await self.tcp.stop()
+                raise
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.udp is not None:
+            await self.udp.stop()
+            self.udp = None
+        await self.tcp.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        """Bound ports once started; the configured ones before (``labbridge ports``)."""
+        tcp_port = self.tcp.port if self.tcp.port is not None else self.tcp.requested_port
+        eps = [Endpoint(self.name, "tcp", self.host, tcp_port, purpose=self.purpose)]
+        if self.udp is not None:
+            eps.append(Endpoint(self.name, "udp", self.host, self.udp.port,
+                                purpose=self.purpose))
+        elif self.udp_wanted:
+            udp_port = self._udp_port if self._udp_port is not None else tcp_port
+            eps.append(Endpoint(self.name, "udp", self.host, udp_port, purpose=self.purpose))
+        return eps
+
+    def _datagram(self, data: bytes, addr: Any, reply: Callable[[bytes], None]) -> None:
+        host = str(addr[0]) if isinstance(addr, tuple) else "local"
+        try:
+            result = self._datagram_handler(data, host)
+        except Exception:
+            log.exception("%s: datagram handler failed", self.name)
+            if self._failure_reply is not None:
+                reply(self._failure_reply)
+            return
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            reply(result)
+            return
+        fut = asyncio.ensure_future(result)
+        self._tasks.add(fut)
+
+        def done(f: asyncio.Future[bytes]) -> None:
+            self._tasks.discard(f)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("%s: datagram handler failed: %r", self.name, exc)
+                if self._failure_reply is not None:
+                    reply(self._failure_reply)
+            else:
+                reply(f.result())
+
+        fut.add_done_callback(done)

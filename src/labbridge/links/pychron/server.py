@@ -19,7 +19,7 @@ import asyncio
 import ipaddress
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
@@ -35,7 +35,7 @@ from labbridge.protocol.pychron.raw import (
     detect_framing,
 )
 from labbridge.transport.endpoint import Endpoint
-from labbridge.transport.tcp import TcpServer, UdpServer, peer_host
+from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
@@ -402,80 +402,44 @@ class PychronCommandServer:
         self.host = host
         self.name = name
         self.settings = settings or ServerSettings()
-        self._tcp = TcpServer(self._new_connection, host, port, name=name,
-                              max_connections=self.settings.max_connections)
-        self._udp_wanted = udp or udp_port is not None
-        self._udp_port = udp_port
-        self._udp: UdpServer | None = None
-        self._udp_tasks: set[asyncio.Future[str]] = set()
+        self._net = TcpUdpServer(self._new_connection, self._datagram, host, port, udp=udp,
+                                 udp_port=udp_port, name=name, purpose="pychron commands",
+                                 max_connections=self.settings.max_connections)
 
     def _new_connection(self) -> asyncio.Protocol:
         return CommandConnection(self.dispatcher, self.settings, self.name)
 
     @property
     def port(self) -> int | None:
-        return self._tcp.port
+        return self._net.port
 
     @property
     def udp_port(self) -> int | None:
-        return self._udp.port if self._udp else None
+        return self._net.udp_port
 
     @property
     def connections(self) -> int:
-        return self._tcp.connections
+        return self._net.tcp.connections
 
     async def start(self) -> None:
-        await self._tcp.start()
-        if self._udp_wanted:
-            port = self._udp_port if self._udp_port is not None else self._tcp.port
-            assert port is not None
-            self._udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
-            try:
-                await self._udp.start()
-            except BaseException:
-                await self._tcp.stop()
-                raise
+        await self._net.start()
 
     async def stop(self) -> None:
-        for t in list(self._udp_tasks):
-            t.cancel()
-        if self._udp_tasks:
-            await asyncio.gather(*self._udp_tasks, return_exceptions=True)
-        if self._udp is not None:
-            await self._udp.stop()
-            self._udp = None
-        await self._tcp.stop()
+        await self._net.stop()
 
     def endpoints(self) -> list[Endpoint]:
         """Bound ports once started; the configured ones before (``labbridge ports``)."""
-        tcp_port = self._tcp.port if self._tcp.port is not None else self._tcp.requested_port
-        eps = [Endpoint(self.name, "tcp", self.host, tcp_port, purpose="pychron commands")]
-        if self._udp is not None:
-            eps.append(Endpoint(self.name, "udp", self.host, self._udp.port,
-                                purpose="pychron commands"))
-        elif self._udp_wanted:
-            udp_port = self._udp_port if self._udp_port is not None else tcp_port
-            eps.append(Endpoint(self.name, "udp", self.host, udp_port,
-                                purpose="pychron commands"))
-        return eps
+        return self._net.endpoints()
 
-    def _datagram(self, data: bytes, addr: Any, reply: Any) -> None:
-        host = str(addr[0]) if isinstance(addr, tuple) else "local"
+    def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if not self.settings.allowed(host):
             log.warning("%s: datagram from %s is not on the allow-list", self.name, host)
-            reply(error_text(ErrorCode.SECURITY, host).encode())
-            return
-        text = data.decode("utf-8", "replace")
-        result = self.dispatcher.dispatch(text, Caller(host, "udp"))
+            return error_text(ErrorCode.SECURITY, host).encode()
+        result = self.dispatcher.dispatch(data.decode("utf-8", "replace"), Caller(host, "udp"))
         if isinstance(result, str):
-            reply(result.encode("utf-8"))
-            return
-        fut = asyncio.ensure_future(result)
-        self._udp_tasks.add(fut)
+            return result.encode("utf-8")
+        return _encoded(result)
 
-        def done(f: asyncio.Future[str]) -> None:
-            self._udp_tasks.discard(f)
-            if not f.cancelled() and f.exception() is None:
-                reply(f.result().encode("utf-8"))
 
-        fut.add_done_callback(done)
+async def _encoded(reply: Awaitable[str]) -> bytes:
+    return (await reply).encode("utf-8")

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
 from labbridge.transport.endpoint import Endpoint
-from labbridge.transport.tcp import TcpServer, UdpServer, peer_host
+from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
@@ -162,76 +162,34 @@ class OneShotTextServer:
         self.linger = linger
         self.oversize_reply = oversize_reply
         self.failure_reply = failure_reply
-        self._tcp = TcpServer(lambda: _OneShot(self), host, port, name=name,
-                              max_connections=max_connections)
-        self._udp_wanted = udp or udp_port is not None
-        self._udp_port = udp_port
-        self._udp: UdpServer | None = None
+        self._net = TcpUdpServer(lambda: _OneShot(self), self._datagram, host, port, udp=udp,
+                                 udp_port=udp_port, name=name, purpose=purpose,
+                                 max_connections=max_connections, failure_reply=failure_reply)
+        #: Handler tasks of TCP requests (the UDP side tracks its own).
         self._tasks: set[asyncio.Future[bytes]] = set()
 
     @property
     def port(self) -> int | None:
-        return self._tcp.port
+        return self._net.port
 
     @property
     def udp_port(self) -> int | None:
-        return self._udp.port if self._udp else None
+        return self._net.udp_port
 
     async def start(self) -> None:
-        await self._tcp.start()
-        if self._udp_wanted:
-            port = self._udp_port if self._udp_port is not None else self._tcp.port
-            assert port is not None
-            self._udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
-            try:
-                await self._udp.start()
-            except BaseException:
-                await self._tcp.stop()
-                raise
+        await self._net.start()
 
     async def stop(self) -> None:
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._udp is not None:
-            await self._udp.stop()
-            self._udp = None
-        await self._tcp.stop()
+        await self._net.stop()
 
     def endpoints(self) -> list[Endpoint]:
-        eps = [Endpoint(self.name, "tcp", self.host, self.port, purpose=self.purpose)]
-        if self._udp is not None:
-            eps.append(Endpoint(self.name, "udp", self.host, self._udp.port,
-                                purpose=self.purpose))
-        return eps
+        return self._net.endpoints()
 
-    def _datagram(self, data: bytes, addr: Any, reply: Callable[[bytes], None]) -> None:
-        host = str(addr[0]) if isinstance(addr, tuple) else "local"
+    def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if len(data) > self.max_request:
-            reply(self.oversize_reply)
-            return
-        text = data.decode("utf-8", "replace").strip()
-        try:
-            result = self.handler(text, host)
-        except Exception:
-            log.exception("%s: handler failed on %r", self.name, text[:80])
-            reply(self.failure_reply)
-            return
-        if isinstance(result, bytes):
-            reply(result)
-            return
-        fut = asyncio.ensure_future(result)
-        self._tasks.add(fut)
-
-        def done(f: asyncio.Future[bytes]) -> None:
-            self._tasks.discard(f)
-            if f.cancelled():
-                return
-            if f.exception() is not None:
-                log.error("%s: handler failed: %r", self.name, f.exception())
-                reply(self.failure_reply)
-            else:
-                reply(f.result())
-
-        fut.add_done_callback(done)
+            return self.oversize_reply
+        return self.handler(data.decode("utf-8", "replace").strip(), host)
