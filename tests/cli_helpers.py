@@ -34,6 +34,7 @@ def serving(config: str | Path, tmp_path: Path, *extra: str,
     readiness event (polled with a deadline; there is no other channel to a subprocess).
     """
     ready = tmp_path / "ready.json"
+    ready.unlink(missing_ok=True)  # an earlier start's file must not count as this one's
     proc = subprocess.Popen(
         labbridge_cmd("--log-level", "info", "serve", str(config), "--port", "0",
                       "--ready-file", str(ready), "--state-dir", str(tmp_path / "state"),

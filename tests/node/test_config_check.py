@@ -108,3 +108,39 @@ def test_notifier_rep_port_clash_is_a_config_error(tmp_path):
         build_node(node)
     assert "TCP port 7101 is already used by service 'bus'" in str(info.value)
     assert info.value.line == 6 and info.value.field == "services[1].port"
+
+
+async def test_ready_file_exists_only_while_the_node_serves(tmp_path):
+    import asyncio
+    import json
+
+    from labbridge.node.node import run_node
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("node: readiness\n"
+                   "devices:\n"
+                   "  - {kind: valve_bank, name: valves, valves: [{name: A}]}\n"
+                   "services:\n"
+                   "  - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}\n")
+    node = build_node(cfg, state_dir=tmp_path / "state")
+    ready = tmp_path / "ready.json"
+    ready.write_text('{"node": "an earlier run"}')
+    seen_stale: list[bool] = []
+    written = asyncio.Event()
+    write = node.write_ready_file
+
+    def spy(path):
+        seen_stale.append(ready.exists())
+        write(path)
+        written.set()
+
+    node.write_ready_file = spy
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_node(node, ready_file=ready, stop=stop))
+    await asyncio.wait_for(written.wait(), 10)
+    assert seen_stale == [False]  # the earlier run's file was gone before this one's
+    info = json.loads(ready.read_text())
+    assert info["node"] == "readiness" and info["services"][0]["port"] > 0
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert not ready.exists()

@@ -17,7 +17,8 @@ from labbridge.node.node import build_node, run_node
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port of the node's command server (0 = any free port).")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
-              help="Write JSON with every bound service here once all are listening.")
+              help="Write JSON with every bound service here once all are listening "
+                   "(removed again on stop).")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Where state files live (default: next to the config).")
 def serve(config: str, host: str | None, port: int | None, ready_file: str | None,

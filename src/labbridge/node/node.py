@@ -245,15 +245,25 @@ def _check_ports(sec: Section, svc: Service, listening: dict[tuple[str, int], st
 
 async def run_node(node: Node, *, ready_file: str | Path | None = None,
                    stop: asyncio.Event | None = None) -> None:
-    """Start a node, write the ready file, wait for ``stop``, stop the node."""
+    """Start a node, write the ready file, wait for ``stop``, stop the node.
+
+    The ready file exists only while the node serves: one left by an earlier run is removed
+    before starting (a supervisor waiting for it must not take it for this run's), and the
+    file is removed again on stop.
+    """
     stop = stop or asyncio.Event()
+    ready = Path(ready_file) if ready_file else None
+    if ready is not None:
+        ready.unlink(missing_ok=True)
     await node.start()
     try:
-        if ready_file:
-            node.write_ready_file(ready_file)
+        if ready is not None:
+            node.write_ready_file(ready)
         log.info("node %s ready", node.name)
         await stop.wait()
     finally:
         log.info("node %s stopping", node.name)
+        if ready is not None:
+            ready.unlink(missing_ok=True)
         await node.stop()
         log.info("node %s stopped", node.name)
