@@ -336,7 +336,7 @@ async def test_oversized_message_is_refused():
         await until_joined(sub, lambda: pub.publish("lab.small.v", 1))
         pub.publish("lab.big.v", b"x" * 4096)
         await until_joined(sub, lambda: pub.publish("lab.after.v", 2),
-                           lambda t, p, m: t == "lab.after.v", timeout=30)
+                           lambda t, p, m: t == "lab.after.v", timeout=50)
     finally:
         await sub.stop()
         pub.close()

@@ -37,6 +37,7 @@ async def _record(path, publish, *, topics=("",), **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # about 10 s idle; generous for a loaded CI machine
 async def test_recorder_stores_100k_messages_without_loss(tmp_path, capsys):
     db = tmp_path / "bus.sqlite"
     t_start = time.time()
@@ -49,7 +50,7 @@ async def test_recorder_stores_100k_messages_without_loss(tmp_path, capsys):
             if i % 2000 == 0:
                 await asyncio.sleep(0)   # as fast as the publisher goes, yielding now and then
         last = asyncio.ensure_future(rec.subscriber.wait_for(
-            lambda t, p, m: t == "lab.gauge.p" and m.seq == N, timeout=30))
+            lambda t, p, m: t == "lab.gauge.p" and m.seq == N, timeout=240))
         await last
 
     rec = await _record(db, flood)

@@ -50,3 +50,26 @@ def test_a_valve_node_imports_only_its_families(tmp_path):
     assert res["rc"] == 0, out.stderr
     assert res["modules"] == ["labbridge.node.kinds.pychron",
                               "labbridge.node.kinds.pychron_server"]
+
+
+def test_command_table_matches_what_the_command_modules_register():
+    import importlib
+    import pkgutil
+
+    import click
+
+    import labbridge.cli as cli_pkg
+
+    by_module: dict[str, set[str]] = {}
+    for name, mod in cli_pkg.COMMANDS.items():
+        by_module.setdefault(mod, set()).add(name)
+    # Every module of the package that registers commands is in the table ...
+    for info in pkgutil.iter_modules(cli_pkg.__path__):
+        module = importlib.import_module(f"labbridge.cli.{info.name}")
+        if hasattr(module, "register"):
+            assert module.__name__ in by_module, module.__name__
+    # ... with exactly the commands it adds.
+    for mod, names in by_module.items():
+        group = click.Group()
+        importlib.import_module(mod).register(group)
+        assert set(group.commands) == names, mod
