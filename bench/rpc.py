@@ -5,12 +5,15 @@ process, each client on one event loop (uvloop when installed, as labbridge itse
 
 * p50/p99 round trip of ``GetValveState A`` over one persistent braced connection to a
   ``labbridge serve`` valve node;
-* the same through a raw asyncio length-prefixed echo and through pyzmq REQ/REP;
-* pipelined throughput with 64 requests in flight, ours and the raw echo's;
+* the same through a raw asyncio length-prefixed echo and through pyzmq REQ/REP, all three
+  connections open at once and one round trip of each in turn (the machine's load drifts; each
+  figure and its baselines see the same);
+* pipelined throughput with 64 requests in flight, ours and the raw echo's, in alternating
+  blocks (the ratio is the median of the per-block ratios);
 * ratios ``rpc_p50_vs_zmq`` (ours / zmq, lower is better) and ``pipelined_vs_raw_echo``
   (ours / echo, higher is better).
 
-    python bench/rpc.py [--requests 5000] [--pipelined 50000]
+    python bench/rpc.py [--requests 5000] [--pipelined 51200] [--blocks 5]
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -106,14 +111,17 @@ class EchoClient(asyncio.Protocol):
         return fut
 
 
-async def latency(ask, n: int) -> list[float]:
+async def latencies(asks: dict[str, Callable[[], Awaitable[Any]]], n: int) -> dict[str, list[float]]:
+    """n round trips of each, one of each in turn, so all see the same machine load."""
     for _ in range(min(200, n)):  # warm-up
-        await ask()
-    out = []
+        for ask in asks.values():
+            await ask()
+    out: dict[str, list[float]] = {name: [] for name in asks}
     for _ in range(n):
-        t0 = time.perf_counter()
-        await ask()
-        out.append(time.perf_counter() - t0)
+        for name, ask in asks.items():
+            t0 = time.perf_counter()
+            await ask()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -122,42 +130,38 @@ async def pipelined(ask, total: int, window: int = 64) -> float:
         for _ in range(count):
             await ask()
 
-    per = total // window
+    per = max(1, total // window)
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(per) for _ in range(window)))
     return per * window / (time.perf_counter() - t0)
 
 
-async def bench_ours(port: int, n: int, total: int) -> dict:
-    async with PychronClient("127.0.0.1", port, timeout=10) as client:
-        assert await client.ask("GetValveState A") in ("OK", "False")
+async def ours_client(port: int) -> tuple[PychronClient, Callable[[], Awaitable[Any]]]:
+    client = PychronClient("127.0.0.1", port, timeout=10)
+    await client.__aenter__()
+    assert await client.ask("GetValveState A") in ("OK", "False")
 
-        async def ask():
-            return await client.ask("GetValveState A")
+    async def ask():
+        return await client.ask("GetValveState A")
 
-        lat = await latency(ask, n)
-        thr = await pipelined(ask, total)
-    return {"p50_us": pct(lat, 0.5) * 1e6, "p99_us": pct(lat, 0.99) * 1e6, "req_per_s": thr}
+    return client, ask
 
 
-async def bench_echo(port: int, n: int, total: int) -> dict:
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(EchoClient, "127.0.0.1", port)
+async def echo_client(port: int) -> tuple[Any, Callable[[], Awaitable[Any]]]:
     import socket
 
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(EchoClient, "127.0.0.1", port)
     transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     payload = b"GetValveState A"
 
     async def ask():
         return await proto.ask(payload)
 
-    lat = await latency(ask, n)
-    thr = await pipelined(ask, total)
-    transport.close()
-    return {"p50_us": pct(lat, 0.5) * 1e6, "p99_us": pct(lat, 0.99) * 1e6, "req_per_s": thr}
+    return transport, ask
 
 
-async def bench_zmq(port: int, n: int) -> dict:
+async def zmq_client(port: int) -> tuple[Any, Callable[[], Awaitable[Any]]]:
     import zmq
     import zmq.asyncio
 
@@ -170,27 +174,46 @@ async def bench_zmq(port: int, n: int) -> dict:
         await sock.send(payload)
         return await sock.recv()
 
-    lat = await latency(ask, n)
-    sock.close(0)
-    ctx.term()
+    return (ctx, sock), ask
+
+
+def _summary(lat: list[float]) -> dict:
     return {"p50_us": pct(lat, 0.5) * 1e6, "p99_us": pct(lat, 0.99) * 1e6}
 
 
 async def main_async(args) -> dict:
     result: dict = {"benchmark": "rpc", "requests": args.requests,
-                    "pipelined_requests": args.pipelined, "window": 64}
-    with labbridge_node() as port:
-        result["labbridge_braced"] = await bench_ours(port, args.requests, args.pipelined)
-    with peer("echo") as port:
-        result["raw_asyncio_echo"] = await bench_echo(port, args.requests, args.pipelined)
-    with peer("zmq-rep") as port:
-        result["pyzmq_req_rep"] = await bench_zmq(port, args.requests)
-    ours, echo, zmq_ = (result["labbridge_braced"], result["raw_asyncio_echo"],
-                        result["pyzmq_req_rep"])
-    result["rpc_p50_vs_zmq"] = ours["p50_us"] / zmq_["p50_us"]
-    result["rpc_p50_vs_raw_echo"] = ours["p50_us"] / echo["p50_us"]
-    result["pipelined_vs_raw_echo"] = ours["req_per_s"] / echo["req_per_s"]
-    for section in (ours, echo, zmq_):
+                    "pipelined_requests": args.pipelined, "window": 64, "blocks": args.blocks}
+    with labbridge_node() as our_port, peer("echo") as echo_port, peer("zmq-rep") as zmq_port:
+        client, ours = await ours_client(our_port)
+        transport, echo = await echo_client(echo_port)
+        (ctx, sock), zmq_ = await zmq_client(zmq_port)
+        try:
+            lat = await latencies({"ours": ours, "echo": echo, "zmq": zmq_}, args.requests)
+            # Pipelined throughput: blocks of ours then the echo's, back to back; the median
+            # of the per-block ratios.
+            thr_ours, thr_echo = [], []
+            for _ in range(args.blocks):
+                thr_ours.append(await pipelined(ours, args.pipelined // args.blocks))
+                thr_echo.append(await pipelined(echo, args.pipelined // args.blocks))
+        finally:
+            await client.__aexit__(None, None, None)
+            transport.close()
+            sock.close(0)
+            ctx.term()
+    ratios = [o / e for o, e in zip(thr_ours, thr_echo, strict=True)]
+    result["labbridge_braced"] = {**_summary(lat["ours"]),
+                                  "req_per_s": statistics.median(thr_ours)}
+    result["raw_asyncio_echo"] = {**_summary(lat["echo"]),
+                                  "req_per_s": statistics.median(thr_echo)}
+    result["pyzmq_req_rep"] = _summary(lat["zmq"])
+    ours_s, echo_s, zmq_s = (result["labbridge_braced"], result["raw_asyncio_echo"],
+                             result["pyzmq_req_rep"])
+    result["rpc_p50_vs_zmq"] = ours_s["p50_us"] / zmq_s["p50_us"]
+    result["rpc_p50_vs_raw_echo"] = ours_s["p50_us"] / echo_s["p50_us"]
+    result["pipelined_vs_raw_echo"] = statistics.median(ratios)
+    result["pipelined_vs_raw_echo_blocks"] = [round(r, 3) for r in ratios]
+    for section in (ours_s, echo_s, zmq_s):
         for k, v in list(section.items()):
             section[k] = round(v, 1)
     for k in ("rpc_p50_vs_zmq", "rpc_p50_vs_raw_echo", "pipelined_vs_raw_echo"):
@@ -208,6 +231,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--pipelined", type=int, default=64 * 800)
+    ap.add_argument("--blocks", type=int, default=5)
     args = ap.parse_args()
     try:
         import uvloop
@@ -220,4 +244,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    _ = statistics  # keep the import for readers who extend the figures
