@@ -144,3 +144,23 @@ async def test_ready_file_exists_only_while_the_node_serves(tmp_path):
     stop.set()
     await asyncio.wait_for(task, 10)
     assert not ready.exists()
+
+
+def test_same_port_on_two_specific_addresses_is_allowed_but_not_with_a_wildcard(tmp_path):
+    def node(first_host: str, second_host: str):
+        p = tmp_path / f"n-{first_host}-{second_host}.yaml"
+        p.write_text("node: hosts\n"
+                     "devices:\n"
+                     "  - {kind: valve_bank, name: valves, valves: [{name: A}]}\n"
+                     "services:\n"
+                     f"  - {{kind: pychron_command_server, name: a, host: {first_host}, "
+                     "port: 7200}\n"
+                     f"  - {{kind: pychron_command_server, name: b, host: {second_host}, "
+                     "port: 7200}\n")
+        return p
+
+    built = build_node(node("127.0.0.1", "127.0.0.2"))  # two addresses of this machine
+    assert sorted(e.host for e in built.endpoints()) == ["127.0.0.1", "127.0.0.2"]
+    for hosts in (("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"), ("127.0.0.1", "127.0.0.1")):
+        with pytest.raises(ConfigError, match="TCP port 7200 is already used by service 'a'"):
+            build_node(node(*hosts))

@@ -173,7 +173,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         devices.append(dev)
 
     services: list[Service] = []
-    listening: dict[tuple[str, int], str] = {}
+    listening: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
     for i, sec in enumerate(root.get_sections("services", [])):
         kind = sec.get_str("kind")
         kinds.load_for((kind,))
@@ -227,20 +227,27 @@ def _plugin_line(init: object, name: str) -> int:
     return 0
 
 
-def _check_ports(sec: Section, svc: Service, listening: dict[tuple[str, int], str]) -> None:
-    """Two services of one node may not listen on the same port (port 0 excepted)."""
+_ANY_HOST = ("", "0.0.0.0", "::", None)
+
+
+def _check_ports(sec: Section, svc: Service,
+                 listening: dict[tuple[str, int], list[tuple[str | None, str]]]) -> None:
+    """Two services of one node may not listen on the same port and address (port 0
+    excepted); a wildcard address (0.0.0.0, ::) clashes with every address."""
     for ep in svc.endpoints():
         if ep.role != "listen" or not ep.port:
             continue
         proto = "udp" if ep.protocol == "udp" else "tcp"  # zmq, http, ... are TCP
         key = (proto, ep.port)
-        other = listening.get(key)
-        if other is not None and other != svc.name:
-            field = next((k for k in sec if sec.raw().get(k) == ep.port
-                          and not isinstance(sec.raw().get(k), bool)), None)
-            raise sec.error(field, f"{proto.upper()} port {ep.port} is already used by "
-                            f"service {other!r} of this node")
-        listening[key] = svc.name
+        holders = listening.setdefault(key, [])
+        for host, other in holders:
+            if other != svc.name and (host == ep.host or host in _ANY_HOST
+                                      or ep.host in _ANY_HOST):
+                field = next((k for k in sec if sec.raw().get(k) == ep.port
+                              and not isinstance(sec.raw().get(k), bool)), None)
+                raise sec.error(field, f"{proto.upper()} port {ep.port} is already used by "
+                                f"service {other!r} of this node")
+        holders.append((ep.host, svc.name))
 
 
 async def run_node(node: Node, *, ready_file: str | Path | None = None,
