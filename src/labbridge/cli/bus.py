@@ -26,7 +26,7 @@ from labbridge.bus.recorder import Record, Recorder, RecordStore
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.cli.common import run_async
-from labbridge.node.node import write_json_atomic
+from labbridge.devices.state_file import write_json_atomic
 from labbridge.protocol.telemetry.sequence import Gap
 
 DEFAULT_DB = "labbridge-bus.sqlite"

@@ -14,11 +14,12 @@ from rich.console import Console
 
 from labbridge.cli.common import run_async
 from labbridge.cli.run import render
+from labbridge.devices.state_file import write_json_atomic
 from labbridge.node.demo import Lab as DemoLab
 from labbridge.node.demo import new_workdir
 from labbridge.node.demo_sequence import extraction
 from labbridge.node.lab import Lab, ScriptError, Step
-from labbridge.node.node import build_node, write_json_atomic
+from labbridge.node.node import build_node
 
 
 def _where(lab: DemoLab) -> list[str]:

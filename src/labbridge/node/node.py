@@ -17,15 +17,14 @@ process id and every endpoint (service, protocol, host, port).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from labbridge.devices.base import Device
+from labbridge.devices.state_file import write_json_atomic
 from labbridge.node import kinds
 from labbridge.node.config import ConfigError, Section, load_yaml
 from labbridge.node.registry import (
@@ -107,25 +106,6 @@ def _fmt_ep(e: Endpoint) -> str:
     if e.path:
         return f"{e.protocol} {e.path}"
     return f"{e.protocol} {e.host}:{e.port}"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def build_node(path: str | Path, *, host: str | None = None, port: int | None = None,
