@@ -103,6 +103,34 @@ async def test_tcp_udp_pair_replies_fails_cleanly_and_cancels_on_stop():
     assert cancelled.is_set() and pair.udp_port is None
 
 
+async def test_tcp_udp_pair_bounds_pending_datagram_replies():
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow() -> bytes:
+        started.set()
+        await release.wait()
+        return b"late"
+
+    pair = TcpUdpServer(asyncio.Protocol, lambda data, host: slow(), udp=True, name="bounded",
+                        failure_reply=b"BUSY", max_pending_datagrams=2)
+    await pair.start()
+    try:
+        loop = asyncio.get_running_loop()
+        tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                    remote_addr=("127.0.0.1", pair.port))
+        tr.sendto(b"one")
+        tr.sendto(b"two")
+        await asyncio.wait_for(started.wait(), 5)
+        tr.close()
+        # Two replies pending: the next datagram is refused at once, not queued.
+        assert await _udp_ask(pair.port, b"three") == b"BUSY"
+        assert pair.datagrams_refused == 1
+        release.set()
+    finally:
+        await pair.stop()
+
+
 async def _later(payload: bytes) -> bytes:
     await asyncio.sleep(0)
     return payload

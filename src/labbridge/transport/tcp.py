@@ -206,7 +206,8 @@ class TcpUdpServer:
     started and stopped together; the shape of every Pychron-style text service.
 
     Each datagram goes to ``datagram(data, host)``. A reply that is an awaitable runs as a
-    tracked task: :meth:`stop` cancels those still running. A handler that raises (at once or
+    tracked task: :meth:`stop` cancels those still running, and at most
+    ``max_pending_datagrams`` run at once (further datagrams are refused meanwhile). A handler that raises (at once or
     in its task) is logged and answered with ``failure_reply`` when one is given.
     """
 
@@ -214,7 +215,7 @@ class TcpUdpServer:
                  datagram: DatagramHandler, host: str = "127.0.0.1", port: int = 0, *,
                  udp: bool = False, udp_port: int | None = None, name: str = "server",
                  purpose: str = "", max_connections: int = 1024,
-                 failure_reply: bytes | None = None) -> None:
+                 failure_reply: bytes | None = None, max_pending_datagrams: int = 1024) -> None:
         self.host = host
         self.name = name
         self.purpose = purpose
@@ -226,6 +227,10 @@ class TcpUdpServer:
         self._udp_port = udp_port
         self.udp: UdpServer | None = None
         self._tasks: set[asyncio.Future[bytes]] = set()
+        #: Async datagram replies in flight at most; beyond, a datagram is refused
+        #: (``failure_reply``, logged) so a flood cannot pile up tasks.
+        self.max_pending_datagrams = max_pending_datagrams
+        self.datagrams_refused = 0
 
     @property
     def port(self) -> int | None:
@@ -272,6 +277,14 @@ class TcpUdpServer:
 
     def _datagram(self, data: bytes, addr: Any, reply: Callable[[bytes], None]) -> None:
         host = str(addr[0]) if isinstance(addr, tuple) else "local"
+        if len(self._tasks) >= self.max_pending_datagrams:
+            self.datagrams_refused += 1
+            if self.datagrams_refused == 1 or self.datagrams_refused % 1000 == 0:
+                log.warning("%s: %d datagram replies already pending; refusing datagrams "
+                            "(%d so far)", self.name, len(self._tasks), self.datagrams_refused)
+            if self._failure_reply is not None:
+                reply(self._failure_reply)
+            return
         try:
             result = self._datagram_handler(data, host)
         except Exception:
