@@ -97,6 +97,7 @@ async def test_actuation_is_never_resent(framing):
         with pytest.raises(ReplyLost):
             await client.ask("Open A")
         await client.close()
+        assert b"".join(got).count(b"Open A") == 1
         # Idempotent queries are retried.
         got.clear()
         client = PychronClient("127.0.0.1", port, framing=framing, timeout=0.2, retries=2)

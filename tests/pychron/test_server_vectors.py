@@ -25,10 +25,14 @@ async def test_reply_vector(case):
 
 
 async def test_two_commands_in_one_segment_actuate_nothing():
+    # Open A (closed) and Close B (open): running either command, or both, would show.
     bank = bank_from_vector(V["bank"]["switches"])
     async with running_server(ValveCommands([bank])) as server:
-        await ask_like_pychron(server.port, b"Open A\rClose A\r")
+        reply, closed = await ask_like_pychron(server.port, b"Open A\rClose B\r")
+    assert reply == b"ERROR 004 : invalid arguments: Open A\rClose B"
+    assert closed
     assert bank.is_open("A") is False
+    assert bank.is_open("B") is True
 
 
 def _scenario_bank(scenario: str) -> ValveBank:

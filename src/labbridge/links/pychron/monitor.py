@@ -25,6 +25,7 @@ from typing import Any
 
 from labbridge.links.pychron.client import PychronClientError
 from labbridge.links.pychron.remote import RemoteValves
+from labbridge.protocol.base import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,14 @@ class StatusMonitor:
                             break
                 self.failures = 0
                 self._set_status("ok")
-            except PychronClientError as exc:
+            except (PychronClientError, ProtocolError, ValueError) as exc:
+                # A reply that cannot be parsed (bad CRC, malformed state/owner word:
+                # ChecksumMismatch, WordError) is a failed poll like a lost one, not the end
+                # of the monitor.
                 self.failures += 1
+                if not isinstance(exc, PychronClientError):
+                    log.warning("%s: bad reply to a poll: %r; resynchronising", self.remote,
+                                exc)
                 if self.failures >= self.unreachable_after:
                     self._set_status("node_unreachable", str(exc))
                 self._resync_requested = True

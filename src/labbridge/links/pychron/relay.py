@@ -123,19 +123,23 @@ class RelayProcessor:
                     else:
                         chunk = await reader.read(65536)
                 except TimeoutError:
-                    fresh = False
-                    req = decoder.flush()
-                    if req is not None:
-                        writer.write(framed(await self.handle(req)))
-                    continue
-                if not chunk:
-                    req = decoder.flush()
-                    if req is not None:
-                        writer.write(framed(await self.handle(req)))
-                        await writer.drain()
-                    break
-                fresh = True
+                    chunk = None  # quiet gap: what is buffered is one bare request
+                # A malformed request gets the same error reply (and close) whether it ended
+                # at CR/LF, at a quiet gap or at EOF.
                 try:
+                    if chunk is None:
+                        fresh = False
+                        req = decoder.flush()
+                        if req is not None:
+                            writer.write(framed(await self.handle(req)))
+                        continue
+                    if not chunk:
+                        req = decoder.flush()
+                        if req is not None:
+                            writer.write(framed(await self.handle(req)))
+                            await writer.drain()
+                        break
+                    fresh = True
                     decoder.receive_data(chunk)
                     while (ev := decoder.next_event()) is not NEED_DATA:
                         assert isinstance(ev, RelayRequest)
@@ -143,6 +147,7 @@ class RelayProcessor:
                 except ProtocolError as exc:
                     log.warning("%s: bad relay request: %s; closing", self.name, exc)
                     writer.write(framed(error_text(ErrorCode.INVALID_COMMAND, str(exc))))
+                    await writer.drain()
                     break
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -39,6 +39,9 @@ from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
+#: Bytes detect_framing needs to decide (``{`` + 4 hex digits + ``}``).
+_DETECT_BYTES = 6
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -116,7 +119,12 @@ class CommandConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.mode is None:
             self._head += data
-            mode = detect_framing(bytes(self._head[:6]))
+            mode = detect_framing(bytes(self._head[:_DETECT_BYTES]))
+            if mode is None and len(self._head) >= _DETECT_BYTES:
+                # Only blanks so far: not braced (that starts with '{'). Decide now and hand
+                # the bytes to the raw reader, whose max_raw_request bounds them; waiting for
+                # a non-blank byte would let a peer sending only spaces grow _head forever.
+                mode = detect_framing(bytes(self._head)) or Framing.PLAIN
             if mode is None:
                 self._arm(self.settings.quiet_gap, self._on_quiet)
                 return
