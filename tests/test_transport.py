@@ -158,3 +158,16 @@ def test_blocking_portal_runs_coroutines_and_propagates_errors():
         assert threading.current_thread() is not portal._thread
     with pytest.raises(RuntimeError, match="closed"):
         portal.call(add, 1, 1)
+
+
+def test_backoff_keeps_going_past_a_thousand_attempts_with_the_same_delays():
+    b = Backoff(initial=0.1, maximum=10.0, factor=2.0, jitter=0.0)
+    delays = [b.next() for _ in range(5000)]   # 2.0 ** 1024 overflowed a float at attempt 1024
+    assert delays[:8] == [0.1 * 2**n for n in range(7)] + [10.0]
+    assert set(delays[7:]) == {10.0}
+    b.reset()
+    assert b.next() == 0.1
+    huge = Backoff(initial=1.0, maximum=1e308, factor=2.0, jitter=0.0)  # factor**n overflows
+    assert [huge.next() for _ in range(2000)][-3:] == [1e308] * 3
+    instant = Backoff(initial=0.0, maximum=5.0, factor=2.0, jitter=0.0)
+    assert set(instant.next() for _ in range(2000)) == {0.0}

@@ -229,6 +229,32 @@ def test_frame_too_small_to_hold_an_object():
         f.next_event()
 
 
+def _dwa_body(errors) -> bytes:
+    """A DataRaw OBJ field by field (spec §5.4 order), with ``errors`` as given."""
+    fields = [1.5, "spec", "src", "Data1D", "uniform", [np.arange(3.0)], "V", ["CH00"], "",
+              [], [], errors, []]
+    return (len(b"DataRaw").to_bytes(4, "big") + b"DataRaw"
+            + b"".join(encode_object(x) for x in fields))
+
+
+@pytest.mark.parametrize("errors", [5, True, 1.5, "x", np.arange(2.0), np.zeros((2, 3)),
+                                    {"a": 1}], ids=repr)
+def test_dwa_errors_that_are_not_a_list_are_fatal(errors):
+    f = G3Framer()
+    f.receive_data(_frame(_dwa_body(errors)))
+    with pytest.raises(ProtocolError) as ei:
+        f.next_event()
+    assert ei.value.kind == "bad_object" and "errors" in str(ei.value) and ei.value.fatal
+
+
+@pytest.mark.parametrize("errors,n", [(None, 0), ([], 0), ([np.ones(3)], 1), ((np.ones(3),), 1)])
+def test_dwa_errors_none_or_a_list_decode(errors, n):
+    f = G3Framer()
+    f.receive_data(_frame(_dwa_body(errors)))
+    ev = f.next_event()
+    assert isinstance(ev, G3Object) and len(ev.obj.errors) == n
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_garbage_never_crashes_or_hangs(data):
@@ -238,8 +264,10 @@ def test_garbage_never_crashes_or_hangs(data):
         for _ in range(len(data) + 1):
             if f.next_event() is NEED_DATA:
                 break
-    except ProtocolError:
-        pass
+        else:
+            pytest.fail("a stream of N bytes produced more than N objects")
+    except ProtocolError as exc:
+        assert exc.fatal
 
 
 json_values = st.recursive(

@@ -21,8 +21,14 @@ class Backoff:
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def next(self) -> float:
-        base = min(self.maximum, self.initial * (self.factor ** self.attempts))
-        self.attempts += 1
+        try:
+            base = min(self.maximum, self.initial * (self.factor ** self.attempts))
+        except OverflowError:  # maximum (nearly) inf or initial 0: factor**n outgrew a float
+            base = self.maximum if self.initial > 0 else 0.0
+        if base < self.maximum:
+            # once the delay has reached ``maximum`` it stays there: stop counting, so the
+            # exponent never grows without bound (``2.0 ** 1024`` raises OverflowError)
+            self.attempts += 1
         spread = base * self.jitter
         return max(0.0, base + self._rng.uniform(-spread, spread))
 

@@ -40,7 +40,9 @@ DEFAULT_MAX_STRING: Final = 16 * 1024 * 1024
 #: Items at least this large go to their own preallocated buffer instead of the header buffer.
 BIG_THRESHOLD: Final = 64 * 1024
 
-_DTYPE_RE = re.compile(r"^([<>|=]?)([biufc])(\d{1,2})$")
+#: Matched with ``fullmatch`` (``$`` would also match before a trailing newline); ASCII digits
+#: only (``\d`` also matches other scripts' digits, which ``int`` accepts and numpy does not).
+_DTYPE_RE = re.compile(r"([<>|=]?)([biufc])([0-9]{1,2})")
 _ALLOWED_SIZES = {"b": {1}, "i": {1, 2, 4, 8}, "u": {1, 2, 4, 8}, "f": {2, 4, 8}, "c": {8, 16}}
 
 
@@ -53,15 +55,19 @@ def parse_dtype(text: str) -> np.dtype[np.generic]:
     :class:`ProtocolError` naming the string (spec §3.1 field ``dtype``; §5.4 rejects structured
     dtypes).
     """
-    m = _DTYPE_RE.match(text)
+    m = _DTYPE_RE.fullmatch(text)
     if m is None or int(m.group(3)) not in _ALLOWED_SIZES[m.group(2)]:
         raise ProtocolError(f"unsupported dtype string {text!r}", kind="bad_dtype", fatal=True)
-    return np.dtype(text)
+    try:
+        return np.dtype(text)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"unsupported dtype string {text!r}: {exc}", kind="bad_dtype",
+                            fatal=True) from None
 
 
 def looks_like_dtype(text: str) -> bool:
     """True when ``text`` is a dtype string :func:`parse_dtype` accepts (G1 dialect detection)."""
-    m = _DTYPE_RE.match(text)
+    m = _DTYPE_RE.fullmatch(text)
     return m is not None and int(m.group(3)) in _ALLOWED_SIZES[m.group(2)]
 
 

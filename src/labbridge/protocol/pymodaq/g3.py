@@ -408,6 +408,11 @@ class _Reader:
         nav = _typed(self.obj(d), list, f"{tag}.nav_indexes")
         axes = _typed(self.obj(d), list, f"{tag}.axes")
         errors = self.obj(d)
+        if errors is None:  # PyMoDAQ sends None when the data carries no errors
+            errors = []
+        elif not isinstance(errors, list | tuple):
+            raise ProtocolError(f"{tag}.errors: expected a list, got {type(errors).__name__}",
+                                kind="bad_object", fatal=True)
         extra = self._extras(d)
         return DataWithAxes(
             cls_name=tag, name=_typed(name, str, f"{tag}.name"),
@@ -421,7 +426,7 @@ class _Reader:
             nav_indexes=tuple(_typed(i, int, f"{tag}.nav_indexes item") for i in nav),
             axes=tuple(_typed(a, Axis, f"{tag}.axes item") for a in axes),
             errors=tuple(_typed(e, np.ndarray, f"{tag}.errors item")
-                         for e in (errors or [])),
+                         for e in errors),
             extra=extra)
 
 

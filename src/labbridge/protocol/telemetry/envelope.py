@@ -311,8 +311,10 @@ def decode_payload(meta: Meta, payload: Buffer) -> Any:
         try:
             return _loads((payload if isinstance(payload, bytes) else bytes(payload))
                           .decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _err(f"payload is not JSON: {exc}", "bad_payload") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: deeply nested arrays/objects (b"[" * 100000) exhaust the stack
+            raise _err(f"payload is not JSON: {type(exc).__name__}: {exc}",
+                       "bad_payload") from None
     if meta.encoding is Encoding.BYTES:
         return payload
     try:
@@ -321,12 +323,19 @@ def decode_payload(meta: Meta, payload: Buffer) -> Any:
         raise _err(f"bad dtype {meta.dtype!r}: {exc}", "bad_payload") from None
     if dt.hasobject:
         raise _err("object arrays are refused", "bad_payload")
+    if dt.itemsize == 0 or dt.subdtype is not None:
+        # "S0"/"V0"/"<U0" cannot be mapped by frombuffer; "(2,)<f8" would add dimensions the
+        # shape in the descriptor does not name
+        raise _err(f"unsupported array dtype {meta.dtype!r}", "bad_payload")
     count = math.prod(meta.shape) if meta.shape else 1
     nbytes = memoryview(payload).nbytes
     if count * dt.itemsize != nbytes:
         raise _err(f"array payload is {nbytes} bytes, shape {meta.shape} of "
                    f"{meta.dtype} needs {count * dt.itemsize}", "length_mismatch")
-    return np.frombuffer(payload, dtype=dt, count=count).reshape(meta.shape)
+    try:
+        return np.frombuffer(payload, dtype=dt, count=count).reshape(meta.shape)
+    except ValueError as exc:
+        raise _err(f"cannot map the array payload: {exc}", "bad_payload") from None
 
 
 def decode(frames: Sequence[Buffer]) -> Message:
@@ -339,7 +348,7 @@ def decode(frames: Sequence[Buffer]) -> Message:
                 try:
                     return Message(t.decode("utf-8"), _loads(p.decode("utf-8")),
                                    Meta(Encoding.JSON, pub, seq, ts))
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     pass  # the full path below reports it precisely
     if len(frames) != 3:
         raise _err(f"an envelope has 3 frames, got {len(frames)}", "bad_frames")

@@ -123,8 +123,9 @@ def parse(frame: Buffer) -> LegacyMessage:
     if tag in JSON_TAGS:
         try:
             obj = json.loads(rest)
-        except ValueError as exc:
-            raise ProtocolError(f"{tag} payload is not JSON: {exc}", kind="bad_payload") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: b"[" * 100000
+            raise ProtocolError(f"{tag} payload is not JSON: {type(exc).__name__}: {exc}",
+                                kind="bad_payload") from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"{tag} payload must be a JSON object", kind="bad_payload")
         event = obj
