@@ -17,6 +17,17 @@ from typing import Any, Protocol
 from labbridge.devices.base import Device
 
 
+def _finite(what: str, value: Any) -> float:
+    """``value`` as a float; ValueError unless it is finite (NaN and +-inf are refused)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return out
+
+
 class StageBackend(Protocol):
     """What a stage needs from hardware: read the position, move, stop."""
 
@@ -41,7 +52,7 @@ class SimStageBackend:
     def __init__(self, position: float = 0.0, speed: float = 0.0) -> None:
         if not (speed >= 0 and math.isfinite(speed)):
             raise ValueError(f"speed must be a finite number >= 0, got {speed!r}")
-        self.position = float(position)
+        self.position = _finite("position", position)
         self.speed = float(speed)
         self._stop = asyncio.Event()
 
@@ -49,6 +60,7 @@ class SimStageBackend:
         return self.position
 
     async def move_to(self, target: float) -> float:
+        target = _finite("target", target)  # inf would make the position NaN and loop forever
         self._stop = asyncio.Event()
         if self.speed == 0:
             self.position = float(target)
@@ -74,7 +86,8 @@ class SimStageBackend:
 
 class Stage(Device):
     """One motion axis: ``move_abs``, ``move_rel``, ``move_home``, ``stop_motion``,
-    ``get_position``. Targets outside ``[min, max]`` raise ValueError (no motion)."""
+    ``get_position``. Targets outside ``[min, max]``, and non-finite targets or home (NaN,
+    +-inf: the default limits are infinite), raise ValueError (no motion)."""
 
     kind = "stage"
 
@@ -85,7 +98,7 @@ class Stage(Device):
             raise ValueError("minimum must not exceed maximum")
         self.backend = backend
         self.units = units
-        self.home = home
+        self.home = _finite("home", home)
         self.minimum = minimum
         self.maximum = maximum
         self._position: float | None = None
@@ -106,8 +119,8 @@ class Stage(Device):
         return self._set(float(await self.backend.read_position()))
 
     async def move_abs(self, target: float) -> float:
-        target = float(target)
-        if not (self.minimum <= target <= self.maximum) or math.isnan(target):
+        target = _finite("target", target)
+        if not (self.minimum <= target <= self.maximum):
             raise ValueError(f"target {target} {self.units} outside [{self.minimum}, "
                              f"{self.maximum}]")
         async with self._lock:
@@ -133,7 +146,7 @@ class Stage(Device):
     def set_setting(self, name: str, value: str) -> None:
         """Apply one exported setting (``set_info``); KeyError for an unknown one."""
         if name == "home":
-            self.home = float(value)
+            self.home = _finite("home", value)
         elif name == "units":
             self.units = str(value)
         else:

@@ -20,6 +20,12 @@ CONFIG put the model in FAULT with ``error_code`` and ``fault_reason``; :meth:`c
 it. Enable sequence (gen D): CLEAR_ERROR if FAULT, require STANDBY, ENABLE_DRIVES 1, pause,
 SET_STATE ENABLE, wait for ENABLED within a few telemetry frames. Gen A: CLEAR_ERROR /
 ENTER_CONTROL / START / ENABLE as needed, each confirmed in telemetry.
+
+Telemetry carries the state and substates as f64. A value that is not one of the known
+integers (NaN, +-inf, a fraction, a state outside :class:`ControllerState`) is tolerated: the
+``state`` signal reads ``UNKNOWN(<value>)``, :attr:`HexrotController.state` is None, the
+substate signals carry None, and a warning is logged once per field until a valid value comes
+back. Commands that need a known state then refuse with :class:`StateError`.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class HexrotController(Device):
         self.error_code: ErrorCode | None = None
         self.fault_reason: str | None = None
         self._last: dict[str, Any] = {}
+        self._bad_fields: set[str] = set()  # telemetry fields whose bad value was logged
         self._sequence_lock = asyncio.Lock()
         self._fields = profile.device
         self._codes = profile.device.codes
@@ -205,14 +212,18 @@ class HexrotController(Device):
 
     def _on_telemetry(self, tel: Any) -> None:
         f = self._fields
+        state = _as_state(tel.state)
+        self._check_field("state", state is not None, tel.state)
+        substate = _as_int(tel.enabled_substate)
+        self._check_field("enabled_substate", substate is not None, tel.enabled_substate)
         self._emit_if_changed("state", self._state_name(tel.state))
-        self._emit_if_changed("enabled_substate", int(tel.enabled_substate))
+        self._emit_if_changed("enabled_substate", substate)
         self._emit_if_changed("position", getattr(tel, f.position_field))
         self._emit_if_changed("demand_position", getattr(tel, f.demand_field))
         if hasattr(tel, "demand_vel"):
             self._emit_if_changed("velocity", tel.demand_vel)
         self._emit_if_changed("application_status", int(tel.application_status))
-        if int(tel.state) == ControllerState.FAULT and self.error_code is None:
+        if state == ControllerState.FAULT and self.error_code is None:
             self.error_code = ErrorCode.CONTROLLER_FAULT
             self.fault_reason = "the low-level controller reports FAULT"
             self._emit_if_changed("fault", self.fault_reason)
@@ -222,30 +233,46 @@ class HexrotController(Device):
             self._last[signal] = value
             self.emit(signal, value)
 
+    def _check_field(self, name: str, ok: bool, value: Any) -> None:
+        """Log a bad telemetry value once, until the field is valid again."""
+        if ok:
+            self._bad_fields.discard(name)
+        elif name not in self._bad_fields:
+            self._bad_fields.add(name)
+            log.warning("%s: telemetry %s = %r is not a valid value; reported as unknown "
+                        "until a valid one arrives", self.name, name, value)
+
     @staticmethod
     def _state_name(value: float) -> str:
-        try:
-            return ControllerState(int(value)).name
-        except ValueError:
-            return f"UNKNOWN({value})"
+        """The state's name, or ``UNKNOWN(<value>)`` for anything that is not one."""
+        state = _as_state(value)
+        return state.name if state is not None else f"UNKNOWN({value})"
 
     # -- state -----------------------------------------------------------------------------------
     @property
     def state(self) -> ControllerState | None:
-        """FAULT if the link faulted, else the controller's state; None before telemetry."""
+        """FAULT if the link faulted, else the controller's state; None before telemetry or
+        while telemetry carries a value that is no known state (see :meth:`_state_label`)."""
         if self.fault_reason is not None and self.error_code != ErrorCode.CONTROLLER_FAULT:
             return ControllerState.FAULT
         tel = self.telemetry
         if tel is None:
             return None
-        return ControllerState(int(tel.state))
+        return _as_state(tel.state)
+
+    def _state_label(self) -> str | None:
+        """The state's name for messages: ``UNKNOWN(<value>)`` for a bad telemetry value."""
+        st = self.state
+        if st is not None:
+            return st.name
+        tel = self.telemetry
+        return None if tel is None else self._state_name(tel.state)
 
     def snapshot(self) -> dict[str, Any]:
-        st = self.state
         return {
             "connected": self.connected,
             "generation": self.generation.value,
-            "state": st.name if st is not None else None,
+            "state": self._state_label(),
             "fault": self.fault_reason,
             **{k: v for k, v in self._last.items() if k not in ("state", "connected", "fault")},
         }
@@ -276,7 +303,7 @@ class HexrotController(Device):
             async with asyncio.timeout(self.config_timeout):
                 await link.next_telemetry()
         if self.state not in states:
-            got = self.state.name if self.state is not None else None
+            got = self._state_label()
             raise StateError(f"state is {got} after {n} telemetry frames; expected "
                              + " or ".join(s.name for s in states))
 
@@ -290,6 +317,9 @@ class HexrotController(Device):
                                  "control)")
             if self.state == ControllerState.ENABLED:
                 return
+            if self.state is None:
+                raise StateError(f"state is {self._state_label()}; cannot enable from an "
+                                 "unknown state")
             S = ControllerState
             if self.state == S.FAULT:
                 await self.send("SET_STATE", [SetStateParam.CLEAR_ERROR])
@@ -297,8 +327,8 @@ class HexrotController(Device):
                 self.error_code = self.fault_reason = None
             if self.generation is Generation.D:
                 if self.state != S.STANDBY:
-                    raise StateError(f"state is {self._state_name(tel.state)}; must be STANDBY "
-                                     "to enable")
+                    raise StateError(f"state is {self._state_label()}; must be STANDBY to "
+                                     "enable")
                 if "ENABLE_DRIVES" in self._codes.__members__:
                     await self.send("ENABLE_DRIVES", [1.0])
                     if self.enable_drives_delay > 0:
@@ -308,7 +338,8 @@ class HexrotController(Device):
                 return
             if self.state == S.OFFLINE:
                 if (hasattr(self.telemetry, "offline_substate")
-                        and int(self.telemetry.offline_substate) != OfflineSubstate.AVAILABLE):
+                        and _as_int(self.telemetry.offline_substate)
+                        != OfflineSubstate.AVAILABLE):
                     raise StateError("controller is OFFLINE but not AVAILABLE (PUBLISH_ONLY): "
                                      "only its GUI can release it")
                 await self.send("SET_STATE", [SetStateParam.ENTER_CONTROL])
@@ -385,8 +416,7 @@ class HexrotController(Device):
             self._require_link()
             self.check_position(position)
             if self.state != ControllerState.ENABLED:
-                got = self.state.name if self.state is not None else None
-                raise StateError(f"state is {got}; must be ENABLED to move")
+                raise StateError(f"state is {self._state_label()}; must be ENABLED to move")
             if "POSITION_SET" in self._codes.__members__:
                 await self.send("POSITION_SET", [position])
                 if self.move_pause > 0:  # the real controller needs time (spec §3.11)
@@ -414,7 +444,7 @@ class HexrotController(Device):
             while True:
                 tel = await link.next_telemetry()
                 if (abs(getattr(tel, f.position_field) - position) <= tolerance
-                        and int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
+                        and _as_int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
                     return
 
     async def stop_motion(self) -> float | None:
@@ -426,7 +456,7 @@ class HexrotController(Device):
     async def wait_stationary(self, timeout: float = 30.0) -> None:
         link = self._require_link()
         async with asyncio.timeout(timeout):
-            while int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
+            while _as_int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
                 await link.next_telemetry()
 
     async def configure_velocity(self, velocity: float) -> float | None:
@@ -435,3 +465,19 @@ class HexrotController(Device):
 
 
 _UNSET: Any = object()
+_STATES = frozenset(int(s) for s in ControllerState)
+
+
+def _as_int(value: Any) -> int | None:
+    """A telemetry f64 as an int, or None when it is not one (NaN, +-inf, a fraction)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) and f.is_integer() else None
+
+
+def _as_state(value: Any) -> ControllerState | None:
+    """A telemetry state value as a :class:`ControllerState`, or None if it is none."""
+    n = _as_int(value)
+    return ControllerState(n) if n is not None and n in _STATES else None

@@ -130,9 +130,18 @@ class _MockProtocol(asyncio.Protocol):
             cmd = tuple.__new__(self.command_record, self.unpack_command(data))
             self.transport.write(self.owner._reply(cmd, self.out))
             return
-        decoder.receive_data(data)
+        error: ProtocolError | None = None
+        try:
+            decoder.receive_data(data)
+        except ProtocolError as exc:  # fatal for this connection only; the server goes on
+            error = exc
+        # Commands decoded before an error are still answered, then the connection closes
+        # (close() flushes what was written; an exception here would abort without flushing).
         while (cmd := decoder.next_event()) is not NEED_DATA:
             self.transport.write(self.owner._reply(cmd, self.out))
+        if error is not None:
+            log.warning("%s: closing the connection: %s", self.owner.mock.name, error)
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         try:

@@ -531,16 +531,31 @@ class CommandDecoder:
         self._make = functools.partial(tuple.__new__, self.layout.record)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Take received bytes; whole commands are decoded now, a partial one is kept."""
-        if self._buf:
-            self._buf.append(data)
-            return
+        """Take received bytes; whole commands are decoded now, a partial one is kept.
+
+        As in :class:`FrameDecoder`, only the start of one command is ever buffered: a held
+        partial command is first completed from the front of ``data``, then the rest is
+        decoded in place, so a chunk of any size never grows the buffer past one command.
+        """
         size = self.layout.size
-        whole = len(data) - len(data) % size
-        if whole:  # nothing buffered: decode straight from the caller's bytes
-            self._events.extend(map(self._make, self._iter_unpack(bytes(data[:whole]))))
-        if whole < len(data):
-            self._buf.append(data[whole:])
+        view = memoryview(data)
+        try:
+            start = 0
+            buf = self._buf
+            if buf:
+                start = min(size - len(buf), len(view))
+                buf.append(view[:start])
+                if len(buf) < size:
+                    return
+                self._events.append(self._make(self.layout.struct.unpack(buf.take(size))))
+            rest = view[start:] if start else view
+            whole = len(rest) - len(rest) % size
+            if whole:  # decode straight from the caller's bytes
+                self._events.extend(map(self._make, self._iter_unpack(rest[:whole])))
+            if whole < len(rest):
+                buf.append(rest[whole:])
+        finally:
+            view.release()
 
     @property
     def pending(self) -> bool:
@@ -548,17 +563,7 @@ class CommandDecoder:
         return bool(self._events) or bool(self._buf)
 
     def next_event(self) -> Any:
-        if not self._events:
-            size = self.layout.size
-            count = len(self._buf) // size
-            if count:
-                view = self._buf.view()
-                try:
-                    for i in range(count):
-                        self._events.append(self.layout.decode(view, i * size))
-                finally:
-                    view.release()
-                self._buf.skip(count * size)
+        """The next whole command, or NEED_DATA (the buffer never holds a whole one)."""
         if self._events:
             return self._events.popleft()
         return NEED_DATA
