@@ -4,7 +4,9 @@ ADR 0035).
 Schema (one file; WAL journal so ``labbridge history`` can read while recording)::
 
     messages(id, time, received, topic, publisher, seq, encoding, payload, meta)
-        time      source timestamp (envelope ts) or, for legacy lines, the receive time
+        time      source timestamp (envelope ts) or, for legacy lines and for a source
+                  timestamp that is not a plausible Unix time (NaN, infinite, before 1970 or
+                  after 3000), the receive time
         payload   frame 1 exactly as received (JSON text, raw array bytes) or the legacy line
         meta      the meta frame, kept for arrays only (dtype and shape)
         index (topic, time) and (time)
@@ -24,6 +26,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +75,18 @@ CREATE TABLE IF NOT EXISTS gaps (
 );
 CREATE INDEX IF NOT EXISTS gaps_topic_time ON gaps(topic, received);
 """
+
+#: Plausible source timestamps, Unix seconds: [1970, 3000). Outside, a publisher's clock is
+#: broken (or the value is NaN/infinite, which SQLite stores as NULL and Python cannot turn
+#: into a date), and the recorder stores the receive time instead.
+TS_MIN = 0.0
+TS_MAX = 32503680000.0  # 3000-01-01T00:00:00Z
+
+
+def plausible_ts(ts: float | None) -> bool:
+    """True when ``ts`` is a finite Unix time in [TS_MIN, TS_MAX)."""
+    return ts is not None and math.isfinite(ts) and TS_MIN <= ts < TS_MAX
+
 
 _INSERT = ("INSERT INTO messages(time, received, topic, publisher, seq, encoding, payload, meta)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -248,6 +263,10 @@ class Recorder:
         self.stored = 0
         self.dropped = 0
         self.gap_count = 0
+        #: Messages whose source timestamp was implausible (stored with the receive time).
+        self.bad_ts = 0
+        #: Messages lost because writing their batch failed (logged by the flush loop).
+        self.lost = 0
 
     @property
     def received(self) -> int:
@@ -264,9 +283,18 @@ class Recorder:
             assert meta.publisher is not None and meta.seq is not None and meta.ts is not None
             meta_blob = encode_meta_fields(enc, meta.publisher, meta.seq, meta.ts, meta.dtype,
                                            meta.shape)
-        self._rows.append((meta.ts if meta.ts is not None else meta.received, meta.received,
-                           topic, meta.publisher, meta.seq, int(enc), bytes(payload),
-                           meta_blob))
+        when = meta.ts
+        if when is None:  # a legacy line: no source time
+            when = meta.received
+        elif not plausible_ts(when):
+            self.bad_ts += 1
+            if self.bad_ts == 1 or self.bad_ts % 1000 == 0:
+                log.warning("%s: %s from publisher %s has timestamp %r; stored with the "
+                            "receive time instead (%d so far)", self.name, topic,
+                            meta.publisher, when, self.bad_ts)
+            when = meta.received
+        self._rows.append((when, meta.received, topic, meta.publisher, meta.seq, int(enc),
+                           bytes(payload), meta_blob))
         if len(self._rows) >= self.batch_size:
             self._full.set()
 
@@ -313,7 +341,11 @@ class Recorder:
             store = self._store
             assert store is not None and self._executor is not None
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, store.write, rows, gaps)
+            try:
+                await loop.run_in_executor(self._executor, store.write, rows, gaps)
+            except sqlite3.Error:
+                self.lost += len(rows)
+                raise
             self.stored += len(rows)
 
     async def _flush_loop(self) -> None:
@@ -326,7 +358,8 @@ class Recorder:
             try:
                 await self.flush()
             except sqlite3.Error as exc:
-                log.error("%s: writing to %s failed: %s", self.name, self.path, exc)
+                log.error("%s: writing to %s failed: %s (%d messages lost so far)",
+                          self.name, self.path, exc, self.lost)
                 await asyncio.sleep(1.0)
 
     # -- queries (through the writer thread, so they see every flushed row) ------------------

@@ -60,8 +60,18 @@ def parse_when(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
+def _datetime(ts: float) -> dt.datetime | None:
+    """Local date and time of a Unix time; None when there is none (NaN, infinite, or out of
+    the platform's range: an older recording or a publisher with a broken clock)."""
+    try:
+        return dt.datetime.fromtimestamp(ts)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
+
+
 def _stamp(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).isoformat(timespec="milliseconds")
+    when = _datetime(ts)
+    return when.isoformat(timespec="milliseconds") if when is not None else f"<time {ts!r}>"
 
 
 def _short(value: Any, width: int = 200) -> str:
@@ -120,6 +130,11 @@ def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: 
         click.echo(f"stored {rec.stored} messages; {rec.gap_count} gaps "
                    f"({rec.subscriber.missed} messages missed); {rec.dropped} dropped "
                    "(disk too slow)", err=True)
+        if rec.bad_ts:
+            click.echo(f"{rec.bad_ts} messages had an implausible source timestamp and were "
+                       "stored with the receive time", err=True)
+        if rec.lost:
+            click.echo(f"{rec.lost} messages lost: writing to {db} failed", err=True)
 
     run_async(_main())
 
@@ -193,12 +208,14 @@ def _plot(rows: list[Record], topic: str, png: str) -> None:
     except ImportError:
         raise click.ClickException(
             "plotting needs matplotlib: pip install 'labbridge[plot]'") from None
-    pts = [(r.time, n) for r in rows if (n := r.number()) is not None]
+    # a time that is no date (an older recording's 1e300) is left out, not fatal
+    pts = [(when, n) for r in rows
+           if (n := r.number()) is not None and (when := _datetime(r.time)) is not None]
     if not pts:
         raise click.ClickException(f"no numeric values to plot on {topic!r}")
     fig, ax = plt.subplots(figsize=(10, 4))
     # matplotlib plots datetimes; its stubs only admit numbers, hence the Any
-    times: Any = [dt.datetime.fromtimestamp(t) for t, _ in pts]
+    times: Any = [when for when, _ in pts]
     ax.plot(times, [v for _, v in pts],
             marker="." if len(pts) < 500 else None, linewidth=1)
     ax.set_title(topic)

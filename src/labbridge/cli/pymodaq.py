@@ -12,7 +12,6 @@ see ADR 0057.
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +20,7 @@ import click
 import numpy as np
 
 from labbridge.cli.common import run_async
+from labbridge.devices.state_file import write_json_atomic
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,12 +64,6 @@ def png_bytes(a: np.ndarray) -> bytes:
             + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + _chunk(b"IEND", b""))
 
 
-def _write_ready(path: str, data: dict[str, object]) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)
-
-
 def _hostport(text: str) -> tuple[str, int]:
     """HOST:PORT where PORT may be 0 (any free port, see --ready-file)."""
     host, sep, port = text.rpartition(":")
@@ -86,7 +80,7 @@ async def grab_once(host: str, port: int, *, dim: str, timeout: float,
     await server.start()
     try:
         if ready_file:
-            _write_ready(ready_file, {"host": host, "port": server.port})
+            write_json_atomic(Path(ready_file), {"host": host, "port": server.port})
         click.echo(f"listening on {host}:{server.port}, waiting for a GRABBER client...",
                    err=True)
         await server.detector.wait_connected(timeout)

@@ -9,6 +9,7 @@ a stack trace. Factories for devices and services read their settings through
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,14 @@ class Section(Mapping[str, Any]):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"expected a number, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise self.error(key, f"must be a finite number, got {value}") from None
+        if not math.isfinite(value):
+            # NaN passes every min/max comparison, and neither NaN nor infinity survives JSON
+            # or a sleep; an unbounded setting is written by leaving the field out.
+            raise self.error(key, f"must be a finite number, got {value}")
         if min is not None and value < min:
             raise self.error(key, f"must be at least {min}, got {value}")
         if max is not None and value > max:

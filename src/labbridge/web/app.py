@@ -59,7 +59,7 @@ from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
 from labbridge.web.control import REFUSED, CommandTarget, ControlResult, Controls
-from labbridge.web.state import LabState, split_topic
+from labbridge.web.state import LabState, split_topic, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,8 @@ class WebDashboard:
         def on_message(topic: str, payload: Any, meta: MessageMeta) -> None:
             if meta.legacy:  # the envelope form carries the same news
                 return
-            ts = meta.ts if meta.ts is not None else meta.received
+            # a source clock that says NaN (or 1e300) must not reach the page: receive time
+            ts = timestamp(meta.ts, meta.received)
             for item in self.state.on_message(topic, payload, ts, received=meta.received,
                                               source=source, gaps=meta.gaps,
                                               missed=meta.missed):
@@ -262,8 +263,7 @@ class WebDashboard:
             self._wake.clear()
             items, self._pending = self._pending, []
             if items:
-                self._broadcast(json.dumps({"type": "batch", "items": _coalesce(items)},
-                                           default=_json_default))
+                self._broadcast(_dumps({"type": "batch", "items": _coalesce(items)}))
             # Rate limit: at most one batch per push_interval per page.
             await asyncio.sleep(self.config.push_interval)
 
@@ -288,8 +288,8 @@ class WebDashboard:
         period = max(0.05, min(1.0, self.config.stale_after / 4.0))
         while True:
             if self.pages:
-                self._broadcast(json.dumps({"type": "health", "now": self.clock(),
-                                            "nodes": self.nodes_json()}))
+                self._broadcast(_dumps({"type": "health", "now": self.clock(),
+                                        "nodes": self.nodes_json()}))
             await asyncio.sleep(period)
 
     async def _resync_loop(self) -> None:
@@ -407,10 +407,11 @@ class WebDashboard:
                 "recorder": c.recorder is not None}
 
     async def _api_config(self, request: web.Request) -> web.Response:
-        return web.json_response(self.config_json())
+        return web.json_response(self.config_json(), dumps=_dumps)
 
     async def _api_nodes(self, request: web.Request) -> web.Response:
-        return web.json_response({"now": self.clock(), "nodes": self.nodes_json()})
+        return web.json_response({"now": self.clock(), "nodes": self.nodes_json()},
+                                 dumps=_dumps)
 
     def devices_json(self) -> dict[str, Any]:
         d = self.state.devices()
@@ -458,7 +459,7 @@ class WebDashboard:
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
         await ws.prepare(request)
         page = _Page(ws, _peer(request), self.config.client_queue)
-        page.queue.put_nowait(json.dumps(self.hello(), default=_json_default))
+        page.queue.put_nowait(_dumps(self.hello()))
         self.pages.add(page)
         sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
         try:
@@ -571,8 +572,28 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None (JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default)
+    """Strict JSON for the pages: a bare ``NaN`` or ``Infinity`` (from one bad bus message)
+    would make the browser's JSON.parse reject the whole WebSocket frame or response."""
+    try:
+        return json.dumps(obj, default=_json_default, allow_nan=False)
+    except ValueError:  # rare: a non-finite number somewhere; null it and try again
+        return json.dumps(_finite(obj), default=_json_default, allow_nan=False)
 
 
 def _coalesce(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 #: Health states shown on the page.
 LIVE = "live"
@@ -35,6 +35,28 @@ DISCONNECTED = "disconnected"
 
 #: Largest record of numbers split into one series per field.
 MAX_FIELDS = 32
+
+#: Usable timestamps: finite and less than TS_MAX (the year 3000 in Unix seconds) from zero
+#: either way. A NaN would reach the page as a bare ``NaN`` that JSON.parse rejects, and one
+#: absurd time would push every other point of a series out of its window. (Negative times
+#: are allowed: this module takes any clock, and tests feed it small made-up ones.)
+TS_MAX = 32503680000.0
+
+
+@overload
+def timestamp(value: Any, fallback: float) -> float: ...
+@overload
+def timestamp(value: Any, fallback: float | None = None) -> float | None: ...
+def timestamp(value: Any, fallback: float | None = None) -> float | None:
+    """``value`` as a plausible Unix time (a number or numeric string), else ``fallback``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return fallback
+    try:
+        f = float(value)
+    except (ValueError, OverflowError):
+        return fallback
+    return f if math.isfinite(f) and -TS_MAX < f < TS_MAX else fallback
+
 
 #: Dashboard event kinds that go to the event log, with their level.
 EVENT_LEVELS = {"warning": "warning", "critical": "critical", "timeout": "warning",
@@ -217,13 +239,18 @@ class LabState:
         """Fold one bus message in; returns what to push to the pages.
 
         ``ts`` is the source's timestamp (plots, valve times); ``received`` is the local receive
-        time (health: a node whose clock is off must not look stale). Default: ``ts``.
+        time (health: a node whose clock is off must not look stale). Default: ``ts``. A ``ts``
+        that is not a plausible time (NaN, infinite, absurd) is replaced by ``received``; with
+        neither, the message is ignored.
         """
         node_name, device, signal = split_topic(topic)
-        if not node_name:
+        rx_ok = timestamp(received)
+        ts_ok = timestamp(ts, rx_ok)
+        if not node_name or ts_ok is None:
             self.ignored += 1
             return []
-        rx = ts if received is None else received
+        ts = ts_ok
+        rx = ts if rx_ok is None else rx_ok
         n = self.node(node_name, source)
         if n.first_seen is None:
             n.first_seen = rx
@@ -239,7 +266,7 @@ class LabState:
             if level is None or not isinstance(value, dict):
                 return []
             return [self.add_event(level, node_name, _event_text(kind, value),
-                                   float(value.get("ts") or ts), kind=kind)]
+                                   timestamp(value.get("ts") or ts, ts), kind=kind)]
         if is_valve_value(value):
             return [p for p in [self.set_valve(
                 node_name, signal, device=device, state=bool(value["state"]),
