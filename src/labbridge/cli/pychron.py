@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import signal
 import sys
 
@@ -38,6 +40,12 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, target: str,
     """
     host, port = parse_hostport(target)
     text = " ".join(command)
+    if command[0] in ("Open", "Close") and len(command) == 1:
+        raise click.UsageError(f"{command[0]} needs a valve name, e.g. labbridge call {target} "
+                               f"{command[0]} A (nothing was sent)")
+    # This command prints its own one-line error; the client's per-attempt warnings would
+    # only repeat it.
+    logging.getLogger("labbridge.links.pychron.client").setLevel(logging.ERROR)
 
     async def _main() -> str:
         if relay:
@@ -51,12 +59,49 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, target: str,
 
     try:
         reply = run_async(_main())
-    except (PychronClientError, ProtocolError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (PychronClientError, ProtocolError, OSError) as exc:
+        click.echo(f"error: {_call_failure(exc, target, text, framing, udp, timeout)}",
+                   err=True)
         sys.exit(2)
     click.echo(reply)
     if reply[:5].upper() == "ERROR":
+        if (reply.startswith("ERROR 015 ") and framing != "json" and not relay
+                and "(" not in reply):
+            click.echo("the node's log says why; a labbridge node also puts the reason in the "
+                       "reply with --framing json", err=True)
         sys.exit(1)
+
+
+#: What a braced client sees when the server answers in another framing.
+_FRAMING_MISMATCH = ("malformed frame header", "does not start with '{'")
+
+
+def _call_failure(exc: BaseException, target: str, text: str, framing: str, udp: bool,
+                  timeout: float) -> str:
+    """One line: what went wrong talking to ``target`` and what to try."""
+    from labbridge.links.pychron.client import NoReply, ReplyLost, UnknownCommand, Unreachable
+
+    detail = str(exc)
+    # The client prefixes its own repr; the target is named here already.
+    detail = re.sub(r"^<PychronClient [^>]*>:\s*", "", detail)
+    if isinstance(exc, Unreachable):
+        reason = detail.removeprefix("cannot connect: ")
+        return (f"cannot connect to {target}: {reason}; is the node running (labbridge serve "
+                f"FILE) and is {target.rpartition(':')[2]} its port (labbridge ports FILE)?")
+    if framing == "braced" and not udp and any(m in detail for m in _FRAMING_MISMATCH):
+        sent = " (it may have acted on it)" if isinstance(exc, ReplyLost) else ""
+        return (f"{target} did not answer in labbridge's braced frames{sent}: a real Pychron "
+                "server or the Qtegra spectrometer wants --framing plain (or --udp)")
+    if isinstance(exc, UnknownCommand):
+        return (f"{target} closed the connection without a reply to {text!r}: real Pychron "
+                "servers do that for an unknown command (names are case-sensitive)")
+    if isinstance(exc, ReplyLost):
+        return (f"no reply from {target} to {text!r} within {timeout:g} s; it may or may not "
+                "have been carried out: read the state before sending it again")
+    if isinstance(exc, NoReply):
+        return (f"no reply from {target} to {text!r} within {timeout:g} s: the server may "
+                "want another framing (--framing plain, --udp) or be busy (--timeout)")
+    return f"{target}: {detail}"
 
 
 def _table(monitor: StatusMonitor, target: str) -> Table:
@@ -104,7 +149,9 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
                 try:
                     await asyncio.wait_for(done, timeout * 3)
                 except TimeoutError:
-                    console.print(f"[red]no answer from {target}[/]")
+                    click.echo(f"error: no answer from {target} within {timeout * 3:g} s; is "
+                               "the node running (labbridge serve FILE) and is "
+                               f"{port} its command port (labbridge ports FILE)?", err=True)
                     return 2
                 console.print(_table(mon, target))
                 return 0
