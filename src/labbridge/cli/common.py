@@ -7,11 +7,14 @@ import contextlib
 import logging
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from labbridge.node.config import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -99,6 +102,40 @@ def _looks_like_node(p: Path) -> bool:
     devices = data.get("devices")
     return isinstance(devices, list) and any(isinstance(d, dict) and "kind" in d
                                              for d in devices)
+
+
+@contextlib.contextmanager
+def logs_above(console: Console) -> Iterator[None]:
+    """While a rich ``Live`` display is up, print log records through its console (above the
+    display) instead of writing them to stderr underneath it, where they tear the display.
+
+    The root logger's handlers are swapped for one that keeps their formatter and level, and
+    put back afterwards.
+    """
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    formatter = saved[0].formatter if saved else None
+
+    class _ThroughConsole(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                console.print(self.format(record), markup=False, highlight=False,
+                              soft_wrap=True)
+            except Exception:  # pragma: no cover - logging must never raise
+                self.handleError(record)
+
+    handler = _ThroughConsole()
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    for h in saved:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in saved:
+            root.addHandler(h)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

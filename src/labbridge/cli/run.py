@@ -18,6 +18,7 @@ from rich.table import Table
 from labbridge.cli.common import (
     fail_on_config_error,
     fail_on_start_error,
+    logs_above,
     node_file,
     run_async,
 )
@@ -90,8 +91,8 @@ async def run_script(node: Node, main: Any, *, console: Console | None, title: s
 
         lab = Lab(node, on_step=on_step)
         holder.append(lab)
-        if live:
-            with live:
+        if live is not None and console is not None:
+            with logs_above(console), live:
                 await run_script_main(main, lab)
                 live.update(render(lab, title), refresh=True)
         else:

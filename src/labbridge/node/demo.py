@@ -42,6 +42,8 @@ class Component:
 
     def endpoint(self, protocol: str, service: str | None = None) -> tuple[str, int] | None:
         for s in self.info.get("services", []):
+            if s.get("role", "listen") != "listen":
+                continue  # where it connects to is another node's endpoint
             if s.get("protocol") == protocol and (service is None or s["service"] == service):
                 host = str(s.get("host") or "127.0.0.1")
                 return ("127.0.0.1" if host in ("0.0.0.0", "*") else host), int(s["port"])
@@ -255,6 +257,20 @@ class Lab:
                     c.proc.kill()
                 await c.proc.wait()
 
+    async def first_exit(self) -> Component:
+        """Wait until a node of the running lab exits (it should not before :meth:`stop`);
+        return it."""
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.components.values()
+                 if c.proc is not None}
+        if not waits:
+            await asyncio.Event().wait()  # nothing can die: wait for cancellation
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[next(iter(done))]
+        finally:
+            for t in waits:
+                t.cancel()
+
     def acquisition_config(self) -> dict[str, Any]:
         valves = self.components["valve-controller"]
         host, port = valves.endpoint("tcp")  # type: ignore[misc]
@@ -279,3 +295,19 @@ class Lab:
 
 def new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="labbridge-demo-"))
+
+
+def last_log_line(c: Component) -> str:
+    """The last non-empty line of a node's log ("" when there is none), for one-line
+    reports."""
+    log = c.info.get("log")
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")
