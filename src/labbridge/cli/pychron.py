@@ -12,7 +12,7 @@ import sys
 import click
 from rich.table import Table
 
-from labbridge.cli.common import parse_hostport, run_async
+from labbridge.cli.common import logs_above, parse_hostport, run_async
 from labbridge.links.pychron.client import PychronClient, PychronClientError
 from labbridge.links.pychron.monitor import StatusMonitor, ValveView
 from labbridge.links.pychron.remote import RemoteValves
@@ -145,9 +145,9 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
         await mon.start()
         try:
             if once:
-                done = asyncio.ensure_future(mon.wait_synced())
                 try:
-                    await asyncio.wait_for(done, timeout * 3)
+                    async with asyncio.timeout(timeout * 3):
+                        await mon.wait_synced()
                 except TimeoutError:
                     click.echo(f"error: no answer from {target} within {timeout * 3:g} s; is "
                                "the node running (labbridge serve FILE) and is "
@@ -159,7 +159,8 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            with Live(_table(mon, target), console=console, auto_refresh=False) as live:
+            click.echo(f"monitoring the valves on {target} (Ctrl-C to stop)", err=True)
+            with logs_above(console), Live(_table(mon, target), console=console, auto_refresh=False) as live:
                 while not stop.is_set():
                     changed.clear()
                     waiter = asyncio.ensure_future(changed.wait())

@@ -67,8 +67,8 @@ async def wait_ready(node: Node, timeout: float) -> None:
     if not services:
         return
     try:
-        await asyncio.wait_for(asyncio.gather(*(s.monitor.wait_synced() for s in services)),
-                               timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: 3.11 can lose a cancellation
+            await asyncio.gather(*(s.monitor.wait_synced() for s in services))
     except TimeoutError:
         down = [f"{s.name} at {s.client.host}:{s.client.port}" for s in services
                 if not s.monitor._synced.is_set()]
