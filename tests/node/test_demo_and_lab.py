@@ -30,6 +30,7 @@ def _demo_env(tmp_path):
     return tmp, {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.timeout(300)  # a whole lab of eight processes; 20-60 s on a loaded machine
 def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     ready = tmp_path / "demo.json"
     tmp, env = _demo_env(tmp_path)
@@ -53,6 +54,7 @@ def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.timeout(300)
 def test_demo_stops_the_lab_when_a_node_dies(tmp_path):
     """A node that dies after start: one line naming it and its log, the whole lab stopped,
     exit code 1, the folder (with the logs) kept."""
