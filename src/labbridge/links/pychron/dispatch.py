@@ -80,10 +80,6 @@ class Dispatcher:
                 raise ValueError(f"command {name!r} is defined twice")
             self._table[name] = fn
 
-    @property
-    def command_names(self) -> list[str]:
-        return sorted(self._table)
-
     def dispatch(self, text: str, caller: Caller) -> str | Awaitable[str]:
         """Reply text, or an awaitable of it when the handler is asynchronous."""
         try:
