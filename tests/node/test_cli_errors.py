@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from tests.cli_helpers import port_of, run_cli, serving
 from tests.conftest import REPO
+from tests.netns import private_network
 
 EXAMPLES = REPO / "examples"
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (debug|info|warning|error)\s")
@@ -198,3 +200,20 @@ def test_an_address_this_machine_does_not_have(tmp_path):
                 "--port", "0", "--state-dir", str(tmp_path / "state"))
     one_line_error(r, 1, "cannot start node valve-controller:", "192.0.2.1",
                    "not one of this machine's")
+
+
+def test_dashboard_port_clash(tmp_path):
+    """`labbridge dashboard` (web family) starts its node itself: a clash is still one line.
+    The example uses fixed ports (1061, 5555, 8100, 8080): run it in a private network."""
+    script = (
+        "import socket, subprocess, sys\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 8080)); s.listen()\n"
+        "r = subprocess.run([sys.executable, '-m', 'labbridge', 'dashboard', sys.argv[1],\n"
+        "                    '--state-dir', sys.argv[2]], capture_output=True, text=True)\n"
+        "sys.stderr.write(r.stderr); sys.exit(r.returncode)\n")
+    r = subprocess.run(private_network([sys.executable, "-c", script,
+                                        str(EXAMPLES / "dashboard-web.yaml"),
+                                        str(tmp_path / "state")]),
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    one_line_error(r, 1, "cannot start node lab-in-a-box: service web:", "8080",
+                   "holds that port")

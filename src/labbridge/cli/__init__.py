@@ -134,12 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("LABBRIDGE_TRACEBACK"):
             raise
+        if _is_user_error(exc):  # a command that did not catch it itself
+            logging.getLogger("labbridge.cli").debug("error", exc_info=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
+            return 1
         logging.getLogger("labbridge.cli").debug("unexpected error", exc_info=True)
         click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}; "
                    "this is a bug in labbridge, please report it (LABBRIDGE_TRACEBACK=1 "
                    "shows the traceback)", err=True)
         return 1
     return 0
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """A node that cannot start or a configuration mistake: the message says it all."""
+    node = sys.modules.get("labbridge.node.node")
+    config = sys.modules.get("labbridge.node.config")
+    kinds = tuple(k for k in (getattr(node, "StartError", None),
+                              getattr(config, "ConfigError", None)) if k is not None)
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 def _one_line(text: str) -> str:
