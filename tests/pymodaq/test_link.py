@@ -12,9 +12,9 @@ import pytest
 from labbridge.devices.spectrum import SimSpectrumBackend, Spectrometer
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer, RemoteUnavailable
-from labbridge.links.pymodaq.settings_xml import parameter_to_xml
 from labbridge.protocol.pymodaq.g3 import encode_message
 from labbridge.protocol.pymodaq.messages import Dialect, Generation
+from labbridge.protocol.pymodaq.settings_xml import parameter_to_xml
 from tests.pymodaq.conftest import RecordingCamera, crc, fast_backoff
 
 MODES = [(Generation.G3, Dialect.G1A), (Generation.G1, Dialect.G1A),
@@ -47,7 +47,7 @@ async def test_full_exchange(server, stage, camera, gen, dialect):
         assert server.actuator.generation is gen and server.detector.generation is gen
         # Infos arrived with the settings XML (units is what a PyMoDAQ move server expects)
         await _until(server.actuator, lambda: server.actuator.units == "mm")
-        assert server.detector.settings["exposure_ms"] == "10.0"
+        await _until(server.detector, lambda: server.detector.settings.get("exposure_ms") == 10.0)
         # move_abs -> move_done, then the position query
         assert await server.actuator.move_abs(12.5) == 12.5
         assert stage.position == 12.5
@@ -59,9 +59,14 @@ async def test_full_exchange(server, stage, camera, gen, dialect):
         assert frames[0].shape == (480, 640) and frames[0].dtype == np.uint16
         assert crc(frames[0]) == crc(camera.sent[-1])
         assert server.detector.data is not None
-        # set_info: the camera applies the parameter
+        # set_info: the camera applies the parameter...
         server.detector.set_info(["exposure_ms"], parameter_to_xml("exposure_ms", 25.0))
         await _until(camera, lambda: camera.exposure_ms == 25.0)
+        # ...and a change on the client's side comes back as Info_xml (issue 14 item 3)
+        camera.set_setting("exposure_ms", "7.5")
+        await _until(server.detector, lambda: server.detector.settings["exposure_ms"] == 7.5)
+        server.actuator.set_setting("home", 2)
+        await _until(stage, lambda: stage.home == 2.0)
 
 
 async def _until(device, cond, timeout: float = 5.0) -> None:
