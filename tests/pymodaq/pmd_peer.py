@@ -200,7 +200,7 @@ def server_session(srv: socket.socket, scenario: str) -> dict[str, Any]:
             sock.check_sended_with_serializer("set_info")
             sock.check_sended_with_serializer(real.SET_INFO_HOME_PATH)
             sock.check_sended_with_serializer(real.SET_INFO_HOME)
-        else:
+        elif scenario == "grabber":
             sock.check_sended_with_serializer("set_info")
             sock.check_sended_with_serializer(real.SET_INFO_EXPOSURE_PATH)
             sock.check_sended_with_serializer(real.SET_INFO_EXPOSURE)
@@ -210,6 +210,26 @@ def server_session(srv: socket.socket, scenario: str) -> dict[str, Any]:
             arr = dte[0].data[0]
             out["dte"] = (type(dte).__name__, type(dte[0]).__name__, arr.shape, str(arr.dtype),
                           crc(arr))
+        elif scenario == "moving":
+            # A real main computer polls the position while the axis moves (its DAQ_Move
+            # refresh timer), then stops the move.
+            sock.check_sended_with_serializer("move_abs")
+            sock.check_sended_with_serializer(actuator(1000.0))
+            seen: list[tuple[str, float]] = []
+            sock.check_sended_with_serializer("get_actuator_value")
+            while True:  # the answer (maybe after values the client sent unasked)
+                cmd = _next_command(sock, out)
+                da = DeSerializer(sock).dwa_deserialization()
+                seen.append((cmd, float(da.data[0][0])))
+                if cmd == "move_done" or len(seen) >= 3:
+                    break
+            sock.check_sended_with_serializer("stop_motion")
+            while seen[-1][0] != "move_done":
+                cmd = _next_command(sock, out)
+                da = DeSerializer(sock).dwa_deserialization()
+                seen.append((cmd, float(da.data[0][0])))
+            out["seen"] = seen
+            return out
         # the client sends Quit when it stops
         out["last"] = _next_command(sock, out)
     finally:

@@ -214,6 +214,36 @@ async def test_our_client_against_their_server(scenario):
         assert their_crc == crc(cam.sent[-1])
 
 
+async def test_our_client_answers_position_queries_during_a_move_to_their_server():
+    """Issue 14 item 2. A real remote DAQ_Move starts a move without blocking (its hardware
+    thread's poll timer runs it: PyMoDAQ@5.0.0 src/pymodaq/control_modules/daq_move.py
+    DAQ_Move_Hardware.move_abs -> poll_moving), answers get_actuator_value from its queue at
+    once with the current value (queue_command 'get_actuator_value' -> thread_status ->
+    ThreadCommand('position_is') to the TCP client because _send_to_tcpip is set by the
+    move), forwards the values its poll reads meanwhile (move_utility_classes.py
+    check_target_reached -> emit_value), and ends with move_done. Their server drives our
+    client through that sequence."""
+    srv = pmd.listen()
+    port = srv.getsockname()[1]
+    session = asyncio.ensure_future(asyncio.to_thread(pmd.server_session, srv, "moving"))
+    stage = Stage("stage", SimStageBackend(speed=5.0), units="mm")
+    client = PyMoDAQClient(stage, "127.0.0.1", port, generation=Generation.G3,
+                           backoff=fast_backoff())
+    await client.start()
+    try:
+        out = await asyncio.wait_for(asyncio.shield(session), 20)
+    finally:
+        await client.stop()
+        srv.close()
+    seen = out["seen"]
+    # the query was answered while the axis moved: position_is values short of the target,
+    # the only move_done last, where stop_motion left the axis
+    assert seen[0][0] == "position_is" and 0.0 <= seen[0][1] < 1000.0
+    assert [c for c, _ in seen[:-1]] == ["position_is"] * (len(seen) - 1)
+    assert seen[-1][0] == "move_done" and seen[-1][1] < 1000.0
+    assert seen[-1][1] == stage.position
+
+
 async def _wait_frames(cam, n):
     done = asyncio.Event()
     unsub = cam.subscribe(lambda ch: done.set() if ch.signal == "frames" and ch.value >= n

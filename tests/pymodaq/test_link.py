@@ -305,3 +305,27 @@ async def test_sockets_have_nodelay_and_keepalive(server, stage):
             sock = stream.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_position_during_a_move(server, gen, dialect):
+    """Issue 14 item 2: while the axis moves, a position query is answered at once with the
+    current position and the position also comes unasked; move_done ends the move."""
+    slow = Stage("slow", SimStageBackend(speed=20.0))
+    moving = asyncio.Event()
+    slow.subscribe(lambda ch: moving.set() if ch.signal == "moving" and ch.value else None)
+    live: list[float] = []
+    server.actuator.subscribe(lambda ch: live.append(ch.value) if ch.signal == "position"
+                              else None)
+    async with running(client(slow, server, gen, dialect)):
+        await server.actuator.wait_connected(5)
+        move = asyncio.ensure_future(server.actuator.move_abs(1000.0))
+        await moving.wait()
+        first = await asyncio.wait_for(server.actuator.get_position(), 5)
+        second = await asyncio.wait_for(server.actuator.get_position(), 5)
+        assert 0.0 <= first <= second < 1000.0 and not move.done()
+        await _until(server.actuator, lambda: len(live) >= 3)  # live values, unasked too
+        await server.actuator.stop_motion()
+        final = await asyncio.wait_for(move, 5)
+    assert second <= final < 1000.0 and final == slow.position
+    assert live == sorted(live) and live[-1] == final

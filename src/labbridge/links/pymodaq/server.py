@@ -184,8 +184,9 @@ class _RemoteModule(Device):
             if queue and fut in queue:
                 queue.remove(fut)
 
-    async def _request(self, msg: object, reply: type, timeout: float | None) -> Any:
-        async with self._lock:
+    async def _request(self, msg: object, reply: type, timeout: float | None,
+                       lock: asyncio.Lock | None = None) -> Any:
+        async with lock or self._lock:
             fut = self._send_expecting(msg, reply)
             return await self._await_reply(fut, reply, timeout)
 
@@ -326,6 +327,9 @@ class RemoteActuator(_RemoteModule):
         super().__init__(name, timeout=timeout)
         self.move_timeout = move_timeout
         self._position: float | None = None
+        #: Position queries have their own lock: they go out during a move (a real remote
+        #: DAQ_Move answers them at once while it moves, issue 14 item 2).
+        self._query_lock = asyncio.Lock()
 
     @property
     def units(self) -> str:
@@ -345,6 +349,9 @@ class RemoteActuator(_RemoteModule):
 
     def _handle(self, msg: object) -> None:
         if isinstance(msg, PositionIs | MoveDone):
+            # position_is also comes unasked while the client moves (the real DAQ_Move
+            # forwards every value its poll timer reads): it updates the live position and
+            # answers a pending query, if any (every position_is carries the current one).
             self._set(msg.value)
             self._resolve(msg)
         else:
@@ -368,8 +375,10 @@ class RemoteActuator(_RemoteModule):
         self._stream().send(StopMotion())
 
     async def get_position(self) -> float:
+        """``check_position`` (G1) / ``get_actuator_value`` (G3); also while a move runs."""
         query = "get_actuator_value" if self.generation is Generation.G3 else "check_position"
-        reply = await self._request(GetPosition(query), PositionIs, self.timeout)
+        reply = await self._request(GetPosition(query), PositionIs, self.timeout,
+                                    self._query_lock)
         return float(reply.value)
 
     def snapshot(self) -> dict[str, Any]:
