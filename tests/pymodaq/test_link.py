@@ -329,3 +329,57 @@ async def test_position_during_a_move(server, gen, dialect):
         final = await asyncio.wait_for(move, 5)
     assert second <= final < 1000.0 and final == slow.position
     assert live == sorted(live) and live[-1] == final
+
+
+async def test_settings_from_the_server_update_the_client_device(camera):
+    """Issue 14 item 3: Infos, Info_xml and Info sent to a client are applied to its device
+    (the seed lists them as messages a client may receive), and the client reports each change
+    back with Info_xml like set_info."""
+    from labbridge.protocol.pymodaq.codec import G3Codec
+    from labbridge.protocol.pymodaq.messages import Info, Infos, InfoXml, Role
+    from labbridge.protocol.pymodaq.settings_xml import DETECTOR_ROOT, settings_to_xml
+
+    conns: asyncio.Queue = asyncio.Queue()
+    srv = await asyncio.start_server(lambda r, w: conns.put_nowait((r, w)), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    c = PyMoDAQClient(camera, "127.0.0.1", port, generation=Generation.G3,
+                      backoff=fast_backoff())
+    codec = G3Codec(Role.SERVER)
+    got: list = []
+
+    async def receive_until(pred):
+        while not any(pred(m) for m in got):
+            codec.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+            while (ev := codec.next_event()).__class__.__name__ != "_NeedData":
+                got.append(ev)
+
+    async with running(c):
+        reader, writer = await asyncio.wait_for(conns.get(), 5)
+        await receive_until(lambda m: isinstance(m, Infos))
+        writer.write(codec.send(Infos(settings_to_xml({"exposure_ms": 11.0},
+                                                      root=DETECTOR_ROOT))))
+        await _until(camera, lambda: camera.exposure_ms == 11.0)
+        writer.write(codec.send(InfoXml(("detector_settings", "exposure_ms"),
+                                        parameter_to_xml("exposure_ms", 12.0))))
+        await _until(camera, lambda: camera.exposure_ms == 12.0)
+        writer.write(codec.send(Info("exposure_ms", "13.5")))
+        await _until(camera, lambda: camera.exposure_ms == 13.5)
+        await receive_until(lambda m: isinstance(m, InfoXml) and "13.5" in m.xml)
+        writer.close()
+    srv.close()
+    await srv.wait_closed()
+    echoes = [m.xml for m in got if isinstance(m, InfoXml)]
+    assert [m.path for m in got if isinstance(m, InfoXml)] == [
+        ("detector_settings", "exposure_ms")] * 3
+    assert [e.split(">")[1].split("<")[0] for e in echoes] == ["11.0", "12.0", "13.5"]
+
+
+async def test_server_forgets_a_clients_settings_when_it_leaves(server, stage):
+    """Issue 14 item 3: after a client leaves, its settings (units...) are gone, so a new
+    client's moves never carry them."""
+    async with running(client(stage, server, Generation.G3, Dialect.G1A)):
+        await server.actuator.wait_connected(5)
+        await _until(server.actuator, lambda: server.actuator.units == "mm")
+    await _until(server.actuator, lambda: not server.actuator.connected)
+    assert server.actuator.settings == {} and server.actuator.units == ""
+    assert server.actuator.settings_xml is None and server.actuator.infos == {}
