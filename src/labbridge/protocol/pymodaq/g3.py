@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -454,18 +453,6 @@ def decode_object(body: bytes | bytearray | memoryview, *, copy: bool = True,
         raise ProtocolError(f"{r.end - r.pos} bytes left after the object in a frame",
                             kind="length_mismatch", fatal=True)
     return obj
-
-
-def iter_objects(stream: bytes) -> Iterator[Any]:
-    """Decode consecutive MESSAGEs of a complete byte string (tests, captured traffic)."""
-    f = G3Framer()
-    f.receive_data(stream)
-    while True:
-        ev = f.next_event()
-        if not isinstance(ev, G3Object):
-            break
-        yield ev.obj
-    f.receive_eof()
 
 
 class G3Object:
