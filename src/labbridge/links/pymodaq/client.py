@@ -143,6 +143,9 @@ class PyMoDAQClient:
         #: Setting values the server was last told about (Infos, then Info_xml).
         self._told: dict[str, Any] = {}
         self._root = ACTUATOR_ROOT if self.client_type is ClientType.ACTUATOR else DETECTOR_ROOT
+        self._queue: asyncio.Queue[object] | None = None
+        #: Most commands ever waiting at once (statistics; at most ``max_queue``).
+        self.max_queued = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,12 +170,18 @@ class PyMoDAQClient:
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
+    @property
+    def queued(self) -> int:
+        """Commands waiting for the worker now."""
+        return 0 if self._queue is None else self._queue.qsize()
+
     # -- connection loop --------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         failing = False
         while not self._stopping:
             queue: asyncio.Queue[object] = asyncio.Queue()
+            self._queue = queue
             try:
                 _, stream = await loop.create_connection(
                     functools.partial(self._make_stream, queue), self.host, self.port)
@@ -209,8 +218,12 @@ class PyMoDAQClient:
                 if unsubscribe is not None:
                     unsubscribe()
                 worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await worker
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # never let one connection's failure end the client
+                    log.exception("%s: command worker failed", self.name)
                 if stream.is_open:
                     stream.close()
             if self._stopping:
@@ -230,6 +243,7 @@ class PyMoDAQClient:
                     self._query_task = self._side_task(self._answer_queries(stream))
             else:
                 queue.put_nowait(msg)
+                self.max_queued = max(self.max_queued, queue.qsize())
                 if queue.qsize() >= self.max_queue:
                     stream.pause_reading("queue")
 
@@ -339,7 +353,10 @@ class PyMoDAQClient:
                 continue
             except ConnectionError:
                 return
-            await stream.drain()
+            try:
+                await stream.drain()
+            except ConnectionError:
+                return
 
     async def _error_reply(self, msg: object) -> object | None:
         """A failed move still answers ``move_done`` with the actual position, so the server

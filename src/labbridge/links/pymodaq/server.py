@@ -477,7 +477,8 @@ class ServerSession:
             Role.SERVER, on_message=self._on_message, on_close=self._on_close,
             on_open=self._on_open, dialect=server.dialect,
             detect_dialect=server.detect_dialect, max_message=server.max_message,
-            name=server.name, message_timeout=server.message_timeout, budget=server.budget)
+            name=server.name, message_timeout=server.message_timeout, budget=server.budget,
+            max_write_buffer=server.max_write_buffer)
 
     @property
     def registered(self) -> bool:
@@ -552,7 +553,8 @@ class PyMoDAQServer:
                  max_message: int = 256 * 1024 * 1024, max_connections: int = 16,
                  hello_timeout: float | None = 10.0, max_per_address: int = 4,
                  message_timeout: float | None = 60.0,
-                 max_buffered: int | None = None) -> None:
+                 max_buffered: int | None = None,
+                 max_write_buffer: int | None = None) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
@@ -566,6 +568,9 @@ class PyMoDAQServer:
         #: Seconds a new connection has to send its client type (None = forever).
         self.hello_timeout = hello_timeout
         self.message_timeout = message_timeout
+        #: Bytes queued for a client that does not read before it is dropped (None: the
+        #: stream's default, one maximum-size message and 16 MiB).
+        self.max_write_buffer = max_write_buffer
         #: Unfinished-message bytes all connections may hold together (default: two
         #: maximum-size messages).
         self.budget = ReceiveBudget(max_buffered if max_buffered is not None
