@@ -383,3 +383,19 @@ async def test_server_forgets_a_clients_settings_when_it_leaves(server, stage):
     await _until(server.actuator, lambda: not server.actuator.connected)
     assert server.actuator.settings == {} and server.actuator.units == ""
     assert server.actuator.settings_xml is None and server.actuator.infos == {}
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_send_data_dimension_is_honoured(server, gen, dialect):
+    """Issue 15 item 8 [lb]: Send Data 0D gives one value per channel, 1D a profile, 2D the
+    frame (real viewers ignore the dimension; docs/pymodaq.md lists the difference)."""
+    cam = RecordingCamera(width=6, height=4)
+    async with running(client(cam, server, gen, dialect)):
+        await server.detector.wait_connected(5)
+        zero = (await server.detector.grab("0D"))[0]
+        assert zero.size == 1 and float(zero.reshape(-1)[0]) == pytest.approx(
+            float(cam.sent[-1].mean()))
+        one = (await server.detector.grab("1D"))[0]
+        assert one.shape == (6,) and np.allclose(one, cam.sent[-1].mean(axis=0))
+        two = (await server.detector.grab("2D"))[0]
+        assert two.shape == (4, 6) and crc(two) == crc(cam.sent[-1])

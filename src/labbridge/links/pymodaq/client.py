@@ -84,6 +84,22 @@ def client_type_of(device: Any) -> ClientType:
 
 
 
+def reduce_to_dim(arrays: list[np.ndarray], dim: str) -> list[np.ndarray]:
+    """The data a ``Send Data <dim>`` asks for, from what the detector took [lb].
+
+    Real remote viewers ignore the dimension and send whatever their detector produces
+    (PyMoDAQ@5.0.0 ``daq_viewer.py: process_tcpip_cmds``: any ``Send Data`` -> ``snapshot``);
+    labbridge reduces instead of sending more than was asked: ``0D`` -> the mean of each
+    channel as one value (a one-element array, as PyMoDAQ's Data0D travels), ``1D`` -> the mean
+    over the rows of a 2-D (or N-D) channel (full vertical binning); ``2D`` and ``ND`` and data
+    already small enough are sent as they are (never enlarged)."""
+    if dim == "0D":
+        return [a if a.size == 1 else np.array([np.mean(a)]) for a in arrays]
+    if dim == "1D":
+        return [a.reshape(-1, a.shape[-1]).mean(axis=0) if a.ndim >= 2 else a for a in arrays]
+    return arrays
+
+
 def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in settings.items():
@@ -413,9 +429,11 @@ class PyMoDAQClient:
         if isinstance(msg, MoveHome):
             return await self._move(dev.move_home(), stream)
         if isinstance(msg, SendData):
-            arrays = [np.asarray(a) for a in await dev.grab()]
+            raw = [np.asarray(a) for a in await dev.grab()]
+            arrays = reduce_to_dim(raw, msg.dim)
             if self.generation is Generation.G3:
-                return Done(tuple(arrays), self._dte(arrays))
+                same = all(a is b for a, b in zip(arrays, raw, strict=True))
+                return Done(tuple(arrays), self._dte(arrays, axes=same))
             return Done(tuple(arrays))
         if isinstance(msg, SetInfo):
             self._apply_xml("set_info", msg.path, msg.xml)
@@ -439,11 +457,12 @@ class PyMoDAQClient:
         log.warning("%s: unexpected %r", self.name, msg)
         return None
 
-    def _dte(self, arrays: list[np.ndarray]) -> Any:
-        axes = tuple(Axis(label=label, units=units, data=np.asarray(data), index=i)
-                     for i, (data, label, units) in enumerate(self._axes().values()))
+    def _dte(self, arrays: list[np.ndarray], *, axes: bool = True) -> Any:
+        axes_ = tuple(Axis(label=label, units=units, data=np.asarray(data), index=i)
+                      for i, (data, label, units) in enumerate(self._axes().values())) \
+            if axes else ()
         name = str(getattr(self.device, "name", "detector"))
-        dfp = data_from_plugins(name, arrays, units=self._units(), axes=axes)
+        dfp = data_from_plugins(name, arrays, units=self._units(), axes=axes_)
         return data_to_export(name, [dfp])
 
     # -- settings from the server -----------------------------------------------------------------

@@ -486,8 +486,9 @@ class ServerSession:
         return self.module is not None and self.module.session is self
 
     def _on_open(self, stream: PyMoDAQStream) -> None:
-        if not self.server._admit(self):
-            stream.fail("too many connections")
+        refused = self.server._admit(self)
+        if refused is not None:
+            stream.fail(refused)
             return
         self.server._sessions.add(self)
         if self.server.hello_timeout is not None:
@@ -603,23 +604,21 @@ class PyMoDAQServer:
         # A BufferedProtocol: TcpServer only wraps connection_made / connection_lost.
         return cast(asyncio.Protocol, ServerSession(self).stream)
 
-    def _admit(self, newcomer: ServerSession) -> bool:
+    def _admit(self, newcomer: ServerSession) -> str | None:
         """Make room for ``newcomer`` (evicting the longest idle or stalled unregistered
-        connection of its host, then of anyone), or say it must be refused."""
+        connection of its host, then of anyone); None, or why it must be refused."""
         if self._stopping:
-            return False
+            return "server stopping"
         host = newcomer.stream.host
         same = [s for s in self._sessions if s.stream.host == host]
         if len(same) >= self.max_per_address and not self._evict(same, newcomer, "address"):
-            log.warning("%s: %s has %d connections, all registered clients: refusing another",
-                        self.name, host, len(same))
-            return False
+            return (f"too many connections: {host} already has {len(same)}, all registered "
+                    "clients")
         if len(self._sessions) >= self.max_connections and not self._evict(
                 list(self._sessions), newcomer, "server"):
-            log.warning("%s: all %d slots hold registered clients: refusing %s", self.name,
-                        self.max_connections, newcomer.stream.peer)
-            return False
-        return True
+            return (f"too many connections: all {self.max_connections} slots hold registered "
+                    "clients")
+        return None
 
     def _evict(self, among: list[ServerSession], newcomer: ServerSession, scope: str) -> bool:
         candidates = [s for s in among if not s.registered]
