@@ -463,3 +463,29 @@ async def test_close_reasons_and_infos_do_not_grow_forever():
         w.close()
         await wait_closed(server, 301)
         await assert_healthy(server, rss0, before)
+
+
+async def test_a_replaced_client_that_does_not_read_is_dropped_after_a_grace_period():
+    """A closing connection waits for the peer to take the bytes queued for it; one that never
+    reads would keep its slot and buffers for ever: it is dropped after close_grace."""
+    async with serving(close_grace=0.2) as server:
+        rss0 = rss()
+        _r, w = await connect(server.port, rcvbuf=4096)
+        w.write(encode_message("GRABBER"))
+        await asyncio.wait_for(server.detector.wait_connected(), DEADLINE)
+        old = server.detector.session.stream
+        for _ in range(64):  # more than the kernel buffers take: some stays queued with us
+            server.detector.set_info(["p"], "<p>" + "x" * 65536 + "</p>")
+        assert old.transport.get_write_buffer_size() > 0
+        cam = RecordingCamera(width=4, height=4)
+        c = PyMoDAQClient(cam, "127.0.0.1", server.port, generation=Generation.G3,
+                          backoff=fast_backoff())
+        await c.start()
+        try:
+            assert await asyncio.wait_for(old.wait_closed(), DEADLINE) is not None
+            assert old.close_reason.startswith("timeout: peer did not take our last bytes")
+            assert (await server.detector.grab())[0].shape == (4, 4)  # the new one is served
+        finally:
+            await c.stop()
+            w.close()
+        assert rss() - rss0 < 64 * MiB

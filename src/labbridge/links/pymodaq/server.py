@@ -119,7 +119,7 @@ class _RemoteModule(Device):
                      self.client_type.value, session.stream.peer, old.stream.peer)
             self._fail_pending(f"replaced by a new client at {session.stream.peer}")
             self._clear_settings()
-            old.stream.close()
+            old.stream.close(old.server.close_grace)
         self.emit("connected", session.stream.peer)
 
     def _detach(self, session: ServerSession, reason: str | None) -> None:
@@ -308,7 +308,7 @@ class _RemoteModule(Device):
     def disconnect(self) -> None:
         """Close the connection to the current client (it may reconnect)."""
         if self.session is not None:
-            self.session.stream.close()
+            self.session.stream.close(self.session.server.close_grace)
 
     def snapshot(self) -> dict[str, Any]:
         return {"connected": self.connected,
@@ -512,7 +512,7 @@ class ServerSession:
             self.module._attach(self)
         elif isinstance(msg, Quit):
             log.info("%s: client %s quit", self.server.name, stream.peer)
-            stream.close()
+            stream.close(self.server.close_grace)
         elif isinstance(msg, Unknown):
             log.warning("%s: ignoring unknown command %r from %s", self.server.name, msg.name,
                         stream.peer)
@@ -555,7 +555,7 @@ class PyMoDAQServer:
                  hello_timeout: float | None = 10.0, max_per_address: int = 4,
                  message_timeout: float | None = 60.0,
                  max_buffered: int | None = None,
-                 max_write_buffer: int | None = None) -> None:
+                 max_write_buffer: int | None = None, close_grace: float = 5.0) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
@@ -572,6 +572,9 @@ class PyMoDAQServer:
         #: Bytes queued for a client that does not read before it is dropped (None: the
         #: stream's default, one maximum-size message and 16 MiB).
         self.max_write_buffer = max_write_buffer
+        #: Seconds a closing connection (replaced, disconnected, quit) has to take what we
+        #: queued for it before it is dropped.
+        self.close_grace = close_grace
         #: Unfinished-message bytes all connections may hold together (default: two
         #: maximum-size messages).
         self.budget = ReceiveBudget(max_buffered if max_buffered is not None

@@ -105,6 +105,7 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
         self._write_ok.set()
         self._pauses: set[str] = set()
         self._deadline: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self.close_reason: str | None = None
         self.bytes_received = 0
         #: Whole messages received, and loop time of the last one (or of the connection):
@@ -300,9 +301,15 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             self.transport.abort()
         self._finish(reason)
 
-    def close(self) -> None:
-        if self.transport is not None:
+    def close(self, grace: float | None = 5.0) -> None:
+        """Close after what is queued for the peer is written; a peer that does not take it
+        within ``grace`` seconds is dropped (a closing connection holds no slot or buffer for
+        ever)."""
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            if grace is not None:
+                self._linger = self._loop.call_later(
+                    grace, self.fail, f"timeout: peer did not take our last bytes in {grace:g} s")
 
     def _finish(self, reason: str | None) -> None:
         if self.transport is None and self._closed.done():
@@ -313,9 +320,10 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             log.warning("%s: closing connection from %s: %s", self.name, self.peer, reason)
         transport, self.transport = self.transport, None
         self._write_ok.set()
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        for timer in (self._deadline, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._linger = None
         if transport is not None and not transport.is_closing():
             transport.close()
         if self.codec is not None:

@@ -161,8 +161,10 @@ class PullDecoder:
     """
 
     SCRATCH_SIZE = 64 * 1024
-    #: Large-item buffers kept for reuse (see :meth:`_new_big`).
+    #: Large-item buffers kept for reuse (see :meth:`_start_big`), and their most bytes in all:
+    #: a connection keeps at most this much received memory between messages.
     POOL_SIZE = 3
+    POOL_BYTES = 32 * 1024 * 1024
 
     def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE,
                  budget: ReceiveBudget | None = None) -> None:
@@ -338,9 +340,9 @@ class PullDecoder:
         self._big_need = 0
         self._release()
         pool = self._pool
-        if not any(b is buf for b in pool):
+        if len(buf) <= self.POOL_BYTES and not any(b is buf for b in pool):
             pool.append(buf)
-            if len(pool) > self.POOL_SIZE:
+            while len(pool) > self.POOL_SIZE or sum(len(b) for b in pool) > self.POOL_BYTES:
                 del pool[0]
         return buf
 
