@@ -36,6 +36,7 @@ services:
     srv = node.services[0].server
     assert srv.actuator.move_timeout is None and srv.dialect is Dialect.G1B
     assert not srv.detect_dialect and srv.max_message == 1024 * 1024
+    assert srv.host == "127.0.0.1"  # safe by default: loopback unless the file names a host
     assert (srv.max_per_address, srv.message_timeout, srv.budget.limit) == (2, 5.0, 3 * 1024**2)
     c1, c2 = node.services[1].client, node.services[2].client
     assert (c1.host, c1.port, c1.generation, c1.dialect) == ("10.0.0.1", 6341, Generation.G1,

@@ -10,7 +10,7 @@ Node file shapes (every field read through Section getters)::
 
     services:
       - kind: pymodaq_server           # the main computer (TCPServer plugin role)
-        host: 0.0.0.0
+        host: 127.0.0.1                 # the default; 0.0.0.0 accepts distant computers
         port: 6341
         actuator: remote_stage          # device names the remote modules get on this node
         detector: remote_camera
@@ -159,7 +159,8 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
     detector = RemoteDetector(_new_device_name(sec, ctx, "detector", "remote_detector"),
                               timeout=timeout,
                               data_dim=sec.get_choice("data_dim", ("0D", "1D", "2D", "ND"), "2D"))
-    host, port = sec.get_str("host", "0.0.0.0"), sec.get_port("port", 6341)
+    # Safe by default: loopback unless the node file names a host.
+    host, port = sec.get_str("host", "127.0.0.1"), sec.get_port("port", 6341)
     server = PyMoDAQServer(
         ctx.host_override or host, ctx.port_override if ctx.port_override is not None else port,
         name=sec.get_str("name", "pymodaq-server"), actuator=actuator, detector=detector,
