@@ -4,6 +4,8 @@
   with its owner; ``NAME.key`` (the public key) goes to the other side.
 * ``keys passwd NAME``: a scrypt hash of a web password, for ``security.identities``.
 * ``keys token NAME``: a random API token, shown once, and its hash.
+* ``keys tls-ca`` and ``keys tls-cert NAME``: a site CA and certificates signed by it, for the
+  optional TLS links between labbridge nodes and clients (needs the ``tls`` extra).
 
 Nothing here is sent anywhere; each command prints the lines to paste into a node file.
 """
@@ -110,6 +112,64 @@ def token(name: str, role: str) -> None:
     click.echo("add to the node file's security section:")
     click.echo(f"  identities:\n    {name}: {{role: {role}, "
                f"token: \"{hash_secret(tok, kind='token')}\"}}")
+
+
+def _crypto() -> object:
+    try:
+        import cryptography
+    except ModuleNotFoundError:
+        raise click.ClickException("TLS certificates need the cryptography package: "
+                                   "pip install 'labbridge[tls]'") from None
+    return cryptography
+
+
+@keys.command("tls-ca")
+@click.option("--dir", "directory", default="keys", show_default=True,
+              help="Where to write ca.crt and ca.pem (the CA key, mode 0600).")
+@click.option("--name", default="labbridge site CA", show_default=True)
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True)
+def tls_ca(directory: str, name: str, days: int) -> None:
+    """A certificate authority for the site: signs node and client certificates."""
+    _crypto()
+    from labbridge.cli import _tls
+
+    d = _keydir(directory)
+    for p in (d / "ca.crt", d / "ca.pem"):
+        if p.exists():
+            raise click.ClickException(f"{p} exists; a site keeps one CA (remove it first)")
+    cert_pem, key_pem = _tls.make_ca(name, days)
+    _write_private(d / "ca.pem", key_pem, 0o600)
+    _write_private(d / "ca.crt", cert_pem, 0o644)
+    click.echo(f"wrote {d / 'ca.crt'} (give it to every node and client) and {d / 'ca.pem'} "
+               "(the CA key, mode 600: keep it off the lab network)")
+
+
+@keys.command("tls-cert")
+@click.argument("name")
+@click.option("--dir", "directory", default="keys", show_default=True,
+              help="The directory holding ca.crt and ca.pem; NAME.crt and NAME.pem go here.")
+@click.option("--host", "hosts", multiple=True,
+              help="An IP address or DNS name the certificate is valid for (repeatable).")
+@click.option("--days", type=click.IntRange(1, 36500), default=825, show_default=True)
+def tls_cert(name: str, directory: str, hosts: tuple[str, ...], days: int) -> None:
+    """A certificate for NAME (a node or a client), signed by the site CA."""
+    _crypto()
+    from labbridge.cli import _tls
+
+    d = _keydir(directory)
+    ca_crt, ca_key = d / "ca.crt", d / "ca.pem"
+    if not (ca_crt.exists() and ca_key.exists()):
+        raise click.ClickException(f"no CA in {d}: run `labbridge keys tls-ca --dir {d}` first")
+    crt, key = d / f"{name}.crt", d / f"{name}.pem"
+    for p in (crt, key):
+        if p.exists():
+            raise click.ClickException(f"{p} exists; remove it to make a new one")
+    cert_pem, key_pem = _tls.make_cert(name, list(hosts), days, ca_crt.read_bytes(),
+                                       ca_key.read_bytes())
+    _write_private(key, key_pem, 0o600)
+    _write_private(crt, cert_pem, 0o644)
+    click.echo(f"wrote {crt} and {key} (mode 600); its identity is {name!r}:")
+    click.echo(f"  identities:\n    {name}: {{role: operator, cert: {name}}}")
 
 
 def register(group: click.Group) -> None:
