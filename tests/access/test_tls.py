@@ -89,7 +89,7 @@ async def test_client_certificate_names_the_identity(site):
 
 def test_missing_files_are_one_line_errors(site, tmp_path):
     d, _ = site
-    with pytest.raises(TlsConfigError, match="cannot read .*nope.crt: no such file"):
+    with pytest.raises(TlsConfigError, match=r"cannot read .*nope\.crt: no such file"):
         server_context(tmp_path / "nope.crt", d / "node.pem", d / "ca.crt")
     with pytest.raises(TlsConfigError, match="cannot use certificate"):
         server_context(d / "node.crt", d / "alice.pem", d / "ca.crt")  # key of another cert
