@@ -142,17 +142,21 @@ class _TrapMessage(ctypes.Structure):
 _Listener = ctypes.CFUNCTYPE(None, ctypes.POINTER(_TrapMessage), ctypes.c_int)
 
 
-def trap_writes(local: threading.local) -> Any:
-    """Remember, per server thread, who is writing (``user@host``) while a put runs."""
+def trap_writes(peers: dict[int, str]) -> Any:
+    """Remember, per server thread, who is writing (``user@host``) while a put runs.
+
+    Keyed by OS thread id, not a ``threading.local``: EPICS's server threads are not Python
+    threads, and each ctypes callback in such a thread gets a fresh Python thread state.
+    """
 
     def listener(msg: Any, after: int) -> None:
+        ident = threading.get_ident()
         if after:
-            local.peer = None
-            return
+            return  # the next write of this thread overwrites the entry
         m = msg.contents
         user = (m.userid or b"").decode("utf-8", "replace")
         host = (m.hostid or b"").decode("utf-8", "replace")
-        local.peer = f"{user}@{host}"
+        peers[ident] = f"{user}@{host}"
 
     cb = _Listener(listener)
     Com.asTrapWriteRegisterListener.argtypes = [_Listener]

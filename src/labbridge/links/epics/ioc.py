@@ -108,6 +108,11 @@ class _Poster:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def ident(self) -> int | None:
+        """OS thread id of the poster (its record updates are not client writes)."""
+        return self._thread.ident
+
     def post(self, key: str, value: Any) -> None:
         with self._cond:
             self._pending[key] = value
@@ -177,7 +182,8 @@ class EpicsIoc:
         self._unsubscribe: list[Callable[[], None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._poster = _Poster(self._apply_out)
-        self._local = threading.local()
+        #: Who writes, per EPICS server thread id (filled by the access-security trap).
+        self._peers: dict[int, str] = {}
         self._image_server: Any = None
         self._ports: dict[str, int] = {}
         self._trap: Any = None
@@ -344,7 +350,7 @@ class EpicsIoc:
         acf = workdir / "labbridge.acf"
         acf.write_text(_acf(acf_groups))
         sio.set_access_file(acf)
-        self._trap = sio.trap_writes(self._local)
+        self._trap = sio.trap_writes(self._peers)
         assert self._loop is not None
         sio.ioc_init(self._loop)
         images = {r.name: r for r in self.records.values() if r.spec.rtype == "ndarray"}
@@ -401,11 +407,7 @@ class EpicsIoc:
         rec = self.records[suffix]
         # No "unchanged?" shortcut: a client's put may be holding this record right now, and
         # its value is only known once the put ends (set() waits for the record lock).
-        self._local.posting = True
-        try:
-            rec.obj.set(value)
-        finally:
-            self._local.posting = False
+        rec.obj.set(value)
 
     def _schedule_sample(self, b: Binding) -> None:
         delay = b.next_sample_in()
@@ -428,9 +430,10 @@ class EpicsIoc:
     # -- client write -> device ---------------------------------------------------------------
     def _validator(self, rec: _Record) -> Callable[[Any, Any], bool]:
         def validate(_record: Any, value: Any) -> bool:
-            if getattr(self._local, "posting", False):
+            ident = threading.get_ident()
+            if ident == self._poster.ident:
                 return True  # the poster showing the device's own value, not a client write
-            peer = getattr(self._local, "peer", None)
+            peer = self._peers.get(ident)
             reason = self._wait_for_write(rec, value, peer)
             if reason is None:
                 return True
