@@ -29,8 +29,8 @@ if importlib.util.find_spec("softioc") is None:
     pytest.skip("the EPICS extra is not installed: pip install -e '.[dev]'",
                 allow_module_level=True)
 
-from tests.cli_helpers import labbridge_cmd, port_of  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests.cli_helpers import labbridge_cmd, port_of
+from tests.conftest import REPO
 
 PREFIX = "LBT"
 

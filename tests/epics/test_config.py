@@ -23,7 +23,7 @@ def write(tmp_path, services):
 
 
 def test_unknown_device_and_bad_prefix_are_config_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="devices.*no device named 'nope'"):
+    with pytest.raises(ConfigError, match=r"devices.*no device named 'nope'"):
         build_node(write(tmp_path, [{"kind": "epics_ioc", "devices": ["nope"]}]))
     with pytest.raises(ConfigError, match="prefix"):
         build_node(write(tmp_path, [{"kind": "epics_ioc", "prefix": "has space"}]))

@@ -99,8 +99,11 @@ class Node:
         }
         # Services with more to tell a client than endpoints (the EPICS IOC: its prefix and
         # every PV name) add it under their own name.
-        details = {svc.name: svc.ready_extra() for svc in self.services
-                   if callable(getattr(svc, "ready_extra", None))}
+        details: dict[str, Any] = {}
+        for svc in self.services:
+            extra = getattr(svc, "ready_extra", None)
+            if callable(extra):
+                details[svc.name] = extra()
         if details:
             info["details"] = details
         return info

@@ -46,7 +46,7 @@ def _refusing(base: type[Any], record: str) -> type[Any]:
         if rc == device.EPICS_ERROR:
             rec.NSEV = 2  # MAJOR: like recGblSetSevr(prec, WRITE_ALARM, MAJOR_ALARM)
             rec.NSTA = 2  # WRITE
-            return _codes.get(self._name, rc)
+            return int(_codes.get(self._name, rc))
         return int(rc)
 
     return type(f"labbridge_{record}", (base,),
@@ -74,6 +74,14 @@ def ensure_loaded() -> None:
 
 _BO: Any = None
 _AO: Any = None
+
+
+def set_prefix(prefix: str) -> None:
+    builder.SetDeviceName(prefix)
+
+
+def load_database() -> None:
+    builder.LoadDatabase()
 
 
 def register_refusal() -> tuple[int, Any]:

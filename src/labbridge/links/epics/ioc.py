@@ -328,7 +328,7 @@ class EpicsIoc:
 
         sio.ensure_loaded()
         workdir = Path(tempfile.mkdtemp(prefix="labbridge-ioc-"))
-        sio.builder.SetDeviceName(self.settings.prefix)
+        sio.set_prefix(self.settings.prefix)
         acf_groups: list[tuple[str, str]] = []
         for rec in self.records.values():
             spec = rec.spec
@@ -346,7 +346,7 @@ class EpicsIoc:
                                        self._validator(rec), rec.code)
             else:
                 rec.obj = sio.make_in(spec.rtype, spec.suffix, spec.fields, initial)
-        sio.builder.LoadDatabase()
+        sio.load_database()
         acf = workdir / "labbridge.acf"
         acf.write_text(_acf(acf_groups))
         sio.set_access_file(acf)
