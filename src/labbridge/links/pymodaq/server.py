@@ -397,7 +397,7 @@ class ServerSession:
 class PyMoDAQServer:
     """The TCPServer plugin's role as a labbridge service (one port, both client types)."""
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 6341, *, name: str = "pymodaq-server",
+    def __init__(self, host: str = "127.0.0.1", port: int = 6341, *, name: str = "pymodaq-server",
                  actuator: RemoteActuator | None = None, detector: RemoteDetector | None = None,
                  dialect: Dialect = Dialect.G1A, detect_dialect: bool = True,
                  max_message: int = 256 * 1024 * 1024, max_connections: int = 16,

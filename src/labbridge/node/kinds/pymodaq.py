@@ -146,7 +146,7 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
     detector = RemoteDetector(_new_device_name(sec, ctx, "detector", "remote_detector"),
                               timeout=timeout,
                               data_dim=sec.get_choice("data_dim", ("0D", "1D", "2D", "ND"), "2D"))
-    host, port = sec.get_str("host", "0.0.0.0"), sec.get_port("port", 6341)
+    host, port = sec.get_str("host", "127.0.0.1"), sec.get_port("port", 6341)
     server = PyMoDAQServer(
         ctx.host_override or host, ctx.port_override if ctx.port_override is not None else port,
         name=sec.get_str("name", "pymodaq-server"), actuator=actuator, detector=detector,
