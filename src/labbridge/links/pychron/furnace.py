@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from decimal import Decimal
 
+from labbridge.access import Role
 from labbridge.devices.furnace import Furnace, PIDGains
 from labbridge.devices.valves import ValveBank
 from labbridge.links.pychron.dispatch import Caller, CommandSet, command
@@ -120,7 +121,7 @@ class FurnaceCommands(CommandSet):
         summary["response"] = self._reading(summary["response"])
         return json.dumps(summary)
 
-    @command("SetPID")
+    @command("SetPID", role=Role.ADMIN)
     def set_pid(self, req: Request, caller: Caller) -> bool:
         f = self._heard()
         text = _text(req, "pid", "value")
