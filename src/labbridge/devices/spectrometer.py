@@ -129,6 +129,10 @@ class Spectrometer(Device):
     def magnet_moving(self) -> bool:
         return self.clock() < self._t1
 
+    @property
+    def magnet_target(self) -> float:
+        return self._dac1
+
     def set_magnet_dac(self, value: float) -> None:
         if not math.isfinite(value) or not 0.0 <= value <= 10.0:
             raise SpectrometerError("MagnetDAC", value)
