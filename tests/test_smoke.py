@@ -28,7 +28,8 @@ def test_every_extra_is_used():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     code = "\n".join(p.read_text(encoding="utf-8")
-                     for d in ("src", "tests", "bench") for p in (REPO / d).rglob("*.py"))
+                     for d in ("src", "tests", "bench", "examples")
+                     for p in (REPO / d).rglob("*.py"))
     unused = []
     for extra, reqs in extras.items():
         names = [re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("-", "_")

@@ -94,7 +94,8 @@ def _call_failure(exc: BaseException, target: str, text: str, framing: str, udp:
                 "server or the Qtegra spectrometer wants --framing plain (or --udp)")
     if isinstance(exc, UnknownCommand):
         return (f"{target} closed the connection without a reply to {text!r}: real Pychron "
-                "servers do that for an unknown command (names are case-sensitive)")
+                "servers do that for an unknown command (names are case-sensitive), a Qtegra "
+                "server for GetData before its first scan")
     if isinstance(exc, ReplyLost):
         return (f"no reply from {target} to {text!r} within {timeout:g} s; it may or may not "
                 "have been carried out: read the state before sending it again")

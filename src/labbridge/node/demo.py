@@ -197,6 +197,11 @@ class Lab:
         self.components: dict[str, Component] = {}
         self.left_out: list[Component] = []
 
+    def _tmp(self) -> Path:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return tmp
+
     async def _start_one(self, c: Component) -> None:
         cfg = _with_epics(c.build(self.components))
         path = self.workdir / f"{c.key}.yaml"
@@ -208,7 +213,8 @@ class Lab:
             sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
             str(path), "--ready-file", str(ready), "--state-dir", c.info["state_dir"],
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # Whatever a node puts in the temporary directory goes with the lab's folder.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self._tmp())})
         c.info["log"] = str(self.workdir / f"{c.key}.log")
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
