@@ -182,6 +182,8 @@ def shell_blocks(path: Path, doc: str | None = None) -> list[Block]:
 
 
 _COMMANDS_SHOWN = re.compile(r"^\s*(\$ )?(labbridge|pip|python -m pytest|python bench/)\b")
+#: Box-drawing characters and arrows: a line of a diagram, not a command.
+_DRAWING = re.compile("[\u2190-\u21ff\u2500-\u257f]")
 
 
 def lint(path: Path, doc: str | None = None) -> list[str]:
@@ -196,7 +198,7 @@ def lint(path: Path, doc: str | None = None) -> list[str]:
         if tok.type in ("fence", "code_block") and info not in SHELL_INFOS \
                 and info in ("", "text", "console", "shell-session"):
             for offset, ln in enumerate(tok.content.splitlines()):
-                if _COMMANDS_SHOWN.match(ln):
+                if _COMMANDS_SHOWN.match(ln) and not _DRAWING.search(ln):
                     start = tok.map[0] + (2 if tok.type == "fence" else 1)
                     kind = "an indented code block" if tok.type == "code_block" else \
                         f"a ```{info} block" if info else "a fence without a language"

@@ -61,13 +61,15 @@ def test_blocks_commands_and_markers(tmp_path):
 def test_lint_finds_commands_outside_shell_blocks(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("# T\n\n```\nlabbridge serve x.yaml\n```\n\nText:\n\n    labbridge call a:1 B\n"
-                   "\n```bash\nlabbridge ports x.yaml  # [untested: ]\n```\n")
+                   "\n```bash\nlabbridge ports x.yaml  # [untested: ]\n```\n\n```\n"
+                   "labbridge serve a.yaml   <\u2500\u2500\u2500  labbridge serve b.yaml\n```\n")
     problems = lint(doc, "doc.md")
     assert problems[0].startswith("doc.md:4: 'labbridge serve x.yaml' is in a fence without a "
                                   "language")
     assert problems[1].startswith("doc.md:9: 'labbridge call a:1 B' is in an indented code "
                                   "block")
     assert problems[2] == "doc.md:12: [untested:] needs a reason"
+    assert len(problems) == 3  # the diagram line is not a command
 
 
 @pytest.mark.parametrize(("line", "command", "comment"), [
