@@ -27,7 +27,7 @@ import yaml
 from labbridge.node import kinds
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
 #: Record-name prefix of every demo node's EPICS IOC (docs/epics.md).
 EPICS_PREFIX = "LAB"
 
