@@ -116,8 +116,8 @@ class SlotTable:
         self._held_total = 0
         self.evicted = 0  # connections evicted (all reasons)
         self.refused = 0  # newcomers refused (every slot busy)
-        self._episode: dict[str, int] = {}  # pressure kind -> evictions since it began
-        self._capped: set[str] = set()  # addresses at their cap (logged once each)
+        # Pressure episodes ("full", "budget", "address <peer>") -> evictions since it began.
+        self._episode: dict[str, int] = {}
 
     # -- queries ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -142,26 +142,28 @@ class SlotTable:
             if victim is None:
                 self._refuse(peer, f"address {peer} has {len(mine)} busy connections")
                 return None
-            if peer not in self._capped:
-                self._capped.add(peer)
-                self.log.warning(
-                    "%s: %s holds %d connections (the most one address may hold); each new "
-                    "one from it replaces its connection idle longest (idle %.1f s)",
-                    self.name, peer, len(mine), now - victim.last_active)
-            self._evict(victim, "per-address", log_first=False)
+            self._evict(victim, f"address {peer}",
+                        what=f"{peer} holds {len(mine)} connections, the most one address "
+                             "may hold", detail="to admit its new one")
         if len(self._lru) >= self.max_connections:
             victim = self._oldest_idle(self._lru)
             if victim is None:
                 self._refuse(peer, f"all {len(self._lru)} connections are busy")
                 return None
-            self._evict(victim, "full", detail=f"to admit {peer}")
+            self._evict(victim, "full", what=f"full ({self.max_connections} connections)",
+                        detail=f"to admit {peer}")
         slot = Slot(self, transport, peer, now)
         self._lru[slot] = None
         self._by_addr.setdefault(peer, OrderedDict())[slot] = None
         return slot
 
     def release(self, slot: Slot) -> None:
-        """The connection ended (or was evicted): forget it; idempotent."""
+        """The connection ended: forget it; idempotent."""
+        self._forget(slot)
+        if self._episode:
+            self._maybe_end_episodes()
+
+    def _forget(self, slot: Slot) -> None:
         if slot not in self._lru:
             return  # never admitted, or already released (evicted)
         del self._lru[slot]
@@ -170,13 +172,10 @@ class SlotTable:
             mine.pop(slot, None)
             if not mine:
                 del self._by_addr[slot.peer]
-            if len(mine) < self.max_per_address:
-                self._capped.discard(slot.peer)
         self._held_total -= slot.held
         slot.held = 0
         slot.transport = None  # no reference from the table's side outlives the connection
         slot.measure = None
-        self._maybe_end_episodes()
 
     # -- reports from slots ---------------------------------------------------------------------
     def _touch(self, slot: Slot) -> None:
@@ -216,8 +215,8 @@ class SlotTable:
                          default=None)
             if victim is None or victim.held == 0:
                 return
-            self._evict(victim, "budget",
-                        detail=f"holding {victim.held} bytes; the server's budget is "
+            self._evict(victim, "budget", what="over its budget of buffered bytes",
+                        detail=f"holding {victim.held} bytes; the budget is "
                                f"{self.max_buffered}")
 
     # -- eviction -----------------------------------------------------------------------------
@@ -228,36 +227,33 @@ class SlotTable:
                 return s
         return None
 
-    def _evict(self, victim: Slot, why: str, *, detail: str = "", log_first: bool = True) -> None:
+    def _evict(self, victim: Slot, why: str, *, what: str, detail: str) -> None:
+        """Abort ``victim``; the first eviction of a pressure episode ``why`` is logged."""
         count = self._episode.get(why, 0)
-        if count == 0 and log_first:
+        if count == 0:
             idle = self.clock() - victim.last_active
             idle_text = "finished" if idle == float("inf") else f"idle {idle:.1f} s"
-            what = {"full": f"full ({self.max_connections} connections)",
-                    "budget": "over its budget of buffered bytes"}.get(why, why)
             self.log.warning("%s: %s: evicting %s (%s) %s; further evictions are counted, "
                              "not logged", self.name, what, victim.peer, idle_text, detail)
         self._episode[why] = count + 1
         self.evicted += 1
         victim.evicted = True
         tr = victim.transport
-        self.release(victim)
+        self._forget(victim)  # an eviction never ends its own episode
         if tr is not None:
             abort = getattr(tr, "abort", None)
             (abort or tr.close)()
 
     def _maybe_end_episodes(self) -> None:
-        if not self._episode:
-            return
+        """An episode ends when the pressure has clearly eased (below 90 %), so a server
+        hovering at its limit logs once, not once per connection."""
         for why in list(self._episode):
-            over = False
             if why == "full":
-                over = len(self._lru) < max(1, int(self.max_connections * 0.9))
+                over = len(self._lru) < self.max_connections * 0.9
             elif why == "budget":
-                over = self.max_buffered is not None and \
-                    self._held_total < self.max_buffered * 0.9
-            else:  # per-address: over when no address is at its cap any more
-                over = not self._capped
+                over = self.max_buffered is None or self._held_total < self.max_buffered * 0.9
+            else:  # "address <peer>"
+                over = self.per_address(why[len("address "):]) < self.max_per_address * 0.9
             if over:
                 n = self._episode.pop(why)
                 self.log.info("%s: pressure over (%s): %d connection(s) evicted meanwhile",

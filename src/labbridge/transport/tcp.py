@@ -113,6 +113,11 @@ class TcpServer:
             orig_made(transport)
 
         def connection_lost(exc: Exception | None) -> None:
+            # These closures refer to the protocol and the protocol to them: remove them from
+            # it so the connection is freed by reference counting, not left to the garbage
+            # collector with its buffers (issue 13).
+            vars(proto).pop("connection_made", None)
+            vars(proto).pop("connection_lost", None)
             if not mine:
                 return  # refused: the protocol never saw the connection
             transport, slot = mine.pop()
