@@ -103,8 +103,7 @@ async def test_a_trickled_relay_request_gets_an_error_by_its_deadline(sock_dir):
 async def test_a_trickled_front_request_gets_an_error_by_its_deadline(sock_dir):
     async with processor_at(sock_dir / "hw") as (processor, _bank):
         front = RelayFrontServer(CommandRepeater(processor.path), "127.0.0.1", 0,
-                                 quiet_gap=1.0)
-        front._server.request_timeout = 0.5
+                                 quiet_gap=1.0, request_timeout=0.5)
         await front.start()
         try:
             assert front.port

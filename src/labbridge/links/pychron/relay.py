@@ -392,12 +392,14 @@ class RelayFrontServer:
 
     def __init__(self, repeater: CommandRepeater, host: str = "127.0.0.1", port: int = 1061, *,
                  udp: bool = False, udp_port: int | None = None,
-                 name: str = "relay-front", quiet_gap: float = 0.05) -> None:
+                 name: str = "relay-front", quiet_gap: float = 0.05,
+                 request_timeout: float = 10.0) -> None:
         self.repeater = repeater
         self.name = name
         self._server = OneShotTextServer(
             self._handle, host, port, udp=udp, udp_port=udp_port, name=name,
             purpose="legacy RemoteHardwareServer", quiet_gap=quiet_gap,
+            request_timeout=request_timeout,
             oversize_reply=framed(error_text(ErrorCode.INVALID_COMMAND, "request too long"))
             + b"\n",
             timeout_reply=framed(error_text(ErrorCode.INVALID_COMMAND,
