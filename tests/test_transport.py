@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 
 import pytest
@@ -338,4 +339,29 @@ async def test_one_client_server_never_replaces_by_default():
         w1.transport.abort()
         w2.transport.abort()
     finally:
+        await server.close()
+
+
+async def test_one_client_server_write_waits_for_a_client_that_does_not_read():
+    """Protocol mode: ``write()`` returns only while the client keeps up (backpressure)."""
+    server = OneClientServer("one", "127.0.0.1", 0, protocol_factory=asyncio.Protocol)
+    await server.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        await asyncio.wait_for(server.wait_connected(), 5)
+        chunk = b"x" * 65536
+        written = 0
+        with pytest.raises(TimeoutError):
+            while written < 256 * 1024 * 1024:  # far more than socket buffers hold
+                await asyncio.wait_for(server.write(chunk), 1.0)
+                written += len(chunk)
+        assert written < 256 * 1024 * 1024
+        gate = server._gate
+        assert gate is not None and not gate.writable.is_set()
+        assert gate.transport.get_write_buffer_size() <= 2 * 65536 + 65536
+    finally:
+        sock.close()
         await server.close()

@@ -154,9 +154,14 @@ class OneClientServer:
     async def write(self, data: bytes) -> None:
         """Write one message (one call) and drain; ``ConnectionError`` when not connected."""
         if self._protocol_factory is not None:
-            if self._gate is None or not self.connected:
+            gate = self._gate
+            if gate is None or not self.connected:
                 raise ConnectionError(f"{self.name}: not connected")
-            self._gate.transport.write(data)
+            gate.transport.write(data)
+            # Backpressure: a client that does not read holds the writer here, not in memory.
+            await gate.writable.wait()
+            if gate.transport.is_closing():
+                raise ConnectionError(f"{self.name}: connection closed while writing")
             return
         writer = self._writer
         if writer is None or not self.connected:
@@ -380,6 +385,9 @@ class _Gate(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.last_rx = server._clock()
+        #: Clear while the transport's write buffer is over its high-water mark.
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -401,14 +409,17 @@ class _Gate(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        self.writable.clear()
         if self.inner is not None:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.writable.set()
         if self.inner is not None:
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()  # release a writer waiting on a connection that is gone
         inner, self.inner = self.inner, None
         if inner is None:
             return
