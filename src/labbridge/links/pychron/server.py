@@ -147,7 +147,8 @@ class CommandConnection(asyncio.Protocol):
         if self._closing or self._draining:
             return  # lingering close: discard what the peer still sends
         self._cancel("_timer")  # the first-request timer: something arrived
-        if self.mode is not Framing.BRACED and self._deadline is None:
+        if self.mode is not Framing.BRACED and self._deadline is None and not (
+                self._reader is not None and self._reader.done):
             self._start_deadline()  # the first byte of the (one) request
         if self.mode is None:
             self._head += data
