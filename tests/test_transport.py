@@ -249,27 +249,36 @@ def test_slot_table_budget_evicts_the_largest_holder():
     assert table.held == 950
 
 
-async def test_tcp_server_keeps_admitting_newcomers_when_full():
-    """A protocol that reports nothing is ranked by age: the oldest connection goes."""
+@pytest.mark.parametrize("reports", [True, False])
+async def test_tcp_server_when_full_evicts_only_protocols_that_report(reports):
+    """A protocol with a ``slot`` (reporting, here nothing: idle) is evicted oldest first for a
+    newcomer; one without is never evicted: the newcomer is refused, as before fair slots."""
     lost = asyncio.Queue()
 
     class Quiet(asyncio.Protocol):
         def connection_lost(self, exc):
             lost.put_nowait(exc)
 
-    server = TcpServer(Quiet, max_connections=3, max_per_address=3, name="quiet")
+    class Reporting(Quiet):
+        slot = None  # TcpServer puts the connection's Slot here
+
+    server = TcpServer(Reporting if reports else Quiet, max_connections=3, name="quiet")
     await server.start()
     conns = []
     try:
         for _ in range(5):
             conns.append(await asyncio.open_connection("127.0.0.1", server.port))
-        # the server closes the two oldest; each sees its connection end
-        for reader, _w in conns[:2]:
+        # the server closes two connections: the two oldest, or the two newcomers
+        gone = conns[:2] if reports else conns[3:]
+        for reader, _w in gone:
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(reader.read(), 5) == b""
-        for _ in range(2):
-            await asyncio.wait_for(lost.get(), 5)
-        assert (server.connections, server.evicted, server.refused) == (3, 2, 0)
+        if reports:
+            for _ in range(2):
+                await asyncio.wait_for(lost.get(), 5)
+            assert (server.connections, server.evicted, server.refused) == (3, 2, 0)
+        else:
+            assert (server.connections, server.evicted, server.refused) == (3, 0, 2)
     finally:
         for _r, w in conns:
             w.transport.abort()

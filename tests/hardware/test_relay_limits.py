@@ -93,7 +93,7 @@ async def test_a_trickled_relay_request_gets_an_error_by_its_deadline(sock_dir):
         # Another repeater connection is served.
         reader, writer = await asyncio.open_unix_connection(processor.path)
         writer.write(encode_relay_request(RelayRequest("Extractionline", "GetValveState B",
-                                                       "1.2.3.4")))
+                                                       "127.0.0.1")))
         assert await read_frame(reader) == "OK"
         writer.close()
         await writer.wait_closed()
@@ -196,7 +196,7 @@ async def test_a_directory_others_can_write_is_refused(sock_dir, mode):
     assert not (shared / "hw").exists()
     # The repeater will not talk to a socket there either (it could be a squatter's).
     repeater = CommandRepeater(str(shared / "hw"))
-    reply = await repeater.get_response("GetValveState B", "1.2.3.4")
+    reply = await repeater.get_response("GetValveState B", "127.0.0.1")
     assert reply.startswith("ERROR 011") and "writable by others" in reply
     await repeater.close()
 

@@ -158,7 +158,6 @@ def _g1(msg: object) -> bytes:
     return make_codec(PGeneration.G1, Role.CLIENT).send(msg)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by pymodaq on wt-pymodaq")
 async def test_pymodaq_server_survives_hostile_clients(workdir: Path) -> None:
     with serve(demo_config("pymodaq-main"), workdir, "pymodaq") as node:
         host, port = node.endpoint("tcp", "pymodaq-server")

@@ -152,7 +152,7 @@ async def test_relay_processor_socket_survives_hostile_clients(workdir: Path) ->
             reader, writer = await asyncio.open_unix_connection(path)
             try:
                 writer.write(encode_relay_request(
-                    RelayRequest("Extractionline", "GetValveState B", "10.0.0.1")))
+                    RelayRequest("Extractionline", "GetValveState B", "127.0.0.1")))
                 head = await reader.readexactly(4)
                 body = await reader.readexactly(int(head, 16) - 4)
                 assert decode_crc_reply(head + body) == "False"

@@ -14,8 +14,8 @@ stays; the protocol of each connection only reports what it sees, through its :c
 
 Rules the table applies:
 
-1. **Per-address cap** (``max_per_address``): a newcomer from an address that already holds
-   that many connections evicts that address's connection idle longest.
+1. **Per-address cap** (``max_per_address``, none by default): a newcomer from an address that
+   already holds that many connections evicts that address's connection idle longest.
 2. **Full server** (``max_connections``): a newcomer evicts the connection idle longest
    (the one whose last progress is oldest). A peer that trickles a partial request, holds a
    connection open without a word, or stops reading our replies makes no progress, so it goes
@@ -43,6 +43,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+def per_address(max_connections: int, max_per_address: int | None) -> int:
+    """The per-address cap a server asks for, or a quarter of its slots when it gives none."""
+    return max_per_address if max_per_address is not None else max(1, max_connections // 4)
 
 
 class Slot:
@@ -104,9 +109,10 @@ class SlotTable:
             raise ValueError("max_connections must be at least 1")
         self.name = name
         self.max_connections = max_connections
-        #: Default: a quarter of the slots (at least 1), so one host never fills a server.
+        #: Default: no cap below ``max_connections`` (servers choose one: the Pychron-family
+        #: servers use a quarter of their slots, so one host never fills them).
         self.max_per_address = max(1, max_per_address if max_per_address is not None
-                                   else max_connections // 4)
+                                   else max_connections)
         self.max_buffered = max_buffered
         self.clock = clock
         self.log = logger or log

@@ -59,7 +59,9 @@ class TcpServer:
     Fair slots: every connection is admitted through :attr:`slots` (see
     :mod:`labbridge.transport.slots`). A protocol that has a ``slot`` attribute gets its
     :class:`~labbridge.transport.slots.Slot` there before ``connection_made`` and reports
-    progress through it; one that has none is ranked by its age alone.
+    progress through it, which makes it evictable when idle; one that has none is never
+    evicted (a full server refuses newcomers instead). ``max_per_address`` defaults to no cap
+    below ``max_connections``.
     """
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1",
@@ -110,6 +112,10 @@ class TcpServer:
             set_nodelay(transport)
             if hasattr(proto, "slot"):
                 proto.slot = slot
+            else:
+                # It reports no progress, so nothing says it is idle: never evict it (when
+                # the server is full, newcomers are refused, as before fair slots).
+                slot.set_busy(True)
             orig_made(transport)
 
         def connection_lost(exc: Exception | None) -> None:

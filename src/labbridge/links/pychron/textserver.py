@@ -26,13 +26,14 @@ from typing import Any, cast
 
 from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
 from labbridge.transport.endpoint import Endpoint
-from labbridge.transport.slots import Slot
+from labbridge.transport.slots import Slot, per_address
 from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
-#: ``handler(request_text, peer_host) -> reply bytes`` (or an awaitable of them).
-TextHandler = Callable[[str, str], "bytes | Awaitable[bytes]"]
+#: ``handler(request_text, peer_host, udp) -> reply bytes`` (or an awaitable of them);
+#: ``udp`` is True for a datagram (its source address can be forged: read-only by default).
+TextHandler = Callable[[str, str, bool], "bytes | Awaitable[bytes]"]
 
 
 class _OneShot(asyncio.Protocol):
@@ -122,7 +123,7 @@ class _OneShot(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         try:
-            result = self.server.handler(text, self.peer)
+            result = self.server.handler(text, self.peer, False)
         except Exception:
             log.exception("%s: handler failed on %r", self.server.name, text[:80])
             result = self.server.failure_reply
@@ -217,7 +218,8 @@ class OneShotTextServer:
         self._net = TcpUdpServer(lambda: _OneShot(self), self._datagram, host, port, udp=udp,
                                  udp_port=udp_port, name=name, purpose=purpose,
                                  max_connections=max_connections,
-                                 max_per_address=max_per_address, max_buffered=max_buffered,
+                                 max_per_address=per_address(max_connections, max_per_address),
+                                 max_buffered=max_buffered,
                                  failure_reply=failure_reply)
         #: Handler tasks of TCP requests (the UDP side tracks its own).
         self._tasks: set[asyncio.Future[bytes]] = set()
@@ -246,4 +248,4 @@ class OneShotTextServer:
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if len(data) > self.max_request:
             return self.oversize_reply
-        return self.handler(data.decode("utf-8", "replace").strip(), host)
+        return self.handler(data.decode("utf-8", "replace").strip(), host, True)
