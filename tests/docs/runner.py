@@ -2,9 +2,9 @@
 
 ``python -m tests.docs.runner DOC --workdir W --results R.json`` runs DOC's shell blocks in
 order with ``bash`` in W (a copy of the repository) and writes one JSON result per command.
-tests/docs/test_docs.py starts it in a private network namespace (tests/netns.py), so the
-documented ports (1061, 5555, 8080...) are used as written without meeting anything else on the
-machine.
+tests/docs/test_docs.py starts it in a private network namespace with a private /tmp
+(tests/netns.py), so the documented ports (1061, 5555, 8080...) and /tmp paths are used as
+written without meeting anything else on the machine.
 
 * A one-shot command must finish within ``ONE_SHOT_TIMEOUT`` with the expected exit status and
   expected output lines.

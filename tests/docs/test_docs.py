@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from tests.netns import private_network
 DOCS = sorted([REPO / "README.md",
                *(p for p in (REPO / "docs").rglob("*.md") if "adr" not in p.parts)])
 IDS = [str(p.relative_to(REPO)) for p in DOCS]
+#: Where the copy of the repository goes: outside /tmp, which the commands get empty.
+_WORK_BASE = "/var/tmp" if Path("/var/tmp").is_dir() else None
 _COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info",
                                       ".labbridge-state", "test-artifacts", ".pytest_cache",
                                       ".mypy_cache", ".ruff_cache", "node_modules", "*.sqlite",
@@ -46,19 +49,25 @@ def test_commands_are_in_shell_blocks(doc):
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("doc", DOCS, ids=IDS)
-def test_every_command_works_as_written(doc, tmp_path):
+def test_every_command_works_as_written(doc):
     rel = str(doc.relative_to(REPO))
     if not any(b.commands for b in shell_blocks(doc, rel)):
         return  # nothing to run in this file (its prose and citations are checked apart)
-    work = tmp_path / "repo"
-    shutil.copytree(REPO, work, ignore=_COPY_IGNORE, symlinks=True)
-    results_file = tmp_path / "results.json"
-    proc = subprocess.run(
-        private_network([sys.executable, "-m", "tests.docs.runner", rel, "--workdir",
-                         str(work), "--results", str(results_file)]),
-        cwd=REPO, capture_output=True, text=True, timeout=880)
-    assert proc.returncode == 0 and results_file.exists(), proc.stderr[-3000:]
-    results = json.loads(results_file.read_text())
+    # The copy lives outside /tmp (the commands get a private, empty /tmp) in a short
+    # directory, as a clone usually does: Unix socket paths under it must stay short.
+    base = Path(tempfile.mkdtemp(prefix="lbdocs-", dir=_WORK_BASE))
+    try:
+        work = base / "repo"
+        shutil.copytree(REPO, work, ignore=_COPY_IGNORE, symlinks=True)
+        results_file = base / "results.json"
+        proc = subprocess.run(
+            private_network([sys.executable, "-m", "tests.docs.runner", rel, "--workdir",
+                             str(work), "--results", str(results_file)], private_tmp=True),
+            cwd=REPO, capture_output=True, text=True, timeout=880)
+        assert proc.returncode == 0 and results_file.exists(), proc.stderr[-3000:]
+        results = json.loads(results_file.read_text())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     for r in results:  # -s shows what ran
         print(f"{r['status']:8} {r['seconds']:6.1f} s  {r['where']}  {r['command']}"
               + (f"  ({r['reason']})" if r["reason"] else ""))
