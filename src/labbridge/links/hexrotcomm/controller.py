@@ -417,6 +417,14 @@ class HexrotController(Device):
             self.check_position(position)
             if self.state != ControllerState.ENABLED:
                 raise StateError(f"state is {self._state_label()}; must be ENABLED to move")
+            # As the rotator CSC's do_move (ts_mtrotator@v1.3.1 rotator_csc.py): the
+            # controller refuses POSITION_SET unless STATIONARY (spec §11).
+            substate = _as_int(self.telemetry.enabled_substate)
+            if substate != EnabledSubstate.STATIONARY:
+                name = (EnabledSubstate(substate).name if substate in _SUBSTATES
+                        else f"UNKNOWN({self.telemetry.enabled_substate})")
+                raise StateError(f"enabled substate is {name}; must be STATIONARY to move "
+                                 "(stop first)")
             if "POSITION_SET" in self._codes.__members__:
                 await self.send("POSITION_SET", [position])
                 if self.move_pause > 0:  # the real controller needs time (spec §3.11)
@@ -466,6 +474,7 @@ class HexrotController(Device):
 
 _UNSET: Any = object()
 _STATES = frozenset(int(s) for s in ControllerState)
+_SUBSTATES = frozenset(int(s) for s in EnabledSubstate)
 
 
 def _as_int(value: Any) -> int | None:

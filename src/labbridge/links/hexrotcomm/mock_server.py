@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,12 +33,28 @@ from labbridge.protocol.hexrotcomm.structs import (
     CommandStatusCode,
     Generation,
 )
+from labbridge.protocol.hexrotcomm.tai import current_tai
 from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configure_socket
 
 log = logging.getLogger(__name__)
 
 #: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
 CONNECT_RETRY_INTERVAL = 0.1
+
+
+def execute_command(mock: BaseMockController, code: int, params: tuple[float, ...],
+                    tai: float, peer: str | None) -> float:
+    """The one place where a command from the network becomes a device action.
+
+    Both generations come through here with the peer's address (``host:port``) and the TAI
+    time of arrival; returns the expected duration or raises :class:`CommandError` (the
+    reason), which gen D answers with NO_ACK and gen A only logs.
+    """
+    try:
+        return mock.handle_command(code, params, tai)
+    except CommandError as exc:
+        log.info("%s: command %#x from %s refused: %s", mock.name, code, peer, exc)
+        raise
 
 
 class _FrameWriter:
@@ -60,7 +75,7 @@ class _FrameWriter:
     def encode(self, kind: FrameKind, payload: Any) -> bytes:
         n = self.counters[kind]
         self.counters[kind] = (n + 1) & 0xFFFFFFFF
-        return self.profile.encode_frame(kind, payload, n, time.time())
+        return self.profile.encode_frame(kind, payload, n, current_tai())
 
     def encode_config(self, mock: BaseMockController) -> bytes:
         self.config_sent = mock.config_version
@@ -199,23 +214,30 @@ class MockControllerServer:
                 await t
 
     def _reply(self, cmd: Any, out: _FrameWriter) -> bytes:
-        """COMMAND_STATUS for one command (plus CONFIG when the command changed it)."""
-        now = time.time()
+        """COMMAND_STATUS for one command, preceded by CONFIG when the command changed it."""
+        now = current_tai()
         if cmd[0] not in (COMMANDER_GUI, COMMANDER_CSC):
             return self.profile.encode_status(
                 cmd[1], CommandStatusCode.NO_ACK, 0.0,
                 "Unrecognized commander; must be one of GUI or CSC", now)
         version = self.mock.config_version
         try:
-            duration = self.mock.handle_command(cmd[2], cmd[3:])
+            duration = execute_command(self.mock, cmd[2], cmd[3:], now, self.peer)
         except CommandError as exc:
-            log.info("%s: command %#x refused: %s", self.mock.name, cmd[2], exc)
             return self.profile.encode_status(cmd[1], CommandStatusCode.NO_ACK, 0.0, str(exc),
                                               now)
         reply = self.profile.encode_status(cmd[1], CommandStatusCode.ACK, duration, "", now)
-        if self.mock.config_version != version:  # ENABLE_DRIVES re-sends CONFIG (§3.10)
-            reply += out.encode_config(self.mock)
+        if self.mock.config_version != version:
+            # ENABLE_DRIVES, CONFIG_VEL, ...: upstream's handler writes CONFIG, then the ACK
+            # goes out (ts_hexrotcomm@v1.3.7 base_mock_controller.do_enable_drives and
+            # read_and_dispatch; ts_mtrotator@v1.3.1 mock_controller.do_config_vel).
+            reply = out.encode_config(self.mock) + reply
         return reply
+
+    @property
+    def peer(self) -> str | None:
+        """Address of the connected CSC (host:port), if any."""
+        return self.server.peer
 
 
 class MockControllerClient:
@@ -300,12 +322,15 @@ class MockControllerClient:
         self.command_connections += 1
         self.command_connected.set()
         decoder = CommandDecoder(self.profile)
+        peer = writer.get_extra_info("peername")
+        peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
             while data := await reader.read(READ_CHUNK):
                 decoder.receive_data(data)
                 while (cmd := decoder.next_event()) is not NEED_DATA:
                     try:
-                        self.mock.handle_command(cmd.code, tuple(cmd)[3:])
+                        execute_command(self.mock, cmd.code, tuple(cmd)[3:], current_tai(),
+                                        peer_name)
                     except CommandError as exc:
                         # Generation A: no feedback exists; the real controller was silent.
                         log.warning("%s: command %#x refused (no feedback in generation A):"

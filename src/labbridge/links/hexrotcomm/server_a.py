@@ -123,6 +123,9 @@ class CommandTelemetryServer:
     async def _telemetry_handler(self, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(self.profile)
+        # What an earlier connection sent is not this controller's state: wait for fresh
+        # CONFIG and TELEMETRY (a controller that reconnects sends both again, spec §5.7).
+        self.config = self.telemetry = None
         try:
             while True:
                 data = await reader.read(READ_CHUNK)
