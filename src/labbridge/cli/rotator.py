@@ -18,7 +18,12 @@ import click
 
 from labbridge.cli.common import parse_hostport, run_async
 from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
-from labbridge.links.hexrotcomm.controller import HexrotController, LimitError, StateError
+from labbridge.links.hexrotcomm.controller import (
+    HexrotController,
+    LimitError,
+    StateError,
+    telemetry_int,
+)
 from labbridge.protocol.hexrotcomm.devices import device_spec
 from labbridge.protocol.hexrotcomm.framing import WireProfile
 
@@ -33,7 +38,7 @@ def _status(ctrl: HexrotController) -> dict[str, Any]:
     if tel is not None:
         out["position"] = getattr(tel, f.position_field)
         out["demand_position"] = getattr(tel, f.demand_field)
-        out["enabled_substate"] = int(tel.enabled_substate)
+        out["enabled_substate"] = telemetry_int(tel.enabled_substate)  # None if NaN etc.
     if cfg is not None:
         out["limits"] = {f.lower_limit_field: getattr(cfg, f.lower_limit_field),
                          f.upper_limit_field: getattr(cfg, f.upper_limit_field),

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from labbridge.devices.base import Device
 from labbridge.links.hexrotcomm.client import CommandTelemetryClient
-from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER, CommandRejected, LinkFault
 from labbridge.links.hexrotcomm.server_a import CommandTelemetryServer
 from labbridge.protocol.hexrotcomm.devices import RotatorEnabledSubstateParam
 from labbridge.protocol.hexrotcomm.framing import WireProfile
@@ -89,6 +89,7 @@ class HexrotController(Device):
         move_pause: float = 0.2,
         state_telemetry_frames: int = 5,
         autoconnect: bool = True,
+        replace_idle_after: float | None = REPLACE_IDLE_AFTER,
     ) -> None:
         super().__init__(name)
         self.profile = profile
@@ -101,6 +102,8 @@ class HexrotController(Device):
         self.move_pause = move_pause
         self.state_telemetry_frames = state_telemetry_frames
         self.autoconnect = autoconnect
+        #: Gen A (we listen): a new controller connection replaces one idle this long.
+        self.replace_idle_after = replace_idle_after
         self.link: CommandTelemetryClient | CommandTelemetryServer | None = None
         self.error_code: ErrorCode | None = None
         self.fault_reason: str | None = None
@@ -144,7 +147,8 @@ class HexrotController(Device):
         srv = CommandTelemetryServer(self.profile, self.host, self.port,
                                      on_config=self._on_config,
                                      on_telemetry=self._on_telemetry,
-                                     on_connect=self._on_connect)
+                                     on_connect=self._on_connect,
+                                     replace_idle_after=self.replace_idle_after)
         await srv.start()
         self.port = srv.port
         self.link = srv
@@ -214,7 +218,7 @@ class HexrotController(Device):
         f = self._fields
         state = _as_state(tel.state)
         self._check_field("state", state is not None, tel.state)
-        substate = _as_int(tel.enabled_substate)
+        substate = telemetry_int(tel.enabled_substate)
         self._check_field("enabled_substate", substate is not None, tel.enabled_substate)
         self._emit_if_changed("state", self._state_name(tel.state))
         self._emit_if_changed("enabled_substate", substate)
@@ -338,7 +342,7 @@ class HexrotController(Device):
                 return
             if self.state == S.OFFLINE:
                 if (hasattr(self.telemetry, "offline_substate")
-                        and _as_int(self.telemetry.offline_substate)
+                        and telemetry_int(self.telemetry.offline_substate)
                         != OfflineSubstate.AVAILABLE):
                     raise StateError("controller is OFFLINE but not AVAILABLE (PUBLISH_ONLY): "
                                      "only its GUI can release it")
@@ -419,7 +423,7 @@ class HexrotController(Device):
                 raise StateError(f"state is {self._state_label()}; must be ENABLED to move")
             # As the rotator CSC's do_move (ts_mtrotator@v1.3.1 rotator_csc.py): the
             # controller refuses POSITION_SET unless STATIONARY (spec §11).
-            substate = _as_int(self.telemetry.enabled_substate)
+            substate = telemetry_int(self.telemetry.enabled_substate)
             if substate != EnabledSubstate.STATIONARY:
                 name = (EnabledSubstate(substate).name if substate in _SUBSTATES
                         else f"UNKNOWN({self.telemetry.enabled_substate})")
@@ -452,7 +456,7 @@ class HexrotController(Device):
             while True:
                 tel = await link.next_telemetry()
                 if (abs(getattr(tel, f.position_field) - position) <= tolerance
-                        and _as_int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
+                        and telemetry_int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
                     return
 
     async def stop_motion(self) -> float | None:
@@ -464,7 +468,7 @@ class HexrotController(Device):
     async def wait_stationary(self, timeout: float = 30.0) -> None:
         link = self._require_link()
         async with asyncio.timeout(timeout):
-            while _as_int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
+            while telemetry_int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
                 await link.next_telemetry()
 
     async def configure_velocity(self, velocity: float) -> float | None:
@@ -477,7 +481,7 @@ _STATES = frozenset(int(s) for s in ControllerState)
 _SUBSTATES = frozenset(int(s) for s in EnabledSubstate)
 
 
-def _as_int(value: Any) -> int | None:
+def telemetry_int(value: Any) -> int | None:
     """A telemetry f64 as an int, or None when it is not one (NaN, +-inf, a fraction)."""
     try:
         f = float(value)
@@ -488,5 +492,5 @@ def _as_int(value: Any) -> int | None:
 
 def _as_state(value: Any) -> ControllerState | None:
     """A telemetry state value as a :class:`ControllerState`, or None if it is none."""
-    n = _as_int(value)
+    n = telemetry_int(value)
     return ControllerState(n) if n is not None and n in _STATES else None

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER, ReplacingOneClientServer
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.hexrotcomm.framing import CommandDecoder, FrameKind, WireProfile
 from labbridge.protocol.hexrotcomm.structs import (
@@ -34,7 +35,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     Generation,
 )
 from labbridge.protocol.hexrotcomm.tai import current_tai
-from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configure_socket
+from labbridge.transport.one_client import READ_CHUNK, configure_socket
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class _MockProtocol(asyncio.Protocol):
         self.can_write.set()
         self.tel_task: asyncio.Task[None] | None = None
         self.out: _FrameWriter | None = None
+        self.paused_once = False  # one log line per connection, not per pause
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop: own classes
@@ -139,6 +141,7 @@ class _MockProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.out is not None
+        self.owner.server.touch()
         decoder = self.decoder
         if len(data) == self.command_size and not decoder.pending:
             # One whole command and nothing pending: the usual case (one command in flight).
@@ -166,10 +169,22 @@ class _MockProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        # The CSC does not read what we write: stop reading its commands too, so that the
+        # replies to them cannot pile up (issue 13: backpressure on every write path).
         self.can_write.clear()
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.owner.reading_paused += 1
+        if not self.paused_once:
+            self.paused_once = True
+            log.info("%s: the CSC at %s does not read its replies; reading paused until it "
+                     "does", self.owner.mock.name, self.owner.peer)
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.can_write.set()
@@ -181,14 +196,20 @@ class MockControllerServer:
     """Generation-D mock controller: a one-client TCP server around a mock backend."""
 
     def __init__(self, mock: BaseMockController, host: str = "127.0.0.1", port: int = 0,
-                 *, profile: WireProfile | None = None) -> None:
+                 *, profile: WireProfile | None = None,
+                 replace_idle_after: float | None = REPLACE_IDLE_AFTER) -> None:
         if mock.generation is not Generation.D:
             raise ValueError("MockControllerServer serves generation D; use "
                              "MockControllerClient for generation A")
         self.mock = mock
         self.profile = profile or WireProfile.make(mock.spec, Generation.D)
-        self.server = OneClientServer(f"MockController-{mock.name}", host, port,
-                                      protocol_factory=lambda: _MockProtocol(self), log=log)
+        #: A new CSC replaces one that has sent nothing for this long (None: never).
+        self.server = ReplacingOneClientServer(
+            f"MockController-{mock.name}", host, port,
+            protocol_factory=lambda: _MockProtocol(self), log=log,
+            replace_idle_after=replace_idle_after)
+        #: Times reading from a CSC was paused because it did not read its replies.
+        self.reading_paused = 0
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set False to simulate a controller that never sends CONFIG (spec §3.10).
         self.send_config = True

@@ -18,6 +18,7 @@ Node file shapes (every field read through Section getters)::
         connect_timeout: 10
         config_timeout: 10
         enable_drives_delay: 1.0
+        replace_idle_after: 10           # A: a new controller connection replaces an idle one
 
     services:
       - kind: hexrot_mock_controller     # the socket side of a mock device
@@ -25,6 +26,7 @@ Node file shapes (every field read through Section getters)::
         host: 127.0.0.1                  # D: listen here; A: the CSC to connect to
         port: 5570                       # D: listen port (0 = any); A: CSC telemetry port P
         command_port: 5571               # A only; default P+1
+        replace_idle_after: 10           # D: a new CSC replaces one silent this long (s)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from labbridge.devices.hexrot.mock import (
     RotatorMockController,
     SimpleMockController,
 )
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.links.hexrotcomm.controller import HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
@@ -98,6 +101,7 @@ def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
         ack_timeout=sec.get_float("ack_timeout", 5.0, min=0.01),
         enable_drives_delay=sec.get_float("enable_drives_delay", 1.0, min=0.0),
         move_pause=sec.get_float("move_pause", 0.2, min=0.0),
+        replace_idle_after=sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01),
     )
 
 
@@ -105,17 +109,20 @@ class MockControllerService:
     """Runs the socket side of a mock device: gen D server, or gen A client to a CSC."""
 
     def __init__(self, mock: BaseMockController, host: str, port: int,
-                 command_port: int | None) -> None:
+                 command_port: int | None,
+                 replace_idle_after: float = REPLACE_IDLE_AFTER) -> None:
         self.name = "hexrot_mock_controller"
         self.mock = mock
         self.host = host
         self.port = port
         self.command_port = command_port
+        self.replace_idle_after = replace_idle_after
         self.side: MockControllerServer | MockControllerClient | None = None
 
     async def start(self) -> None:
         if self.mock.generation is Generation.D:
-            self.side = MockControllerServer(self.mock, self.host, self.port)
+            self.side = MockControllerServer(self.mock, self.host, self.port,
+                                             replace_idle_after=self.replace_idle_after)
         else:
             self.side = MockControllerClient(self.mock, self.host, self.port, self.command_port)
         await self.side.start()
@@ -126,8 +133,10 @@ class MockControllerService:
             self.side = None
 
     def endpoints(self) -> list[Endpoint]:
-        if isinstance(self.side, MockControllerServer):
-            return [Endpoint(self.name, "tcp", self.host, self.side.port, role="listen",
+        # By generation, not by what runs: `labbridge ports` asks before start (issue 15 #6).
+        if self.mock.generation is Generation.D:
+            port = self.side.port if self.side is not None else self.port
+            return [Endpoint(self.name, "tcp", self.host, port, role="listen",
                              purpose=f"hexrotcomm generation D controller "
                                      f"({self.mock.spec.name} mock)")]
         cmd = self.command_port if self.command_port is not None else self.port + 1
@@ -154,4 +163,9 @@ def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
         raise sec.error("command_port", "generation D uses one socket; remove command_port")
     if mock.generation is Generation.A and port == 0:
         raise sec.error("port", "generation A connects to the CSC: give its telemetry port")
-    return MockControllerService(mock, host, port, cmd_port)
+    if mock.generation is Generation.A and "replace_idle_after" in sec:
+        raise sec.error("replace_idle_after", "generation A: the mock connects to the CSC; "
+                        "set replace_idle_after on the side that listens")
+    return MockControllerService(
+        mock, host, port, cmd_port,
+        sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01))
