@@ -3,15 +3,20 @@
 Node file shapes (every field read through Section getters)::
 
     devices:
-      - kind: hexrot_rotator_mock        # or hexrot_simple_mock
+      - kind: hexrot_rotator_mock        # or hexrot_simple_mock, hexrot_hexapod_mock
         name: rotator
         generation: D                    # A (seed 003) or D (real system today)
         telemetry_hz: 50                 # rotator default 50, simple default 10
         initial_position: 0.0            # rotator only
         config: {velocity_limit: 3.5, accel_limit: 1.0, upper_pos_limit: 90}
+      - kind: hexrot_hexapod_mock        # generation D only
+        name: hexapod
+        index: camera                    # camera (SAL index 1) or m2 (2)
+        telemetry_hz: 10
+        config: {max_velocity_strut: 500, pos_limits: [11400, -13100, 13100, 0.36, -0.1, 0.1]}
       - kind: hexrot_controller          # the CSC-side model of a (remote) controller
         name: rot
-        device: rotator                  # rotator or simple
+        device: rotator                  # rotator, simple or hexapod (D only)
         generation: D
         host: 127.0.0.1                  # D: the controller's address; A: where we listen
         port: 5570                       # A: telemetry port P, commands on P+1
@@ -31,15 +36,17 @@ Node file shapes (every field read through Section getters)::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from labbridge.devices.hexrot.hexapod import HEXAPODS, HexapodMockController
 from labbridge.devices.hexrot.mock import (
     BaseMockController,
     RotatorMockController,
     SimpleMockController,
 )
 from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
-from labbridge.links.hexrotcomm.controller import HexrotController
+from labbridge.links.hexrotcomm.controller import HexapodController, HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
@@ -51,20 +58,39 @@ _GENERATIONS = ("A", "D")
 
 
 def _mock_config(sec: Section, cls: type[BaseMockController], generation: str) -> dict[str, Any]:
-    layout = device_spec(cls.device_name, generation).config
+    try:
+        layout = device_spec(cls.device_name, generation).config
+    except ValueError as exc:
+        raise sec.error("generation", str(exc)) from None
+    types = {name: ftype for name, ftype, _, _ in layout.fields}
     cfg = sec.get_mapping("config", {})
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         if key not in layout.names:
             raise sec.error("config", f"{layout.name} has no field {key!r} (fields: "
                             f"{', '.join(layout.names)})")
-        if key == "drives_enabled":
+        ftype = types[key]
+        if ftype == "bool":
             if not isinstance(value, bool):
                 raise sec.error("config", f"{key}: expected true or false")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise sec.error("config", f"{key}: expected a number, got {value!r}")
-        out[key] = value if isinstance(value, bool) else float(value)
+            out[key] = value
+        elif "[" in ftype:  # an array such as f64[6]
+            n = int(ftype.split("[", 1)[1].rstrip("]"))
+            if (not isinstance(value, list) or len(value) != n
+                    or not all(_is_number(v) for v in value)):
+                raise sec.error("config", f"{key}: expected a list of {n} numbers, got "
+                                f"{value!r}")
+            out[key] = tuple(float(v) for v in value)
+        else:
+            if not _is_number(value):
+                raise sec.error("config", f"{key}: expected a number, got {value!r}")
+            out[key] = float(value)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value))
 
 
 @register_device("hexrot_rotator_mock")
@@ -86,21 +112,36 @@ def _simple_mock(sec: Section, ctx: NodeContext) -> SimpleMockController:
                                 telemetry_interval=1.0 / hz)
 
 
+@register_device("hexrot_hexapod_mock")
+def _hexapod_mock(sec: Section, ctx: NodeContext) -> HexapodMockController:
+    gen = sec.get_choice("generation", ("D",), "D")
+    hz = sec.get_float("telemetry_hz", 10.0, min=0.1, max=1000.0)
+    return HexapodMockController(sec.get_str("name"), gen,
+                                 index=sec.get_choice("index", tuple(HEXAPODS), "camera"),
+                                 config=_mock_config(sec, HexapodMockController, gen),
+                                 telemetry_interval=1.0 / hz)
+
+
 @register_device("hexrot_controller")
 def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
     gen = sec.get_choice("generation", _GENERATIONS, "D")
-    device = sec.get_choice("device", ("rotator", "simple"), "rotator")
-    profile = WireProfile.make(device_spec(device, gen), gen,
+    device = sec.get_choice("device", ("rotator", "simple", "hexapod"), "rotator")
+    try:
+        spec = device_spec(device, gen)
+    except ValueError as exc:
+        raise sec.error("generation", str(exc)) from None
+    profile = WireProfile.make(spec, gen,
                                header_size=int(sec.get_choice("gen_a_header", ("24", "36"),
                                                               "24")))
-    return HexrotController(
+    cls = HexapodController if device == "hexapod" else HexrotController
+    return cls(
         sec.get_str("name"), profile, ctx.host_override or sec.get_str("host", "127.0.0.1"),
         sec.get_port("port"),
         connect_timeout=sec.get_float("connect_timeout", 10.0, min=0.01),
         config_timeout=sec.get_float("config_timeout", 10.0, min=0.01),
         ack_timeout=sec.get_float("ack_timeout", 5.0, min=0.01),
         enable_drives_delay=sec.get_float("enable_drives_delay", 1.0, min=0.0),
-        move_pause=sec.get_float("move_pause", 0.2, min=0.0),
+        move_pause=sec.get_float("move_pause", 0.1 if device == "hexapod" else 0.2, min=0.0),
         replace_idle_after=sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01),
     )
 
@@ -153,7 +194,7 @@ def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
     mock = ctx.device(sec, "device")
     if not isinstance(mock, BaseMockController):
         raise sec.error("device", f"device {mock.name!r} is a {mock.kind}, expected a "
-                        "hexrot_rotator_mock or hexrot_simple_mock")
+                        "hexrot_rotator_mock, hexrot_simple_mock or hexrot_hexapod_mock")
     host = ctx.host_override or sec.get_str("host", "127.0.0.1")
     port = sec.get_port("port")
     if ctx.port_override is not None and mock.generation is Generation.D:

@@ -88,6 +88,8 @@ class HexapodCommandCode(enum.IntEnum):
 
 
 class HexapodEnabledSubstateParam(enum.IntEnum):
+    """``param1`` of the hexapod's SET_ENABLED_SUBSTATE (ts_mthexapod@v1.8.0 enums.py)."""
+
     ENABLED_INVALID = 0
     MOVE_POINT_TO_POINT = 1
     STOP = 3
@@ -306,21 +308,46 @@ ROTATOR = DeviceSpec(
 ROTATOR_A = replace(ROTATOR, config=ROTATOR_CONFIG_A, telemetry=ROTATOR_TELEMETRY_A,
                     codes=RotatorCommandCodeA)
 
+#: MTHexapod, generation D (ts_mthexapod@v1.8.0 structs.py / enums.py). Positions are six
+#: values x, y, z (um), u, v, w (deg); the limit "fields" name the config array that holds
+#: them (``pos_limits``: maxXY, minZ, maxZ, maxUV, minW, maxW) and the client-side model
+#: (``HexapodController``) reads it as such.
+HEXAPOD = DeviceSpec(
+    name="hexapod",
+    config=HEXAPOD_CONFIG,
+    telemetry=HEXAPOD_TELEMETRY,
+    codes=HexapodCommandCode,
+    sync_pattern=0x5555,
+    config_frame_id_a=0x2,
+    telemetry_frame_id_a=0x0,
+    lower_limit_field="pos_limits",
+    upper_limit_field="pos_limits",
+    velocity_limit_field="max_velocity_strut",
+    position_field="measured_xyz",
+    demand_field="commanded_pos",
+    unit="um, deg",
+)
+
 _BY_GENERATION: dict[tuple[str, Generation], DeviceSpec] = {
     ("simple", Generation.D): SIMPLE,
     ("simple", Generation.A): SIMPLE_A,
     ("rotator", Generation.D): ROTATOR,
     ("rotator", Generation.A): ROTATOR_A,
+    ("hexapod", Generation.D): HEXAPOD,
 }
 
-DEVICES: dict[str, DeviceSpec] = {"simple": SIMPLE, "rotator": ROTATOR}
+DEVICES: dict[str, DeviceSpec] = {"simple": SIMPLE, "rotator": ROTATOR, "hexapod": HEXAPOD}
 
 
 def device_spec(name: str, generation: Generation | str) -> DeviceSpec:
-    """The device profile of ``name`` ("simple", "rotator") for one generation."""
+    """The device profile of ``name`` ("simple", "rotator", "hexapod") for one generation."""
+    gen = Generation(generation)
     try:
-        return _BY_GENERATION[(name, Generation(generation))]
+        return _BY_GENERATION[(name, gen)]
     except KeyError:
         known = sorted({n for n, _ in _BY_GENERATION})
+        if name in known:
+            raise ValueError(f"device {name!r} exists in generation D only: its generation-A "
+                             "structs are not transcribed (docs/hexrotcomm.md)") from None
         raise ValueError(f"unknown device {name!r} (known: {', '.join(known)})") from None
 
