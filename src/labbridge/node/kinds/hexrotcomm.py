@@ -114,7 +114,7 @@ def _simple_mock(sec: Section, ctx: NodeContext) -> SimpleMockController:
 
 @register_device("hexrot_hexapod_mock")
 def _hexapod_mock(sec: Section, ctx: NodeContext) -> HexapodMockController:
-    gen = sec.get_choice("generation", ("D",), "D")
+    gen = sec.get_choice("generation", _GENERATIONS, "D")  # A: refused with the reason
     hz = sec.get_float("telemetry_hz", 10.0, min=0.1, max=1000.0)
     return HexapodMockController(sec.get_str("name"), gen,
                                  index=sec.get_choice("index", tuple(HEXAPODS), "camera"),
