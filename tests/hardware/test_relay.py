@@ -18,6 +18,7 @@ from labbridge.links.pychron.relay import CommandRepeater, RelayFrontServer, Rel
 from labbridge.links.pychron.valves import ValveCommands
 from labbridge.protocol.pychron.crc import ChecksumMismatch
 from labbridge.protocol.pychron.relay import decode_crc_reply
+from tests.access_helpers import gate_for
 from tests.conftest import load_vectors
 from tests.pychron.server_helpers import ask_like_pychron, ask_udp, bank_from_vector
 
@@ -43,7 +44,7 @@ async def relay(sock_dir: Path, *, udp: bool = False, timeout: float = 5.0,
     bank = bank_from_vector(SAMPLE)
     await bank.start()
     path = str(sock_dir / "hw-extractionline")
-    processor = RelayProcessor(path, {"Extractionline": Dispatcher([ValveCommands([bank])])})
+    processor = RelayProcessor(path, {"Extractionline": Dispatcher([ValveCommands([bank])], gate_for("192.168.0.0/16"))})
     front = RelayFrontServer(CommandRepeater(path, timeout=timeout), "127.0.0.1", 0, udp=udp)
     await processor.start()
     await front.start()
@@ -264,7 +265,7 @@ async def test_front_server_from_a_legacy_cfg(tmp_path, sock_dir):
     assert front.repeater.process_type == "System"
     assert front.repeater.path == str(path)
     bank = bank_from_vector(SAMPLE)
-    processor = RelayProcessor(str(path), {"Extractionline": Dispatcher([ValveCommands([bank])])})
+    processor = RelayProcessor(str(path), {"Extractionline": Dispatcher([ValveCommands([bank])], gate_for("192.168.0.0/16"))})
     await bank.start()
     await processor.start()
     await node.start()

@@ -33,6 +33,7 @@ COMMANDS = {
     "rotator": "labbridge.cli.rotator",
     "hexapod": "labbridge.cli.rotator",
     "dashboard": "labbridge.cli.web",
+    "keys": "labbridge.cli.keys",
 }
 
 

@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 READY_REQUEST = "PychronReady"
 
 
+#: Prefix of the sender of a request that reached the front as a UDP datagram [lb]: the
+#: processor keeps UDP read-only (a real repeater never sends it; its senders are addresses).
+UDP_SENDER = "udp:"
+
+
 def framed(text: str) -> bytes:
     """F-CRC frame of ``text``; a reply too large for 4 hex digits becomes an error frame."""
     try:
@@ -172,7 +177,10 @@ class RelayProcessor:
         disp = self.handlers.get(htype)
         if disp is None:
             return error_text(ErrorCode.MANAGER_UNAVAILABLE, req.process_type)
-        caller = Caller(req.sender or "local", "relay")
+        sender = req.sender or "local"
+        udp = sender.startswith(UDP_SENDER)
+        caller = Caller(sender[len(UDP_SENDER):] if udp else sender, "relay", via=self.name,
+                        udp=udp)
         result = disp.dispatch(req.request, caller)
         return result if isinstance(result, str) else await result
 
@@ -325,6 +333,8 @@ class RelayFrontServer:
                 Endpoint(self.name, "unix", path=self.repeater.path, role="connect",
                          purpose="relay processor")]
 
-    async def _handle(self, text: str, peer: str) -> bytes:
-        reply = await self.repeater.get_response(text, peer)
+    async def _handle(self, text: str, peer: str, udp: bool) -> bytes:
+        # The processor judges the request by its sender (the node's access policy); a
+        # datagram's sender is marked so that UDP stays read-only behind the relay too.
+        reply = await self.repeater.get_response(text, f"{UDP_SENDER}{peer}" if udp else peer)
         return framed(reply) + b"\n"

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
-from labbridge.links.pychron.dispatch import Caller, Dispatcher
+from labbridge.access import AccessDenied, Action, Principal, Role
+from labbridge.links.pychron.dispatch import Caller, Dispatcher, refusal_text
 from labbridge.protocol.base import BufferOverflow, ProtocolError
 from labbridge.protocol.pychron.braced import BracedFrameError, BracedFramer
 from labbridge.protocol.pychron.braced import encode_braced as _encode_braced
@@ -59,9 +60,12 @@ class ServerSettings:
         self.max_pipeline = max_pipeline
         self.max_raw_request = max_raw_request
         self.max_connections = max_connections
-        self.allow = list(allow) if allow else None
+        # None: no extra filter (the node's access policy still decides); [] lets nobody in.
+        self.allow = None if allow is None else list(allow)
 
     def allowed(self, host: str) -> bool:
+        """The service's own connection filter (``allow:``), checked before the node's
+        access policy; None lets everyone through to the policy."""
         if self.allow is None:
             return True
         try:
@@ -111,6 +115,10 @@ class CommandConnection(asyncio.Protocol):
         if not self.settings.allowed(self.peer):
             self._denied = True
             log.warning("%s: connection from %s is not on the allow-list", self.name, self.peer)
+        elif not self.dispatcher.gate.may(Principal(self.peer, self.name), Role.OBSERVER):
+            # No role at all on this node: every request gets ERROR 013 (the gate audits
+            # the first one), whatever its framing.
+            self._denied = True
         self._arm(self.settings.first_request_timeout, self._on_first_request_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -180,7 +188,7 @@ class CommandConnection(asyncio.Protocol):
     # -- modes --------------------------------------------------------------------------------
     def _start_mode(self, mode: Framing) -> None:
         self.mode = mode
-        self._caller = Caller(self.peer, mode.value)
+        self._caller = Caller(self.peer, mode.value, via=self.name)
         if mode is Framing.BRACED:
             self._framer = BracedFramer()
         else:
@@ -258,7 +266,7 @@ class CommandConnection(asyncio.Protocol):
                 self._write(text)
                 continue
             if self._denied:
-                self._write(error_text(ErrorCode.SECURITY, self.peer))
+                self._refuse(text)
                 backlog.clear()
                 self._close_after_flush = True
                 break
@@ -288,6 +296,24 @@ class CommandConnection(asyncio.Protocol):
         else:
             self._write(fut.result())
         self._pump()  # sends what was written
+
+    def _refuse(self, text: str) -> None:
+        """Answer a request from a peer with no access here (not on the service's ``allow:``
+        list, or no role on the node) with the refusal, audited by the node's gate."""
+        assert self._caller is not None
+        principal = self._caller.principal
+        action = Action(Role.OBSERVER, text.split(" ", 1)[0][:40] or "request", "", text[:200])
+        gate = self.dispatcher.gate
+        if not self.settings.allowed(self.peer):
+            exc = gate.refuse(principal, action, f"{self.peer} is not on {self.name}'s allow list")
+        else:
+            try:
+                gate.check(principal, action)
+            except AccessDenied as denied:
+                exc = denied
+            else:  # pragma: no cover - the policy is fixed for the node's lifetime
+                exc = gate.refuse(principal, action, "no access when the connection opened")
+        self._write(refusal_text(exc))
 
     def _write(self, text: str) -> None:
         if self.mode is Framing.BRACED:
@@ -441,9 +467,12 @@ class PychronCommandServer:
 
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if not self.settings.allowed(host):
-            log.warning("%s: datagram from %s is not on the allow-list", self.name, host)
+            caller = Caller(host, "udp", via=self.name, udp=True)
+            self.dispatcher.gate.refuse(caller.principal, Action(Role.OBSERVER, "datagram"),
+                                        f"{host} is not on {self.name}'s allow list")
             return error_text(ErrorCode.SECURITY, host).encode()
-        result = self.dispatcher.dispatch(data.decode("utf-8", "replace"), Caller(host, "udp"))
+        result = self.dispatcher.dispatch(data.decode("utf-8", "replace"),
+                                          Caller(host, "udp", via=self.name, udp=True))
         if isinstance(result, str):
             return result.encode("utf-8")
         return _encoded(result)

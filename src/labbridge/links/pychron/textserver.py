@@ -25,8 +25,9 @@ from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
-#: ``handler(request_text, peer_host) -> reply bytes`` (or an awaitable of them).
-TextHandler = Callable[[str, str], "bytes | Awaitable[bytes]"]
+#: ``handler(request_text, peer_host, udp) -> reply bytes`` (or an awaitable of them);
+#: ``udp`` is True for a datagram (its source address can be forged: read-only by default).
+TextHandler = Callable[[str, str, bool], "bytes | Awaitable[bytes]"]
 
 
 class _OneShot(asyncio.Protocol):
@@ -94,7 +95,7 @@ class _OneShot(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         try:
-            result = self.server.handler(text, self.peer)
+            result = self.server.handler(text, self.peer, False)
         except Exception:
             log.exception("%s: handler failed on %r", self.server.name, text[:80])
             result = self.server.failure_reply
@@ -192,4 +193,4 @@ class OneShotTextServer:
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if len(data) > self.max_request:
             return self.oversize_reply
-        return self.handler(data.decode("utf-8", "replace").strip(), host)
+        return self.handler(data.decode("utf-8", "replace").strip(), host, True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from labbridge.access import Role
 from labbridge.devices.backends import BackendError
 from labbridge.devices.flags import Flag
 from labbridge.devices.gauges import GaugeController
@@ -136,13 +137,13 @@ class ValveCommands(CommandSet):
         return state_checksum(names[k].state_str(k) for k in keys if k in names)
 
     # -- locks (labbridge extension) --------------------------------------------------------------
-    @command("Lock")
+    @command("Lock", role=Role.ADMIN)
     def lock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
         self._known(name).lock(name)
         return True
 
-    @command("Unlock")
+    @command("Unlock", role=Role.ADMIN)
     def unlock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
         self._known(name).unlock(name)

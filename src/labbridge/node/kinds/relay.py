@@ -48,13 +48,13 @@ def _socket_path(sec: Section, default: str = "hardware-extractionline") -> str:
     return path
 
 
-def _dispatcher(sec: Section, key: str, devices: list[Device]) -> Dispatcher:
+def _dispatcher(sec: Section, key: str, devices: list[Device], ctx: NodeContext) -> Dispatcher:
     sets = [s for s in (b(devices) for b in pychron_server.COMMAND_SET_BUILDERS)
             if s is not None]
     if not sets:
         raise sec.error(key, "none of these devices speaks a Pychron command set")
     try:
-        return Dispatcher(sets)
+        return Dispatcher(sets, ctx.gate)
     except ValueError as exc:
         raise sec.error(key, str(exc)) from None
 
@@ -65,7 +65,7 @@ def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
     hsec = sec.get_section("handlers", None)
     if hsec is None:
         handlers["Extractionline"] = _dispatcher(sec, "handlers",
-                                                 list(ctx.devices.values()))
+                                                 list(ctx.devices.values()), ctx)
     else:
         for ptype in list(hsec):
             if ptype not in PROCESS_TYPES or ptype in ("test", "System"):
@@ -77,7 +77,7 @@ def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
                 if dev is None:
                     raise hsec.error(ptype, f"no device named {n!r} on this node")
                 devices.append(dev)
-            handlers[ptype] = _dispatcher(hsec, ptype, devices)
+            handlers[ptype] = _dispatcher(hsec, ptype, devices, ctx)
     return RelayProcessor(_socket_path(sec), handlers, name=sec.get_str("name", "processor"))
 
 
