@@ -42,17 +42,17 @@ class NodeProc:
         with self._cond:
             self._cond.notify_all()
 
-    def wait_line(self, needle: str, timeout: float = 30.0) -> str:
-        """The first stderr line containing ``needle`` (AssertionError after ``timeout``)."""
+    def wait_line(self, needle: str, timeout: float = 30.0, n: int = 1) -> str:
+        """The ``n``-th stderr line containing ``needle`` (AssertionError after ``timeout``)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for line in self.lines:
-                    if needle in line:
-                        return line
+                found = [line for line in self.lines if needle in line]
+                if len(found) >= n:
+                    return found[n - 1]
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no log line with {needle!r}; log:\n"
+                    raise AssertionError(f"no log line {n} with {needle!r}; log:\n"
                                          + "\n".join(self.lines[-30:]))
                 self._cond.wait(left)
 

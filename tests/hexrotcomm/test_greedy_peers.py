@@ -75,6 +75,11 @@ def _served_within(port: int, deadline: float) -> tuple[Any, Any]:
             time.sleep(0.2)  # the retry interval of a reconnecting client, not a sync
 
 
+def _not_spinning(cpu0: float, t0: float, cpu1: float, t1: float) -> None:
+    """Less than half a core over the window (plus 5 clock ticks of /proc granularity)."""
+    assert cpu1 - cpu0 <= 0.5 * (t1 - t0) + 0.05, (cpu1 - cpu0, t1 - t0)
+
+
 def _check_unchanged(config: Any, telemetry: Any) -> None:
     assert telemetry.state == 0.0 and telemetry.enabled_substate == 0.0  # STANDBY
     assert telemetry.current_pos == 0.0 and config.drives_enabled is False
@@ -104,17 +109,17 @@ def test_csc_that_never_reads_replies_is_paused_not_buffered(tmp_path):
         sender = threading.Thread(target=flood, daemon=True)
         sender.start()
         node.wait_line("does not read its replies; reading paused")
+        cpu0, t0 = node.cpu_seconds(), time.monotonic()
         # The node answered what it read, then stopped reading: the sender is stuck on full
         # socket buffers, and the node's memory holds at most a high-water mark of replies.
         sender.join(2.0)
         assert sender.is_alive() and sent[0] < 64 * 1024 * 1024
         rss1 = node.rss()
         assert rss1 - rss0 < RSS_BOUND, (rss0, rss1, sent[0])
-        cpu0, t0 = node.cpu_seconds(), time.monotonic()
         config, telemetry = _served_within(port, DEADLINE)  # replaces the stuck CSC
         cpu1, t1 = node.cpu_seconds(), time.monotonic()
         node.wait_line("replacing client")
-        assert (cpu1 - cpu0) / (t1 - t0) < 0.5  # not spinning while the peer was stuck
+        _not_spinning(cpu0, t0, cpu1, t1)  # while the peer was stuck
         _check_unchanged(config, telemetry)
         assert node.rss() - rss0 < RSS_BOUND
         assert node.alive
@@ -137,7 +142,7 @@ def test_silent_connection_does_not_lock_out_the_csc(tmp_path):
         cpu1, t1 = node.cpu_seconds(), time.monotonic()
         line = node.wait_line("replacing client")
         assert f"limit {IDLE:.1f} s" in line
-        assert (cpu1 - cpu0) / (t1 - t0) < 0.5
+        _not_spinning(cpu0, t0, cpu1, t1)
         _check_unchanged(config, telemetry)
         # The silent peer was disconnected: it reads the frames sent before, then EOF.
         silent.settimeout(DEADLINE)
@@ -188,7 +193,8 @@ def test_gen_a_silent_connections_do_not_lock_out_the_controller(tmp_path, which
                     await client.command_connected.wait()
                     # ...and then the controller's connections are served, not refused: the
                     # node logs one replacement per squatter and no refusal after the last one.
-                    await asyncio.to_thread(node.wait_line, "Command: client", DEADLINE)
+                    await asyncio.to_thread(node.wait_line, "replacing client", DEADLINE,
+                                            len(squatters))
                     assert node.count("replacing client") == len(squatters)
                     last_replace = max(i for i, ln in enumerate(node.lines)
                                        if "replacing client" in ln)
@@ -200,7 +206,7 @@ def test_gen_a_silent_connections_do_not_lock_out_the_controller(tmp_path, which
 
         asyncio.run(controller())
         cpu1, t1 = node.cpu_seconds(), time.monotonic()
-        assert (cpu1 - cpu0) / (t1 - t0) < 0.5
+        _not_spinning(cpu0, t0, cpu1, t1)
         assert mock.commands_received == 0 and mock.state.name == "OFFLINE"
         assert node.rss() - rss0 < RSS_BOUND
         assert node.alive
