@@ -118,7 +118,7 @@ def test_csc_that_never_reads_replies_is_paused_not_buffered(tmp_path):
         assert rss1 - rss0 < RSS_BOUND, (rss0, rss1, sent[0])
         config, telemetry = _served_within(port, DEADLINE)  # replaces the stuck CSC
         cpu1, t1 = node.cpu_seconds(), time.monotonic()
-        node.wait_line("replacing client")
+        node.wait_line("replacing it with")
         _not_spinning(cpu0, t0, cpu1, t1)  # while the peer was stuck
         _check_unchanged(config, telemetry)
         assert node.rss() - rss0 < RSS_BOUND
@@ -140,7 +140,7 @@ def test_silent_connection_does_not_lock_out_the_csc(tmp_path):
         cpu0, t0 = node.cpu_seconds(), time.monotonic()
         config, telemetry = _served_within(port, DEADLINE)
         cpu1, t1 = node.cpu_seconds(), time.monotonic()
-        line = node.wait_line("replacing client")
+        line = node.wait_line("replacing it with")
         assert f"limit {IDLE:.1f} s" in line
         _not_spinning(cpu0, t0, cpu1, t1)
         _check_unchanged(config, telemetry)
@@ -193,11 +193,11 @@ def test_gen_a_silent_connections_do_not_lock_out_the_controller(tmp_path, which
                     await client.command_connected.wait()
                     # ...and then the controller's connections are served, not refused: the
                     # node logs one replacement per squatter and no refusal after the last one.
-                    await asyncio.to_thread(node.wait_line, "replacing client", DEADLINE,
+                    await asyncio.to_thread(node.wait_line, "replacing it with", DEADLINE,
                                             len(squatters))
-                    assert node.count("replacing client") == len(squatters)
+                    assert node.count("replacing it with") == len(squatters)
                     last_replace = max(i for i, ln in enumerate(node.lines)
-                                       if "replacing client" in ln)
+                                       if "replacing it with" in ln)
                     assert not any("rejecting connection" in ln
                                    for ln in node.lines[last_replace + 1:])
                     assert client.connected and client.command_connections >= 1

@@ -414,6 +414,7 @@ class RotatorMockController(BaseMockController):
         super().__init__(name, generation, config=config, telemetry_interval=telemetry_interval,
                          initial_state=initial_state)
         self.telemetry["set_pos"] = math.nan  # as upstream: no position set yet
+        self._last_motion = (self.position, 0.0)
         self._publish_motion()
 
     def default_config(self) -> Mapping[str, Any]:
@@ -585,6 +586,11 @@ class RotatorMockController(BaseMockController):
                 self.position, self.velocity = plan[0].at(tai)
                 self.accel = plan[0].a
         self._publish_motion()
+        motion = (self.position, self.velocity)
+        if motion != self._last_motion:
+            # Only while something moves: a resting rotator emits nothing per telemetry tick.
+            self._last_motion = motion
+            self.emit("motion", {"position": self.position, "velocity": self.velocity})
 
     def _arrive(self) -> None:
         """The move (or stop) is over: exactly at the target, at rest."""

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
-from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER, ReplacingOneClientServer
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.hexrotcomm.framing import CommandDecoder, FrameKind, WireProfile
 from labbridge.protocol.hexrotcomm.structs import (
@@ -35,7 +35,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     Generation,
 )
 from labbridge.protocol.hexrotcomm.tai import current_tai
-from labbridge.transport.one_client import READ_CHUNK, configure_socket
+from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configure_socket
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ class _MockProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.out is not None
-        self.owner.server.touch()
         decoder = self.decoder
         if len(data) == self.command_size and not decoder.pending:
             # One whole command and nothing pending: the usual case (one command in flight).
@@ -204,7 +203,7 @@ class MockControllerServer:
         self.mock = mock
         self.profile = profile or WireProfile.make(mock.spec, Generation.D)
         #: A new CSC replaces one that has sent nothing for this long (None: never).
-        self.server = ReplacingOneClientServer(
+        self.server = OneClientServer(
             f"MockController-{mock.name}", host, port,
             protocol_factory=lambda: _MockProtocol(self), log=log,
             replace_idle_after=replace_idle_after)

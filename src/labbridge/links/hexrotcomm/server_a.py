@@ -23,7 +23,7 @@ from typing import Any
 from labbridge.links.hexrotcomm.common import (
     REPLACE_IDLE_AFTER,
     Callback,
-    ReplacingOneClientServer,
+    PairedCommandServer,
     call_callback,
 )
 from labbridge.protocol.base import NEED_DATA, ProtocolError
@@ -77,21 +77,23 @@ class CommandTelemetryServer:
         self._telemetry_waiters: list[asyncio.Future[Any]] = []
         self._was_connected = False
         self._connected_event = asyncio.Event()
-        self.telemetry_server: ReplacingOneClientServer | None = None
-        self.command_server: ReplacingOneClientServer | None = None
+        self.telemetry_server: OneClientServer | None = None
+        self.command_server: PairedCommandServer | None = None
+        #: When the current telemetry client connected (``time.monotonic()``).
+        self._telemetry_connected_at = 0.0
 
     async def start(self) -> None:
         tries = _PORT_PAIR_TRIES if self.port == 0 else 1
         for attempt in range(tries):
-            tel = ReplacingOneClientServer(
+            tel = OneClientServer(
                 "Telemetry", self.host, self.port, handler=self._telemetry_handler,
                 connect_callback=self._connection_changed, log=self.log,
                 replace_idle_after=self.replace_idle_after)
             await tel.start()
-            cmd = ReplacingOneClientServer(
+            cmd = PairedCommandServer(
                 "Command", self.host, tel.port + 1,
                 connect_callback=self._connection_changed, log=self.log,
-                replace_idle_after=self.replace_idle_after, idle_for=self._command_idle_for)
+                stale=self._command_stale)
             try:
                 await cmd.start()
             except OSError:
@@ -112,26 +114,35 @@ class CommandTelemetryServer:
                 fut.set_exception(ConnectionError("server closed"))
         self._telemetry_waiters.clear()
 
-    def _command_idle_for(self, newcomer: str) -> float:
-        """How idle the command client is, for a newcomer on the command port.
+    def _command_stale(self, newcomer: str) -> float | None:
+        """Seconds the command client has been stale for ``newcomer``, or None to keep it.
 
-        The controller writes nothing there, so its silence says nothing. It connects both
-        sockets together and reconnects whichever drops (spec §5.7), so:
+        The controller writes nothing on the command socket, so its silence says nothing. It
+        connects both sockets together and reconnects whichever drops (spec §5.7), so:
 
         * no telemetry client: the command client has been alone since it connected;
         * a newcomer from another host than the telemetry client's never replaces it;
+        * a command client from another host than the telemetry client's is not the
+          controller's: the controller's own connection replaces it at once;
         * a command client that connected after the telemetry client is that controller's;
         * one that connected before it is stale once the controller has been sending
           telemetry without its command socket for ``replace_idle_after``.
         """
-        tel, cmd = self.telemetry_server, self.command_server
-        assert tel is not None and cmd is not None
+        tel, cmd, limit = self.telemetry_server, self.command_server, self.replace_idle_after
+        if tel is None or cmd is None or limit is None or cmd.peer is None:
+            return None
         now = time.monotonic()
         if not tel.connected or tel.peer is None:
+            idle = now - cmd.connected_at
+        elif _host(newcomer) != _host(tel.peer):
+            return None
+        elif _host(cmd.peer) != _host(tel.peer):
             return now - cmd.connected_at
-        if _host(newcomer) != _host(tel.peer) or cmd.connected_at >= tel.connected_at:
-            return 0.0
-        return now - tel.connected_at
+        elif cmd.connected_at >= self._telemetry_connected_at:
+            return None
+        else:
+            idle = now - self._telemetry_connected_at
+        return idle if idle >= limit else None
 
     @property
     def command_port(self) -> int:
@@ -162,6 +173,7 @@ class CommandTelemetryServer:
     async def _telemetry_handler(self, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(self.profile)
+        self._telemetry_connected_at = time.monotonic()
         # What an earlier connection sent is not this controller's state: wait for fresh
         # CONFIG and TELEMETRY (a controller that reconnects sends both again, spec §5.7).
         self.config = self.telemetry = None
@@ -173,8 +185,6 @@ class CommandTelemetryServer:
                     while (frame := decoder.next_event()) is not NEED_DATA:
                         await self._dispatch(frame)
                     return
-                assert self.telemetry_server is not None
-                self.telemetry_server.touch()
                 decoder.receive_data(data)
                 while (frame := decoder.next_event()) is not NEED_DATA:
                     await self._dispatch(frame)

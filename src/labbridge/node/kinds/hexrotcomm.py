@@ -23,7 +23,7 @@ Node file shapes (every field read through Section getters)::
         connect_timeout: 10
         config_timeout: 10
         enable_drives_delay: 1.0
-        replace_idle_after: 10           # A: a new controller connection replaces an idle one
+        replace_idle_after: 5            # A: a new controller connection replaces an idle one
 
     services:
       - kind: hexrot_mock_controller     # the socket side of a mock device
@@ -31,7 +31,7 @@ Node file shapes (every field read through Section getters)::
         host: 127.0.0.1                  # D: listen here; A: the CSC to connect to
         port: 5570                       # D: listen port (0 = any); A: CSC telemetry port P
         command_port: 5571               # A only; default P+1
-        replace_idle_after: 10           # D: a new CSC replaces one silent this long (s)
+        replace_idle_after: 5            # D: a new CSC replaces one silent this long (s)
 """
 
 from __future__ import annotations
