@@ -197,7 +197,6 @@ PROFILE = WireProfile.make(device_spec("rotator", Generation.D), Generation.D)
 HEXROT_SILENCE = 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by hexrot on wt-hexrot")
 async def test_hexrot_mock_controller_survives_hostile_clients(workdir: Path) -> None:
     with serve(demo_config("rotator"), workdir, "rotator") as node:
         host, port = node.endpoint("tcp", "rotator-controller")
