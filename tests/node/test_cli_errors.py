@@ -218,3 +218,16 @@ def test_dashboard_port_clash(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     one_line_error(r, 1, "cannot start node lab-in-a-box: service web:", "8080",
                    "holds that port")
+
+
+def test_a_port_clash_in_any_command_is_one_line():
+    """A command that binds a port itself (rotator --generation A listens on P and P+1) and
+    does not catch the clash: still one line with the hint, not an 'internal error'."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_cli("rotator", f"127.0.0.1:{port}", "--generation", "A", "--timeout", "2",
+                    "status")
+    assert "internal error" not in r.stderr
+    one_line_error(r, 1, f"{port}", "already in use", "holds that port")

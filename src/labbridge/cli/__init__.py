@@ -140,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("labbridge.cli").debug("error", exc_info=True)
             click.echo(f"Error: {_one_line(str(exc))}", err=True)
             return 1
+        if isinstance(exc, OSError):  # a port in use, an address not here, a file...
+            from labbridge.node.node import start_hint
+
+            logging.getLogger("labbridge.cli").debug("error", exc_info=True)
+            hint = start_hint(exc)
+            click.echo(f"Error: {_one_line(exc.strerror or str(exc))}"
+                       + (f"; {hint}" if hint else ""), err=True)
+            return 1
         logging.getLogger("labbridge.cli").debug("unexpected error", exc_info=True)
         click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}; "
                    "this is a bug in labbridge, please report it (LABBRIDGE_TRACEBACK=1 "
