@@ -11,6 +11,7 @@ HAG entry is resolved to a dotted IPv4 address), and the file is loaded by EPICS
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import subprocess
 import sys
@@ -20,9 +21,16 @@ import pytest
 
 from labbridge.access import LOOPBACK, REFUSED, Gate, Policy, Role
 from labbridge.devices.backends.sim import SimValveBackend
+from labbridge.devices.camera import Camera, SimCameraBackend
 from labbridge.devices.valves import ValveBank, ValveConfig
 from labbridge.links.epics.acf import MAX_LISTED, access_file, group_name, role_hosts
-from labbridge.links.epics.ioc import EpicsIoc, IocSettings, _client_address, _peer_host
+from labbridge.links.epics.ioc import (
+    EpicsIoc,
+    IocSettings,
+    _client_address,
+    _ImageChannels,
+    _peer_host,
+)
 from tests.access_helpers import gate_for
 
 
@@ -191,3 +199,23 @@ async def test_a_write_with_no_client_or_an_unknown_address_is_refused() -> None
     assert await ioc._write(ioc.records["valves:A"], 1, "operator-pc") == \
         "operator-pc has no access to node lab"
     assert not bank.is_open("A")
+
+
+async def test_the_ntndarray_server_makes_channels_only_for_clients_with_a_role() -> None:
+    """The camera's image has its own p4p server (no EPICS access security): its channel
+    handler asks the gate, from a pvxs thread; a refusal is audited on the loop."""
+    gate = gate_for("10.0.0.5/32", role=Role.OBSERVER)
+    cam = Camera("camera", SimCameraBackend(4, 2, seed=1))
+    ioc = EpicsIoc("epics", [cam], IocSettings(prefix="LAB"), gate=gate)
+    ioc._loop = asyncio.get_running_loop()
+    image = object()
+    handler = _ImageChannels({"LAB:camera:IMAGE": image}, ioc._may_read)
+    assert handler.testChannel("LAB:camera:IMAGE") and not handler.testChannel("LAB:x")
+    assert await asyncio.to_thread(handler.makeChannel, "LAB:camera:IMAGE",
+                                   "10.0.0.5:40000") is image
+    assert await asyncio.to_thread(handler.makeChannel, "LAB:camera:IMAGE",
+                                   "10.0.0.6:40000") is None
+    await asyncio.sleep(0)  # one turn of the loop runs the audit handed over by the thread
+    ev = gate.recent[-1]
+    assert (ev.outcome, ev.address, ev.verb, ev.target) == \
+        (REFUSED, "10.0.0.6", "get", "LAB:camera:IMAGE")
