@@ -219,3 +219,10 @@ async def test_the_ntndarray_server_makes_channels_only_for_clients_with_a_role(
     ev = gate.recent[-1]
     assert (ev.outcome, ev.address, ev.verb, ev.target) == \
         (REFUSED, "10.0.0.6", "get", "LAB:camera:IMAGE")
+    # The client's retries (about one a second) are refused without an audit line each.
+    refusals = gate.refusals
+    for _ in range(3):
+        assert await asyncio.to_thread(handler.makeChannel, "LAB:camera:IMAGE",
+                                       "10.0.0.6:40001") is None
+    await asyncio.sleep(0)
+    assert gate.refusals == refusals

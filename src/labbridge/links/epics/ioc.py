@@ -42,6 +42,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,7 @@ class EpicsIoc:
         self._acf_path: Path | None = None
         self._image_server: Any = None
         self._image_provider: Any = None
+        self._read_refused: dict[str, float] = {}
         self._ports: dict[str, int] = {}
         self._trap: Any = None
         self.writes = 0
@@ -427,6 +429,15 @@ class EpicsIoc:
                               transport="epics")
         if self.gate.may(principal, Role.OBSERVER):
             return True
+        # pvxs clients retry a refused channel about once a second: one audit line per
+        # client address and minute is enough (bounded: the table is cleared when large).
+        now = time.monotonic()
+        last = self._read_refused.get(principal.address)
+        if last is not None and now - last < 60.0:
+            return False
+        if len(self._read_refused) > 1000:
+            self._read_refused.clear()
+        self._read_refused[principal.address] = now
         loop = self._loop
         if loop is not None and not loop.is_closed():
             action = Action(Role.OBSERVER, "get", name)
