@@ -57,7 +57,11 @@ class GaugeController(Device):
         if gauge not in self.gauges:
             raise KeyError(gauge)
         try:
-            value = await asyncio.wait_for(self.backend.read_pressure(gauge), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the reading when a
+            # cancellation arrives just as the backend answers, and the cancelled caller (a
+            # dashboard's poll loop being stopped) then runs on for ever.
+            async with asyncio.timeout(self.timeout):
+                value = await self.backend.read_pressure(gauge)
         except TimeoutError:
             raise BackendError(f"gauge {gauge}: no answer within {self.timeout:g} s") from None
         value = float(value)

@@ -330,7 +330,10 @@ class WebDashboard:
         failing = False
         while True:
             try:
-                result = await asyncio.wait_for(cam.device.grab(), cam.timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow stop()'s
+                # cancellation when the grab completes at the same moment
+                async with asyncio.timeout(cam.timeout):
+                    result = await cam.device.grab()
                 arrays = result if isinstance(result, list | tuple) else [result]
                 frame = next((a for a in arrays if getattr(a, "ndim", 0) == 2), None)
                 if frame is None:
