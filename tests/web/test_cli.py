@@ -50,6 +50,24 @@ def test_dashboard_runs_alone_prints_url_and_stops_on_sigterm(tmp_path):
             proc.communicate()
     assert proc.returncode == 0, err
     assert f"dashboard web: {base}/" in out
+    # run as `labbridge serve` runs a node: the ready file exists only while it serves
+    assert not ready.exists()
+
+
+def test_dashboard_on_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "web.yaml"
+        cfg.write_text(NODE)
+        res = run_cli("dashboard", str(cfg), "--port", str(port), timeout=60)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot start node dash" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_dashboard_without_a_web_service_is_a_clear_error(tmp_path):
