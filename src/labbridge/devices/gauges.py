@@ -82,6 +82,10 @@ class GaugeController(Device):
         return {"kind": self.kind, "name": self.name, "gauges": list(self.gauges),
                 "backend": self.backend.describe(), "poll_period": self.poll_period}
 
+    def signals(self) -> dict[str, dict[str, Any]]:
+        # every signal is a gauge's reading, in torr (module docstring)
+        return {"*": {"units": "torr", "quantity": "pressure"}}
+
     async def start(self) -> None:
         if self._started:
             return
