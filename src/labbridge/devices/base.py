@@ -96,7 +96,9 @@ class Device:
         * ``on_change``: True when the signal is announced on every change, so its last value
           holds until the next one (a setpoint, a state); otherwise it is a sample whose age
           matters;
-        * ``event``: True for an occurrence (a watchdog trip, a refused command), not a level.
+        * ``event``: True for an occurrence (a watchdog trip, a refused command), not a level;
+        * ``trend``: False for a number worth showing but not plotting (a frame count, an
+          integration time).
         """
         return {}
 

@@ -169,5 +169,6 @@ class Camera(Device):
                 "backend": self.backend.describe()}
 
     def signals(self) -> dict[str, dict[str, Any]]:
-        return {"frame": {"units": self.units}, "frames": {"on_change": True},
-                "exposure_ms": {"units": "ms", "on_change": True}}
+        return {"frame": {"units": self.units},
+                "frames": {"on_change": True, "trend": False},
+                "exposure_ms": {"units": "ms", "on_change": True, "trend": False}}

@@ -377,7 +377,7 @@ class Furnace(Device):
         temp = {"units": "°C", "quantity": "temperature"}
         return {"temperature": temp, "setpoint": {**temp, "on_change": True},
                 "output": {"units": "%", "quantity": "output"},
-                "pid": {"on_change": True}, "di.*": {"on_change": True},
+                "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
                 "watchdog": {"event": True}, "dump": {"event": True}}
 
 

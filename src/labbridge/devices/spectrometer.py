@@ -305,7 +305,7 @@ class Spectrometer(Device):
                 "valves": sorted(self.valves)}
 
     def signals(self) -> dict[str, dict[str, Any]]:
-        held = {"on_change": True}
+        held = {"on_change": True, "trend": False}
         return {"scan.*": {"units": "V", "quantity": "intensity"},
                 "magnet_dac": held, "integration_time": {"units": "s", **held},
                 "high_voltage": {"units": "V", **held}, "blanked": held,

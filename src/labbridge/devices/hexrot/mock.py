@@ -474,4 +474,5 @@ class RotatorMockController(BaseMockController):
         # ts_mtrotator works in degrees (spec §3.11); position is announced on arrival
         return {**super().signals(),
                 "position": {"units": "deg", "quantity": "angle", "on_change": True},
-                "velocity": {"units": "deg/s"}, "target": {"units": "deg"}}
+                "velocity": {"units": "deg/s", "trend": False},
+                "target": {"units": "deg", "trend": False}}
