@@ -242,7 +242,7 @@ async def test_a_camera_frame_appears_and_changes(lab, page):
         return i.complete && Number(i.dataset.loaded) > {n1}; }}""")
     n2, _, _, hash2 = await page.evaluate(pixels, sel)
     assert n2 > n1 and hash2 != hash1  # a newer frame, and the spot moved
-    caption = page.locator(f'.card[data-device="cam"] figcaption')
+    caption = page.locator('.card[data-device="cam"] figcaption')
     from playwright.async_api import expect
 
     await expect(caption).to_contain_text("720 x 960 px")

@@ -3,6 +3,7 @@ records, no frames decoded, devices' last metadata."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_series_are_thinned_in_the_database(recording, monkeypatch):
     pts = out["lab.gauges.IG"]
     assert 400 <= len(pts) <= 501 and decoded <= 501  # not 60 000 rows into Python
     assert pts[0][0] < NOW - 590 and pts[-1][0] == pytest.approx(NOW - 600 + 59_999 * 0.01)
-    assert all(a[0] < b[0] for a, b in zip(pts, pts[1:], strict=False))
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(pts))
 
 
 def test_every_series_of_the_window_with_record_fields_and_nothing_else(recording):

@@ -105,7 +105,7 @@ def test_metadata_gives_units_held_values_and_every_gauge():
     assert of(items, "value")[0]["value"]["v"] == "1,2,3"
     sp = st.series["fc.furnace.setpoint"].to_json()
     assert sp["units"] == "°C" and sp["held"] is True
-    (p,) = of(st.on_message("fc.furnace.output", 20.0, 4.0), "point")
+    (_p,) = of(st.on_message("fc.furnace.output", 20.0, 4.0), "point")
     assert st.series["fc.furnace.output"].to_json()["units"] == "%"
     assert st.series["fc.furnace.output"].to_json()["held"] is False
     # the node file's units win over anything else
@@ -239,7 +239,7 @@ def test_every_collection_is_bounded():
     assert [e["text"] for e in st.events] == ["w7", "w8", "w9"]
     for i in range(5):
         st.on_message(f"node{i}.notifier.heartbeat", {}, 1.0)
-        st.on_message("a.valves.V%d" % i, {"state": 1, "locked": 0}, 1.0)
+        st.on_message(f"a.valves.V{i}", {"state": 1, "locked": 0}, 1.0)
         st.on_message(f"a.rot.s{i}", "ENABLED", 1.0)
         st.on_message(f"a.cam{i}.frame", np.zeros((2, 2)), 1.0)
         st.on_message(f"a.dev{i}.meta", {"signals": {}}, 1.0)
