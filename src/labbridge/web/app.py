@@ -76,6 +76,8 @@ MAX_BODY = 4096
 #: Points of one topic kept per push batch (older ones in the same batch are dropped; the
 #: page's history is refreshed from the recorder on reload).
 POINTS_PER_BATCH = 10
+#: Events in a page's first snapshot (the page shows at most 200).
+HELLO_EVENTS = 200
 #: Close codes the page's script understands.
 CLOSE_SLOW = 1013  # try again later: it reconnects at once to a fresh snapshot
 CLOSE_EVICTED = 4001  # its slot went to a newcomer: it waits before reconnecting
@@ -177,6 +179,8 @@ class WebDashboard:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: set[asyncio.Task[None]] = set()
+        #: Set (and replaced) whenever a page joins, leaves or says hello.
+        self._pages_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._history = RecorderHistory(config.recorder) if config.recorder else None
@@ -264,6 +268,23 @@ class WebDashboard:
                                                                  self._history.close)
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def _touch_pages(self) -> None:
+        self._pages_changed.set()
+        self._pages_changed = asyncio.Event()
+
+    async def wait_pages(self, predicate: Callable[[set[Page]], bool],
+                         timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` seconds) until ``predicate(pages)`` holds; for tests
+        and supervisors (an event per change, no polling)."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.pages):
+                await self._pages_changed.wait()
+
+    async def wait_closed_pages(self) -> None:
+        """Wait until every dropped page's socket is closed (or aborted)."""
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
 
     # -- bus -----------------------------------------------------------------------------
     def _listener(self, source: str) -> Callable[[str, Any, MessageMeta], None]:
@@ -538,7 +559,7 @@ class WebDashboard:
     def hello(self) -> dict[str, Any]:
         return {"type": "hello", "now": self.clock(), "config": self.config_json(),
                 "nodes": self.nodes_json(), "devices": self.devices_json(),
-                "events": list(self.state.events)}
+                "events": list(self.state.events)[-HELLO_EVENTS:]}
 
     def _admit(self, address: str, peer: str) -> web.Response | None:
         """Make room for a newcomer (evicting a page that is not one, or is idle or
@@ -567,12 +588,13 @@ class WebDashboard:
         page = Page(peer, address, now, max_bytes=self.config.client_bytes,
                     max_messages=self.config.client_queue, transport=request.transport)
         self.pages.add(page)  # the slot is taken before the first await
+        self._touch_pages()
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
         sender: asyncio.Task[None] | None = None
         try:
             await ws.prepare(request)
             page.ws = ws
-            page.offer(_dumps(self.hello()))
+            page.offer(_dumps(self.hello()), first=True)
             sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
@@ -585,8 +607,11 @@ class WebDashboard:
                     kind = _page_message(msg.data)
                     if kind is not None:
                         page.heard(self.monotonic(), kind)
+                        if kind == "hello":
+                            self._touch_pages()
         finally:
             self.pages.discard(page)
+            self._touch_pages()
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -616,6 +641,7 @@ class WebDashboard:
             return
         page.closing = True
         self.pages.discard(page)
+        self._touch_pages()
         page.queue.clear()
         page.queued_bytes = 0
         page.wake.set()

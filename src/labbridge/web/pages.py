@@ -59,12 +59,14 @@ class Page:
     queue: deque[str | None] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, text: str) -> bool:
-        """Queue one message; False (and ``overflowed``) when the page is too far behind."""
+    def offer(self, text: str, *, first: bool = False) -> bool:
+        """Queue one message; False (and ``overflowed``) when the page is too far behind.
+        The ``first`` message (the snapshot, bounded by the state's own limits) is always
+        taken."""
         if self.overflowed or self.closing:
             return False
-        if (self.queued_bytes + len(text) > self.max_bytes
-                or len(self.queue) >= self.max_messages):
+        if not first and (self.queued_bytes + len(text) > self.max_bytes
+                          or len(self.queue) >= self.max_messages):
             self.overflowed = True
             return False
         self.queue.append(text)

@@ -56,6 +56,8 @@ DISCONNECTED = "disconnected"
 MAX_FIELDS = 32
 #: Frames are kept (and served) at most this many pixels a side.
 MAX_FRAME_SIDE = 480
+#: Longest event text kept (a message from the bus can be any length).
+MAX_EVENT_TEXT = 500
 
 #: Usable timestamps: finite and less than TS_MAX (the year 3000 in Unix seconds) from zero
 #: either way. A NaN would reach the page as a bare ``NaN`` that JSON.parse rejects, and one
@@ -775,7 +777,9 @@ class LabState:
 
     def add_event(self, level: str, node: str, text: str, ts: float,
                   **extra: Any) -> dict[str, Any]:
-        ev = {"level": level, "node": node, "text": text, "ts": ts, **extra}
+        if len(text) > MAX_EVENT_TEXT:
+            text = text[:MAX_EVENT_TEXT - 3] + "..."
+        ev = {"level": level, "node": node[:200], "text": text, "ts": ts, **extra}
         self.events.append(ev)
         return {"type": "event", "event": ev}
 
