@@ -245,7 +245,7 @@ async def test_a_camera_frame_appears_and_changes(lab, page):
     caption = page.locator('.card[data-device="cam"] figcaption')
     from playwright.async_api import expect
 
-    await expect(caption).to_contain_text("720 x 960 px")
+    await expect(caption).to_contain_text("960 x 720 px")
 
 
 async def test_the_schematic_shows_valve_states(lab, page):

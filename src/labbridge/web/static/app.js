@@ -511,7 +511,8 @@ function loadFrame(img, f) {
   img.onload = () => {
     img.dataset.loaded = String(f.count);
     const cap = img.parentElement && img.parentElement.querySelector(".fmeta");
-    if (cap) cap.textContent = `frame ${f.count} at ${fmtClock(f.ts)} (${f.shape.join(" x ")} px)`;
+    // shape is [rows, columns]: say it as width x height
+    if (cap) cap.textContent = `frame ${f.count} at ${fmtClock(f.ts)} (${f.shape[1]} x ${f.shape[0]} px)`;
   };
   img.src = `/api/frame?topic=${encodeURIComponent(f.topic)}&n=${f.count}`;
 }

@@ -85,8 +85,13 @@ function buildSchematic(node, given, valves, gauges, onValve) {
     if (p.kind === "parts") {
       const g = svgEl("g", { class: "part", transform: `translate(${x},${y})`, "data-part": name });
       const w = Math.min(CELL_X - 8, Math.max(64, name.length * 10 + 16));
-      g.append(svgEl("rect", { x: -w / 2, y: -20, width: w, height: 40, rx: 10 }),
-               svgEl("text", { y: 6 }, name));
+      const label = svgEl("text", { y: 6 }, name);
+      // a long name is squeezed into its box rather than spilling over its neighbours
+      if (name.length * 9.5 > w - 10) {
+        label.setAttribute("textLength", String(w - 12));
+        label.setAttribute("lengthAdjust", "spacingAndGlyphs");
+      }
+      g.append(svgEl("rect", { x: -w / 2, y: -20, width: w, height: 40, rx: 10 }), label);
       svg.append(g);
     } else if (p.kind === "gauges") {
       const gauge = findGauge(name, gauges);
