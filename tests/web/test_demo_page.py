@@ -11,6 +11,8 @@ import re
 
 import pytest
 
+from labbridge.links.pychron.client import PychronClient
+from labbridge.links.pychron.remote import RemoteValves
 from labbridge.node.demo import Lab
 from tests.web.browser import LAPTOP, PHONE, Console, artifact, chromium
 
@@ -77,6 +79,26 @@ async def test_the_demo_page_shows_every_instrument(demo, tmp_path):
         for node in nodes:
             await expect(page.locator(f'.node[data-node="{node}"]')).to_have_attribute(
                 "data-missed", "0")
+        # the lab at work, as an acquisition computer drives it: the line open from the
+        # furnace to the spectrometer, the getter isolated, the furnace heating
+        vhost, vport = demo.components["valve-controller"].endpoint("tcp")
+        fhost, fport = demo.components["furnace-controller"].endpoint("tcp")
+        async with PychronClient(vhost, vport) as client:
+            valves = RemoteValves(client)
+            for name in "ABCE":
+                await valves.open(name)
+            await client.call("Lock D")
+        async with PychronClient(fhost, fport) as client:
+            await client.call("SetSetpoint 600")
+        for name in "ABCE":
+            await expect(line.locator(f'g.valve[data-key="valve-controller/{name}"]')
+                         ).to_have_attribute("data-state", "open")
+        await expect(line.locator('g.valve[data-key="valve-controller/D"]')
+                     ).to_have_attribute("data-locked", "true")
+        await page.wait_for_function(
+            """() => Number(document.querySelector('.legend-item[data-topic='
+                + '"furnace-controller.furnace.temperature"]').dataset.last) > 100""",
+            timeout=30_000)
         await page.screenshot(path=artifact("demo-laptop.png"), full_page=True)
 
         await page.set_viewport_size(PHONE)

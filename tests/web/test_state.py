@@ -108,6 +108,13 @@ def test_metadata_gives_units_held_values_and_every_gauge():
     (_p,) = of(st.on_message("fc.furnace.output", 20.0, 4.0), "point")
     assert st.series["fc.furnace.output"].to_json()["units"] == "%"
     assert st.series["fc.furnace.output"].to_json()["held"] is False
+    # a count announced before the metadata said so is moved from the plots to the values
+    st.on_message("cam.camera.frames", 3, 1.0)
+    items = st.on_message("cam.camera.meta", {"signals": {"frames": {"on_change": True,
+                                                                     "trend": False}}}, 2.0)
+    assert of(items, "unseries") == [{"type": "unseries", "topic": "cam.camera.frames"}]
+    assert "cam.camera.frames" not in st.series and st.values["cam.camera.frames"].value == 3
+    assert of(st.on_message("cam.camera.frames", 4, 3.0), "value")
     # the node file's units win over anything else
     st2 = LabState(units={"old.": "mbar"})
     st2.on_message("old.gauge.p", 1e-3, 1.0)

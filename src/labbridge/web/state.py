@@ -595,10 +595,15 @@ class LabState:
                                     describe, ts)
         out: list[dict[str, Any]] = []
         prefix = f"{node}.{device}."
-        for s in self.series.values():  # units may have arrived after the points
+        for s in list(self.series.values()):  # units may have arrived after the points
             if s.topic.startswith(prefix) and not s.aliases and s.topic not in self.aliases:
                 new = self.signal_info(s.topic)
-                if new != s.info:
+                if not new.trend:  # a count, not a measurement: a value, not a plot
+                    del self.series[s.topic]
+                    out.append({"type": "unseries", "topic": s.topic})
+                    if s.last is not None:
+                        out += self.set_value(s.topic, s.last[1], s.last[0])
+                elif new != s.info:
                     s.info = new
                     out.append({"type": "series", "series": s.to_json()})
         for v in _list(describe.get("valves")):

@@ -113,6 +113,7 @@ function handleItem(it) {
     case "point": addPoint(it.topic, it.t, it.v); break;
     case "series": setSeries(it.series); break;
     case "alias": setAlias(it.topic, it.into); break;
+    case "unseries": if (S.series.delete(it.topic)) S.rebuild = true; break;
     case "value": setValue(it.value); break;
     case "event": addEvent(it.event); break;
     case "frame": setFrame(it); break;
@@ -346,7 +347,10 @@ function updateValveEl(e, v) {
   e.classList.toggle("clickable", canControl(v));
   const st = e.querySelector(".vstate"), meta = e.querySelector(".vmeta");
   if (st) st.textContent = v.known ? v.state : "unknown";
-  if (meta) meta.textContent = valveText(v);
+  // on the schematic the box is small: "locked" / "owned" (who owns it is in the tooltip)
+  if (meta) meta.textContent = e instanceof SVGElement
+    ? [v.locked ? "locked" : "", v.owner ? "owned" : ""].filter((x) => x).join(" + ")
+    : valveText(v);
   const title = `${v.node} ${v.name}${v.description ? " (" + v.description + ")" : ""}: ` +
     `${v.state}${v.locked ? ", software-locked" : ""}${v.owner ? ", owned by " + v.owner : ""}` +
     `${nodeStatus(v.node) !== "live" ? " (node " + nodeStatus(v.node) + ": last known)" : ""}`;

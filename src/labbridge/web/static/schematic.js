@@ -14,7 +14,7 @@
 "use strict";
 
 const SVGNS = "http://www.w3.org/2000/svg";
-const CELL_X = 104, CELL_Y = 84, VALVE_W = 82, VALVE_H = 54;
+const CELL_X = 104, CELL_Y = 88, VALVE_W = 84, VALVE_H = 62;
 
 function svgEl(tag, attrs = {}, text) {
   const e = document.createElementNS(SVGNS, tag);
@@ -98,7 +98,7 @@ function buildSchematic(node, given, valves, gauges, onValve) {
       const g = svgEl("g", { class: "gauge", transform: `translate(${x},${y})`,
                              "data-topic": gauge ? gauge.topic : "", "data-node": node,
                              "data-name": name });
-      g.append(svgEl("circle", { r: 16 }), svgEl("text", { class: "gname", y: 5 }, name.slice(0, 3)),
+      g.append(svgEl("circle", { r: 18 }), svgEl("text", { class: "gname", y: 5 }, name.slice(0, 3)),
                svgEl("text", { class: "gvalue", y: -24 }, "-"));
       svg.append(g);
     } else {
@@ -108,9 +108,9 @@ function buildSchematic(node, given, valves, gauges, onValve) {
       const g = svgEl("g", { class: "valve", "data-key": key, tabindex: "0",
                              transform: `translate(${x - VALVE_W / 2},${y - VALVE_H / 2})` });
       g.append(svgEl("rect", { width: VALVE_W, height: VALVE_H, rx: 7 }),
-               svgEl("text", { x: VALVE_W / 2, y: 24, class: "vname" }, name),
-               svgEl("text", { x: VALVE_W / 2, y: 39, class: "small vstate" }),
-               svgEl("text", { x: VALVE_W / 2, y: 50, class: "small vmeta" }));
+               svgEl("text", { x: VALVE_W / 2, y: 25, class: "vname" }, name),
+               svgEl("text", { x: VALVE_W / 2, y: 42, class: "small vstate" }),
+               svgEl("text", { x: VALVE_W / 2, y: 56, class: "small vmeta" }));
       g.addEventListener("click", () => onValve(key));
       g.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") onValve(key); });
       svg.append(g);
