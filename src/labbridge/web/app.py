@@ -69,6 +69,9 @@ from labbridge.web.state import AlarmRule, LabState, split_topic, timestamp
 
 log = logging.getLogger(__name__)
 
+#: What a node kind may take from here (ADR 0070: the web face's one entry point for node).
+__all__ = ["AlarmRule", "CameraSource", "WebConfig", "WebDashboard", "png_gray"]
+
 STATIC = Path(__file__).parent / "static"
 
 #: Largest control request body, and largest message a page may send (bytes).

@@ -545,7 +545,8 @@ class LabState:
                                    ts, kind="device", device=device)]
         if device == "dashboard" and signal.startswith("value.") and isinstance(value, dict):
             units = _text(value.get("units"))
-            if units and self.value_units.get(topic) != units:
+            if units and self.value_units.get(topic) != units and (
+                    topic in self.value_units or len(self.value_units) < 4 * self.max_series):
                 self.value_units[topic] = units
         items = numeric_items(topic, value)
         if items is not None:

@@ -56,9 +56,8 @@ from labbridge.devices.valves import ValveBank
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.protocol.telemetry.envelope import make_topic
-from labbridge.web.app import CameraSource, WebConfig, WebDashboard
+from labbridge.web.app import AlarmRule, CameraSource, WebConfig, WebDashboard
 from labbridge.web.control import CommandTarget
-from labbridge.web.state import AlarmRule
 
 #: Largest schematic: items per node and names per pipe.
 MAX_SCHEMATIC_ITEMS = 200
