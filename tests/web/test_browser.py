@@ -200,6 +200,25 @@ async def test_a_killed_node_greys_and_warns_within_its_stale_limit(lab, page):
     await expect(warning.first).to_contain_text("disconnected")
 
 
+async def test_a_lost_dashboard_greys_everything(lab, browser):
+    """When the page loses its dashboard it knows nothing any more: every widget greys."""
+    from playwright.async_api import expect
+
+    page, console = await open_page(browser, lab.url)
+    await expect(legend(page, TEMPERATURE)).to_have_attribute("data-stale", "false")
+    await expect(valve(page, "A")).to_have_attribute("data-stale", "false")
+    await lab.web_node.stop()
+    await expect(page.locator("#conn")).to_have_attribute("data-conn", "closed")
+    await expect(legend(page, TEMPERATURE)).to_have_attribute("data-stale", "true")
+    await expect(valve(page, "A")).to_have_attribute("data-stale", "true")
+    await expect(card(page, "furnace-controller", "furnace")).to_have_attribute("data-stale",
+                                                                                "true")
+    await page.close()
+    # the browser's own complaints about the reconnections it tries, nothing else
+    assert all("WebSocket" in e or "ERR_CONNECTION_REFUSED" in e for e in console.errors), \
+        console.errors
+
+
 async def test_colours_are_identical_across_two_page_loads(lab, browser, page):
     from playwright.async_api import expect
 

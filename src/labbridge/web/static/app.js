@@ -34,6 +34,7 @@ const S = {
   events: [],
   plots: new Map(),       // plot key -> {el, plot, legend, topics}
   ws: null,
+  connected: false,
   retry: 0,
   pinger: null,
   dirty: false,
@@ -63,6 +64,7 @@ function connect() {
   setConn("connecting");
   ws.onopen = () => {
     S.retry = 0;
+    S.connected = true;
     setConn("open");
     ws.send(JSON.stringify({ type: "hello" }));
   };
@@ -73,6 +75,8 @@ function connect() {
   };
   ws.onclose = (ev) => {
     if (S.ws !== ws) return;
+    S.connected = false;  // we know nothing now: every widget greys until the next hello
+    schedule();
     clearInterval(S.pinger);
     if (ev.code === 4001) {
       // Our slot went to a newer page (the dashboard is full): wait before asking again.
@@ -253,6 +257,7 @@ function mergeHistory(topic, points) {
 
 // ---------------------------------------------------------------- honesty
 function nodeStatus(node) {
+  if (!S.connected) return "disconnected";
   if (node === S.config.node && !S.nodes.has(node)) return "live";  // this dashboard itself
   const n = S.nodes.get(node);
   return n ? n.status : "disconnected";
