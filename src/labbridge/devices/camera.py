@@ -106,14 +106,15 @@ class Camera(Device):
         self.exposure_ms = exposure_ms
         self.publish_period = publish_period
         self.frames = 0
-        self.latest: np.ndarray | None = None
+        #: The last frame grabbed by any link (the EPICS face serves it as an NTNDArray).
+        self.last_frame: np.ndarray | None = None
         self._fresh = False  # a frame was grabbed since the last announcement
         self._task: asyncio.Task[None] | None = None
 
     async def grab(self) -> list[np.ndarray]:
         frame = await self.backend.snap()
         self.frames += 1
-        self.latest = frame
+        self.last_frame = frame
         self._fresh = True
         self.emit("frames", self.frames)
         return [frame]
@@ -142,9 +143,9 @@ class Camera(Device):
                     failing = True
                 else:
                     failing = False
-            if self._fresh and self.latest is not None:
+            if self._fresh and self.last_frame is not None:
                 self._fresh = False
-                self.emit("frame", self.latest)
+                self.emit("frame", self.last_frame)
             await asyncio.sleep(period)
 
     def axes(self) -> dict[str, tuple[np.ndarray, str, str]]:
