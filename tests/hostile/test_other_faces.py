@@ -248,7 +248,6 @@ def _web_config(valves: Any) -> dict[str, Any]:
         "control": True}]}
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by web on wt-web")
 async def test_web_dashboard_survives_hostile_clients(workdir: Path) -> None:
     with serve(demo_config("valve-controller"), workdir, "valves") as valves, \
             serve(_web_config(valves), workdir, "web") as node:

@@ -64,12 +64,16 @@ def _devices(sec: Section, ctx: NodeContext) -> list[Device]:
 
 
 class NotifierService:
-    """A Notifier plus the DevicePublisher that puts every device change on it."""
+    """A Notifier plus the DevicePublisher that puts every device change on it, and the
+    devices' metadata every ``meta_period`` seconds (0: never)."""
 
-    def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None) -> None:
+    def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None,
+                 meta_period: float = 10.0) -> None:
         self.name = name
         self.notifier = notifier
         self.device_publisher = publisher
+        self.meta_period = meta_period
+        self._meta_task: asyncio.Task[None] | None = None
 
     @property
     def pub_url(self) -> str:
@@ -79,8 +83,17 @@ class NotifierService:
         await self.notifier.start()
         if self.device_publisher is not None:
             self.device_publisher.start()
+            if self.meta_period > 0 and self._meta_task is None:
+                self._meta_task = asyncio.create_task(
+                    self.device_publisher.meta_loop(self.meta_period),
+                    name=f"{self.name}-meta")
 
     async def stop(self) -> None:
+        task, self._meta_task = self._meta_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.device_publisher is not None:
             self.device_publisher.stop()
         await self.notifier.stop()
@@ -103,7 +116,8 @@ def _notifier(sec: Section, ctx: NodeContext) -> NotifierService:
         pub = DevicePublisher(n, ctx.node_name, _devices(sec, ctx), legacy=legacy)
     else:
         sec.get_list("devices", None)
-    return NotifierService(sec.get_str("name", "notifier"), n, pub)
+    meta_period = sec.get_float("meta_period", 10.0, min=0.0, max=86400.0)
+    return NotifierService(sec.get_str("name", "notifier"), n, pub, meta_period)
 
 
 class DashboardServerService:
