@@ -143,3 +143,52 @@ async def test_lost_publisher_is_one_line_down_and_one_up(caplog):
     lines = sub_lines(caplog)
     assert [m for m in lines if "lost" in m] and [m for m in lines if "again" in m], lines
     assert len(lines) == 2, lines
+
+
+# -- dashboard_client ---------------------------------------------------------------------------
+KINDS_LOGGER = "labbridge.node.kinds.bus"
+
+
+async def test_dashboard_client_pointed_at_a_wrong_port_backs_off(caplog):
+    from labbridge.bus.dashboard import DashboardClient
+    from labbridge.node.kinds.bus import DashboardClientService
+
+    caplog.set_level(logging.DEBUG, logger=KINDS_LOGGER)
+    async with accept_and_close() as (port, accepted, first):
+        svc = DashboardClientService("dash-in", DashboardClient("127.0.0.1", port - 1,
+                                                                rep_port=port))
+        await svc.start()
+        try:
+            await asyncio.wait_for(first.wait(), 10)
+            n0 = len(accepted)
+            cpu = await measure(2.5)
+            in_window = len(accepted) - n0
+        finally:
+            await svc.stop()
+    # one connection per ping and 0.5 s doubling between pings; before: one every 100 ms
+    assert in_window <= 6, in_window
+    assert cpu < 0.5 * 2.5, cpu
+    lines = [r.getMessage() for r in caplog.records if r.name == KINDS_LOGGER]
+    assert len(lines) == 1 and "no dashboard server answers" in lines[0], lines
+    assert not svc.client.connected.is_set()
+
+
+async def test_dashboard_client_with_a_malformed_host_says_so_once(caplog):
+    from labbridge.bus.dashboard import DashboardClient
+    from labbridge.node.kinds.bus import DashboardClientService
+
+    caplog.set_level(logging.DEBUG, logger=KINDS_LOGGER)
+    client = DashboardClient("no such host", 8100)
+    try:
+        with contextlib.suppress(BusError):
+            await client.connect()
+        svc = DashboardClientService("dash-in", client)
+        await svc.start()
+        assert svc._task is not None
+        await asyncio.wait_for(svc._task, 10)   # gives up: retrying cannot help
+    finally:
+        await client.close()
+    assert svc.failed is not None and "tcp://no such host:8101" in svc.failed
+    assert "\n" not in svc.failed and "HOST:PORT" in svc.failed
+    lines = [r.getMessage() for r in caplog.records if r.name == KINDS_LOGGER]
+    assert len(lines) == 1 and "no such host" in lines[0], lines

@@ -36,6 +36,7 @@ from labbridge.protocol.telemetry.dashboard_config import (
     parse_dashboard_config,
     parse_dashboard_xml,
 )
+from labbridge.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -235,30 +236,45 @@ def _recorder(sec: Section, ctx: NodeContext) -> RecorderService:
 class DashboardClientService:
     """Follows a remote dashboard. The server may come up after this node: connecting is
     retried in the background (0.5 s doubling to 10 s) instead of failing the node;
-    ``client.connected`` is set once it succeeds."""
+    ``client.connected`` is set once it succeeds. One log line when it cannot connect, one
+    when it finally does -- never one per attempt (ADR 0121)."""
 
     def __init__(self, name: str, client: DashboardClient) -> None:
         self.name = name
         self.client = client
         self._task: asyncio.Task[None] | None = None
         self.attempts = 0
+        #: The endpoint is malformed: retrying cannot help (the error, logged once).
+        self.failed: str | None = None
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
 
     async def _connect(self) -> None:
-        delay = 0.5
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        failing = False
         while True:
             self.attempts += 1
             try:
                 await self.client.connect()
-                return
-            except (DashboardError, TimeoutError, BusError) as exc:
-                log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
+            except BusError as exc:  # ZeroMQ refuses the endpoint itself
+                self.failed = str(exc)
+                log.error("%s: %s", self.name, exc)
                 await self.client.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                return
+            except (DashboardError, TimeoutError) as exc:
+                if not failing:
+                    failing = True
+                    log.warning("%s: %s; retrying in the background (every %g s at most)",
+                                self.name, exc or "no reply", backoff.maximum)
+                await self.client.close()
+            else:
+                if failing:
+                    log.info("%s: connected to %s after %d attempts", self.name,
+                             self.client.pub_url, self.attempts)
+                return
+            await asyncio.sleep(backoff.next())
 
     async def stop(self) -> None:
         task, self._task = self._task, None
