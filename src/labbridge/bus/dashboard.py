@@ -45,6 +45,7 @@ import zmq.asyncio
 
 from labbridge.bus import sockets
 from labbridge.bus.notifier import Notifier
+from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.devices.base import Change, Device
 from labbridge.protocol.telemetry import legacy
@@ -97,7 +98,8 @@ class DashboardServer:
                  port: int | None = None, rep_port: int | None = None,
                  heartbeat: float = HEARTBEAT_PERIOD, legacy: bool = True,
                  clock: Callable[[], float] = time.time,
-                 ctx: zmq.asyncio.Context | None = None, name: str = "dashboard") -> None:
+                 ctx: zmq.asyncio.Context | None = None,
+                 max_subscriptions: int = MAX_SUBSCRIPTIONS, name: str = "dashboard") -> None:
         self.config = config
         self.node = node
         self.devices = dict(devices or {})
@@ -108,7 +110,7 @@ class DashboardServer:
         self.legacy = legacy
         self.notifier = Notifier(host, config.port if port is None else port, rep_port,
                                  node=node, ctx=ctx, legacy=legacy, heartbeat=None,
-                                 name=name, clock=clock)
+                                 max_subscriptions=max_subscriptions, name=name, clock=clock)
         self.notifier.add_request_handler("config_json", self._config_json)
         self.state = "configured"
         self.monitors: dict[str, ValueMonitor] = {}

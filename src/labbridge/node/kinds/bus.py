@@ -26,6 +26,7 @@ from typing import Any
 from labbridge.bus.dashboard import DashboardClient, DashboardError, DashboardServer
 from labbridge.bus.device_publisher import DevicePublisher
 from labbridge.bus.notifier import Notifier
+from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.recorder import Recorder
 from labbridge.bus.sockets import Address, BusError, normalize_endpoint
 from labbridge.devices.base import Device
@@ -96,15 +97,19 @@ def _notifier(sec: Section, ctx: NodeContext) -> NotifierService:
     rep_port = sec.get_port("rep_port", None)
     heartbeat = sec.get_float("heartbeat", 2.0, min=0.0)
     legacy = sec.get_bool("legacy", True)
+    name = sec.get_str("name", "notifier")
     n = Notifier(_host(sec, ctx), port, rep_port, node=ctx.node_name, legacy=legacy,
                  heartbeat=heartbeat or None, source=ctx.node_name,
-                 sndhwm=sec.get_int("sndhwm", 100_000, min=1))
+                 sndhwm=sec.get_int("sndhwm", 100_000, min=1),
+                 max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS,
+                                               min=1),
+                 name=f"notifier {name!r}")
     pub = None
     if sec.get_bool("publish_devices", True):
         pub = DevicePublisher(n, ctx.node_name, _devices(sec, ctx), legacy=legacy)
     else:
         sec.get_list("devices", None)
-    return NotifierService(sec.get_str("name", "notifier"), n, pub)
+    return NotifierService(name, n, pub)
 
 
 class DashboardServerService:
@@ -163,15 +168,18 @@ def _dashboard_server(sec: Section, ctx: NodeContext) -> DashboardServerService:
         raise ConfigError(exc.reason, file=str(path), line=exc.line,
                           field=exc.field or None) from None
     port = sec.get_port("port", None)
+    name = sec.get_str("name", "dashboard")
     try:
         server = DashboardServer(
             config, node=ctx.node_name, devices=ctx.devices, remote=_remote_reader(sec, ctx),
             host=_host(sec, ctx), port=port, rep_port=sec.get_port("rep_port", None),
             heartbeat=sec.get_float("heartbeat", 2.0, min=0.01),
-            legacy=sec.get_bool("legacy", True), name=sec.get_str("name", "dashboard"))
+            legacy=sec.get_bool("legacy", True),
+            max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS, min=1),
+            name=f"dashboard_server {name!r}")
     except DashboardError as exc:
         raise sec.error("config", str(exc)) from None
-    return DashboardServerService(sec.get_str("name", "dashboard"), server)
+    return DashboardServerService(name, server)
 
 
 class RecorderService:
