@@ -343,6 +343,7 @@ class Recorder:
                                      on_gap=self._on_gap, ctx=ctx, rcvhwm=rcvhwm,
                                      decode_payloads=False, clock=clock, name=name)
         self._rows: list[tuple[Any, ...]] = []
+        self._in_flight = 0  # rows handed to the writer thread, not written yet
         self._gaps: list[tuple[Any, ...]] = []
         self._store: RecordStore | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -376,11 +377,11 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + self._in_flight
 
     # -- receive side (event loop; cheap) ---------------------------------------------------
     def _on_message(self, topic: str, payload: Any, meta: MessageMeta) -> None:
-        if len(self._rows) >= self.max_pending:  # the disk cannot keep up: count, not grow
+        if len(self._rows) + self._in_flight >= self.max_pending:  # writing is stuck
             self._not_stored(topic, meta)
             return
         enc = meta.encoding
@@ -420,14 +421,23 @@ class Recorder:
         if self.dropped == 1:
             log.warning("%s: %d messages are waiting for %s; further messages are not stored "
                         "(recorded as gaps) until writing catches up", self.name,
-                        len(self._rows), self.path)
+                        self.pending, self.path)
 
-    def _unstored_gaps(self) -> list[tuple[Any, ...]]:
-        """The "not stored" gap rows for what was dropped so far (and forget it)."""
-        rows = [(first_t, topic, pub, first, last + 1 if last else 0, n, 0, NOT_STORED)
-                for (pub, topic), (first_t, first, last, n) in self._unstored.items()]
-        self._unstored.clear()
-        return rows
+    @staticmethod
+    def _gap_rows(unstored: dict[tuple[int, str], list[Any]]) -> list[tuple[Any, ...]]:
+        """The "not stored" gap rows for ``unstored``."""
+        return [(first_t, topic, pub, first, last + 1 if last else 0, n, 0, NOT_STORED)
+                for (pub, topic), (first_t, first, last, n) in unstored.items()]
+
+    def _restore_unstored(self, unstored: dict[tuple[int, str], list[Any]]) -> None:
+        """Put back what a failed write took, merged with what was dropped meanwhile: one
+        gap per (publisher, topic) and outage, not one per write attempt."""
+        for key, (first_t, first, last, n) in unstored.items():
+            newer = self._unstored.get(key)
+            if newer is None:
+                self._unstored[key] = [first_t, first, last, n]
+            else:
+                self._unstored[key] = [first_t, first, newer[2], n + newer[3]]
 
     def _on_gap(self, gap: Gap) -> None:
         self.gap_count += 1
@@ -516,22 +526,27 @@ class Recorder:
         async with self._write_lock:
             rows, self._rows = self._rows, []
             gaps, self._gaps = self._gaps, []
-            gaps += self._unstored_gaps()
+            unstored, self._unstored = self._unstored, {}
             self._full.clear()
-            if not rows and not gaps:
+            if not rows and not gaps and not unstored:
                 return True
             store = self._store
             assert store is not None and self._executor is not None
             loop = asyncio.get_running_loop()
+            self._in_flight = len(rows)
             try:
-                await loop.run_in_executor(self._executor, store.write, rows, gaps)
+                await loop.run_in_executor(self._executor, store.write, rows,
+                                           gaps + self._gap_rows(unstored))
             except sqlite3.Error as exc:
                 # keep everything, oldest first, for the next attempt
                 self._rows[:0] = rows
                 self._gaps[:0] = gaps
+                self._restore_unstored(unstored)
                 self.write_failures += 1
                 self._failed(exc)
                 return False
+            finally:
+                self._in_flight = 0
             self.stored += len(rows)
             if self.stalled.is_set():
                 self.stalled.clear()
