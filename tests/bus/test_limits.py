@@ -88,3 +88,48 @@ async def test_hostile_subscriptions_leave_publisher_memory_bounded():
     # the publisher did not spin: its CPU while under attack is a fraction of the time
     # (generous bound; the measurement is the whole attack, which takes seconds)
     assert during["cpu"] - base["cpu"] < 0.5 * (during["wall"] - base["wall"]), (base, during)
+
+
+# -- the XPUB is a PUB on the wire ----------------------------------------------------------------
+async def test_plain_sub_peers_see_a_pub():
+    """A plain pyzmq SUB, as Pychron's subscriber uses it (prefix subscription, one string
+    per message; spec pychron.md section 13), gets the legacy lines; one taking ``frames[:2]``
+    gets the envelope's topic and JSON (ADR 0030). An XSUB peer sending something that is no
+    subscription is ignored and counted."""
+    import zmq
+    import zmq.asyncio
+
+    from labbridge.bus.notifier import Notifier
+
+    n = Notifier("127.0.0.1", 0, heartbeat=None, node="lab")
+    await n.start()
+    ctx = zmq.asyncio.Context.instance()
+    legacy = ctx.socket(zmq.SUB)
+    legacy.setsockopt(zmq.SUBSCRIBE, b"RunAdded")
+    envelope = ctx.socket(zmq.SUB)
+    envelope.setsockopt(zmq.SUBSCRIBE, b"lab.notify.")
+    xsub = ctx.socket(zmq.XSUB)
+    try:
+        for s in (legacy, envelope, xsub):
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(n.pub_url)
+        await xsub.send(b"\x05not a subscription")
+        got_legacy = asyncio.ensure_future(legacy.recv_string())
+        got_env = asyncio.ensure_future(envelope.recv_multipart())
+        async with asyncio.timeout(10):
+            while not (got_legacy.done() and got_env.done()):  # lossy at join: repeat
+                n.send_notification("RunAdded", "1f2e")
+                await asyncio.wait([got_legacy, got_env], timeout=0.02,
+                                   return_when=asyncio.ALL_COMPLETED)
+        line, frames = got_legacy.result(), got_env.result()
+        async with asyncio.timeout(10):
+            while n.publisher.foreign == 0:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.01)
+        held = set(n.publisher.subscriptions)
+    finally:
+        for s in (legacy, envelope, xsub):
+            s.close(linger=0)
+        await n.stop()
+    assert line == "RunAdded 1f2e"
+    assert frames[0] == b"lab.notify.RunAdded" and frames[1] == b'"1f2e"'
+    assert {b"RunAdded", b"lab.notify."} <= held   # the XPUB saw both subscriptions
