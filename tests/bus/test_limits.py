@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from labbridge.bus.subscriber import Subscriber
 
 HERE = Path(__file__).parent
@@ -133,3 +135,62 @@ async def test_plain_sub_peers_see_a_pub():
     assert line == "RunAdded 1f2e"
     assert frames[0] == b"lab.notify.RunAdded" and frames[1] == b'"1f2e"'
     assert {b"RunAdded", b"lab.notify."} <= held   # the XPUB saw both subscriptions
+
+
+# -- every receiving socket has a maximum message size -------------------------------------------
+async def test_rep_drops_a_huge_request_and_keeps_serving():
+    """Notifier REP (ADR 0036): a 1 MiB request is dropped with its connection by ZeroMQ
+    before it is read; the next client is answered."""
+    import zmq
+    import zmq.asyncio
+
+    from labbridge.bus.notifier import Notifier
+
+    n = Notifier("127.0.0.1", 0, heartbeat=None)
+    await n.start()
+    ctx = zmq.asyncio.Context.instance()
+    try:
+        big = ctx.socket(zmq.REQ)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(n.rep_url)
+        await big.send(b"ping " + b"x" * (1 << 20))
+        assert await big.poll(500) == 0    # no reply: the request never reached a handler
+        big.close(linger=0)
+        ok = ctx.socket(zmq.REQ)
+        ok.setsockopt(zmq.LINGER, 0)
+        ok.connect(n.rep_url)
+        await ok.send(b"ping")
+        assert await asyncio.wait_for(ok.recv(), 10) == b"echo"
+        ok.close(linger=0)
+    finally:
+        await n.stop()
+    assert n.requests_served == 1
+
+
+async def test_dashboard_client_refuses_a_huge_reply():
+    """DashboardClient's REQ (MAX_REPLY, 4 MiB): a server answering 5 MiB is cut off by
+    ZeroMQ; the request times out instead of the client holding 5 MiB."""
+    import zmq
+    import zmq.asyncio
+
+    from labbridge.bus.dashboard import MAX_REPLY, DashboardClient
+
+    ctx = zmq.asyncio.Context.instance()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+
+    async def answer_huge() -> None:
+        await rep.recv()
+        await rep.send(b"x" * (MAX_REPLY + (1 << 20)))
+
+    server = asyncio.ensure_future(answer_huge())
+    client = DashboardClient("127.0.0.1", port - 1, rep_port=port, request_timeout=1.0)
+    try:
+        with pytest.raises(TimeoutError):
+            await client.request("config_json")
+        await asyncio.wait_for(server, 10)   # the server did send it
+    finally:
+        await client.close()
+        server.cancel()
+        rep.close(linger=0)
