@@ -5,7 +5,8 @@ The publisher runs in its own process (tests/bus/publisher_proc.py) so that its 
 read; the attackers are plain libzmq SUB sockets in their own processes
 (tests/bus/attacker_proc.py). Without the bounds, a 2 MiB subscription adds about 100 MiB to a
 publisher and 30,000 subscriptions of 120 bytes about 170 MiB (measured on a plain PUB socket,
-pyzmq 27 / libzmq 4.3.5), kept after the subscriber leaves.
+pyzmq 27 / libzmq 4.3.5), kept after the subscriber leaves; with the bounds the growth
+stays under the 64 MiB the hostile suite allows (typically +5..15 MiB here).
 """
 
 from __future__ import annotations
@@ -74,22 +75,29 @@ async def test_hostile_subscriptions_leave_publisher_memory_bounded():
                     process(str(HERE / "attacker_proc.py"), url, "flood", "30000") as flood:
                 assert await line(big) == "ready" and await line(flood) == "ready"
                 # the flood reconnects and sends everything again each time it is dropped
-                during = await until(pub, lambda s: s["peers_dropped"] >= 5
-                                     and s["disconnects"] >= 8)
+                early = await until(pub, lambda s: s["peers_dropped"] >= 5
+                                    and s["disconnects"] >= 8)
+                late = await until(pub, lambda s: s["peers_dropped"] >= 15)
                 n = len(ticks)
                 await good.wait_for(lambda t, p, m: len(ticks) >= n + 20, timeout=30)
-            after = await until(pub, lambda s: s["peers"] == 1)  # only the good one is left
+            # only the good one is left, with its one subscription
+            after = await until(pub, lambda s: s["peers"] == 1 and s["subscriptions"] == 1)
             n = len(ticks)
             await good.wait_for(lambda t, p, m: len(ticks) >= n + 5, timeout=30)
         finally:
             await good.stop()
-    grown = during["rss_kib"] - base["rss_kib"]
-    assert grown < 24 * MiB, during     # unbounded: > 250 MiB
-    assert after["rss_kib"] - base["rss_kib"] < 24 * MiB, after
+    # bounded: unbounded, the 2 MiB subscription alone adds ~100 MiB and the flood ~170 MiB
+    # more with every round; here the growth stays under the hostile suite's 64 MiB
+    # (tests/hostile/harness.py) and does not creep from round 5 to round 15 (what remains is
+    # a round's worth of subscriptions read ahead by libzmq, and the allocator keeping freed
+    # memory)
+    assert late["peak_kib"] - base["rss_kib"] < 64 * MiB, (base, late)
+    assert late["rss_kib"] - early["rss_kib"] < 16 * MiB, (early, late)
+    assert after["rss_kib"] - base["rss_kib"] < 64 * MiB, after
     assert after["subscriptions"] == 1 and after["subscription_bytes"] == len("good.")
     # the publisher did not spin: its CPU while under attack is a fraction of the time
     # (generous bound; the measurement is the whole attack, which takes seconds)
-    assert during["cpu"] - base["cpu"] < 0.5 * (during["wall"] - base["wall"]), (base, during)
+    assert late["cpu"] - base["cpu"] < 0.5 * (late["wall"] - base["wall"]), (base, late)
 
 
 # -- the XPUB is a PUB on the wire ----------------------------------------------------------------
