@@ -127,7 +127,6 @@ async def _zmq_attack(attack: Attack, ctx: zmq.asyncio.Context, pub: tuple[str, 
         attack.later(s.close)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by bus on wt-bus")
 @pytest.mark.parametrize("service", ["notifier", "dashboard"])
 async def test_zmq_publisher_and_replier_survive_hostile_clients(workdir: Path,
                                                                  service: str) -> None:
