@@ -194,8 +194,12 @@ COMPONENTS: list[Component] = [
               _pymodaq_main),
     Component("pymodaq-camera", "PyMoDAQ camera (GRABBER client)",
               ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
+    # The recorder and the dashboard subscribe to the notifiers of the nodes ready before
+    # them: their `after` names every node they are to hear (components start as soon as
+    # their `after` are ready, not in waves).
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
-              _recorder, after=("valve-controller", "furnace-controller")),
+              _recorder, after=("valve-controller", "furnace-controller", "spectrometer",
+                                "rotator")),
     Component("dashboard", "web dashboard", ("web_dashboard",), _web,
               after=("valve-controller", "furnace-controller", "data-reduction",
                      "spectrometer", "rotator", "pymodaq-camera")),
