@@ -141,7 +141,7 @@ class PyMoDAQClient:
                  position_interval: float | None = 0.1,
                  message_timeout: float | None = 60.0,
                  ssl: ssl.SSLContext | None = None,
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, source: str | None = None) -> None:
         self.device = device
         self.client_type = client_type_of(device)
         self._host = host
@@ -149,6 +149,9 @@ class PyMoDAQClient:
         #: TLS client context (``labbridge.transport.tls.client_context``), or None.
         self.tls = ssl
         self.handshake_timeout = handshake_timeout
+        #: Local address to connect from (a computer with several networks: the server's
+        #: access rules see this address), or None for the system's choice.
+        self.source = source
         self.name = name
         self.generation = generation
         self.dialect = dialect
@@ -228,6 +231,7 @@ class PyMoDAQClient:
             try:
                 _, stream = await loop.create_connection(
                     functools.partial(self._make_stream, queue), self._host, self._port,
+                    local_addr=None if self.source is None else (self.source, 0),
                     **self._tls_args())
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 delay = self.backoff.next()
