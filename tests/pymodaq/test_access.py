@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from labbridge.access import AuditEvent, Gate, Policy, Role
+from labbridge.access import AuditEvent, Gate, Identity, Policy, Role
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer
 from labbridge.node.config import ConfigError
@@ -427,3 +427,33 @@ async def test_reset_is_what_a_refused_peer_sees():
     finally:
         await srv.stop()
     assert (how, srv.refused) == ("reset", 1)
+
+
+def test_tls_under_uvloop(site):
+    """The node runs on uvloop when it is installed: the same handshake-after-accept path
+    (``start_tls`` into the stream's buffers) there, with a refusal and a frame."""
+    uvloop = pytest.importorskip("uvloop")
+    keys, other = site
+
+    async def main() -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+        policy = Policy(identities={"camera-pc": Identity("camera-pc", Role.OPERATOR,
+                                                          cert="camera-pc")})
+        server = PyMoDAQServer("127.0.0.1", 0, gate=Gate(policy), ssl=server_context(
+            keys / "main.crt", keys / "main.pem", keys / "ca.crt"))
+        await server.start()
+        audit = Audit(server.gate)
+        try:
+            cam = RecordingCamera(width=640, height=480)  # 600 KiB frames through TLS
+            async with running(tls_client(keys, "camera-pc", server.port, cam)):
+                await server.detector.wait_connected(DEADLINE)
+                frames = [(await server.detector.grab())[0] for _ in range(3)]
+                assert all((f == s).all() for f, s in zip(frames, cam.sent, strict=True))
+            async with running(tls_client(other, "camera-pc", server.port, stage())):
+                await audit.wait(outcome="refused")
+            return ([(e.outcome, e.who) for e in audit.events if e.outcome == "done"],
+                    frames[0].shape)
+        finally:
+            await server.stop()
+
+    done, shape = uvloop.run(main())
+    assert done == [("done", "camera-pc@127.0.0.1")] and shape == (480, 640)

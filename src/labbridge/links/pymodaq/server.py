@@ -590,14 +590,21 @@ class ServerSession:
 class _TlsAccept(asyncio.BufferedProtocol):
     """A TLS connection until its handshake is done (ADR 0171).
 
-    ``TcpServer`` accepts plain TCP and tracks this protocol; it starts the TLS handshake
-    (``loop.start_tls``, client certificate required) and, if it fails, has the server audit
-    the refusal with the reason; once it succeeds the session's stream gets the TLS transport,
-    and the decrypted bytes go straight into the stream's buffers through this protocol.
-    Bytes that arrive with the end of the handshake, before the stream is open, are held here
-    (bounded) and handed to it as soon as it is.
+    ``TcpServer`` accepts plain TCP and tracks this protocol; it hands the connection to
+    ``loop.start_tls`` (client certificate required) and, if the handshake fails, has the
+    server audit the refusal with the reason. Once it succeeds the session's stream gets the
+    TLS transport, and the decrypted bytes go straight into the stream's buffers through this
+    protocol. Two hand-overs are bounded and ordered:
+
+    * bytes read before ``start_tls`` took the transport (uvloop starts reading as soon as
+      ``connection_made`` returns, whatever it asked) are the start of the handshake: they go
+      to the TLS protocol before it begins (:meth:`_hand_over`, scheduled to run right after
+      ``start_tls``'s synchronous part);
+    * decrypted bytes that come with the end of the handshake, before the stream is open, are
+      held and given to it as soon as it is.
     """
 
+    _PRE_LIMIT = 64 * 1024
     _EARLY_LIMIT = 1024 * 1024
 
     def __init__(self, server: PyMoDAQServer, session: ServerSession,
@@ -606,86 +613,118 @@ class _TlsAccept(asyncio.BufferedProtocol):
         self.stream = session.stream
         self.context = context
         self.raw: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.open = False
+        self.host = "?"
+        self.task: asyncio.Task[asyncio.Transport | None] | None = None
+        #: "raw" until start_tls has the transport, "tls" during the handshake, then "open".
+        self.state = "raw"
         self._scratch = bytearray(64 * 1024)
+        self._pre = bytearray()
         self._early = bytearray()
         self._early_eof = False
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.raw = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]  # nothing read before TLS
-        self.task = asyncio.get_running_loop().create_task(self._handshake())
-
-    async def _handshake(self) -> None:
-        raw = self.raw
-        assert raw is not None
+        raw = self.raw = cast(asyncio.Transport, transport)
         peer = raw.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, self, self.context, server_side=True,
-                ssl_handshake_timeout=self.server.hello_timeout or 60.0)
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError and ConnectionError are OSErrors
-            self.server._handshake_failed(host, exc)
-            raw.abort()
+        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+        raw.pause_reading()
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(loop.start_tls(
+            raw, self, self.context, server_side=True,
+            ssl_handshake_timeout=self.server.hello_timeout or 60.0))
+        # FIFO: runs right after the task's first step, in which start_tls swapped in its
+        # TLS protocol and scheduled that protocol's start.
+        loop.call_soon(self._hand_over)
+        self.task.add_done_callback(self._handshake_done)
+
+    def _hand_over(self) -> None:
+        raw = self.raw
+        if raw is None or self.state != "raw":
+            return
+        tls = raw.get_protocol()
+        if tls is self:  # start_tls failed before taking the transport
+            return
+        self.state = "tls"
+        if self._pre:
+            _feed(cast(asyncio.BufferedProtocol, tls), bytes(self._pre))
+            self._pre = bytearray()
+
+    def _handshake_done(self, task: asyncio.Task[asyncio.Transport | None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        raw = self.raw
+        if exc is not None:
+            self.server._handshake_failed(self.host, exc)
+            if raw is not None:
+                raw.abort()
             # asyncio does not tell the application protocol about a connection lost during
             # the handshake; TcpServer learns it from us (its slot is freed).
-            self.connection_lost(exc)
+            self.connection_lost(exc if isinstance(exc, Exception) else None)
             return
-        if tls is None:  # closed during the handshake
+        tls = task.result()
+        if tls is None or self._lost:
             return
-        self.open = True
+        self.state = "open"
         self.stream.connection_made(tls)
-        if self._early and self.stream.is_open:
+        if self._early and self.stream.transport is not None:
             data, self._early = bytes(self._early), bytearray()
-            view = memoryview(data)
-            while view and self.stream.transport is not None:
-                buf = self.stream.get_buffer(len(view))
-                n = min(len(buf), len(view))
-                buf[:n] = view[:n]
-                self.stream.buffer_updated(n)
-                view = view[n:]
+            _feed(self.stream, data)
         if self._early_eof and self.stream.transport is not None:
             self.stream.eof_received()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.open:
+        if self.state == "open":
             return self.stream.get_buffer(sizehint)
         return memoryview(self._scratch)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.open:
+        if self.state == "open":
             self.stream.buffer_updated(nbytes)
             return
-        self._early += self._scratch[:nbytes]
-        if len(self._early) > self._EARLY_LIMIT and self.raw is not None:
+        held, limit = ((self._pre, self._PRE_LIMIT) if self.state == "raw"
+                       else (self._early, self._EARLY_LIMIT))
+        held += self._scratch[:nbytes]
+        if len(held) > limit and self.raw is not None:
             self.raw.abort()
 
     def eof_received(self) -> bool:
-        if self.open:
+        if self.state == "open":
             return self.stream.eof_received()
         self._early_eof = True
-        return True
+        return self.state == "tls"  # before TLS: let the transport close
 
     def pause_writing(self) -> None:
-        if self.open:
+        if self.state == "open":
             self.stream.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.open:
+        if self.state == "open":
             self.stream.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
         self._lost = True
-        task = self.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-        if self.open:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.state == "open":
             self.stream.connection_lost(exc)
+
+
+def _feed(proto: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``data`` to a buffered protocol as if it had been received."""
+    view = memoryview(data)
+    while view:
+        buf = memoryview(proto.get_buffer(len(view)))
+        n = min(len(buf), len(view))
+        if n == 0:
+            return
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+        if isinstance(proto, PyMoDAQStream) and proto.transport is None:
+            return  # the stream failed on these bytes
 
 
 class PyMoDAQServer:

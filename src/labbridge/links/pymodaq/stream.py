@@ -307,7 +307,7 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
 
         The real PyMoDAQ client (every generation, up to 5.x: ``Socket.check_received_length``
         never tests ``recv() == b""``) spins at 100 % CPU for ever on a clean EOF; a reset makes
-        its next ``recv`` raise, so it logs the error and stops polling (ADR 0171)."""
+        its next send or receive raise instead, which ends its connection (ADR 0171)."""
         transport = self.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
