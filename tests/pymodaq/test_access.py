@@ -24,7 +24,16 @@ from typing import Any
 
 import pytest
 
-from labbridge.access import AuditEvent, Gate, Identity, Policy, Role
+from labbridge.access import (
+    AccessDenied,
+    Action,
+    AuditEvent,
+    Gate,
+    Identity,
+    Policy,
+    Principal,
+    Role,
+)
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer
 from labbridge.node.config import ConfigError
@@ -457,3 +466,25 @@ def test_tls_under_uvloop(site):
 
     done, shape = uvloop.run(main())
     assert done == [("done", "camera-pc@127.0.0.1")] and shape == (480, 640)
+
+
+def test_grab_lets_this_machine_and_the_allowed_networks_register(capsys):
+    from labbridge.cli.pymodaq import _gate, _networks
+
+    gate = _gate(_networks(("192.168.1.20", "10.1.2.0/24")))
+    assert gate.role_of(Principal("127.0.0.1", "grab")) is Role.ADMIN
+    assert gate.role_of(Principal("10.1.2.3", "grab")) is Role.OPERATOR
+    assert gate.role_of(Principal("192.168.1.20", "grab")) is Role.OPERATOR
+    with pytest.raises(AccessDenied):
+        gate.check(Principal("192.168.1.77", "grab"), Action(Role.OPERATOR, "connect", "grab"))
+    err = capsys.readouterr().err
+    assert err == ("refused a connection from 192.168.1.77: 192.168.1.77 has no access to "
+                   "node grab (--allow ADDRESS lets it in)\n")
+
+
+def test_grab_allow_must_be_a_network(tmp_path):
+    from tests.cli_helpers import run_cli
+
+    res = run_cli("grab", "127.0.0.1:0", "--out", str(tmp_path / "f.png"), "--allow", "lab-pc")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "'lab-pc' is not an IP address or network (CIDR)" in res.stderr
