@@ -36,6 +36,7 @@ EXPECTED = {
     "labbridge serve examples/pymodaq-server.yaml",
     "labbridge grab --help",
     "python bench/frames.py",
+    "python bench/pymodaq_tls.py",
     *(TLS_KEYS := (
         "labbridge keys tls-ca --dir examples/pymodaq-tls/keys",
         "labbridge keys tls-cert main --dir examples/pymodaq-tls/keys --host 127.0.0.1",
@@ -79,9 +80,10 @@ def test_grab_help_lists_the_documented_options():
 
 def test_bench_and_pytest_commands_exist():
     # the bench takes ~30 s and the pytest commands are this suite: check they would run
-    res = subprocess.run([sys.executable, "bench/frames.py", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
+    for bench in ("bench/frames.py", "bench/pymodaq_tls.py"):
+        res = subprocess.run([sys.executable, bench, "--help"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
     assert (REPO / "tests" / "pymodaq").is_dir()
     assert "interop:" in (REPO / "pyproject.toml").read_text()
 
