@@ -96,12 +96,22 @@ class Node:
                 log.exception("device %s failed to stop cleanly", dev.name)
 
     def ready_info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "node": self.name,
             "pid": os.getpid(),
             "source": self.source,
             "services": [e.to_json() for e in self.endpoints()],
         }
+        # Services with more to tell a client than endpoints (the EPICS IOC: its prefix and
+        # every PV name) add it under their own name.
+        details: dict[str, Any] = {}
+        for svc in self.services:
+            extra = getattr(svc, "ready_extra", None)
+            if callable(extra):
+                details[svc.name] = extra()
+        if details:
+            info["details"] = details
+        return info
 
     def write_ready_file(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.ready_info())

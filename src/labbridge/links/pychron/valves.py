@@ -138,15 +138,21 @@ class ValveCommands(CommandSet):
 
     # -- locks (labbridge extension) --------------------------------------------------------------
     @command("Lock", role=Role.ADMIN)
-    def lock(self, req: Request, caller: Caller) -> bool:
+    async def lock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
-        self._known(name).lock(name)
+        bank = self._known(name)
+        bank.lock(name)
+        if bank.durable:
+            await bank.saved()  # acknowledged means durable (docs/adr/0110)
         return True
 
     @command("Unlock", role=Role.ADMIN)
-    def unlock(self, req: Request, caller: Caller) -> bool:
+    async def unlock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
-        self._known(name).unlock(name)
+        bank = self._known(name)
+        bank.unlock(name)
+        if bank.durable:
+            await bank.saved()
         return True
 
     # -- flags, generic devices ---------------------------------------------------------------------
