@@ -3,14 +3,11 @@ one substitution: a test binds port 0, never the documented 6341."""
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -106,29 +103,15 @@ def test_tls_recipe(tmp_path):
     assert line is not None
     (tmp_path / "main").mkdir()
     (tmp_path / "cam").mkdir()
-    with serving(tls_dir / "main.yaml", tmp_path / "main") as (main, info):
-        lines = _lines(main)
+    with serving(tls_dir / "main.yaml", tmp_path / "main") as (_main, info):
         port = port_of(info, service="pymodaq-tls")
         cam = tls_dir / "camera.yaml"
         cam.write_text(cam.read_text().replace("127.0.0.1:6342", f"127.0.0.1:{port}"))
         with serving(cam, tmp_path / "cam"):
+            # The node's output goes to a file (tests/cli_helpers.serving); it is polled with
+            # a deadline, as the ready file is: there is no other channel to a subprocess.
+            log = tmp_path / "main" / "serve.log"
             deadline = time.monotonic() + 30
-            while True:
-                got = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-                if line.group(1) in got:
-                    break
+            while line.group(1) not in log.read_text(errors="replace"):
                 assert time.monotonic() < deadline, "no registration in the main node's log"
-
-
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
-    """The process's stderr lines, as they come (read by a thread; ends with the process)."""
-    out: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        with contextlib.suppress(ValueError, OSError):
-            for text in proc.stderr:
-                out.put(text)
-
-    threading.Thread(target=read, daemon=True).start()
-    return out
+                time.sleep(0.05)
