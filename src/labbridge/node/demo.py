@@ -194,8 +194,12 @@ COMPONENTS: list[Component] = [
               _pymodaq_main),
     Component("pymodaq-camera", "PyMoDAQ camera (GRABBER client)",
               ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
+    # The recorder and the dashboard subscribe to the notifiers of the nodes ready before
+    # them: their `after` names every node they are to hear (components start as soon as
+    # their `after` are ready, not in waves).
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
-              _recorder, after=("valve-controller", "furnace-controller")),
+              _recorder, after=("valve-controller", "furnace-controller", "spectrometer",
+                                "rotator")),
     Component("dashboard", "web dashboard", ("web_dashboard",), _web,
               after=("valve-controller", "furnace-controller", "data-reduction",
                      "spectrometer", "rotator", "pymodaq-camera")),
@@ -253,19 +257,37 @@ class Lab:
                 c.note = f"not available in this installation (missing: {', '.join(missing)})"
                 self.left_out.append(c)
         keys = {c.key for c in pending}
-        while pending:
-            wave = [c for c in pending
-                    if all(a in self.components or a not in keys for a in c.after)]
-            if not wave:
+        # Each component starts as soon as the ones it needs are ready (not in waves): a
+        # node with an EPICS IOC takes about a second longer to start (EPICS base's own
+        # iocInit waits 0.5 s), and nothing that does not need it should wait for it.
+        done_keys: set[str] = set()
+        order = list(pending)
+        while order:
+            free = [c for c in order if all(a in done_keys or a not in keys for a in c.after)]
+            if not free:
                 raise RuntimeError("demo components depend on each other in a cycle")
-            results = await asyncio.gather(*(self._start_one(c) for c in wave),
-                                           return_exceptions=True)
-            for c, r in zip(wave, results, strict=True):
-                pending.remove(c)
-                if isinstance(r, BaseException):
-                    raise r
-                if on_ready:
-                    on_ready(c)
+            for c in free:
+                order.remove(c)
+                done_keys.add(c.key)
+        ready = {c.key: asyncio.Event() for c in pending}
+
+        async def start_when_ready(c: Component) -> None:
+            for a in c.after:
+                if a in ready:
+                    await ready[a].wait()
+            await self._start_one(c)
+            if on_ready:
+                on_ready(c)
+            ready[c.key].set()
+
+        tasks = [asyncio.ensure_future(start_when_ready(c)) for c in pending]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def stop(self) -> None:
         procs = [c.proc for c in self.components.values() if c.proc is not None]
