@@ -76,6 +76,8 @@ class StatusMonitor:
         self.valves: dict[str, ValveView] = {}
         self.status = "starting"
         self.failures = 0
+        #: Why the latest poll failed ("" after a good one).
+        self.last_error = ""
         self.polls = 0
         self.resyncs = 0
         self.checksum_mismatches = 0
@@ -204,12 +206,14 @@ class StatusMonitor:
                         if self._resync_requested:
                             break
                 self.failures = 0
+                self.last_error = ""
                 self._set_status("ok")
             except (PychronClientError, ProtocolError, ValueError) as exc:
                 # A reply that cannot be parsed (bad CRC, malformed state/owner word:
                 # ChecksumMismatch, WordError) is a failed poll like a lost one, not the end
                 # of the monitor.
                 self.failures += 1
+                self.last_error = str(exc)
                 if not isinstance(exc, PychronClientError):
                     log.warning("%s: bad reply to a poll: %r; resynchronising", self.remote,
                                 exc)
