@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import ssl
 import sys
@@ -88,6 +89,11 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, tls_ca: str | Non
     if tls is not None and (udp or relay):
         raise click.UsageError("--tls-* is for a labbridge command server over TCP "
                                "(not with --udp or --relay)")
+    client_log = logging.getLogger("labbridge.links.pychron.client")
+    if client_log.getEffectiveLevel() > logging.DEBUG:
+        # One request, one outcome: the failure is reported below in one line; the client's
+        # own "unreachable, backing off" line would only say it twice.
+        client_log.setLevel(logging.ERROR)
 
     async def _main() -> str:
         if relay:
