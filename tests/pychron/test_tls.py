@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import ssl
 import textwrap
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from labbridge.node.node import Node, build_node
 from labbridge.protocol.pychron.braced import encode_braced
 from labbridge.transport.tls import client_context
 from tests.cli_helpers import run_cli
+from tests.conftest import REPO
 
 TIMEOUT = 10.0
 
@@ -476,3 +478,15 @@ def test_the_same_on_uvloop(site, tmp_path):
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+def test_the_tls_example_builds_with_keys_made_by_labbridge_keys(site, tmp_path):
+    """examples/tls/valve-controller.yaml finds ../../keys (the keys directory at the top of
+    a checkout, where docs/security.md makes them)."""
+    dest = site / "examples" / "tls"
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "examples" / "tls" / "valve-controller.yaml", dest)
+    node = build_node(dest / "valve-controller.yaml", state_dir=tmp_path)
+    server = next(s for s in node.services if isinstance(s, PychronCommandServer))
+    assert server.tls is not None and server.host == "127.0.0.1"
+    assert set(node.ctx.gate.policy.identities) == {"alice", "olivia"}
