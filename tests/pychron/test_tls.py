@@ -490,3 +490,18 @@ def test_the_tls_example_builds_with_keys_made_by_labbridge_keys(site, tmp_path)
     server = next(s for s in node.services if isinstance(s, PychronCommandServer))
     assert server.tls is not None and server.host == "127.0.0.1"
     assert set(node.ctx.gate.policy.identities) == {"alice", "olivia"}
+
+
+async def test_the_blocking_facade_takes_the_ssl_context(site, tmp_path):
+    from labbridge.links.pychron.blocking import BlockingRemoteValves
+
+    async with tls_node(site, tmp_path) as (node, server, bank):
+        def script() -> tuple[bool, dict[str, bool]]:
+            with BlockingRemoteValves("127.0.0.1", server.port, timeout=5.0,
+                                      ssl=ctx_for(site, "alice")) as line:
+                return line.open("B").state, line.states()
+
+        state, states = await asyncio.wait_for(asyncio.to_thread(script), TIMEOUT)
+        assert state is True and states == {"A": False, "B": True}
+        assert bank.is_open("B") is True
+        assert [e.who for e in events(node, DONE)] == ["alice@127.0.0.1"]
