@@ -31,6 +31,7 @@ COMMANDS = {
     "demo": "labbridge.cli.demo",
     "grab": "labbridge.cli.pymodaq",
     "rotator": "labbridge.cli.rotator",
+    "hexapod": "labbridge.cli.rotator",
     "dashboard": "labbridge.cli.web",
     "keys": "labbridge.cli.keys",
 }

@@ -159,3 +159,7 @@ class Stage(Device):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "units": self.units,
                 "min": self.minimum, "max": self.maximum, "backend": self.backend.describe()}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"position": {"units": self.units, "on_change": True},
+                "moving": {"on_change": True}, "*": {"on_change": True}}

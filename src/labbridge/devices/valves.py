@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Version of the state file layout written by :class:`ValveBank`.
 STATE_FILE_VERSION = 1
+#: Signal of a refused actuation (``{valve, action, reason, requester}``); no valve may be
+#: named so.
+REFUSED_SIGNAL = "event.refused"
 
 
 class SwitchKind(enum.Enum):
@@ -144,6 +147,8 @@ class ValveBank(Device):
                 raise ValueError("a valve needs a non-empty name")
             if cfg.name in self._valves:
                 raise ValueError(f"duplicate valve name {cfg.name!r}")
+            if cfg.name == REFUSED_SIGNAL:
+                raise ValueError(f"{REFUSED_SIGNAL!r} is reserved (refusal events)")
             if cfg.settling_time < 0 or not math.isfinite(cfg.settling_time):
                 raise ValueError(f"valve {cfg.name}: settling_time must be >= 0")
             self._valves[cfg.name] = _Valve(cfg, cfg.initially_open, cfg.initially_locked)
@@ -268,6 +273,10 @@ class ValveBank(Device):
         if result.outcome is Outcome.REFUSED:
             log.warning("%s: %s %s refused (requester %s): %s", self.name, action, name,
                         requester or "-", result.reason)
+            # For dashboards and the recorder: who was refused what, and why (an interlock,
+            # an owner, the hardware). Signal REFUSED_SIGNAL, never a valve name.
+            self.emit(REFUSED_SIGNAL, {"valve": name, "action": action,
+                                       "reason": result.reason, "requester": requester or ""})
         return result
 
     def _refusal(self, v: _Valve, target: bool, requester: str | None) -> str:
@@ -430,6 +439,9 @@ class ValveBank(Device):
     # -- Device ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {n: self._valve_value(v) for n, v in self._valves.items()}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"*": {"on_change": True}, "event.*": {"event": True}}
 
     def describe(self) -> dict[str, Any]:
         valves: list[dict[str, Any]] = []

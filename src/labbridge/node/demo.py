@@ -42,6 +42,12 @@ def _with_epics(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "services": [*cfg.get("services", []), svc]}
 
 
+#: Every node of the demo publishes its devices on a notifier, metadata (units) every 2 s.
+def _notifier() -> dict[str, Any]:
+    return {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
+            "rep_port": 0, "meta_period": 2}
+
+
 @dataclass
 class Component:
     key: str
@@ -81,8 +87,7 @@ def _valves(_: dict[str, Any]) -> dict[str, Any]:
         "services": [
             {"kind": "pychron_command_server", "name": "command-server", "port": 0,
              "udp": True},
-            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
-             "rep_port": 0},
+            _notifier(),
         ],
     }
 
@@ -97,8 +102,7 @@ def _furnace(_: dict[str, Any]) -> dict[str, Any]:
         ],
         "services": [
             {"kind": "pychron_command_server", "name": "command-server", "port": 0},
-            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
-             "rep_port": 0},
+            _notifier(),
         ],
     }
 
@@ -107,9 +111,9 @@ def _spectrometer(_: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": "spectrometer",
         "devices": [{"kind": "mass_spectrometer", "name": "argus",
-                     "integration_time": 0.2, "magnet_dac": 5.0}],
+                     "integration_time": 0.2, "magnet_dac": 5.0, "poll_period": 1}],
         "services": [{"kind": "qtegra_server", "name": "qtegra", "device": "argus",
-                      "host": "127.0.0.1", "port": 0, "udp": False}],
+                      "host": "127.0.0.1", "port": 0, "udp": False}, _notifier()],
     }
 
 
@@ -119,7 +123,7 @@ def _rotator(_: dict[str, Any]) -> dict[str, Any]:
         "devices": [{"kind": "hexrot_rotator_mock", "name": "rotator", "generation": "D",
                      "telemetry_hz": 50}],
         "services": [{"kind": "hexrot_mock_controller", "name": "rotator-controller",
-                      "device": "rotator", "host": "127.0.0.1", "port": 0}],
+                      "device": "rotator", "host": "127.0.0.1", "port": 0}, _notifier()],
     }
 
 
@@ -132,9 +136,9 @@ def _pymodaq_main(_: dict[str, Any]) -> dict[str, Any]:
 def _camera(done: dict[str, Any]) -> dict[str, Any]:
     host, port = done["pymodaq-main"].endpoint("tcp")
     return {"node": "pymodaq-camera",
-            "devices": [{"kind": "camera", "name": "camera"}],
+            "devices": [{"kind": "camera", "name": "camera", "publish_period": 1}],
             "services": [{"kind": "pymodaq_client", "name": "camera-client", "device": "camera",
-                          "server": f"{host}:{port}", "generation": "g3"}]}
+                          "server": f"{host}:{port}", "generation": "g3"}, _notifier()]}
 
 
 def _recorder(done: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +146,18 @@ def _recorder(done: dict[str, Any]) -> dict[str, Any]:
     return {"node": "data-reduction",
             "services": [{"kind": "recorder", "name": "recorder", "connect": urls,
                           "path": "lab.sqlite"}]}
+
+
+#: The demo's extraction line as the page draws it (the dashboard's schematic: it places the
+#: valves itself, over the valve bank's own layout hints).
+DEMO_LINE: dict[str, Any] = {
+    "valves": {"A": [1, 0], "B": [2, 0], "C": [3, 0], "D": [2, 1], "E": [4, 0], "F": [3, 1]},
+    "gauges": {"CG1": [1, -1], "IG": [4, -1]},
+    "parts": {"furnace": [0, 0], "pipette": [2.5, -1], "getter": [2, 2], "pump": [3, 2],
+              "spectrometer": [5, 0]},
+    "pipes": [["furnace", "A", "B", "C", "E", "spectrometer"], ["B", "pipette", "C"],
+              ["B", "D", "getter"], ["C", "F", "pump"], ["A", "CG1"], ["E", "IG"]],
+}
 
 
 def _web(done: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +171,10 @@ def _web(done: dict[str, Any]) -> dict[str, Any]:
     svc: dict[str, Any] = {"kind": "web_dashboard", "name": "web", "host": "127.0.0.1",
                            "port": 0, "title": "labbridge demo lab", "subscribe": subscribe,
                            "command_servers": servers,
-                           "control": True}  # the demo is on loopback only
+                           "control": True,  # the demo is on loopback only
+                           "schematic": {"valve-controller": DEMO_LINE},
+                           "alarms": [{"topic": "valve-controller.gauges.IG",
+                                       "above": 1e-6, "level": "warning"}]}
     rec = done.get("data-reduction")
     if rec is not None:
         svc["recorder"] = str(Path(rec.info["state_dir"]) / "lab.sqlite")
@@ -178,7 +197,8 @@ COMPONENTS: list[Component] = [
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
               _recorder, after=("valve-controller", "furnace-controller")),
     Component("dashboard", "web dashboard", ("web_dashboard",), _web,
-              after=("valve-controller", "furnace-controller", "data-reduction")),
+              after=("valve-controller", "furnace-controller", "data-reduction",
+                     "spectrometer", "rotator", "pymodaq-camera")),
 ]
 
 

@@ -69,8 +69,10 @@ def _camera(sec: Section, ctx: NodeContext) -> Camera:
         sigma=sec.get_float("sigma", 20.0, min=0.1), noise=sec.get_float("noise", 10.0, min=0),
         seed=sec.get_int("seed", 0))
     b.check_no_unknown()
+    publish = sec.get_float("publish_period", 0.0, min=0.0, max=86400.0)
     return Camera(sec.get_str("name"), backend, units=sec.get_str("units", "counts"),
-                  exposure_ms=sec.get_float("exposure_ms", 10.0, min=0))
+                  exposure_ms=sec.get_float("exposure_ms", 10.0, min=0),
+                  publish_period=publish or None)
 
 
 @register_device("stage")
