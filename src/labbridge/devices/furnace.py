@@ -372,3 +372,10 @@ class Furnace(Device):
                 "watchdog": {"timeout": self.watchdog.timeout,
                              "safe_setpoint": self.watchdog.safe_setpoint},
                 "di_channels": sorted(self.di_channels)}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        temp = {"units": "°C", "quantity": "temperature"}
+        return {"temperature": temp, "setpoint": {**temp, "on_change": True},
+                "output": {"units": "%", "quantity": "output"},
+                "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
+                "watchdog": {"event": True}, "dump": {"event": True}}
