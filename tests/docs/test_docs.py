@@ -95,10 +95,17 @@ _ELSEWHERE = [
 ]
 
 
+_WRITTEN = re.compile(r"--[\w-]+[ =]$")
+
+
 def _cited_paths(text: str) -> list[tuple[int, str]]:
+    """Repository paths a text names, except those a command is told to write
+    (``--dir examples/pymodaq-tls/keys``, ``--out frame.png``)."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         for m in _PATHISH.finditer(line):
+            if _WRITTEN.search(line[:m.start()]):
+                continue
             out.append((n, m.group(1).rstrip(".,:;)")))
     return out
 
