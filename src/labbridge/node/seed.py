@@ -21,6 +21,7 @@ from xml.parsers import expat
 
 from labbridge.node.config import ConfigError, Section, load_yaml
 
+
 @dataclass(frozen=True)
 class PluginInfo:
     """What one initialization.xml plugin is, and what labbridge runs for it.
