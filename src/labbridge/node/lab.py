@@ -320,14 +320,6 @@ class Lab:
         self.spectrometer: Spectrometer | None = (Spectrometer(spectrometer, self._rec)
                                                   if spectrometer else None)
 
-    def attach_furnace(self, client: Any) -> Furnace:
-        self.furnace = Furnace(client, self._rec)
-        return self.furnace
-
-    def attach_spectrometer(self, client: Any) -> Spectrometer:
-        self.spectrometer = Spectrometer(client, self._rec)
-        return self.spectrometer
-
     def _find(self, attr: str) -> Any:
         for s in self.node.services:
             obj = getattr(s, attr, None)

@@ -220,8 +220,17 @@ def check_plugins(root: Section, init: Initialization, parts: list[Part],
                               else f"{q[0]} {q[1]} {q[2]!r} ({file}:{q[3]})" for q in found[:3])
             notes.append(f"{where}: provided by {shown}")
         else:
-            notes.append(f"{where}: labbridge equivalent: {' or '.join(_hint(r) for r in needs)}"
-                         "; none on this node")
+            text = (f"{where}: labbridge equivalent: {' or '.join(_hint(r) for r in needs)}"
+                    "; none on this node")
+            for key in ROLE_KEY_PLUGINS.get(xml_role, ()):
+                if isinstance(key, tuple) and p.name in key:
+                    others = [q for n in key if n != p.name
+                              for q in _satisfied(PLUGINS[n].needs(serving), parts)]
+                    if others:
+                        q = others[0]
+                        text += (f"; the {q[1]} {q[0]} {q[2]!r} ({file}:{q[3]}) stands for "
+                                 f"it ({' or '.join(key)} in the seed's role table)")
+            notes.append(text)
     return warnings, notes
 
 
