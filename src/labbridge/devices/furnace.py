@@ -304,6 +304,13 @@ class BakeoutChannel:
     max_rise: float = 400.0
 
     def step(self, dt: float, ambient: float) -> None:
+        """Advance ``dt`` simulated seconds, in substeps of at most one second (the loop
+        acts on the heater as it warms)."""
+        n = max(1, math.ceil(dt))
+        for _ in range(n):
+            self._step(dt / n, ambient)
+
+    def _step(self, dt: float, ambient: float) -> None:
         if self.mode == "closed":
             demand = 0.0 if self.setpoint <= ambient else \
                 min(100.0, 100.0 * (self.setpoint - ambient) / self.max_rise

@@ -115,6 +115,10 @@ def _furnace_set(devices: list[Device]) -> CommandSet | None:
     if len(furnaces) > 1:
         raise ConfigError("one command server serves one furnace (the furPi vocabulary has "
                          "no furnace argument); list the furnace in 'devices'")
+    if any(d.kind == "laser" for d in devices):
+        raise ConfigError("a furnace and a laser on one command server: both vocabularies "
+                          "have GetPosition (the furPi's drives, the laser's stage); give each "
+                          "its own pychron_command_server (devices: [...])")
     banks = [d for d in devices if isinstance(d, ValveBank)]
     return FurnaceCommands(furnaces[0], banks)
 
