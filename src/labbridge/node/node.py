@@ -202,7 +202,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         # Shown as the node file names it, next to the node file (not as an absolute path).
         shown = Path(init_path).expanduser()
         ctx.extra["initialization"] = load_initialization(
-            shown if shown.is_absolute() else p.parent / shown)
+            shown if shown.is_absolute() else Path(os.path.normpath(p.parent / shown)))
     rhs_mode = root.get_choice("remote_hardware_server", ("relay", "command_server"), None)
 
     devices: list[Device] = []
