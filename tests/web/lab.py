@@ -11,8 +11,9 @@ metadata (units) is repeated every 0.3 s. Valve D may not open while A is open (
 interlock); the ion gauge above 1e-7 torr is a critical alarm; the valve node's line is
 drawn from the dashboard's ``schematic``.
 
-The dashboard node's ``security`` section (issue 12): loopback is admin (so a visitor without
-a login is an observer on the page), and three identities: ``olivia`` (operator, password),
+The dashboard node's ``security`` section (issue 12): 127.0.0.1 is admin and 127.0.0.2 an
+observer (so a visitor without a login is an observer on the page from either), 127.0.0.3 has
+no role; five failed logins a minute per address; and three identities: ``olivia`` (operator, password),
 ``oscar`` (observer, password) and ``robot`` (operator, API token).
 """
 
@@ -87,7 +88,7 @@ TOKEN = "robot-token-0123456789-abcdefghijklmnop"
 WEB_NODE = """
 node: dashboard
 security:
-  addresses: {{admin: [127.0.0.0/8]}}
+  addresses: {{admin: [127.0.0.1], observer: [127.0.0.2]}}    # 127.0.0.3: nobody
   identities:
     olivia: {{role: operator, password: "{olivia}"}}
     oscar: {{role: observer, password: "{oscar}"}}
@@ -112,6 +113,7 @@ services:
     recorder: {recorder}
     cameras: [{{device: cam, every: 0.2}}]
     ping_interval: 1
+    login_attempts_per_minute: 5
     alarms:
       - {{topic: valve-controller.gauges.IG, above: 1.0e-7, level: critical}}
     schematic:
@@ -154,6 +156,11 @@ class Lab:
     @property
     def url(self) -> str:
         return self.web.url
+
+    @property
+    def gate(self) -> Any:
+        """The dashboard node's gate (its audit trail: ``gate.recent``)."""
+        return self.web_node.ctx.gate
 
     def cmd_port(self, node: Node) -> int:
         svc = _service(node, "cmd")
