@@ -108,7 +108,7 @@ function setConn(state) {
   const b = $("#conn");
   b.dataset.conn = state;
   b.textContent = { open: "live", connecting: "connecting", closed: "disconnected",
-                    replaced: "replaced by a newer page" }[state];
+                    replaced: "replaced by a newer page", login: "log in to see" }[state];
 }
 
 function handle(msg) {
@@ -758,6 +758,10 @@ function showLogin(required, note) {
   $("#login-cancel").hidden = required;
   $("#login-note").textContent = note || (required ? "This dashboard shows nothing without a login." : "");
   $("main").hidden = required;
+  if (required) {
+    setConn("login");
+    $("#login-open").hidden = true;
+  }
   if (!d.open) d.showModal();
   $("#login-user").focus();
 }
