@@ -813,7 +813,7 @@ async function start() {
   const wanted = location.pathname === "/login";
   if (wanted || me.role === "nobody") {
     const note = location.hash === "#used"
-      ? "That one-time login link has been used already (or is wrong): log in with a password."
+      ? "That one-time login link has been used already (or is wrong)."
       : me.expired ? "Your session has ended: log in again." : "";
     if (wanted) history.replaceState(null, "", "/");
     showLogin(me.role === "nobody", note);
