@@ -322,3 +322,20 @@ services:
     assert c.used_logins_file == tmp_path / "state" / "web.used-logins.json"
     assert dash.gate is node.ctx.gate
     assert "HTTPS" in node.services[0].endpoints()[0].purpose
+
+
+async def test_a_burst_of_logins_from_one_address_queues_no_more_checks_than_allowed():
+    g = gate(olivia=Identity("olivia", Role.OPERATOR, password=hash_secret(PASSWORD)))
+    async with dashboard(g, login_attempts=3) as dash, client(dash.url) as http:
+        async def attempt() -> int:
+            r = await http.post("/api/login", json={"user": "olivia", "password": "wrong!!!"})
+            return r.status
+
+        statuses = await asyncio.gather(*(attempt() for _ in range(12)))
+        assert sorted(statuses) == [401] * 3 + [429] * 9
+        assert len([e for e in g.recent if e.reason == "wrong user name or password"]) == 3
+    # a right password is not counted against its address
+    async with dashboard(g, login_attempts=2) as dash, client(dash.url) as http:
+        for _ in range(3):
+            r = await http.post("/api/login", json={"user": "olivia", "password": PASSWORD})
+            assert r.status == 200

@@ -120,6 +120,9 @@ CLOSE_SESSION = 4003  # the page's session ended (logout, expiry): it asks who i
 QUIET_SECONDS = 10.0
 #: Longest password or token looked at (the scrypt cost grows with it).
 MAX_SECRET = 1024
+#: Password checks waiting at once, all addresses together; more get 503 (scrypt is slow on
+#: purpose: a burst must not queue minutes of work).
+MAX_LOGINS_WAITING = 16
 #: What the page may load and where it may connect: only itself. No framing (clickjacking).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -242,6 +245,7 @@ class WebDashboard:
         self._quiet: dict[tuple[str, str, str], float] = {}
         self.quieted = 0
         self._password_checks = asyncio.Semaphore(2)
+        self._logins_waiting = 0
         self._remove_sink: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -803,19 +807,33 @@ class WebDashboard:
         if refusal is not None:
             return refusal
         policy = self.gate.policy
+        address = _peer(request)[1]
         if token is not None:
             ident = policy.check_token(token) if len(token) <= MAX_SECRET else None
             how, why = "token", "unknown token"
+            if ident is None:
+                self.limiter.failed(address, self.monotonic())
         else:
             assert isinstance(user, str) and isinstance(password, str)
+            if self._logins_waiting >= MAX_LOGINS_WAITING:
+                return web.json_response({"error": "too many logins at once; try again"},
+                                         status=503, headers={"Retry-After": "1"})
+            # Counted before the check, so that a burst from one address cannot queue more
+            # checks than it may fail; taken back if the password is right.
+            self.limiter.failed(address, self.monotonic())
             ident = None
             if len(password) <= MAX_SECRET and len(user) <= 256:
-                async with self._password_checks:  # scrypt: off the loop, two at a time
-                    ident = await asyncio.get_running_loop().run_in_executor(
-                        None, policy.check_password, user, password)
+                self._logins_waiting += 1
+                try:
+                    async with self._password_checks:  # scrypt: off the loop, two at a time
+                        ident = await asyncio.get_running_loop().run_in_executor(
+                            None, policy.check_password, user, password)
+                finally:
+                    self._logins_waiting -= 1
+            if ident is not None:
+                self.limiter.forgive(address)
             how, why = "password", "wrong user name or password"
         if ident is None:
-            self.limiter.failed(_peer(request)[1], self.monotonic())
             self.gate.refuse(self._anonymous(request), action, why)
             return _unauthorized(why)
         s = self._start_session(request, ident.name, how)

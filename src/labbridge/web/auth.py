@@ -164,6 +164,13 @@ class LoginLimiter:
         self._limited.discard(k)
         return 0.0, False
 
+    def forgive(self, address: str) -> None:
+        """Take back the latest failure of ``address`` (an attempt counted before its
+        check, which then succeeded)."""
+        q = self._failed.get(self.key(address))
+        if q:
+            q.pop()
+
     def failed(self, address: str, now: float) -> None:
         """Count one failed login from ``address``."""
         k = self.key(address)
