@@ -1,4 +1,7 @@
-"""Every command docs/web.md shows works as written (house rule). Listening ports are the one
+"""What docs/web.md's commands do, beyond running as written (tests/docs runs every line of
+it): the Try-it lab shows the commands' effects on the page, whose controls need a login; the
+identities `keys passwd` (typed here: the docs test cannot type) and `keys token` print log in;
+the certificate `keys tls-cert` makes is one the page serves. Listening ports are the one
 substitution: a test binds port 0, never the documented 8080, 1061, 5555 or 8100; key files go
 to a temporary working directory."""
 
@@ -27,7 +30,7 @@ DOC = REPO / "docs" / "web.md"
 
 def documented_commands() -> set[str]:
     text = DOC.read_text()
-    blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
+    blocks = re.findall(r"^```(?:sh|bash)\n(.*?)^```", text, re.M | re.S)
     lines = [ln for b in blocks for ln in b.splitlines()]
     block = [re.sub(r"\s+#.*$", "", ln).strip() for ln in lines
              if ln.startswith(("labbridge ", "python "))]

@@ -42,7 +42,8 @@ Who may do what comes from the node's ``security`` section (identities with a pa
 token, roles by address): docs/web.md "Log in" and docs/security.md.
 
 A ``command_servers`` entry may name a ``pychron_command_server`` of this node instead of a
-URL (``{node: me, service: command-server}``), and ``recorder`` may name a ``recorder``
+URL (``{node: me, service: command-server}``), and may hold ``tls: {ca, cert, key}`` when
+that server speaks TLS (docs/security.md); and ``recorder`` may name a ``recorder``
 service of this node. Valve banks on this node contribute their own ``layout`` hints.
 
 Layering (ADR 0070): this module is the one place under ``labbridge.node`` that imports the web
@@ -64,6 +65,7 @@ from labbridge.access import check_hash_format
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.devices.valves import ValveBank
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.protocol.telemetry.envelope import make_topic
 from labbridge.web.app import (
@@ -124,8 +126,8 @@ def _hostport(sec: Section, key: str, text: str) -> tuple[str, int]:
 class _ServiceTarget(CommandTarget):
     """A command server of this node, whose port is known only once it listens."""
 
-    def __init__(self, node: str, service: Any, timeout: float) -> None:
-        super().__init__(node, "127.0.0.1", 0, timeout)
+    def __init__(self, node: str, service: Any, timeout: float, tls: Any = None) -> None:
+        super().__init__(node, "127.0.0.1", 0, timeout, tls=tls)
         self.service = service
 
     def remote(self) -> Any:
@@ -150,16 +152,17 @@ def _command_servers(sec: Section, ctx: NodeContext) -> list[CommandTarget]:
         if (svc_name is None) == (url is None):
             raise s.error("url", "give either url: HOST:PORT or service: <name of a "
                                  "command server on this node>")
+        tls = tls_section(s, ctx, server=False)
         if svc_name is not None:
             svc = ctx.services.get(svc_name)
             if svc is None or not hasattr(svc, "port"):
                 raise s.error("service", f"no command server named {svc_name!r} declared "
                                          "before the dashboard on this node")
-            out.append(_ServiceTarget(node, svc, timeout))
+            out.append(_ServiceTarget(node, svc, timeout, tls))
         else:
             assert url is not None
             host, port = _hostport(s, "url", url)
-            out.append(CommandTarget(node, host, port, timeout))
+            out.append(CommandTarget(node, host, port, timeout, tls=tls))
         s.check_no_unknown()
     return out
 
