@@ -122,13 +122,16 @@ def _peer(obj: Any) -> str:
 #: ``param1`` of SET_ENABLED_SUBSTATE that stops (rotator and hexapod both use 3).
 _STOP_SUBSTATE = 3
 _MOVES = frozenset({"MOVE", "POSITION_SET", "TRACK_VEL_CMD", "SET_CONSTANT_VEL", "OFFSET"})
+#: Commands besides ``CONFIG_*`` that rewrite the controller's CONFIG (admin).
+_CONFIGURING = frozenset({"SET_PIVOTPOINT"})
 
 
 def command_action(spec: DeviceSpec, code: int, params: Sequence[float],
                    target: str) -> Action:
-    """What a command asks for: ``admin`` for ``CONFIG_*`` (the limits the controller
-    enforces, emergency limits included: configuration), ``operator`` for everything else
-    (state changes, drives, moves, stops, the pivot), unknown codes included."""
+    """What a command asks for: ``admin`` for the commands that rewrite the controller's
+    configuration (what its CONFIG reports): ``CONFIG_*`` (the limits it enforces, emergency
+    limits included) and the hexapod's ``SET_PIVOTPOINT``; ``operator`` for everything else
+    (state changes, ENABLE_DRIVES, moves, stops), unknown codes included."""
     try:
         verb = spec.codes(code).name
     except ValueError:
@@ -141,8 +144,11 @@ def command_action(spec: DeviceSpec, code: int, params: Sequence[float],
         except ValueError:
             detail = f"param1={p1:g}"
     elif params and any(params):
-        detail = " ".join(f"{x:g}" for x in params)
-    needs = Role.ADMIN if verb.startswith("CONFIG_") else Role.OPERATOR
+        shown = list(params)
+        while shown and shown[-1] == 0:  # unused trailing parameters are sent as zeros
+            shown.pop()
+        detail = " ".join(f"{x:g}" for x in shown)
+    needs = Role.ADMIN if verb.startswith("CONFIG_") or verb in _CONFIGURING else Role.OPERATOR
     return Action(needs, verb, target, detail)
 
 
