@@ -236,7 +236,8 @@ async def test_observer_commands_get_no_ack_and_change_nothing(tmp_path, caplog)
                    "change state" in m for m in messages)
 
 
-async def test_operator_commands_work_and_are_audited_config_needs_admin(tmp_path):
+async def test_operator_commands_work_and_are_audited_config_needs_admin(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="labbridge.audit")
     async with running(tmp_path, MOCKS) as node:
         port = service(node).side.port
         mock = node.ctx.devices["rotator"]
@@ -271,6 +272,10 @@ async def test_operator_commands_work_and_are_audited_config_needs_admin(tmp_pat
         assert ("refused", "CONFIG_VEL", OPERATOR, OPERATOR) in events
         assert ("failed", "SET_STATE", OPERATOR, OPERATOR) in events
         assert ("done", "CONFIG_VEL", ADMIN, ADMIN) in events
+        # The audit line docs/hexrotcomm.md shows.
+        assert ("refused: CONFIG_VEL rotator (1) by 127.0.0.2 as operator via "
+                "hexrot_mock_controller-0/tcp: CONFIG_VEL needs the admin role; 127.0.0.2 is "
+                "operator") in [r.getMessage() for r in caplog.records]
 
 
 async def test_hexapod_move_and_configuration_roles(tmp_path):
@@ -350,6 +355,36 @@ async def test_stranger_is_refused_and_cannot_replace_a_quiet_csc(tmp_path, capl
         assert events.count(("refused", "connect", STRANGER, STRANGER)) == 2
         assert ("refused", "replace client", OBSERVER, OBSERVER) in events
         assert ("done", "replace client", ADMIN, ADMIN) in events
+
+
+async def test_an_observer_cannot_hold_the_controller_against_an_operator(tmp_path, caplog):
+    async with running(tmp_path, MOCKS) as node:
+        server = service(node).side.server
+        port = server.port
+        fake_clock(server)  # time stands still: the observer is never silent
+        caplog.set_level(logging.INFO)
+        watcher = await RawCSC.open(ROT_D, port, OBSERVER)
+        try:
+            await watcher.served()
+            assert status(await watcher.command(R.SET_STATE, 2.0))[0] is (
+                CommandStatusCode.NO_ACK)
+            # Another observer is turned away (the one connection is taken)...
+            assert await refused(port, OBSERVER) == b""
+            # ...but an operator's CSC takes the controller from the observer at once.
+            csc = await RawCSC.open(ROT_D, port, OPERATOR)
+            try:
+                await csc.served()
+                await watcher.closed()
+                assert server.peer.startswith(OPERATOR + ":")
+                assert status(await csc.command(R.ENABLE_DRIVES, 1.0))[0] is (
+                    CommandStatusCode.ACK)
+            finally:
+                await csc.close()
+        finally:
+            await watcher.close()
+        assert ("done", "replace client", OPERATOR, OPERATOR) in audit(node)
+        assert any("127.0.0.2 may command the controller; closing the connection of "
+                   "127.0.0.3, who may only watch" in r.getMessage() for r in caplog.records)
 
 
 # -- generation A: our CSC-side sockets ----------------------------------------------------

@@ -10,6 +10,7 @@ example runs as a script against the served mock, with the same port replacement
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shlex
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from labbridge.cli import main
+from labbridge.node.node import build_node
 from tests.conftest import REPO
 from tests.hexrotcomm.node_proc import NodeProc
 from tests.hexrotcomm.test_serve import _free_port_pair
@@ -122,3 +124,63 @@ def test_python_example_and_ports(tmp_path, capsys, monkeypatch):
     finally:
         rc = node.stop()
     assert rc == 0, "\n".join(node.lines[-20:])
+
+
+BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", TEXT, re.S)
+YAML_FILES = {m.group(1): m.group(0).split("\n", 1)[1]
+              for m in re.finditer(r"(?<=```yaml\n)# (\S+\.yaml)\n.*?(?=```)", TEXT, re.S)}
+
+
+def test_tls_recipe(tmp_path):
+    """The TLS recipe of "Access and TLS": its keys commands run as written in a fresh
+    directory, the two node files are served (the mock on a free port instead of 5570, the
+    CSC's file pointed at it), and the labbridge CSC commands the mock by certificate."""
+    assert len(BASH_BLOCKS) == 1 and set(YAML_FILES) == {"mock-tls.yaml", "csc-tls.yaml"}
+    lines = [ln for ln in BASH_BLOCKS[0].splitlines() if ln.strip()]
+    serves = []
+    for ln in lines:
+        argv = shlex.split(ln, comments=True)
+        assert argv[0] == "labbridge", ln
+        if argv[1] == "serve":
+            serves.append(argv[2])
+            continue
+        res = subprocess.run([sys.executable, "-m", "labbridge", *argv[1:]], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (ln, res.stderr)
+    assert serves == ["mock-tls.yaml", "csc-tls.yaml"]
+    mock = NodeProc(tmp_path, yaml.safe_load(YAML_FILES["mock-tls.yaml"]), "--port", "0",
+                    log_level="info")
+    try:
+        port = mock.ready()["services"][0]["port"]
+        csc_text = YAML_FILES["csc-tls.yaml"].replace("port: 5570", f"port: {port}")
+        (tmp_path / "csc").mkdir()
+        (tmp_path / "csc" / "keys").symlink_to(tmp_path / "keys")
+        csc = NodeProc(tmp_path / "csc", yaml.safe_load(csc_text), log_level="info")
+        try:
+            csc.ready()
+            mock.wait_line("client 127.0.0.1:")  # served: the handshake and the gate passed
+        finally:
+            assert csc.stop() == 0, "\n".join(csc.lines[-20:])
+        assert not any("FAULT" in ln for ln in csc.lines), "\n".join(csc.lines[-20:])
+        # The same CSC file in this process, to command the mock: audited by certificate.
+        (tmp_path / "csc-tls.yaml").write_text(csc_text)
+        asyncio.run(_enable(tmp_path / "csc-tls.yaml"))
+        line = mock.wait_line("done: SET_STATE")
+        assert ("done: SET_STATE rotator (ENABLE) by csc@127.0.0.1 as operator via "
+                "hexrot_mock_controller-0/tls") in line
+        assert "done: SET_STATE rotator (ENABLE) by csc@127.0.0.1" in TEXT.replace("\n", " ")
+        assert mock.alive
+    finally:
+        rc = mock.stop()
+    assert rc == 0, "\n".join(mock.lines[-20:])
+
+
+async def _enable(path) -> None:
+    node = build_node(path, state_dir=path.parent / "csc-state")
+    await node.start()
+    try:
+        ctrl = node.ctx.devices["rot"]
+        assert ctrl.connected, ctrl.fault_reason
+        await asyncio.wait_for(ctrl.enable(), 30)
+    finally:
+        await node.stop()

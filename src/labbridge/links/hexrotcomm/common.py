@@ -11,6 +11,8 @@ gate whether it may connect and whether it may replace the connected client;
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import logging
 import math
 import time
@@ -132,24 +134,31 @@ def command_action(spec: DeviceSpec, code: int, params: Sequence[float],
     configuration (what its CONFIG reports): ``CONFIG_*`` (the limits it enforces, emergency
     limits included) and the hexapod's ``SET_PIVOTPOINT``; ``operator`` for everything else
     (state changes, ENABLE_DRIVES, moves, stops), unknown codes included."""
-    try:
-        verb = spec.codes(code).name
-    except ValueError:
-        verb = f"command {code:#x}"
+    verb, needs = _classify(spec.codes, code)
     p1 = params[0] if params else 0.0
     detail = ""
     if verb == "SET_STATE" and math.isfinite(p1):
-        try:
-            detail = SetStateParam(int(p1)).name
-        except ValueError:
-            detail = f"param1={p1:g}"
+        detail = _SET_STATE_NAMES.get(p1) or f"param1={p1:g}"
     elif params and any(params):
         shown = list(params)
         while shown and shown[-1] == 0:  # unused trailing parameters are sent as zeros
             shown.pop()
         detail = " ".join(f"{x:g}" for x in shown)
-    needs = Role.ADMIN if verb.startswith("CONFIG_") or verb in _CONFIGURING else Role.OPERATOR
     return Action(needs, verb, target, detail)
+
+
+@functools.lru_cache(maxsize=256)
+def _classify(codes: type[enum.IntEnum], code: int) -> tuple[str, Role]:
+    """(verb, role needed) of a command code (cached: this is on every command's path)."""
+    try:
+        verb = codes(code).name
+    except ValueError:
+        verb = f"command {code:#x}"
+    needs = Role.ADMIN if verb.startswith("CONFIG_") or verb in _CONFIGURING else Role.OPERATOR
+    return verb, needs
+
+
+_SET_STATE_NAMES = {float(m.value): m.name for m in SetStateParam}
 
 
 def _what(action: Action, params: Sequence[float]) -> str:

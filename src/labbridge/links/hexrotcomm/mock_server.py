@@ -32,7 +32,7 @@ import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from labbridge.access import DONE, FAILED, AccessDenied, Gate, Principal, Role
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
 from labbridge.links.hexrotcomm.common import (
     REPLACE_IDLE_AFTER,
@@ -159,6 +159,7 @@ class _MockProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop: own classes
         self.principal = self.owner.access.principal(transport)
+        self.owner._client = self
         self.out = _FrameWriter(self.owner.profile, transport.write,  # type: ignore[attr-defined]
                                 self.can_write.wait)
         if self.owner.send_config:
@@ -221,6 +222,8 @@ class _MockProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.can_write.set()
+        if self.owner._client is self:
+            self.owner._client = None
         if self.tel_task is not None:
             self.tel_task.cancel()
 
@@ -246,7 +249,8 @@ class MockControllerServer:
         self.server = OneClientServer(
             f"MockController-{mock.name}", host, port,
             protocol_factory=lambda: _MockProtocol(self), log=log,
-            replace_idle_after=replace_idle_after, ssl=ssl, admit=self.access.admit)
+            replace_idle_after=replace_idle_after, ssl=ssl, admit=self._admit)
+        self._client: _MockProtocol | None = None
         #: Times reading from a CSC was paused because it did not read its replies.
         self.reading_paused = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,6 +260,28 @@ class MockControllerServer:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def _admit(self, transport: asyncio.BaseTransport, replacing: bool) -> str | None:
+        """The one-client server's ``admit``: the gate's rules (:class:`PeerAccess`), plus:
+        a newcomer who may command takes the controller from a client who may only watch,
+        silent or not, so an observer cannot hold the one connection against the CSC (a
+        chatty one would never be silent long enough to be replaced)."""
+        why = self.access.admit(transport, replacing)
+        current = self._client
+        if why is not None or replacing or current is None or current.transport is None:
+            return why
+        gate = self.access.gate
+        if current.transport.is_closing() or gate.role_of(current.principal) >= Role.OPERATOR:
+            return None  # the server refuses the newcomer: a CSC is connected
+        newcomer = self.access.principal(transport)
+        if gate.role_of(newcomer) < Role.OPERATOR:
+            return None
+        log.warning("%s: %s may command the controller; closing the connection of %s, "
+                    "who may only watch", self.mock.name, newcomer.who, current.principal.who)
+        gate.record(newcomer, Action(Role.OPERATOR, "replace client", self.mock.name,
+                                     f"{current.principal.who} may only watch"))
+        current.transport.abort()  # the server then serves the newcomer in its place
+        return None
 
     @property
     def host(self) -> str | None:
