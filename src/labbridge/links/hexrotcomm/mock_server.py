@@ -392,12 +392,17 @@ class MockControllerClient:
                 last_error = why
                 await asyncio.sleep(self.retry_interval)
                 continue
-            last_error = None
             configure_socket(writer.get_extra_info("socket"))
             try:
                 await side(reader, writer)
+                last_error = None
             except (ConnectionError, OSError) as exc:
-                log.info("%s: connection to port %d lost: %r", self.mock.name, port, exc)
+                # A CSC that refuses us (TLS 1.3 reports a refused certificate only here)
+                # would otherwise log a line per retry.
+                why = repr(exc)
+                if why != last_error:
+                    log.info("%s: connection to port %d lost: %s", self.mock.name, port, why)
+                last_error = why
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
