@@ -76,14 +76,15 @@ def execute_command(mock: BaseMockController, code: int, params: tuple[float, ..
         try:
             role = gate.check(principal, action)
         except AccessDenied as exc:
+            # The gate wrote the log line (logger labbridge.audit, with the whole reason).
             reason = refusal_reason(exc, params)
-            log.warning("%s: %s from %s refused: %s", mock.name, action.verb, principal.who,
-                        reason)
+            log.debug("%s: %s from %s refused: %s", mock.name, action.verb, principal.who,
+                      reason)
             raise CommandError(reason) from None
     try:
         duration = mock.handle_command(code, params, tai)
     except CommandError as exc:
-        log.info("%s: command %#x from %s refused: %s", mock.name, code, principal.who, exc)
+        # One log line per command: the audit line (``failed: ...: <reason>``).
         gate.record(principal, action, FAILED, str(exc), role)
         raise
     gate.record(principal, action, DONE, "", role)
