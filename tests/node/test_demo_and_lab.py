@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import signal
 import subprocess
@@ -32,6 +33,10 @@ def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     assert {"valve-controller", "furnace-controller", "spectrometer", "rotator",
             "pymodaq-camera", "data-reduction", "dashboard"} <= set(info["nodes"])
     assert "web dashboard: http://127.0.0.1:" in out
+    if importlib.util.find_spec("softioc") is not None:  # the lab's PVs (docs/epics.md)
+        assert "EPICS: prefix LAB (" in out and "export EPICS_CA_ADDR_LIST=" in out
+        assert {"LAB:valves:A", "LAB:gauges:IG", "LAB:furnace:SETPOINT", "LAB:argus:AX",
+                "LAB:rotator:STATE", "LAB:camera:IMAGE"} <= set(info["epics"]["pvs"])
     for note in info["left_out"].values():
         assert "not available" in note
     assert "Traceback" not in r.stderr

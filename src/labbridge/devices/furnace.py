@@ -373,6 +373,13 @@ class Furnace(Device):
                              "safe_setpoint": self.watchdog.safe_setpoint},
                 "di_channels": sorted(self.di_channels)}
 
+    def signals(self) -> dict[str, dict[str, Any]]:
+        temp = {"units": "°C", "quantity": "temperature"}
+        return {"temperature": temp, "setpoint": {**temp, "on_change": True},
+                "output": {"units": "%", "quantity": "output"},
+                "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
+                "watchdog": {"event": True}, "dump": {"event": True}}
+
 
 def with_params(model: FurnaceModel, **changes: Any) -> FurnaceModel:
     """A fresh model like ``model`` with some parameters changed (configuration helper)."""

@@ -108,10 +108,6 @@ def parse_yaml(text: str, name: str = "<string>") -> Any:
         raise ConfigError(f"YAML error: {exc}", file=name) from exc
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               list: "a list", dict: "a mapping"}
-
-
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing"

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,12 +275,14 @@ def _check_ports(sec: Section, svc: Service,
 
 
 async def run_node(node: Node, *, ready_file: str | Path | None = None,
-                   stop: asyncio.Event | None = None) -> None:
+                   stop: asyncio.Event | None = None,
+                   on_ready: Callable[[Node], None] | None = None) -> None:
     """Start a node, write the ready file, wait for ``stop``, stop the node.
 
     The ready file exists only while the node serves: one left by an earlier run is removed
     before starting (a supervisor waiting for it must not take it for this run's), and the
-    file is removed again on stop.
+    file is removed again on stop. ``on_ready`` is called once everything listens (after
+    the ready file is written), for a command that prints what it serves.
     """
     stop = stop or asyncio.Event()
     ready = Path(ready_file) if ready_file else None
@@ -290,6 +293,8 @@ async def run_node(node: Node, *, ready_file: str | Path | None = None,
         if ready is not None:
             node.write_ready_file(ready)
         log.info("node %s ready", node.name)
+        if on_ready is not None:
+            on_ready(node)
         await stop.wait()
     finally:
         log.info("node %s stopping", node.name)

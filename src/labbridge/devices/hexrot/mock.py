@@ -290,6 +290,9 @@ class BaseMockController(Device):
         return {**super().describe(), "device": self.spec.name,
                 "generation": self.generation.value}
 
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"state": {"on_change": True}, "position": {"on_change": True}}
+
 
 class SimpleMockController(BaseMockController):
     """The spec's simple controller: SET_STATE, ENABLE_DRIVES, SET_ENABLED_SUBSTATE, MOVE.
@@ -620,3 +623,10 @@ class RotatorMockController(BaseMockController):
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "velocity": self.velocity, "target": self.target}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        # ts_mtrotator works in degrees (spec §3.11); position is announced on arrival
+        return {**super().signals(),
+                "position": {"units": "deg", "quantity": "angle", "on_change": True},
+                "velocity": {"units": "deg/s", "trend": False},
+                "target": {"units": "deg", "trend": False}}
