@@ -11,7 +11,6 @@ example runs as a script against the served mock, with the same port replacement
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import shlex
 import subprocess
@@ -30,19 +29,6 @@ DOC = REPO / "docs" / "hexrotcomm.md"
 TEXT = DOC.read_text()
 SH_BLOCKS = re.findall(r"```sh\n(.*?)```", TEXT, re.S)
 PY_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() replaces the root logger's handlers and level: put them back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def _calls(block: str) -> tuple[list[str], list[tuple[list[str], int]]]:
