@@ -312,9 +312,11 @@ class PychronClient:
         if self.ssl is not None:
             tls = {"ssl": self.ssl, "ssl_handshake_timeout": self.connect_timeout}
         try:
-            result = await asyncio.wait_for(
-                loop.create_connection(factory, self.host, self.port, **tls),
-                self.connect_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+            # that arrives as the connection completes, and the caller (a StatusMonitor
+            # being stopped) would then run on and its stop() never return.
+            async with asyncio.timeout(self.connect_timeout):
+                result = await loop.create_connection(factory, self.host, self.port, **tls)
         except TimeoutError:
             raise self._unreachable(f"connect timed out after {self.connect_timeout} s") \
                 from None
@@ -417,7 +419,8 @@ class PychronClient:
         try:
             transport.sendto(payload.encode("utf-8"))
             try:
-                data = await asyncio.wait_for(got, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see _open
+                    data = await got
             except TimeoutError:
                 raise NoReply(f"{self}: no UDP reply to {payload!r} within {timeout} s") \
                     from None
