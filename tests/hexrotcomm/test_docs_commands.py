@@ -10,7 +10,6 @@ example runs as a script against the served mock, with the same port replacement
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shlex
 import subprocess
@@ -20,7 +19,6 @@ import pytest
 import yaml
 
 from labbridge.cli import main
-from labbridge.node.node import build_node
 from tests.conftest import REPO
 from tests.hexrotcomm.node_proc import NodeProc
 from tests.hexrotcomm.test_serve import _free_port_pair
@@ -77,9 +75,8 @@ def test_generation_d_blocks(tmp_path, capsys, index, doc_port):
 
 def test_generation_a_block(tmp_path, capsys):
     serve, calls = _calls(SH_BLOCKS[1])
-    assert "generation: A in the node file" in SH_BLOCKS[1]
     cfg = yaml.safe_load((REPO / serve[2]).read_text())
-    cfg["devices"][0]["generation"] = "A"  # as the document says
+    assert cfg["devices"][0]["generation"] == "A"
     port = _free_port_pair()
     cfg["services"][0]["port"] = port
     node = NodeProc(tmp_path, cfg, log_level="warning")
@@ -113,60 +110,74 @@ def test_python_example_and_ports(tmp_path, capsys, monkeypatch):
 
 
 BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", TEXT, re.S)
-YAML_FILES = {m.group(1): m.group(0).split("\n", 1)[1]
-              for m in re.finditer(r"(?<=```yaml\n)# (\S+\.yaml)\n.*?(?=```)", TEXT, re.S)}
 
 
-def test_tls_recipe(tmp_path):
-    """The TLS recipe of "Access and TLS": its keys commands run as written in a fresh
-    directory, the two node files are served (the mock on a free port instead of 5570, the
-    CSC's file pointed at it), and the labbridge CSC commands the mock by certificate."""
-    assert len(BASH_BLOCKS) == 1 and set(YAML_FILES) == {"mock-tls.yaml", "csc-tls.yaml"}
-    lines = [ln for ln in BASH_BLOCKS[0].splitlines() if ln.strip()]
-    serves = []
-    for ln in lines:
-        argv = shlex.split(ln, comments=True)
-        assert argv[0] == "labbridge", ln
-        if argv[1] == "serve":
-            serves.append(argv[2])
-            continue
-        res = subprocess.run([sys.executable, "-m", "labbridge", *argv[1:]], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, (ln, res.stderr)
-    assert serves == ["mock-tls.yaml", "csc-tls.yaml"]
-    mock = NodeProc(tmp_path, yaml.safe_load(YAML_FILES["mock-tls.yaml"]), "--port", "0",
-                    log_level="info")
+def test_tls_recipe(tmp_path, capsys, monkeypatch):
+    """The TLS block of "Access and TLS" as written, in a fresh directory holding the two
+    example node files: the keys commands, the mock served (on a free port instead of 5570),
+    the rotator calls with their documented exit codes and output, and the CSC node; the
+    mock's audit names the certificate as the document says."""
+    assert len(BASH_BLOCKS) == 1
+    lines = BASH_BLOCKS[0].splitlines()
+    examples = tmp_path / "examples" / "hexrot-tls"
+    examples.mkdir(parents=True)
+    for name in ("rotator-mock.yaml", "rotator-csc.yaml"):
+        (examples / name).write_text((REPO / "examples" / "hexrot-tls" / name).read_text())
+    monkeypatch.chdir(tmp_path)  # the document runs at the top of the repository
+    mock: NodeProc | None = None
+    port = 0
     try:
-        port = mock.ready()["services"][0]["port"]
-        csc_text = YAML_FILES["csc-tls.yaml"].replace("port: 5570", f"port: {port}")
-        (tmp_path / "csc").mkdir()
-        (tmp_path / "csc" / "keys").symlink_to(tmp_path / "keys")
-        csc = NodeProc(tmp_path / "csc", yaml.safe_load(csc_text), log_level="info")
-        try:
-            csc.ready()
-            mock.wait_line("client 127.0.0.1:")  # served: the handshake and the gate passed
-        finally:
-            assert csc.stop() == 0, "\n".join(csc.lines[-20:])
-        assert not any("FAULT" in ln for ln in csc.lines), "\n".join(csc.lines[-20:])
-        # The same CSC file in this process, to command the mock: audited by certificate.
-        (tmp_path / "csc-tls.yaml").write_text(csc_text)
-        asyncio.run(_enable(tmp_path / "csc-tls.yaml"))
+        for i, ln in enumerate(lines):
+            if not ln.strip() or ln.startswith("#"):
+                continue
+            argv = shlex.split(ln, comments=True)
+            assert argv[0] == "labbridge", ln
+            if argv[1] == "keys":
+                assert main(["--log-level", "error", *argv[1:]]) == 0, ln
+                continue
+            if argv[1] == "serve" and "rotator-mock" in argv[2]:
+                # NodeProc serves its own copy of the file, next to the original.
+                cfg = yaml.safe_load((tmp_path / argv[2]).read_text())
+                mock = NodeProc(examples, cfg, "--port", "0", log_level="info")
+                port = mock.ready()["services"][0]["port"]
+                continue
+            if argv[1] == "serve":  # the CSC node, pointed at the mock's port
+                text = (tmp_path / argv[2]).read_text().replace("port: 5570", f"port: {port}")
+                (examples / "csc").mkdir()
+                assert mock is not None
+                served = mock.count("connected")
+                csc = NodeProc(examples / "csc", yaml.safe_load(
+                    text.replace("../../keys", "../../../keys")), log_level="info")
+                try:
+                    csc.ready()
+                    # The mock serves it: the handshake and the gate let the CSC in.
+                    assert "client 127.0.0.1:" in mock.wait_line("connected", n=served + 1)
+                finally:
+                    assert csc.stop() == 0, "\n".join(csc.lines[-20:])
+                assert not any("FAULT" in x for x in csc.lines), "\n".join(csc.lines[-20:])
+                continue
+            expected = 1 if "[exit 1]" in ln else 3 if "[exit 3]" in ln else 0
+            args = [a.replace(":5570", f":{port}") for a in argv[1:]]
+            code = main(["--log-level", "error", *args])
+            out = capsys.readouterr()
+            assert code == expected, (ln, out.out[-400:], out.err[-400:])
+            # "# -> TEXT" on the next line: a line of stderr; "-> ..." on the line: stdout.
+            for x in lines[i + 1:i + 2]:
+                if x.startswith("# -> "):
+                    want = x[len("# -> "):].replace(":5570", f":{port}")
+                    assert want in out.err.splitlines(), (want, out.err)
+            if '-> ..."state": "ENABLED"...' in ln:
+                assert '"state": "ENABLED"' in out.out, out.out
+        assert mock is not None
         line = mock.wait_line("done: SET_STATE")
         assert ("done: SET_STATE rotator (ENABLE) by csc@127.0.0.1 as operator via "
-                "hexrot_mock_controller-0/tls") in line
-        assert "done: SET_STATE rotator (ENABLE) by csc@127.0.0.1" in TEXT.replace("\n", " ")
+                "rotator-controller/tls") in line
+        assert ("done: SET_STATE rotator (ENABLE) by csc@127.0.0.1 as operator via "
+                "rotator-controller/tls") in TEXT.replace("\n", " ")
+        refused = mock.wait_line("refused: SET_ENABLED_SUBSTATE")
+        assert "by olivia@127.0.0.1 as observer" in refused
         assert mock.alive
     finally:
-        rc = mock.stop()
-    assert rc == 0, "\n".join(mock.lines[-20:])
-
-
-async def _enable(path) -> None:
-    node = build_node(path, state_dir=path.parent / "csc-state")
-    await node.start()
-    try:
-        ctrl = node.ctx.devices["rot"]
-        assert ctrl.connected, ctrl.fault_reason
-        await asyncio.wait_for(ctrl.enable(), 30)
-    finally:
-        await node.stop()
+        if mock is not None:
+            rc = mock.stop()
+            assert rc == 0, "\n".join(mock.lines[-20:])

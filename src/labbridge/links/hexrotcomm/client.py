@@ -28,8 +28,8 @@ and one when it stops), so a slow callback cannot pile up tasks without bound.
 
 The client trusts the address its caller (the node file) gives; with ``ssl`` (a client context
 from :func:`labbridge.transport.tls.client_context`) it talks TLS and the controller's
-certificate must chain to the site's CA: for a labbridge mock at the other end only, a real
-controller speaks plain TCP.
+certificate must chain to the site's CA (and name the host, if the context checks host
+names): for a labbridge mock at the other end only, a real controller speaks plain TCP.
 """
 
 from __future__ import annotations

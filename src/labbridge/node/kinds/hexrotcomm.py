@@ -25,6 +25,8 @@ Node file shapes (every field read through Section getters)::
         enable_drives_delay: 1.0
         replace_idle_after: 5            # A: a new controller connection replaces an idle one
         tls: {cert: csc.crt, key: csc.pem, ca: ca.crt}   # optional: labbridge at both ends
+                                         # (D: check_host: false if the mock's certificate
+                                         #  does not name `host`)
 
     services:
       - kind: hexrot_mock_controller     # the socket side of a mock device
@@ -61,11 +63,11 @@ from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.links.hexrotcomm.controller import HexapodController, HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
 from labbridge.protocol.hexrotcomm.devices import device_spec
 from labbridge.protocol.hexrotcomm.framing import WireProfile
 from labbridge.protocol.hexrotcomm.structs import Generation
-from labbridge.transport.tls import TlsConfigError, client_context, server_context
 
 _GENERATIONS = ("A", "D")
 
@@ -102,19 +104,11 @@ def _mock_config(sec: Section, cls: type[BaseMockController], generation: str) -
 
 
 def _tls(sec: Section, ctx: NodeContext, *, server: bool) -> ssl.SSLContext | None:
-    """The ``tls: {cert, key, ca}`` field as a server context (client certificates required)
-    or a client context; None when absent. A bad file is a one-line config error naming it."""
-    tls = sec.get_section("tls", None)
-    if tls is None:
-        return None
-    cert, key, ca = (ctx.resolve_path(tls.get_str(k)) for k in ("cert", "key", "ca"))
-    tls.check_no_unknown()
-    try:
-        if server:
-            return server_context(cert, key, ca)
-        return client_context(ca, cert, key)
-    except TlsConfigError as exc:
-        raise sec.error("tls", str(exc)) from None
+    """The ``tls: {cert, key, ca}`` field (a connecting side may add ``check_host: false``) as
+    a server context (client certificates required) or a client context; None when absent. A
+    bad file is a one-line config error naming it. The same section as the Pychron command
+    server's and its clients'."""
+    return tls_section(sec, ctx, server=server)
 
 
 def _is_number(value: Any) -> bool:
