@@ -161,7 +161,8 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
             if once:
                 done = asyncio.ensure_future(mon.wait_synced())
                 try:
-                    await asyncio.wait_for(done, timeout * 3)
+                    async with asyncio.timeout(timeout * 3):
+                        await done
                 except TimeoutError:
                     from rich.markup import escape
 

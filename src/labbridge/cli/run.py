@@ -61,7 +61,8 @@ async def wait_ready(node: Node, timeout: float) -> None:
     if not monitors:
         return
     try:
-        await asyncio.wait_for(asyncio.gather(*(m.wait_synced() for m in monitors)), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(m.wait_synced() for m in monitors))
     except TimeoutError:
         down = [str(m.remote) for m in monitors if not m._synced.is_set()]
         raise ScriptError(f"not reachable within {timeout:g} s: {', '.join(down)}") from None

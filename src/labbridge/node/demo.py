@@ -298,7 +298,8 @@ class Lab:
                     c.proc.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                await asyncio.wait_for(p.wait(), 10)
+                async with asyncio.timeout(10):
+                    await p.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()

@@ -206,7 +206,8 @@ class TcpServer:
         if self._handshakes:  # handshakes cut short by the aborts above end at once
             await asyncio.wait(set(self._handshakes), timeout=2.0)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._server.wait_closed()
         except TimeoutError:  # pragma: no cover
             log.warning("%s: server did not close within 2 s", self.name)
         self._server = None

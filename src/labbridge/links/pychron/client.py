@@ -280,7 +280,8 @@ class PychronClient:
         if proto is not None and proto.transport is not None:
             proto.transport.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(proto.closed), 1.0)
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(proto.closed)
 
     async def __aenter__(self) -> PychronClient:
         return self
@@ -312,9 +313,8 @@ class PychronClient:
         if self.ssl is not None:
             tls = {"ssl": self.ssl, "ssl_handshake_timeout": self.connect_timeout}
         try:
-            result = await asyncio.wait_for(
-                loop.create_connection(factory, self.host, self.port, **tls),
-                self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                result = await loop.create_connection(factory, self.host, self.port, **tls)
         except TimeoutError:
             raise self._unreachable(f"connect timed out after {self.connect_timeout} s") \
                 from None
@@ -417,7 +417,8 @@ class PychronClient:
         try:
             transport.sendto(payload.encode("utf-8"))
             try:
-                data = await asyncio.wait_for(got, timeout)
+                async with asyncio.timeout(timeout):
+                    data = await got
             except TimeoutError:
                 raise NoReply(f"{self}: no UDP reply to {payload!r} within {timeout} s") \
                     from None

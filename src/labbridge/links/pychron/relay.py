@@ -122,7 +122,8 @@ class RelayProcessor:
         if self._conns:
             await asyncio.gather(*self._conns, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await server.wait_closed()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
@@ -161,7 +162,8 @@ class RelayProcessor:
                     if wait is None:
                         chunk: bytes | None = await reader.read(65536)
                     else:
-                        chunk = await asyncio.wait_for(reader.read(65536), max(0.0, wait))
+                        async with asyncio.timeout(max(0.0, wait)):
+                            chunk = await reader.read(65536)
                 except TimeoutError:
                     chunk = None  # quiet gap (or the request deadline)
                 # A malformed request gets the same error reply (and close) whether it ended
@@ -316,8 +318,8 @@ class CommandRepeater:
         self.connect_attempts += 1
         try:
             check_socket_dir(self.path)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_unix_connection(self.path)
         except TimeoutError:
             raise self._unreachable("connect timed out") from None
         except OSError as exc:
@@ -351,7 +353,8 @@ class CommandRepeater:
             conn = await self._connection()
             try:
                 conn.writer.write(frame)
-                data = await asyncio.wait_for(self._read_reply(conn), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    data = await self._read_reply(conn)
             except TimeoutError:
                 conn.close()
                 raise RepeaterError(f"timed out after {self.timeout} s") from None
