@@ -33,6 +33,7 @@ from labbridge.links.pychron.valves import ValveCommands
 from labbridge.protocol.pychron.relay import decode_crc_reply
 from tests.cli_helpers import port_of, serving
 from tests.conftest import REPO
+from tests.docs.mdshell import shell_blocks
 from tests.hardware.test_cli_hardware import _relay_files
 from tests.hardware.test_relay import SAMPLE
 from tests.pychron.server_helpers import ask_like_pychron, bank_from_vector
@@ -300,27 +301,24 @@ async def test_http_false_serves_the_plain_form_only(sock_dir):
 DOC = REPO / "docs" / "hardware-nodes.md"
 
 
-def documented_curl() -> list[str]:
-    return re.findall(r"^(curl [^#\n]*?)\s*(?:#.*)?$", DOC.read_text(), re.M)
+def documented_curl() -> list[tuple[str, list[str]]]:
+    """The doc's curl commands and their expected output lines (docs/doc-tests.md)."""
+    return [(c.text, c.expect) for b in shell_blocks(DOC) for c in b.commands
+            if c.text.startswith("curl ")]
 
 
 def test_the_documented_curl_commands_against_the_example_node(tmp_path, sock_dir):
-    curl = shutil.which("curl")
-    if curl is None:
+    """The doc's curl lines, run against the example node on a free port (tests/docs runs
+    the whole block as written, on port 1061, in a private network namespace)."""
+    if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     commands = documented_curl()
     assert len(commands) >= 2
     whole, _p, _f = _relay_files(sock_dir, tmp_path)
     with serving(whole, tmp_path) as (_proc, info):
         port = port_of(info)
-        out = {}
-        for command in commands:
+        for command, expect in commands:
             argv = [a.replace("127.0.0.1:1061", f"127.0.0.1:{port}") for a in shlex.split(command)]
             res = subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE)
             assert res.returncode == 0, (command, res.stderr)
-            out[command] = res.stdout
-    # Each command's documented output is its comment in the doc.
-    for command, stdout in out.items():
-        m = re.search(rf"^{re.escape(command)}\s*#\s*(.*)$", DOC.read_text(), re.M)
-        assert m is not None, command
-        assert stdout.strip() == m.group(1).split("  (")[0].strip(), (command, stdout)
+            assert res.stdout.splitlines() == expect, (command, res.stdout)

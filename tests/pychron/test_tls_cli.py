@@ -77,7 +77,7 @@ def test_monitor_once_over_tls(site, served):  # noqa: F811
     refused = run_cli("monitor", "--once", "--timeout", "0.5", *tls_args(site, None),
                       f"127.0.0.1:{port}")
     assert refused.returncode == 2
-    assert "refused our TLS client certificate" in refused.stdout
+    assert "refused our TLS client certificate" in refused.stderr  # errors go to stderr
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from labbridge.cli.common import parse_hostport, run_async
+from labbridge.cli.common import logs_above, parse_hostport, run_async
 from labbridge.links.pychron.client import PychronClient, PychronClientError
 from labbridge.links.pychron.monitor import StatusMonitor, ValveView
 from labbridge.links.pychron.remote import RemoteValves
@@ -85,6 +86,9 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, tls_ca: str | Non
     """
     host, port = parse_hostport(target)
     text = " ".join(command)
+    if command[0] in ("Open", "Close") and len(command) == 1:
+        raise click.UsageError(f"{command[0]} needs a valve name, e.g. labbridge call {target} "
+                               f"{command[0]} A (nothing was sent)")
     tls = tls_context(tls_ca, tls_cert, tls_key)
     if tls is not None and (udp or relay):
         raise click.UsageError("--tls-* is for a labbridge command server over TCP "
@@ -92,7 +96,7 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, tls_ca: str | Non
     client_log = logging.getLogger("labbridge.links.pychron.client")
     if client_log.getEffectiveLevel() > logging.DEBUG:
         # One request, one outcome: the failure is reported below in one line; the client's
-        # own "unreachable, backing off" line would only say it twice.
+        # own per-attempt lines ("unreachable, backing off") would only say it again.
         client_log.setLevel(logging.ERROR)
 
     async def _main() -> str:
@@ -107,12 +111,50 @@ def call(framing: str, udp: bool, relay: bool, timeout: float, tls_ca: str | Non
 
     try:
         reply = run_async(_main())
-    except (PychronClientError, ProtocolError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (PychronClientError, ProtocolError, OSError) as exc:
+        click.echo(f"error: {_call_failure(exc, target, text, framing, udp, timeout)}",
+                   err=True)
         sys.exit(2)
     click.echo(reply)
     if reply[:5].upper() == "ERROR":
+        if (reply.startswith("ERROR 015 ") and framing != "json" and not relay
+                and "(" not in reply):
+            click.echo("the node's log says why; a labbridge node also puts the reason in the "
+                       "reply with --framing json", err=True)
         sys.exit(1)
+
+
+#: What a braced client sees when the server answers in another framing.
+_FRAMING_MISMATCH = ("malformed frame header", "does not start with '{'")
+
+
+def _call_failure(exc: BaseException, target: str, text: str, framing: str, udp: bool,
+                  timeout: float) -> str:
+    """One line: what went wrong talking to ``target`` and what to try."""
+    from labbridge.links.pychron.client import NoReply, ReplyLost, UnknownCommand, Unreachable
+
+    detail = str(exc)
+    # The client prefixes its own repr; the target is named here already.
+    detail = re.sub(r"^<PychronClient [^>]*>:\s*", "", detail)
+    if isinstance(exc, Unreachable):
+        reason = detail.removeprefix("cannot connect: ")
+        return (f"cannot connect to {target}: {reason}; is the node running (labbridge serve "
+                f"FILE) and is {target.rpartition(':')[2]} its port (labbridge ports FILE)?")
+    if framing == "braced" and not udp and any(m in detail for m in _FRAMING_MISMATCH):
+        sent = " (it may have acted on it)" if isinstance(exc, ReplyLost) else ""
+        return (f"{target} did not answer in labbridge's braced frames{sent}: a real Pychron "
+                "server or the Qtegra spectrometer wants --framing plain (or --udp)")
+    if isinstance(exc, UnknownCommand):
+        return (f"{target} closed the connection without a reply to {text!r}: real Pychron "
+                "servers do that for an unknown command (names are case-sensitive), a Qtegra "
+                "server for GetData before its first scan")
+    if isinstance(exc, ReplyLost):
+        return (f"no reply from {target} to {text!r} within {timeout:g} s; it may or may not "
+                "have been carried out: read the state before sending it again")
+    if isinstance(exc, NoReply):
+        return (f"no reply from {target} to {text!r} within {timeout:g} s: the server may "
+                "want another framing (--framing plain, --udp) or be busy (--timeout)")
+    return f"{target}: {detail}"
 
 
 def _table(monitor: StatusMonitor, target: str) -> Table:
@@ -159,16 +201,14 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
         await mon.start()
         try:
             if once:
-                done = asyncio.ensure_future(mon.wait_synced())
                 try:
                     async with asyncio.timeout(timeout * 3):
-                        await done
+                        await mon.wait_synced()
                 except TimeoutError:
-                    from rich.markup import escape
-
-                    why = f": {mon.last_error}" if mon.last_error else ""
-                    console.print(f"[red]{escape(f'no answer from {target}{why}')}[/]",
-                                  highlight=False)
+                    why = f" ({mon.last_error})" if mon.last_error else ""
+                    click.echo(f"error: no answer from {target} within {timeout * 3:g} s{why}; "
+                               "is the node running (labbridge serve FILE) and is "
+                               f"{port} its command port (labbridge ports FILE)?", err=True)
                     return 2
                 console.print(_table(mon, target))
                 return 0
@@ -176,7 +216,8 @@ def monitor(framing: str, timeout: float, update_period: float, once: bool,
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            with Live(_table(mon, target), console=console, auto_refresh=False) as live:
+            click.echo(f"monitoring the valves on {target} (Ctrl-C to stop)", err=True)
+            with logs_above(console), Live(_table(mon, target), console=console, auto_refresh=False) as live:
                 while not stop.is_set():
                     changed.clear()
                     waiter = asyncio.ensure_future(changed.wait())

@@ -27,7 +27,7 @@ import yaml
 from labbridge.node import kinds
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
 #: Record-name prefix of every demo node's EPICS IOC (docs/epics.md).
 EPICS_PREFIX = "LAB"
 
@@ -61,6 +61,8 @@ class Component:
 
     def endpoint(self, protocol: str, service: str | None = None) -> tuple[str, int] | None:
         for s in self.info.get("services", []):
+            if s.get("role", "listen") != "listen":
+                continue  # where it connects to is another node's endpoint
             if s.get("protocol") == protocol and (service is None or s["service"] == service):
                 host = str(s.get("host") or "127.0.0.1")
                 return ("127.0.0.1" if host in ("0.0.0.0", "*") else host), int(s["port"])
@@ -219,6 +221,11 @@ class Lab:
         self.components: dict[str, Component] = {}
         self.left_out: list[Component] = []
 
+    def _tmp(self) -> Path:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return tmp
+
     async def _start_one(self, c: Component) -> None:
         cfg = _with_epics(c.build(self.components))
         path = self.workdir / f"{c.key}.yaml"
@@ -230,7 +237,8 @@ class Lab:
             sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
             str(path), "--ready-file", str(ready), "--state-dir", c.info["state_dir"],
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # Whatever a node puts in the temporary directory goes with the lab's folder.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self._tmp())})
         c.info["log"] = str(self.workdir / f"{c.key}.log")
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -298,7 +306,7 @@ class Lab:
                     c.proc.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(10):  # not wait_for: 3.11 can lose a cancellation
                     await p.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
@@ -310,6 +318,20 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
                 await c.proc.wait()
+
+    async def first_exit(self) -> Component:
+        """Wait until a node of the running lab exits (it should not before :meth:`stop`);
+        return it."""
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.components.values()
+                 if c.proc is not None}
+        if not waits:
+            await asyncio.Event().wait()  # nothing can die: wait for cancellation
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[next(iter(done))]
+        finally:
+            for t in waits:
+                t.cancel()
 
     def acquisition_config(self) -> dict[str, Any]:
         valves = self.components["valve-controller"]
@@ -347,3 +369,19 @@ class Lab:
 
 def new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="labbridge-demo-"))
+
+
+def last_log_line(c: Component) -> str:
+    """The last non-empty line of a node's log ("" when there is none), for one-line
+    reports."""
+    log = c.info.get("log")
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")

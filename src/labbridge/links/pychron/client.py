@@ -313,6 +313,9 @@ class PychronClient:
         if self.ssl is not None:
             tls = {"ssl": self.ssl, "ssl_handshake_timeout": self.connect_timeout}
         try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+            # that arrives as the connection completes, and the caller (a StatusMonitor
+            # being stopped) would then run on and its stop() never return.
             async with asyncio.timeout(self.connect_timeout):
                 result = await loop.create_connection(factory, self.host, self.port, **tls)
         except TimeoutError:
@@ -417,7 +420,7 @@ class PychronClient:
         try:
             transport.sendto(payload.encode("utf-8"))
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout):  # not wait_for: see _open
                     data = await got
             except TimeoutError:
                 raise NoReply(f"{self}: no UDP reply to {payload!r} within {timeout} s") \
