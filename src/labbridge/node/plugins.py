@@ -22,7 +22,7 @@ table in words; ADR 0190 the decisions.
 
 from __future__ import annotations
 
-from labbridge.node.config import ConfigError, Section
+from labbridge.node.config import Section
 from labbridge.node.seed import (
     PLUGINS,
     ROLE_KEY_PLUGINS,
@@ -92,18 +92,15 @@ def _evidence(parts: list[Part], file: str, role: str) -> str:
         return f"{p[1]} {p[2]!r} ({file}:{p[3]})"
 
     if role == "acquisition":
-        picked = [p for p in parts if p[0] == "link"]
-    elif role == "data-reduction":
-        picked = [p for p in parts if p[1] == "recorder"]
-    else:
-        dev = {"furnace-controller": "furnace", "valve-controller": "valve_bank",
-               "laser-controller": "laser"}[role]
-        picked = [p for p in parts if p[0] == "device" and p[1] == dev][:1] + \
-            [p for p in parts if p[0] == "service" and p[1] in _SERVING][:1]
-    if role == "acquisition":
-        return ", ".join(f"a {p[1]} link {p[2]!r} ({file}:{p[3]})" for p in picked[:3])
-    return " served by ".join(show(p) for p in picked) if role != "data-reduction" else \
-        ", ".join(show(p) for p in picked[:2])
+        links = [p for p in parts if p[0] == "link"][:3]
+        return ", ".join(f"a {p[1]} link {p[2]!r} ({file}:{p[3]})" for p in links)
+    if role == "data-reduction":
+        return ", ".join(show(p) for p in parts if p[1] == "recorder")
+    dev = {"furnace-controller": "furnace", "valve-controller": "valve_bank",
+           "laser-controller": "laser"}[role]
+    device = next(p for p in parts if p[0] == "device" and p[1] == dev)
+    server = next(p for p in parts if p[0] == "service" and p[1] in _SERVING)
+    return f"{show(device)} served by {show(server)}"
 
 
 def _satisfied(req: tuple[str, ...], parts: list[Part]) -> list[Part]:
@@ -113,7 +110,8 @@ def _satisfied(req: tuple[str, ...], parts: list[Part]) -> list[Part]:
 def check_plugins(root: Section, init: Initialization, parts: list[Part],
                   rhs_mode: str | None) -> tuple[list[str], list[str]]:
     """Cross-check ``init`` against ``parts``; return (warnings, notes) or raise
-    :class:`ConfigError` (one line, at the node file's ``initialization`` field)."""
+    :class:`~labbridge.node.config.ConfigError` (one line, at the node file's
+    ``initialization`` field)."""
     file = root.file or "<node>"
     have = offers(parts)
     serving = init.serving()
@@ -238,4 +236,4 @@ def _an(word: str) -> str:
     return "n" if word[:1] in "aeiou" else ""
 
 
-__all__ = ["ConfigError", "check_plugins", "node_role", "offers"]
+__all__ = ["check_plugins", "node_role", "offers"]
