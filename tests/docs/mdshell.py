@@ -30,7 +30,7 @@ LONG_RUNNING = {"serve": None, "dashboard": None, "demo": "--exit-after-sequence
                 "monitor": "--once", "watch": "--count", "record": "--count"}
 #: How a long-running subcommand says it is ready: its ready file ($LABBRIDGE_READY_FILE),
 #: or its first line of output.
-READY_BY_FILE = frozenset({"serve", "demo"})
+READY_BY_FILE = frozenset({"serve", "demo", "dashboard", "record"})
 
 _EXIT = re.compile(r"\[exit (\d+)\]|\bexit code (\d+)\b")
 _UNTESTED = re.compile(r"\[untested:([^\]]*)\]")

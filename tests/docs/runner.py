@@ -10,9 +10,9 @@ written without meeting anything else on the machine.
   expected output lines.
 * A long-running command (``labbridge serve``, ``dashboard``, ``demo``, ``monitor``, ``watch``,
   ``record``) runs in the background, as in a terminal of its own; the next command runs once it
-  is ready (its ready file for ``serve``/``demo``, else its first line of output) and has shown
-  every expected output line. At the end of its block it gets Ctrl-C (SIGINT) and must exit
-  with the expected status (0).
+  is ready (its ready file for ``serve``, ``demo``, ``dashboard`` and ``record``, else its
+  first line of output) and has shown every expected output line. At the end of its block it
+  gets Ctrl-C (SIGINT) and must exit with the expected status (0).
 * ``export NAME=VALUE`` sets the variable for the file's next commands, as in the reader's
   terminal (every other command runs in a ``bash`` of its own).
 * ``pip install`` of this package is the installation the suite already runs in: the extras it
