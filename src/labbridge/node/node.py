@@ -211,7 +211,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             raise sec.error("name", "a device name may hold letters, digits, '_' and '-' only")
         if dname in ctx.devices:
             raise sec.error("name", f"duplicate device name {dname!r}")
-        dev = _build(factory, sec, ctx)
+        dev: Device = _build(factory, sec, ctx)
         _consume_overridden(sec, ctx)
         sec.check_no_unknown()
         ctx.devices[dname] = dev
@@ -230,7 +230,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         sname = sec.get_str("name", f"{kind}-{i}")
         if sname in ctx.services:
             raise sec.error("name", f"duplicate service name {sname!r}")
-        svc = _build(factory_s, sec, ctx)
+        svc: Service = _build(factory_s, sec, ctx)
         svc.name = sname
         try:
             svc._kind = kind  # type: ignore[attr-defined]
