@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 def load_vectors(name: str) -> Any:
     return json.loads((VECTORS / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``labbridge.cli.main()``, run in-process by some tests, replaces the root logger's
+    handlers and level: put them back, so a handler bound to one test's captured stderr does
+    not outlive it and write 'Logging error' into a later test's output."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture

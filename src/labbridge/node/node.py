@@ -67,8 +67,12 @@ class StartError(Exception):
 
 
 def start_hint(exc: BaseException) -> str:
-    """What a user can do about a start failure ("" when there is nothing general to say)."""
-    code = exc.errno if isinstance(exc, OSError) else None
+    """What a user can do about a start failure ("" when there is nothing general to say).
+    Only a system error gets one: labbridge's own errors (a bus socket's, a recording's) say
+    what to do themselves, and a second remedy would contradict or repeat theirs."""
+    if not isinstance(exc, OSError):
+        return ""
+    code = exc.errno
     text = str(exc).lower()
     if code == errno.EADDRINUSE or "already in use" in text:
         return ("another program (or another labbridge node) holds that port: stop it, or "
