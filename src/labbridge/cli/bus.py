@@ -95,8 +95,9 @@ def _short(value: Any, width: int = 200) -> str:
 @click.option("--count", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option("--duration", type=click.FloatRange(0, min_open=True),
               help="Stop after this many seconds.")
-@click.option("--ready-file", type=click.Path(dir_okay=False),
-              help="Write JSON here once subscribed (for scripts and tests).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), envvar="LABBRIDGE_READY_FILE",
+              help="Write JSON here once subscribed (for scripts and tests). Default: "
+                   "$LABBRIDGE_READY_FILE.")
 def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: int | None,
            duration: float | None, ready_file: str | None) -> None:
     """Record every message from ENDPOINT(s) (tcp://host:port or host:port) into SQLite."""

@@ -183,11 +183,12 @@ class CommandTelemetryClient:
         if self._used:
             raise RuntimeError("a CommandTelemetryClient is single use; make a new one")
         self._used = True
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # comes as the awaited call ends (a connect cancelled by its caller would go on).
         try:
-            transport, _ = await asyncio.wait_for(
-                self._loop.create_connection(lambda: _ClientProtocol(self), self.host,
-                                             self.port, ssl=self.ssl),
-                self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                transport, _ = await self._loop.create_connection(
+                    lambda: _ClientProtocol(self), self.host, self.port, ssl=self.ssl)
         except TimeoutError:
             self.closed.set()
             raise self._set_fault(f"Timed out connecting to {self.host}:{self.port}",
@@ -199,9 +200,11 @@ class CommandTelemetryClient:
         self._transport = transport  # uvloop transports are not asyncio.Transport subclasses
         self._fire(self.on_connect, self)
         try:
-            await asyncio.wait_for(asyncio.shield(self._configured), self.config_timeout)
+            async with asyncio.timeout(self.config_timeout):
+                await asyncio.shield(self._configured)  # (a timeout leaves the future be)
             if self.telemetry is None:
-                await asyncio.wait_for(self.next_telemetry(), self.config_timeout)
+                async with asyncio.timeout(self.config_timeout):
+                    await self.next_telemetry()
         except TimeoutError:
             reason = (f"Timed out waiting for config and telemetry from "
                       f"{self.host}:{self.port}")
@@ -226,7 +229,8 @@ class CommandTelemetryClient:
         if t is not None and not self._lost:
             t.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closed.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self.closed.wait()
             if not self._lost:
                 t.abort()
         self.closed.set()

@@ -59,6 +59,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     OfflineSubstate,
     SetStateParam,
 )
+from labbridge.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,19 @@ class HexrotController(Device):
 
     async def stop(self) -> None:
         await self.disconnect()
+
+    def endpoints(self) -> list[Endpoint]:
+        """Where this model listens (generation A: the CSC's telemetry port P and command
+        port P+1, which the controller calls) or connects (generation D: the controller).
+        build_node reads it so that ``--host`` replaces listening addresses only."""
+        if self.generation is Generation.A:
+            return [Endpoint(self.name, "tcp", self.host, self.port, role="listen",
+                             purpose="hexrotcomm generation A telemetry (controller connects)"),
+                    Endpoint(self.name, "tcp", self.host, self.port + 1 if self.port else None,
+                             role="listen",
+                             purpose="hexrotcomm generation A commands (controller connects)")]
+        return [Endpoint(self.name, "tcp", self.host, self.port, role="connect",
+                         purpose="hexrotcomm generation D controller")]
 
     async def _ensure_server(self) -> CommandTelemetryServer:
         if isinstance(self.link, CommandTelemetryServer):
