@@ -9,9 +9,11 @@ it is already in use (Pychron only logged it, spec 17 #20).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +33,23 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - platform dependent
             pass
+
+
+def abort_discarding(transport: asyncio.BaseTransport) -> None:
+    """Abort a connection and throw away what the kernel has not sent yet.
+
+    ``close()`` and asyncio's ``abort()`` both leave unsent bytes to the kernel, which goes
+    on retransmitting them: after a partition heals, a request the caller gave up on long
+    ago would still reach the peer (a valve opened after the client reported the open as
+    lost; ADR 0161). SO_LINGER with a zero timeout makes the close discard them and reset
+    the connection instead.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    abort = getattr(transport, "abort", None)
+    (abort or transport.close)()
 
 
 def peer_host(transport: asyncio.BaseTransport) -> str:
