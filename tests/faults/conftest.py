@@ -129,6 +129,16 @@ class Node:
                 return int(s["port"])
         raise KeyError(f"{service}/{protocol} not in {self.info['services']}")
 
+    def call_inside(self, service: str, *command: str) -> str:
+        """``labbridge call`` from inside the namespace (its loopback is never faulted): what
+        another client on the node's own network does while we are cut off."""
+        out = subprocess.run(
+            [*self.ns.exec_prefix(), sys.executable, "-m", "labbridge", "call",
+             f"{self.ns.ns_ip}:{self.port(service)}", *command],
+            capture_output=True, text=True, timeout=30, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
 
