@@ -181,17 +181,26 @@ class NetNS:
         self._both(f"numgen random mod 100 < {percent}", "drop")
         self.faults.append(f"loss {percent}%")
 
+    # A reset rule must let the resets it makes pass: the reply to a segment rejected on the
+    # way in leaves through the output hook, where the other rule would swallow it.
+    _NOT_RST = "tcp flags & rst == 0"
+
     def reset(self, port: int) -> None:
-        """Answer every TCP segment to or from ``port`` (on the node's side) with a reset:
-        the connection dies at once on both ends, and new ones are refused."""
-        self._rule("fin", f'iifname "{self.ns_if}" tcp dport {port} reject with tcp reset')
-        self._rule("fout", f'oifname "{self.ns_if}" tcp sport {port} reject with tcp reset')
+        """Answer every TCP segment to or from ``port`` (on the node's side) with a reset
+        sent to its sender: each end's connection dies as soon as it sends or receives a
+        segment, and new connections are refused."""
+        self._rule("fin", f'iifname "{self.ns_if}" tcp dport {port} {self._NOT_RST} '
+                   "reject with tcp reset")
+        self._rule("fout", f'oifname "{self.ns_if}" tcp sport {port} {self._NOT_RST} '
+                   "reject with tcp reset")
         self.faults.append(f"reset :{port}")
 
     def reset_peer(self, port: int) -> None:
         """The same for connections the node opens to ``port`` of the test process."""
-        self._rule("fin", f'iifname "{self.ns_if}" tcp sport {port} reject with tcp reset')
-        self._rule("fout", f'oifname "{self.ns_if}" tcp dport {port} reject with tcp reset')
+        self._rule("fin", f'iifname "{self.ns_if}" tcp sport {port} {self._NOT_RST} '
+                   "reject with tcp reset")
+        self._rule("fout", f'oifname "{self.ns_if}" tcp dport {port} {self._NOT_RST} '
+                   "reject with tcp reset")
         self.faults.append(f"reset peer :{port}")
 
     def slow(self, rate: str = "64kbit", burst: str = "4kb", latency: str = "200ms") -> None:
@@ -207,6 +216,11 @@ class NetNS:
         if any(f.startswith("slow") for f in self.faults):
             self.tc("qdisc", "del", "dev", self.ns_if, "root")
         self.faults.clear()
+
+    def sent_bytes(self) -> int:
+        """Bytes the slow-link qdisc has let out so far (0 without one)."""
+        m = re.search(r"Sent (\d+) bytes", self.tc("-s", "qdisc", "show", "dev", self.ns_if))
+        return int(m.group(1)) if m else 0
 
     def counters(self) -> str:
         return self.nft(f"list table inet {PREFIX}")
