@@ -146,13 +146,25 @@ def test_health_uses_the_receive_time_not_the_source_clock():
 def test_a_page_that_cannot_keep_up_is_dropped_not_buffered():
     from labbridge.web.app import WebConfig, WebDashboard, _Page
 
+    class Transport:
+        aborted = 0
+
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+        def abort(self) -> None:
+            self.aborted += 1
+
     dash = WebDashboard(WebConfig(client_queue=3))
-    slow = _Page(ws=None, peer="10.0.0.9:5000", size=3)  # type: ignore[arg-type]
+    transport = Transport()
+    slow = _Page(ws=None, peer="10.0.0.9:5000", size=3,  # type: ignore[arg-type]
+                 transport=transport)  # type: ignore[arg-type]
     fast = _Page(ws=None, peer="10.0.0.8:5000", size=100)  # type: ignore[arg-type]
     dash.pages.update({slow, fast})
     for i in range(10):
         dash._broadcast(f"m{i}")
-    assert slow.overflowed and slow.queue.qsize() == 3
-    items = [slow.queue.get_nowait() for _ in range(3)]
-    assert items[-1] is None  # the sender closes the socket (1013) when it gets here
+    # The stale backlog is thrown away and the connection reset at once (ADR 0164); the
+    # sender ends when it gets the None.
+    assert slow.overflowed and transport.aborted == 1
+    assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None
     assert fast.queue.qsize() == 10 and not fast.overflowed

@@ -58,6 +58,7 @@ from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
+from labbridge.transport.tcp import abort_discarding
 from labbridge.web.control import REFUSED, CommandTarget, ControlResult, Controls
 from labbridge.web.state import LabState, split_topic, timestamp
 
@@ -116,11 +117,13 @@ class WebConfig:
 class _Page:
     """One connected WebSocket with its bounded outgoing queue."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str, size: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, peer: str, size: int,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
         self.peer = peer
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
         self.overflowed = False
+        self.transport = transport
 
 
 class WebDashboard:
@@ -276,9 +279,15 @@ class WebDashboard:
             except asyncio.QueueFull:
                 page.overflowed = True
                 log.warning("%s: page %s is too slow; disconnecting it", self.name, page.peer)
-                with contextlib.suppress(asyncio.QueueFull):
+                # Its backlog is stale, and a close frame would wait behind it (and behind
+                # the kernel's buffer) on the clogged link for as long as that takes to
+                # drain: throw both away and reset the connection (ADR 0164). The page
+                # reconnects to a fresh hello.
+                while not page.queue.empty():
                     page.queue.get_nowait()
-                    page.queue.put_nowait(None)
+                page.queue.put_nowait(None)
+                if page.transport is not None:
+                    abort_discarding(page.transport)
 
     def nodes_json(self) -> list[dict[str, Any]]:
         return self.state.health(self.clock(), self.config.stale_after,
@@ -458,7 +467,7 @@ class WebDashboard:
             return _error(503, "too many dashboard pages open")
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
         await ws.prepare(request)
-        page = _Page(ws, _peer(request), self.config.client_queue)
+        page = _Page(ws, _peer(request), self.config.client_queue, request.transport)
         page.queue.put_nowait(_dumps(self.hello()))
         self.pages.add(page)
         sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
@@ -477,7 +486,8 @@ class WebDashboard:
         while True:
             text = await page.queue.get()
             if text is None:
-                await page.ws.close(code=1013, message=b"too slow; reconnect")
+                if page.transport is None:  # no socket to reset: close the usual way
+                    await page.ws.close(code=1013, message=b"too slow; reconnect")
                 return
             try:
                 await page.ws.send_str(text)
