@@ -1,0 +1,100 @@
+"""The web dashboard across a slow link and a partition (issue 16; ADR 0164).
+
+* Slow link: a dashboard node (a fast stream of gauge values, its notifier and its
+  ``web_dashboard``) runs in a namespace; a page's WebSocket (an aiohttp client here) gets a
+  32 kbit/s link (tc tbf on the namespace's egress) while the stream needs far more. The
+  dashboard must drop that page, not queue data for it without bound: the connection ends
+  soon after the dashboard decides, and the page can connect again once the link is fine.
+* Partition: a valve node (command server + notifier) runs in a namespace; the dashboard runs
+  here and the page in headless Chromium. The page must show the node's outage, and recover
+  by itself after the heal, including a valve changed on the node meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import aiohttp
+import pytest
+
+from labbridge.web.app import WebConfig, WebDashboard
+from labbridge.web.control import CommandTarget
+from tests.faults.conftest import elapsed
+
+pytestmark = pytest.mark.faults
+
+GAUGES = ", ".join(f"G{i}" for i in range(12))
+STREAM_NODE = f"""
+node: dash-node
+devices:
+  - {{kind: gauge_controller, name: gauges, gauges: [{GAUGES}], backend: {{kind: sim}},
+     poll_period: 0.01}}
+services:
+  - {{kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.2, legacy: false}}
+  - {{kind: web_dashboard, name: web, host: "@HOST@", port: 0, subscribe: [bus],
+     stale_after: 2}}
+"""
+
+#: WebConfig defaults of the dashboard under test: 256 queued batches, one per 0.05 s.
+QUEUE_SECONDS = 256 * 0.05
+
+
+async def test_slow_link_page_is_dropped(netns, start_node, outcome):
+    out = outcome("web-slow-link")
+    node = await start_node(netns, STREAM_NODE)
+    url = f"http://{netns.ns_ip}:{node.port('web', 'http')}/ws"
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url, heartbeat=None)
+        first = json.loads((await ws.receive(timeout=10)).data)
+        assert first["type"] == "hello"
+        for _ in range(3):  # values flow
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.TEXT
+        netns.slow("32kbit", burst="4kb", latency="200ms")
+        t_fault = time.monotonic()
+        received_after: int | None = None
+        t_decided: float | None = None
+        got = 0
+        ended: str = ""
+        bound = QUEUE_SECONDS + 30
+        while time.monotonic() - t_fault < bound:
+            if t_decided is None and "too slow; disconnecting" in node.log_text():
+                t_decided = time.monotonic()
+                received_after = 0
+            try:
+                msg = await ws.receive(timeout=1.0)
+            except TimeoutError:
+                continue
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                got += len(msg.data)
+                if received_after is not None:
+                    received_after += len(msg.data)
+                continue
+            ended = f"{msg.type.name} {msg.data!r}" if msg.data else msg.type.name
+            break
+        t_end = time.monotonic()
+        await ws.close()
+        assert ended, f"the page was neither dropped nor closed within {bound:.0f} s"
+        assert t_decided is not None, "the connection ended but the dashboard never said why"
+        out.detected = round(t_decided - t_fault, 3)
+        gone = round(t_end - t_decided, 3)
+        assert gone < 5.0, f"dropped after {gone} s: the backlog was sent first"
+        out.check(f"the page's connection ended {gone:.1f} s after the dashboard dropped it "
+                  f"({received_after} bytes reached the page in between)")
+
+        netns.heal()
+        t_heal = time.monotonic()
+        ws = await http.ws_connect(url, heartbeat=None)
+        hello = json.loads((await ws.receive(timeout=10)).data)
+        assert hello["type"] == "hello"
+        out.recovered = elapsed(t_heal)
+        await ws.close()
+        out.check("a new connection after the heal gets a fresh hello")
+    out.numbers = {"ended_after_decision": gone, "bytes_after_decision": received_after,
+                   "bytes_on_slow_link": got, "how": ended}
+    out.happened = (f"the page's queue filled ({QUEUE_SECONDS:g} s of batches at the push "
+                    f"rate); the dashboard logged 'too slow' and dropped the connection "
+                    f"({ended}); the page reconnects to a fresh snapshot")
