@@ -129,15 +129,23 @@ class Node:
                 return int(s["port"])
         raise KeyError(f"{service}/{protocol} not in {self.info['services']}")
 
-    def call_inside(self, service: str, *command: str) -> str:
+    async def call_inside(self, service: str, *command: str) -> str:
         """``labbridge call`` from inside the namespace (its loopback is never faulted): what
-        another client on the node's own network does while we are cut off."""
-        out = subprocess.run(
-            [*self.ns.exec_prefix(), sys.executable, "-m", "labbridge", "call",
-             f"{self.ns.ns_ip}:{self.port(service)}", *command],
-            capture_output=True, text=True, timeout=30, cwd=REPO)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
+        another client on the node's own network does while we are cut off. Run as an
+        asyncio subprocess, so the clients under test keep running meanwhile."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.ns.exec_prefix(), sys.executable, "-m", "labbridge", "call",
+            f"{self.ns.ns_ip}:{self.port(service)}", *command, cwd=REPO,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(30):
+                out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, err.decode()
+        return out.decode().strip()
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""

@@ -91,7 +91,7 @@ async def test_monitor_partition(netns, start_node, outcome):
         netns.partition()
         t_fault = time.monotonic()
         # Another client on the node's own network opens B while we are cut off.
-        assert node.call_inside("cmd", "Open", "B") == "OK"
+        assert await node.call_inside("cmd", "Open", "B") == "OK"
         await until(lambda: monitor.status == "node_unreachable", 60)
         out.detected = elapsed(t_fault)
         assert monitor.valves["B"].state is False  # stale, and marked so by the status

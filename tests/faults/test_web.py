@@ -98,3 +98,75 @@ async def test_slow_link_page_is_dropped(netns, start_node, outcome):
     out.happened = (f"the page's queue filled ({QUEUE_SECONDS:g} s of batches at the push "
                     f"rate); the dashboard logged 'too slow' and dropped the connection "
                     f"({ended}); the page reconnects to a fresh snapshot")
+
+
+VALVE_NODE = """
+node: vnode
+devices:
+  - kind: valve_bank
+    name: valves
+    persist: false
+    backend: {kind: sim, delay: 0.0}
+    valves:
+      - {name: A, address: 0}
+      - {name: B, address: 1}
+services:
+  - {kind: pychron_command_server, name: cmd, host: "@HOST@", port: 0}
+  - {kind: notifier, name: bus, host: "@HOST@", port: 0, heartbeat: 0.2}
+"""
+
+
+@pytest.mark.browser
+async def test_page_shows_the_outage_and_recovers(netns, start_node, outcome, tmp_path):
+    from playwright.async_api import expect
+
+    from tests.web.browser import Console, chromium
+
+    out = outcome("web-page-outage")
+    node = await start_node(netns, VALVE_NODE)
+    dash = WebDashboard(WebConfig(
+        host="127.0.0.1", port=0, title="Fault lab",
+        subscribe=[f"tcp://{netns.ns_ip}:{node.port('bus', 'zmq-pub')}"],
+        command_servers=[CommandTarget("vnode", netns.ns_ip, node.port("cmd"), timeout=1.0)],
+        stale_after=1.0, disconnect_after=3.0))
+    await dash.start()
+    try:
+        async with chromium(tmp_path / "profile") as browser:
+            console = Console()
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            console.attach(page)
+            await page.goto(dash.url)
+            status = page.locator('.node[data-node="vnode"]')
+            valve_b = page.locator('.valve[data-key="vnode/B"]')
+            await expect(page.locator("#conn")).to_have_attribute("data-conn", "open",
+                                                                  timeout=10_000)
+            await expect(status).to_have_attribute("data-status", "live", timeout=10_000)
+            await expect(valve_b).to_have_attribute("data-state", "closed", timeout=10_000)
+
+            netns.partition()
+            t_fault = time.monotonic()
+            await expect(status).not_to_have_attribute("data-status", "live", timeout=15_000)
+            out.detected = elapsed(t_fault)
+            # Someone on the node's own network opens B while the dashboard is cut off.
+            assert await node.call_inside("cmd", "Open", "B") == "OK"
+            await expect(status).to_have_attribute("data-status", "disconnected",
+                                                   timeout=15_000)
+            shown = elapsed(t_fault)
+            await expect(valve_b).to_have_attribute("data-state", "closed")  # last known
+
+            netns.heal()
+            t_heal = time.monotonic()
+            await expect(status).to_have_attribute("data-status", "live", timeout=30_000)
+            live_again = elapsed(t_heal)
+            await expect(valve_b).to_have_attribute("data-state", "open", timeout=30_000)
+            out.recovered = elapsed(t_heal)
+            await expect(page.locator("#conn")).to_have_attribute("data-conn", "open")
+            await page.close()
+            assert console.errors == [], "\n".join(console.errors)
+    finally:
+        await dash.stop()
+    out.numbers = {"disconnected_shown_after": shown, "live_again_after": live_again}
+    out.happened = ("the page marked the node stale, then disconnected; after the heal it "
+                    "showed it live again and valve B open (changed during the outage, "
+                    "resynchronised after the bus gap), without a reload")
+    out.check("no reload, no console errors")
