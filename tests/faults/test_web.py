@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
 
 import aiohttp
