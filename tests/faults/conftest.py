@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -172,6 +173,16 @@ class Node:
             if time.monotonic() > deadline:
                 raise AssertionError(f"probe line {line!r} not seen in {timeout} s")
             await asyncio.sleep(0.01)
+
+    @staticmethod
+    def line_time(line: str) -> float:
+        """The Unix time of a node log line (it starts with the local ``HH:MM:SS.mmm``)."""
+        now = datetime.datetime.now()
+        clock = datetime.datetime.strptime(line.split()[0], "%H:%M:%S.%f").time()
+        when = datetime.datetime.combine(now.date(), clock)
+        if when - now > datetime.timedelta(hours=12):  # logged before midnight
+            when -= datetime.timedelta(days=1)
+        return when.timestamp()
 
     async def wait_log(self, pattern: str, timeout: float = 10.0) -> str:
         """The first line of the node's log matching ``pattern`` (polled with a deadline)."""

@@ -40,6 +40,7 @@ services:
 QUEUE_SECONDS = 256 * 0.05
 
 
+@pytest.mark.timeout(120)
 async def test_slow_link_page_is_dropped(netns, start_node, outcome):
     out = outcome("web-slow-link")
     node = await start_node(netns, STREAM_NODE)
@@ -52,36 +53,29 @@ async def test_slow_link_page_is_dropped(netns, start_node, outcome):
             msg = await ws.receive(timeout=10)
             assert msg.type is aiohttp.WSMsgType.TEXT
         netns.slow("32kbit", burst="4kb", latency="200ms")
-        t_fault = time.monotonic()
-        received_after: int | None = None
-        t_decided: float | None = None
+        t_fault = time.time()
         got = 0
-        ended: str = ""
+        ended = ""
         bound = QUEUE_SECONDS + 30
-        while time.monotonic() - t_fault < bound:
-            if t_decided is None and "too slow; disconnecting" in node.log_text():
-                t_decided = time.monotonic()
-                received_after = 0
+        while time.time() - t_fault < bound:
             try:
                 msg = await ws.receive(timeout=1.0)
             except TimeoutError:
                 continue
             if msg.type is aiohttp.WSMsgType.TEXT:
                 got += len(msg.data)
-                if received_after is not None:
-                    received_after += len(msg.data)
                 continue
             ended = f"{msg.type.name} {msg.data!r}" if msg.data else msg.type.name
             break
-        t_end = time.monotonic()
+        t_end = time.time()
         await ws.close()
         assert ended, f"the page was neither dropped nor closed within {bound:.0f} s"
-        assert t_decided is not None, "the connection ended but the dashboard never said why"
-        out.detected = round(t_decided - t_fault, 3)
-        gone = round(t_end - t_decided, 3)
+        # When the dashboard decided, from its log (same machine, same clock).
+        decided = node.line_time(await node.wait_log("too slow; disconnecting", timeout=5))
+        out.detected = round(decided - t_fault, 3)
+        gone = round(t_end - decided, 3)
         assert gone < 5.0, f"dropped after {gone} s: the backlog was sent first"
-        out.check(f"the page's connection ended {gone:.1f} s after the dashboard dropped it "
-                  f"({received_after} bytes reached the page in between)")
+        out.check(f"the page's connection ended {gone:.1f} s after the dashboard dropped it")
 
         netns.heal()
         t_heal = time.monotonic()
@@ -91,8 +85,7 @@ async def test_slow_link_page_is_dropped(netns, start_node, outcome):
         out.recovered = elapsed(t_heal)
         await ws.close()
         out.check("a new connection after the heal gets a fresh hello")
-    out.numbers = {"ended_after_decision": gone, "bytes_after_decision": received_after,
-                   "bytes_on_slow_link": got, "how": ended}
+    out.numbers = {"ended_after_decision": gone, "bytes_on_slow_link": got, "how": ended}
     out.happened = (f"the page's queue filled ({QUEUE_SECONDS:g} s of batches at the push "
                     f"rate); the dashboard logged 'too slow' and dropped the connection "
                     f"({ended}); the page reconnects to a fresh snapshot")
