@@ -229,10 +229,10 @@ async def test_loss_during_pipelined_commands(netns, start_node, outcome, percen
         for k in range(rounds):
             target = k % 2 == 0
             call = valves.open(name) if target else valves.close(name)
-            try:
-                r: object = (await asyncio.gather(call, *(query(name) for _ in range(3))))[0]
-            except PychronClientError as exc:
-                r = exc
+            r: object = (await asyncio.gather(call, *(query(name) for _ in range(3)),
+                                              return_exceptions=True))[0]
+            if isinstance(r, BaseException) and not isinstance(r, PychronClientError):
+                raise r
             results[name].append(r)
 
     try:
