@@ -28,10 +28,12 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "TCP reset of the command connection while `Open A` is at the valve"),
     "pipelined-loss-5": (
         "Pychron client, pipelined braced requests",
-        "5 % random packet loss each way during 24 actuations + 72 queries in flight at once"),
+        "5 % random packet loss each way while 24 valves are each opened and closed 6 times "
+        "(`RemoteValves`, 1 s timeout) with 3 queries beside each actuation, all pipelined on "
+        "one connection"),
     "pipelined-loss-30": (
         "Pychron client, pipelined braced requests",
-        "30 % random packet loss each way during 24 actuations + 72 queries in flight at once"),
+        "30 % random packet loss each way, same load as above"),
     "monitor-partition": (
         "StatusMonitor",
         "partition of the valve node; a valve changed on the node meanwhile"),
