@@ -323,7 +323,10 @@ def child_pmd_actuator(port: int, client: bool = False) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.check_sended_with_serializer("ACTUATOR")
         sock.check_sended_with_serializer("Infos")
-        sock.check_sended_with_serializer(b'<settings><units value="mm"/></settings>')
+        sock.check_sended_with_serializer(  # the real format (value in the element text)
+            b'<move_settings type="group" title="Actuator Settings:" visible="1" removable="0" '
+            b'readonly="0"><units type="str" title="Units:" visible="1" removable="0" '
+            b'readonly="1">mm</units></move_settings>')
     with contextlib.suppress(OSError, ConnectionError, AssertionError):
         while True:
             cmd = pmd["DeSerializer"](sock).string_deserialization()

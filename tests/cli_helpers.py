@@ -35,17 +35,22 @@ def serving(config: str | Path, tmp_path: Path, *extra: str,
     """
     ready = tmp_path / "ready.json"
     ready.unlink(missing_ok=True)  # an earlier start's file must not count as this one's
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    # The node's output goes to a file, not a pipe: nobody reads a pipe while the test runs,
+    # and a chatty node would block on a full one (a hang, not a failure).
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w", encoding="utf-8")
     proc = subprocess.Popen(
         labbridge_cmd("--log-level", "info", "serve", str(config), "--port", "0",
                       "--ready-file", str(ready), "--state-dir", str(tmp_path / "state"),
                       *extra),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if proc.poll() is not None:
-                _out, err = proc.communicate()
-                raise AssertionError(f"serve exited with {proc.returncode}: {err}")
+                raise AssertionError(f"serve exited with {proc.returncode}: "
+                                     f"{log_path.read_text(errors='replace')}")
             if time.monotonic() > deadline:
                 raise AssertionError("serve did not write its ready file in time")
             time.sleep(0.02)
@@ -58,9 +63,7 @@ def serving(config: str | Path, tmp_path: Path, *extra: str,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        log.close()
 
 
 def port_of(info: dict[str, Any], protocol: str = "tcp", service: str | None = None) -> int:

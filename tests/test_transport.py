@@ -4,13 +4,18 @@ the blocking portal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
 import threading
 
 import pytest
 
 from labbridge.transport.backoff import Backoff
 from labbridge.transport.blocking import BlockingPortal
-from labbridge.transport.tcp import PortInUseError, TcpUdpServer, UdpServer
+from labbridge.transport.one_client import OneClientServer
+from labbridge.transport.slots import SlotTable
+from labbridge.transport.tcp import PortInUseError, TcpServer, TcpUdpServer, UdpServer
 
 
 async def _udp_ask(port: int, payload: bytes) -> bytes:
@@ -171,3 +176,201 @@ def test_backoff_keeps_going_past_a_thousand_attempts_with_the_same_delays():
     assert [huge.next() for _ in range(2000)][-3:] == [1e308] * 3
     instant = Backoff(initial=0.0, maximum=5.0, factor=2.0, jitter=0.0)
     assert set(instant.next() for _ in range(2000)) == {0.0}
+
+
+# -- fair slots ---------------------------------------------------------------------------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_slot_table_evicts_the_connection_idle_longest_and_protects_busy_ones(caplog):
+    clock = Clock()
+    table = SlotTable("t", max_connections=3, max_per_address=3, clock=clock)
+    caplog.set_level(logging.INFO, logger="labbridge")
+    trs = [FakeTransport() for _ in range(6)]
+    a = table.admit(trs[0], "10.0.0.1")
+    clock.t += 1
+    b = table.admit(trs[1], "10.0.0.2")
+    clock.t += 1
+    c = table.admit(trs[2], "10.0.0.3")
+    assert a and b and c and len(table) == 3
+    a.active()  # a made progress: b is now idle longest
+    a.set_busy(True)
+    d = table.admit(trs[3], "10.0.0.4")
+    assert d is not None and trs[1].aborted and b.evicted and not trs[0].aborted
+    c.finished()  # nothing left to do: first to go, before d
+    e = table.admit(trs[4], "10.0.0.5")
+    assert e is not None and trs[2].aborted and not trs[3].aborted
+    for s in (d, e):
+        s.set_busy(True)
+    assert table.admit(trs[5], "10.0.0.6") is None  # every slot busy: refused
+    assert (table.evicted, table.refused) == (2, 1)
+    evicting = [r for r in caplog.records if "evicting" in r.getMessage()]
+    assert len(evicting) == 1  # one line per episode, not per eviction
+    for s in (a, d, e):
+        table.release(s)
+    assert len(table) == 0
+    assert any("pressure over (full): 2" in r.getMessage() for r in caplog.records)
+
+
+def test_slot_table_per_address_cap_evicts_that_address_only():
+    table = SlotTable("t", max_connections=100, max_per_address=2)
+    other = table.admit(FakeTransport(), "10.0.0.9")
+    trs = [FakeTransport() for _ in range(5)]
+    slots = [table.admit(t, "10.0.0.1") for t in trs]
+    assert all(slots)
+    assert [t.aborted for t in trs] == [True, True, True, False, False]
+    assert table.per_address("10.0.0.1") == 2 and other is not None and not other.evicted
+
+
+def test_slot_table_budget_evicts_the_largest_holder():
+    table = SlotTable("t", max_connections=10, max_buffered=1000)
+    small, big, busy = (table.admit(FakeTransport(), f"10.0.0.{i}") for i in range(3))
+    assert small and big and busy
+    busy.set_busy(True)
+    assert busy.hold(900)
+    assert small.hold(50)
+    held = [600]
+    big.measure = lambda: held[0]
+    assert not big.hold()  # over the budget: the largest holder that is not busy goes
+    assert big.evicted and not small.evicted and not busy.evicted
+    assert table.held == 950
+
+
+@pytest.mark.parametrize("reports", [True, False])
+async def test_tcp_server_when_full_evicts_only_protocols_that_report(reports):
+    """A protocol with a ``slot`` (reporting, here nothing: idle) is evicted oldest first for a
+    newcomer; one without is never evicted: the newcomer is refused, as before fair slots."""
+    lost = asyncio.Queue()
+
+    class Quiet(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.put_nowait(exc)
+
+    class Reporting(Quiet):
+        slot = None  # TcpServer puts the connection's Slot here
+
+    server = TcpServer(Reporting if reports else Quiet, max_connections=3, name="quiet")
+    await server.start()
+    conns = []
+    try:
+        for _ in range(5):
+            conns.append(await asyncio.open_connection("127.0.0.1", server.port))
+        # the server closes two connections: the two oldest, or the two newcomers
+        gone = conns[:2] if reports else conns[3:]
+        for reader, _w in gone:
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+        if reports:
+            for _ in range(2):
+                await asyncio.wait_for(lost.get(), 5)
+            assert (server.connections, server.evicted, server.refused) == (3, 2, 0)
+        else:
+            assert (server.connections, server.evicted, server.refused) == (3, 0, 2)
+    finally:
+        for _r, w in conns:
+            w.transport.abort()
+        await server.stop()
+
+
+# -- one-client server --------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["stream", "protocol"])
+async def test_one_client_server_replaces_a_silent_client_only(mode, caplog):
+    clock = Clock()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handler(reader, writer):
+        while data := await reader.read(100):
+            got.put_nowait(data)
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data):
+            got.put_nowait(data)
+
+    kw = {"handler": handler} if mode == "stream" else {"protocol_factory": Proto}
+    caplog.set_level(logging.INFO, logger="labbridge")
+    server = OneClientServer("one", "127.0.0.1", 0, replace_idle_after=5.0, clock=clock, **kw)
+    await server.start()
+    opened = []
+    try:
+        first = await asyncio.open_connection("127.0.0.1", server.port)
+        opened.append(first)
+        await asyncio.wait_for(server.wait_connected(), 5)
+        clock.t += 4.0  # silent, but not for long enough
+        second = await asyncio.open_connection("127.0.0.1", server.port)
+        opened.append(second)
+        assert await asyncio.wait_for(second[0].read(), 5) == b""  # refused
+        assert server.rejected_count == 1
+        first[1].write(b"hello")  # the first client speaks: its silence starts again
+        assert await asyncio.wait_for(got.get(), 5) == b"hello"
+        clock.t += 4.0
+        third = await asyncio.open_connection("127.0.0.1", server.port)
+        opened.append(third)
+        assert await asyncio.wait_for(third[0].read(), 5) == b""
+        assert server.rejected_count == 2
+        clock.t += 1.5  # now 5.5 s since "hello"
+        fourth = await asyncio.open_connection("127.0.0.1", server.port)
+        opened.append(fourth)
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(first[0].read(), 5) == b""  # replaced
+        fourth[1].write(b"new")
+        assert await asyncio.wait_for(got.get(), 5) == b"new"
+        assert server.replaced_count == 1 and server.connected
+        lines = [r.getMessage() for r in caplog.records if "replacing" in r.getMessage()]
+        assert len(lines) == 1 and "sent nothing for 5.5 s" in lines[0]
+    finally:
+        for _r, w in opened:
+            w.transport.abort()
+        await server.close()
+
+
+async def test_one_client_server_never_replaces_by_default():
+    server = OneClientServer("one", "127.0.0.1", 0)
+    await server.start()
+    try:
+        _r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.wait_for(server.wait_connected(), 5)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(r2.read(), 5) == b""
+        assert server.rejected_count == 1 and server.replaced_count == 0 and server.connected
+        w1.transport.abort()
+        w2.transport.abort()
+    finally:
+        await server.close()
+
+
+async def test_one_client_server_write_waits_for_a_client_that_does_not_read():
+    """Protocol mode: ``write()`` returns only while the client keeps up (backpressure)."""
+    server = OneClientServer("one", "127.0.0.1", 0, protocol_factory=asyncio.Protocol)
+    await server.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        await asyncio.wait_for(server.wait_connected(), 5)
+        chunk = b"x" * 65536
+        written = 0
+        with pytest.raises(TimeoutError):
+            while written < 256 * 1024 * 1024:  # far more than socket buffers hold
+                await asyncio.wait_for(server.write(chunk), 1.0)
+                written += len(chunk)
+        assert written < 256 * 1024 * 1024
+        gate = server._gate
+        assert gate is not None and not gate.writable.is_set()
+        assert gate.transport.get_write_buffer_size() <= 2 * 65536 + 65536
+    finally:
+        sock.close()
+        await server.close()

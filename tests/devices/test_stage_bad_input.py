@@ -15,8 +15,8 @@ import pytest
 
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer
-from labbridge.links.pymodaq.settings_xml import parameter_to_xml
 from labbridge.protocol.pymodaq.messages import Dialect, Generation
+from labbridge.protocol.pymodaq.settings_xml import parameter_to_xml
 from labbridge.transport.backoff import Backoff
 
 T = 10.0

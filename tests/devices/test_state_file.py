@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -72,3 +73,19 @@ def test_coalescing_writer_without_a_loop_writes_now(tmp_path: Path) -> None:
     w = CoalescingWriter(path, lambda: {"k": "v"})
     w.schedule()
     assert json.loads(path.read_text()) == {"k": "v"} and w.writes == 1
+
+
+async def test_saved_waits_for_its_generation_and_changes_share_writes(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    state = {"n": 0}
+    w = CoalescingWriter(path, lambda: dict(state))
+    gens = []
+    for i in range(1, 51):
+        state["n"] = i
+        gens.append(w.schedule())
+    assert gens == list(range(1, 51))
+    await asyncio.wait_for(asyncio.gather(*(w.saved(g) for g in gens)), 10)
+    assert json.loads(path.read_text()) == {"n": 50}
+    assert 1 <= w.writes < 50
+    await asyncio.wait_for(w.saved(), 10)  # nothing new: returns at once
+    assert w.writes < 50

@@ -79,7 +79,7 @@ def _relay_files(sock_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     path = sock_dir / "hw-extractionline"
     text = (EXAMPLES / "legacy-relay.yaml").read_text()
     whole = tmp_path / "relay.yaml"
-    whole.write_text(text.replace("labbridge-hardware-extractionline", str(path)))
+    whole.write_text(text.replace("path: hardware-extractionline", f"path: {path}"))
     processor = tmp_path / "processor.yaml"
     processor.write_text(
         "node: hardware\n"

@@ -20,6 +20,7 @@ from labbridge.devices.furnace import (
 from labbridge.devices.valves import ValveBank
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
 from labbridge.links.pychron.furnace import FurnaceCommands
+from tests.access_helpers import gate_for
 from tests.hardware.helpers import FakeClock, example_node, tcp_port
 from tests.pychron.server_helpers import ask_like_pychron, ask_udp
 
@@ -103,7 +104,7 @@ def test_setpoint_above_the_limit_is_refused():
 
 def _furnace(clock: FakeClock, **kw) -> tuple[Furnace, Dispatcher]:
     furnace = Furnace("furnace", FurnaceModel(seed=3), clock=clock, **kw)
-    return furnace, Dispatcher([FurnaceCommands(furnace)])
+    return furnace, Dispatcher([FurnaceCommands(furnace)], gate_for("10.0.0.0/8"))
 
 
 async def _ask(disp: Dispatcher, text: str) -> str:

@@ -12,6 +12,7 @@ from labbridge.links.pychron.clients import RemoteLaser
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
 from labbridge.links.pychron.laser import LaserCommands
 from labbridge.links.pychron.server import PychronCommandServer
+from tests.access_helpers import gate_for
 from tests.hardware.helpers import FakeClock, example_node, tcp_port
 from tests.pychron.server_helpers import ask_like_pychron, ask_udp
 
@@ -25,7 +26,7 @@ async def _ask(disp: Dispatcher, text: str) -> str:
 
 def _laser(clock: FakeClock, **kw) -> tuple[Laser, Dispatcher]:
     laser = Laser("co2", clock=clock, seed=1, **kw)
-    return laser, Dispatcher([LaserCommands(laser)])
+    return laser, Dispatcher([LaserCommands(laser)], gate_for("10.0.0.0/8"))
 
 
 async def test_stage_moves_take_time_and_drive_moving_tells():

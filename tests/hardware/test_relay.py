@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,9 @@ from labbridge.links.pychron.relay import CommandRepeater, RelayFrontServer, Rel
 from labbridge.links.pychron.valves import ValveCommands
 from labbridge.protocol.pychron.crc import ChecksumMismatch
 from labbridge.protocol.pychron.relay import decode_crc_reply
+from tests.access_helpers import gate_for
 from tests.conftest import load_vectors
+from tests.hardware.helpers import FakeClock
 from tests.pychron.server_helpers import ask_like_pychron, ask_udp, bank_from_vector
 
 V = load_vectors("pychron.json")
@@ -38,13 +42,15 @@ def sock_dir() -> Iterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def relay(sock_dir: Path, *, udp: bool = False, timeout: float = 5.0,
+async def relay(sock_dir: Path, *, udp: bool = False, timeout: float = 5.0, **repeater_kw: Any,
                 ) -> AsyncIterator[tuple[RelayProcessor, RelayFrontServer, object]]:
     bank = bank_from_vector(SAMPLE)
     await bank.start()
     path = str(sock_dir / "hw-extractionline")
-    processor = RelayProcessor(path, {"Extractionline": Dispatcher([ValveCommands([bank])])})
-    front = RelayFrontServer(CommandRepeater(path, timeout=timeout), "127.0.0.1", 0, udp=udp)
+    processor = RelayProcessor(path, {"Extractionline": Dispatcher([ValveCommands([bank])],
+                                                                   gate_for("192.168.0.0/16"))})
+    front = RelayFrontServer(CommandRepeater(path, timeout=timeout, **repeater_kw),
+                             "127.0.0.1", 0, udp=udp)
     await processor.start()
     await front.start()
     try:
@@ -171,8 +177,10 @@ async def test_pychron_ready_and_system_type(sock_dir):
             await seed_front.stop()
 
 
-async def test_processor_down_gives_error_011_then_recovers(sock_dir):
-    async with relay(sock_dir) as (processor, front, _bank):
+async def test_processor_down_gives_error_011_then_recovers(sock_dir, caplog):
+    clock = FakeClock()
+    caplog.set_level(logging.INFO, logger="labbridge")
+    async with relay(sock_dir, clock=clock) as (processor, front, _bank):
         assert await _ask(front, "GetValveState B") == b"000AOK75b7\n"
         await processor.stop()  # the hardware process dies
         for _ in range(2):
@@ -180,9 +188,16 @@ async def test_processor_down_gives_error_011_then_recovers(sock_dir):
             assert data.startswith(f"ERROR 011 : could not communicate with pychron through "
                                    f"{processor.path}. socket.error = ")
         assert decode_crc_reply(await _ask(front, "PychronReady")).startswith("ERROR 011")
+        # One connection attempt, then backoff: the requests meanwhile were answered at once.
+        assert front.repeater.connect_attempts == 2  # the first (good) one and one failure
         await processor.start()  # it comes back; the front server was never restarted
+        assert decode_crc_reply(await _ask(front, "GetValveState B")).startswith("ERROR 011")
+        clock.advance(front.repeater.backoff.maximum)  # the next attempt is due
         assert await _ask(front, "GetValveState B") == b"000AOK75b7\n"
         assert decode_crc_reply(await _ask(front, "PychronReady")) == "OK"
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("pychron.relay")]
+    assert len([m for m in messages if "unreachable" in m]) == 1  # one line per state change
+    assert len([m for m in messages if "works again" in m]) == 1
 
 
 async def test_slow_command_never_blocks_another_client(sock_dir):
@@ -264,7 +279,7 @@ async def test_front_server_from_a_legacy_cfg(tmp_path, sock_dir):
     assert front.repeater.process_type == "System"
     assert front.repeater.path == str(path)
     bank = bank_from_vector(SAMPLE)
-    processor = RelayProcessor(str(path), {"Extractionline": Dispatcher([ValveCommands([bank])])})
+    processor = RelayProcessor(str(path), {"Extractionline": Dispatcher([ValveCommands([bank])], gate_for("192.168.0.0/16"))})
     await bank.start()
     await processor.start()
     await node.start()

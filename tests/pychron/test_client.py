@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import pytest
 
@@ -19,9 +20,12 @@ from labbridge.links.pychron.client import (
     Unreachable,
     is_idempotent,
 )
+from labbridge.links.pychron.dispatch import Dispatcher
 from labbridge.links.pychron.monitor import StatusMonitor
 from labbridge.links.pychron.remote import ActuationError, ActuationUncertain, RemoteValves
+from labbridge.links.pychron.server import PychronCommandServer
 from labbridge.links.pychron.valves import ValveCommands
+from labbridge.transport.backoff import Backoff
 from tests.pychron.server_helpers import running_server
 
 
@@ -320,3 +324,36 @@ async def test_status_monitor_reports_unreachable():
     finally:
         await mon.stop()
     assert statuses[-1] == "node_unreachable" and mon.failures >= 3
+
+
+async def test_reconnect_backs_off_and_logs_once_per_state_change(caplog):
+    caplog.set_level(logging.INFO, logger="labbridge")
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    client = PychronClient("127.0.0.1", port, framing="plain",
+                           backoff=Backoff(initial=0.01, maximum=0.04, jitter=0.0))
+    loop = asyncio.get_running_loop()
+    delays = []
+    for _ in range(5):  # a script looping on a dead server
+        with pytest.raises(Unreachable):
+            await client.ask("Open A")
+        delays.append(client._retry_at - loop.time())
+    assert client.connect_attempts == 5
+    # Each failure pushes the next attempt further out, up to the maximum.
+    assert delays[0] < delays[1] < delays[2] and max(delays) <= 0.04
+    bank = make_bank()
+    server = PychronCommandServer(Dispatcher([ValveCommands([bank])]), "127.0.0.1", port)
+    await bank.start()
+    await server.start()
+    try:
+        assert await client.ask("GetValveState B") == "OK"
+        assert client._retry_at == 0.0
+    finally:
+        await client.close()
+        await server.stop()
+        await bank.stop()
+    logged = [r.getMessage() for r in caplog.records if r.name.endswith("pychron.client")]
+    assert len([m for m in logged if "back off" in m]) == 1, logged
+    assert len([m for m in logged if "reachable again" in m]) == 1, logged

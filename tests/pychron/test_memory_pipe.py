@@ -11,12 +11,13 @@ from labbridge.links.pychron.server import CommandConnection, ServerSettings
 from labbridge.links.pychron.valves import ValveCommands
 from labbridge.protocol.pychron.braced import encode_braced
 from labbridge.transport.memory import connect_pipe
+from tests.access_helpers import gate_for
 
 
 async def test_braced_and_plain_requests_through_memory():
     bank = ValveBank("valves", [ValveConfig("A"), ValveConfig("B", initially_open=True)],
                      SimValveBackend())
-    dispatcher = Dispatcher([ValveCommands([bank])])
+    dispatcher = Dispatcher([ValveCommands([bank])], gate_for("10.0.0.0/8"))
     settings = ServerSettings(linger=0.05)
 
     reader, writer = await connect_pipe(CommandConnection(dispatcher, settings))

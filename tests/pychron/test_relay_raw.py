@@ -102,3 +102,36 @@ def test_raw_reader_is_bounded():
     r = RawRequestReader(max_size=1024)
     with pytest.raises(RawRequestTooLarge):
         r.receive_data(b"x" * 2000)
+
+
+class _CountingPattern:
+    """Wraps a compiled pattern; counts the bytes each ``search`` has to look at."""
+
+    def __init__(self, pattern, counter: list[int]) -> None:
+        self.pattern = pattern
+        self.counter = counter
+
+    def search(self, buf, pos=0):
+        self.counter[0] += len(buf) - pos
+        return self.pattern.search(buf, pos)
+
+
+@pytest.mark.parametrize("payload", [
+    b"   \t " * 1000 + b"GetValveStates " + b"x" * 30_000 + b"\r",   # blanks, text, CR
+    b" " * 500 + b'{"command": "Open", "value": "' + b"A" * 30_000 + b'"}',  # JSON
+])
+def test_raw_reader_work_is_linear_in_one_byte_chunks(monkeypatch, payload):
+    """Each byte is looked at a bounded number of times, not once per later chunk (a copy
+    and a rescan of the whole buffer per chunk made tiny chunks quadratic)."""
+    import labbridge.protocol.pychron.raw as raw
+
+    counter = [0]
+    monkeypatch.setattr(raw, "_NON_BLANK", _CountingPattern(raw._NON_BLANK, counter))
+    monkeypatch.setattr(raw, "_TERMINATOR", _CountingPattern(raw._TERMINATOR, counter))
+    r = RawRequestReader(max_size=64 * 1024)
+    events = feed(r, bytewise(payload))
+    assert len(events) == 1 and isinstance(events[0], RawRequest)
+    assert events[0].text == payload.decode().strip()
+    assert counter[0] <= 2 * len(payload)  # quadratic would be ~len(payload)**2 / 2
+    whole = RawRequestReader(max_size=64 * 1024)
+    assert feed(whole, [payload]) == events

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.pymodaq import real_settings_xml as real
+
 _home = os.environ.get("HOME")
 os.environ["HOME"] = tempfile.mkdtemp(prefix="labbridge-pymodaq-home-")
 try:
@@ -85,8 +87,6 @@ def actuator(value: float, units: str = "mm") -> DataActuator:
     return DataActuator("actuator", data=[np.array([float(value)])], units=units)
 
 
-SETTINGS_XML = (b'<settings title="settings" type="group"><units title="units" type="str" '
-                b'value="mm"/><epsilon title="epsilon" type="float" value="0.01"/></settings>')
 
 
 def grabber_client(port: int, frame: np.ndarray, log: list[Any]) -> None:
@@ -95,7 +95,7 @@ def grabber_client(port: int, frame: np.ndarray, log: list[Any]) -> None:
     try:
         sock.check_sended_with_serializer("GRABBER")
         sock.check_sended_with_serializer("Infos")
-        sock.check_sended_with_serializer(SETTINGS_XML)
+        sock.check_sended_with_serializer(real.INFOS_GRABBER)
         while True:
             try:
                 cmd = DeSerializer(sock).string_deserialization()
@@ -121,7 +121,13 @@ def actuator_client(port: int, log: list[Any]) -> None:
     try:
         sock.check_sended_with_serializer("ACTUATOR")
         sock.check_sended_with_serializer("Infos")
-        sock.check_sended_with_serializer(SETTINGS_XML)
+        sock.check_sended_with_serializer(real.INFOS_ACTUATOR)
+        # then two of its settings change (TCPClient.queue_command 'send_info')
+        for path, xml in ((real.INFO_XML_EPSILON_PATH, real.INFO_XML_EPSILON),
+                          (real.INFO_XML_IS_BOUNDS_PATH, real.INFO_XML_IS_BOUNDS)):
+            sock.check_sended_with_serializer("Info_xml")
+            sock.check_sended_with_serializer(path)
+            sock.check_sended_with_serializer(xml)
         while True:
             try:
                 cmd = DeSerializer(sock).string_deserialization()
@@ -161,6 +167,18 @@ def accept(srv: socket.socket) -> EofSafeSocket:
     return EofSafeSocket(conn)  # shim 2: rewrap what accept() gives
 
 
+def _next_command(sock: EofSafeSocket, out: dict[str, Any]) -> str:
+    """The next command string; ``Info_xml`` messages on the way are recorded in
+    ``out['info_xml']`` (the real server's ``listen_client`` reads them at any time)."""
+    while True:
+        cmd = DeSerializer(sock).string_deserialization()
+        if cmd != "Info_xml":
+            return cmd
+        path = DeSerializer(sock).list_deserialization()
+        xml = DeSerializer(sock).type_and_object_deserialization()  # shim 6
+        out.setdefault("info_xml", []).append((path, xml))
+
+
 def server_session(srv: socket.socket, scenario: str) -> dict[str, Any]:
     """A server built from PyMoDAQ's socket and serializer classes (§10.4)."""
     out: dict[str, Any] = {}
@@ -172,29 +190,48 @@ def server_session(srv: socket.socket, scenario: str) -> dict[str, Any]:
         if scenario == "actuator":
             sock.check_sended_with_serializer("move_abs")
             sock.check_sended_with_serializer(actuator(12.5))
-            out["reply1"] = DeSerializer(sock).string_deserialization()
+            out["reply1"] = _next_command(sock, out)
             da = DeSerializer(sock).dwa_deserialization()
             out["moved"] = (type(da).__name__, float(da.data[0][0]), da.units)
             sock.check_sended_with_serializer("get_actuator_value")
-            out["reply2"] = DeSerializer(sock).string_deserialization()
+            out["reply2"] = _next_command(sock, out)
             da = DeSerializer(sock).dwa_deserialization()
             out["position"] = (type(da).__name__, float(da.data[0][0]), da.units)
             sock.check_sended_with_serializer("set_info")
-            sock.check_sended_with_serializer(["home"])
-            sock.check_sended_with_serializer(b'<home title="home" type="float" value="1.5"/>')
-        else:
+            sock.check_sended_with_serializer(real.SET_INFO_HOME_PATH)
+            sock.check_sended_with_serializer(real.SET_INFO_HOME)
+        elif scenario == "grabber":
             sock.check_sended_with_serializer("set_info")
-            sock.check_sended_with_serializer(["exposure_ms"])
-            sock.check_sended_with_serializer(
-                b'<exposure_ms title="exposure_ms" type="float" value="42.0"/>')
+            sock.check_sended_with_serializer(real.SET_INFO_EXPOSURE_PATH)
+            sock.check_sended_with_serializer(real.SET_INFO_EXPOSURE)
             sock.check_sended_with_serializer("Send Data 2D")
-            out["reply1"] = DeSerializer(sock).string_deserialization()
+            out["reply1"] = _next_command(sock, out)
             dte = DeSerializer(sock).dte_deserialization()
             arr = dte[0].data[0]
             out["dte"] = (type(dte).__name__, type(dte[0]).__name__, arr.shape, str(arr.dtype),
                           crc(arr))
+        elif scenario == "moving":
+            # A real main computer polls the position while the axis moves (its DAQ_Move
+            # refresh timer), then stops the move.
+            sock.check_sended_with_serializer("move_abs")
+            sock.check_sended_with_serializer(actuator(1000.0))
+            seen: list[tuple[str, float]] = []
+            sock.check_sended_with_serializer("get_actuator_value")
+            while True:  # the answer (maybe after values the client sent unasked)
+                cmd = _next_command(sock, out)
+                da = DeSerializer(sock).dwa_deserialization()
+                seen.append((cmd, float(da.data[0][0])))
+                if cmd == "move_done" or len(seen) >= 3:
+                    break
+            sock.check_sended_with_serializer("stop_motion")
+            while seen[-1][0] != "move_done":
+                cmd = _next_command(sock, out)
+                da = DeSerializer(sock).dwa_deserialization()
+                seen.append((cmd, float(da.data[0][0])))
+            out["seen"] = seen
+            return out
         # the client sends Quit when it stops
-        out["last"] = DeSerializer(sock).string_deserialization()
+        out["last"] = _next_command(sock, out)
     finally:
         with contextlib.suppress(OSError):
             sock.close()

@@ -1,6 +1,6 @@
 """``labbridge grab`` and ``labbridge serve`` with the PyMoDAQ example files, as subprocesses;
-the PNG writer checked by a decoder written here from the PNG specification (and by Pillow when
-it is installed)."""
+the PNG encoder (labbridge.protocol.png) checked by a decoder written here from the PNG
+specification (and by Pillow when it is installed)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labbridge.cli.pymodaq import png_bytes
 from labbridge.devices.camera import SimCameraBackend
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient
+from labbridge.protocol.png import encode_gray, stretch_to_8bit, to_16bit
 from labbridge.protocol.pymodaq.messages import Generation
 from tests.cli_helpers import labbridge_cmd, port_of, serving
 from tests.conftest import REPO
@@ -71,26 +71,47 @@ def decode_png(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize("a", [
     np.arange(12, dtype=np.uint8).reshape(3, 4),
     np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000,
-    np.array([[True, False], [False, True]]),
-    np.arange(5, dtype=np.uint16),
+    np.arange(12, dtype=">u2").reshape(3, 4) * 5000,
+    np.arange(5, dtype=np.uint16).reshape(1, 5),
 ])
 def test_png_roundtrip(a):
-    img = decode_png(png_bytes(a))
-    want = a.reshape(1, -1) if a.ndim == 1 else a
-    if a.dtype == np.bool_:
-        want = want.astype(np.uint8) * 255
-    np.testing.assert_array_equal(img, want)
+    np.testing.assert_array_equal(decode_png(encode_gray(a)), a)
 
 
-def test_png_scales_floats_to_16_bit():
-    img = decode_png(png_bytes(np.array([[0.0, 0.5], [1.0, 0.25]])))
+def test_16_bit_samples_raw_for_unsigned_scaled_otherwise():
+    raw = np.array([[100, 1000], [101, 65535]], dtype=np.uint16)
+    np.testing.assert_array_equal(decode_png(encode_gray(to_16bit(raw))), raw)
+    img = decode_png(encode_gray(to_16bit(np.array([[0.0, 0.5], [1.0, 0.25]]))))
     np.testing.assert_array_equal(img, [[0, 32768], [65535, 16384]])
+    bools = to_16bit(np.array([[True, False]]))
+    np.testing.assert_array_equal(bools, [[65535, 0]])
+
+
+def test_stretch_maps_the_data_range_onto_8_bits():
+    """Issue 15 item 8: raw counts (100..1100 of 65535) must not come out almost black."""
+    counts = np.linspace(100, 1100, 101, dtype=np.float64).astype(np.uint16).reshape(1, -1)
+    view, lo, hi = stretch_to_8bit(counts)
+    assert (lo, hi) == (100.0, 1100.0) and view.min() == 0 and view.max() == 255
+    hot = np.linspace(100, 1100, 1000).astype(np.uint16).reshape(10, 100)
+    hot[5, 50] = 65535  # one hot pixel in 1000: the percentile stretch ignores it
+    view, lo, hi = stretch_to_8bit(hot, low=0.5, high=99.5)
+    assert hi < 1100.0 and (view == 255).sum() > 1
+    flat, lo, hi = stretch_to_8bit(np.full((2, 2), 7.0))
+    assert (flat == 0).all() and lo == hi == 7.0
+    nan, _, _ = stretch_to_8bit(np.array([[np.nan, 1.0], [2.0, 3.0]]))
+    assert nan[0, 0] == 0 and nan[1, 1] == 255
+
+
+def test_encoder_refuses_what_png_cannot_hold():
+    for bad in (np.zeros(5, np.uint8), np.zeros((0, 3), np.uint8), np.zeros((2, 2), np.int32)):
+        with pytest.raises(ValueError):
+            encode_gray(bad)
 
 
 def test_png_opens_with_pillow_when_installed(tmp_path):
     image_mod = pytest.importorskip("PIL.Image")
     p = tmp_path / "a.png"
-    p.write_bytes(png_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000))
+    p.write_bytes(encode_gray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000))
     with image_mod.open(p) as im:
         assert im.size == (8, 8)
 
@@ -104,10 +125,11 @@ def _wait_file(path: Path, proc: subprocess.Popen[str], timeout: float = 20) -> 
     return json.loads(path.read_text())
 
 
-def test_grab_a_frame_from_the_example_camera_node(tmp_path):
+def _grab_from_example_camera(tmp_path: Path, *extra: str) -> tuple[str, Path]:
     out, ready = tmp_path / "frame.png", tmp_path / "grab.json"
     grab = subprocess.Popen(labbridge_cmd("grab", "127.0.0.1:0", "--out", str(out),
-                                          "--ready-file", str(ready), "--timeout", "30"),
+                                          "--ready-file", str(ready), "--timeout", "30",
+                                          *extra),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = _wait_file(ready, grab)["port"]
@@ -121,12 +143,41 @@ def test_grab_a_frame_from_the_example_camera_node(tmp_path):
             grab.kill()
             grab.communicate()
     assert grab.returncode == 0, stderr
-    img = decode_png(out.read_bytes())
-    # the example camera is deterministic (seed 0): its first frame, computed here
-    want = asyncio.run(SimCameraBackend(640, 480, noise=10, seed=0).snap())
-    np.testing.assert_array_equal(img, want)
+    return stdout, out
+
+
+#: The example camera is deterministic (seed 0): its first frame, computed here.
+def _first_frame() -> np.ndarray:
+    return asyncio.run(SimCameraBackend(640, 480, noise=10, seed=0).snap())
+
+
+def test_grab_a_frame_from_the_example_camera_node(tmp_path):
+    """Issue 15 item 8: an 8-bit PNG stretched for viewing, and the raw counts in a .npy."""
+    stdout, out = _grab_from_example_camera(tmp_path)
+    want = _first_frame()
+    raw = np.load(out.with_suffix(".npy"))
+    assert raw.dtype == np.uint16 and np.array_equal(raw, want)  # lossless
+    view = decode_png(out.read_bytes())
+    lo, hi = np.percentile(want, [0.5, 99.5])
+    expect = np.clip(np.rint((want.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255)
+    np.testing.assert_array_equal(view, expect.astype(np.uint8))
+    assert view.max() == 255 and np.median(view) > 5  # not almost black
     assert f"crc32={zlib.crc32(want.tobytes()):08x}" in stdout
-    assert "480x640 uint16" in stdout
+    assert "frame.png: 480x640 uint16" in stdout and "frame.npy" in stdout
+
+
+def test_grab_png16_writes_the_raw_counts(tmp_path):
+    stdout, out = _grab_from_example_camera(tmp_path, "--png16", "--no-npy")
+    np.testing.assert_array_equal(decode_png(out.read_bytes()), _first_frame())
+    assert "16-bit raw values" in stdout and not out.with_suffix(".npy").exists()
+
+
+def test_grab_dim_0d_returns_0d_data(tmp_path):
+    """Issue 15 item 8: --dim 0D gives one value per channel (the frame's mean), not a frame."""
+    stdout, out = _grab_from_example_camera(tmp_path, "--dim", "0D")
+    value = np.load(out.with_suffix(".npy"))
+    assert value.shape == (1,) and value[0] == pytest.approx(float(np.mean(_first_frame())))
+    assert not out.exists() and "0-D value=" in stdout
 
 
 def test_grab_times_out_cleanly_without_a_camera(tmp_path):

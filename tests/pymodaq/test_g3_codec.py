@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labbridge.protocol.base import NEED_DATA, ProtocolError, Side
-from labbridge.protocol.pymodaq._wire import BIG_THRESHOLD
+from labbridge.protocol.pymodaq._wire import BIG_THRESHOLD, GROW_CHUNK
 from labbridge.protocol.pymodaq.codec import G3Codec
 from labbridge.protocol.pymodaq.g3 import (
     G3Framer,
@@ -108,7 +108,8 @@ def test_big_frame_is_one_buffer_and_arrays_are_views_not_copies():
     f = G3Framer()
     f.receive_data(wire[:100])
     assert f.next_event() is NEED_DATA
-    assert f.pending_big == len(wire) - 4  # preallocated for the whole frame
+    assert f.pending_big == len(wire) - 4  # one buffer for the whole frame...
+    assert f.allocated_big == min(GROW_CHUNK, len(wire) - 4)  # allocated in steps (issue 13)
     # the zero-copy path: the kernel would write straight into this buffer
     rest = memoryview(wire)[100:]
     while len(rest):

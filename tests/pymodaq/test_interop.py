@@ -26,6 +26,7 @@ from labbridge.protocol.pymodaq.objects import (
     data_to_export,
 )
 from tests.pymodaq import pmd_peer as pmd
+from tests.pymodaq import real_settings_xml as real
 from tests.pymodaq.conftest import RecordingCamera, crc, fast_backoff
 
 pytestmark = pytest.mark.interop
@@ -98,8 +99,10 @@ async def test_their_grabber_client_against_our_server(server):
         assert crc(got) == pmd.crc(frame)  # checksum on their side vs ours
         dte = server.detector.dte
         assert dte is not None and dte.data[0].cls_name == "DataFromPlugins"
-        assert server.detector.settings["units"] == "mm"  # Infos (bytes XML) understood
-        server.detector.set_info(["exposure_ms"], "<exposure_ms value='3'/>")
+        # their Infos (real writer's format, bytes) populate our settings, typed
+        assert server.detector.settings == {"exposure_ms": 10.0, "units": "counts",
+                                            "show": True, "comment": "", "name": 'a<b & "c"'}
+        server.detector.set_setting("exposure_ms", 3)
         got2 = (await server.detector.grab("2D"))[0]  # commands stay in order after set_info
         assert crc(got2) == pmd.crc(frame)
     finally:
@@ -107,7 +110,13 @@ async def test_their_grabber_client_against_our_server(server):
         await asyncio.wait_for(peer, 15)
     assert log[0] == "Send Data 2D" and log[1] == "set_info" and log[3] == "Send Data 2D"
     set_info = [e for e in log if isinstance(e, tuple)]
-    assert set_info and set_info[0][1] == ["exposure_ms"] and b"value='3'" in set_info[0][2]
+    # what a real server sends: the client's title and flags, show_pb, value in the text
+    assert set_info == [("set_info", ["exposure_ms"],
+                         b'<exposure_ms type="float" title="Exposure (ms):" visible="1" '
+                         b'removable="0" readonly="0" show_pb="0">3.0</exposure_ms>')]
+    # and their client's settings leave with it (issue 14 item 3)
+    await asyncio.wait_for(_until(server.detector, lambda: not server.detector.connected), 10)
+    assert server.detector.settings == {} and server.detector.settings_xml is None
 
 
 async def test_their_actuator_client_against_our_server(server):
@@ -116,7 +125,13 @@ async def test_their_actuator_client_against_our_server(server):
     try:
         await server.actuator.wait_connected(10)
         await asyncio.wait_for(_settings(server.actuator), 5)
+        # a real DAQ_Move's Infos: units for move_abs, the nested groups by path
         assert server.actuator.units == "mm"
+        assert server.actuator.settings["timeout"] == 20
+        assert server.actuator.settings["bounds/max_bound"] == 1.0
+        # its Info_xml after a change (real path and XML) update them
+        await asyncio.wait_for(_until(server.actuator, lambda: server.actuator.settings[
+            "bounds/is_bounds"] is True and server.actuator.settings["epsilon"] == 0.05), 10)
         assert await server.actuator.move_abs(12.5) == 12.5
         assert await server.actuator.get_position() == 12.5
         assert await server.actuator.move_rel(1.5) == 14.0
@@ -126,6 +141,17 @@ async def test_their_actuator_client_against_our_server(server):
         await asyncio.wait_for(peer, 15)
     assert log[0] == "move_abs" and log[1] == ("DataActuator", 12.5, "mm")
     assert "get_actuator_value" in log  # the G3 position query, not check_position
+
+
+async def _until(dev, cond):
+    changed = asyncio.Event()
+    unsub = dev.subscribe(lambda ch: changed.set())
+    try:
+        while not cond():
+            changed.clear()
+            await changed.wait()
+    finally:
+        unsub()
 
 
 async def _settings(dev):
@@ -161,9 +187,19 @@ async def test_our_client_against_their_server(scenario):
         await client.stop()  # sends Quit
         out = await asyncio.wait_for(session, 15)
         srv.close()
-    assert out["infos"].startswith(b"<settings")
     assert out["last"] == "Quit"
+    # Infos in the real format, read back by the real reader's rules (value = element text)
+    want = real.WRITER_STAGE if scenario == "actuator" else real.WRITER_CAMERA
+    assert out["infos"] == want
+    # set_info applied, then reported back as Info_xml, as the real client does (send_info:
+    # full child path starting with the module's settings group)
     if scenario == "actuator":
+        assert out["info_xml"] == [(["move_settings", "home"], real.WRITER_PARAM_HOME)]
+    else:
+        assert out["info_xml"] == [(["detector_settings", "exposure_ms"],
+                                    real.WRITER_PARAM_EXPOSURE)]
+    if scenario == "actuator":
+        assert stage.home == 1.5
         assert out["type"] == "ACTUATOR"
         assert out["reply1"] == "move_done" and out["moved"] == ("DataActuator", 12.5, "mm")
         assert out["reply2"] == "position_is" and out["position"] == ("DataActuator", 12.5, "mm")
@@ -176,6 +212,36 @@ async def test_our_client_against_their_server(scenario):
         assert (name, inner, shape, dtype) == ("DataToExport", "DataFromPlugins", (480, 640),
                                                "uint16")
         assert their_crc == crc(cam.sent[-1])
+
+
+async def test_our_client_answers_position_queries_during_a_move_to_their_server():
+    """Issue 14 item 2. A real remote DAQ_Move starts a move without blocking (its hardware
+    thread's poll timer runs it: PyMoDAQ@5.0.0 src/pymodaq/control_modules/daq_move.py
+    DAQ_Move_Hardware.move_abs -> poll_moving), answers get_actuator_value from its queue at
+    once with the current value (queue_command 'get_actuator_value' -> thread_status ->
+    ThreadCommand('position_is') to the TCP client because _send_to_tcpip is set by the
+    move), forwards the values its poll reads meanwhile (move_utility_classes.py
+    check_target_reached -> emit_value), and ends with move_done. Their server drives our
+    client through that sequence."""
+    srv = pmd.listen()
+    port = srv.getsockname()[1]
+    session = asyncio.ensure_future(asyncio.to_thread(pmd.server_session, srv, "moving"))
+    stage = Stage("stage", SimStageBackend(speed=5.0), units="mm")
+    client = PyMoDAQClient(stage, "127.0.0.1", port, generation=Generation.G3,
+                           backoff=fast_backoff())
+    await client.start()
+    try:
+        out = await asyncio.wait_for(asyncio.shield(session), 20)
+    finally:
+        await client.stop()
+        srv.close()
+    seen = out["seen"]
+    # the query was answered while the axis moved: position_is values short of the target,
+    # the only move_done last, where stop_motion left the axis
+    assert seen[0][0] == "position_is" and 0.0 <= seen[0][1] < 1000.0
+    assert [c for c, _ in seen[:-1]] == ["position_is"] * (len(seen) - 1)
+    assert seen[-1][0] == "move_done" and seen[-1][1] < 1000.0
+    assert seen[-1][1] == stage.position
 
 
 async def _wait_frames(cam, n):

@@ -12,9 +12,9 @@ import pytest
 from labbridge.devices.spectrum import SimSpectrumBackend, Spectrometer
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer, RemoteUnavailable
-from labbridge.links.pymodaq.settings_xml import parameter_to_xml
 from labbridge.protocol.pymodaq.g3 import encode_message
 from labbridge.protocol.pymodaq.messages import Dialect, Generation
+from labbridge.protocol.pymodaq.settings_xml import parameter_to_xml
 from tests.pymodaq.conftest import RecordingCamera, crc, fast_backoff
 
 MODES = [(Generation.G3, Dialect.G1A), (Generation.G1, Dialect.G1A),
@@ -47,7 +47,7 @@ async def test_full_exchange(server, stage, camera, gen, dialect):
         assert server.actuator.generation is gen and server.detector.generation is gen
         # Infos arrived with the settings XML (units is what a PyMoDAQ move server expects)
         await _until(server.actuator, lambda: server.actuator.units == "mm")
-        assert server.detector.settings["exposure_ms"] == "10.0"
+        await _until(server.detector, lambda: server.detector.settings.get("exposure_ms") == 10.0)
         # move_abs -> move_done, then the position query
         assert await server.actuator.move_abs(12.5) == 12.5
         assert stage.position == 12.5
@@ -59,9 +59,14 @@ async def test_full_exchange(server, stage, camera, gen, dialect):
         assert frames[0].shape == (480, 640) and frames[0].dtype == np.uint16
         assert crc(frames[0]) == crc(camera.sent[-1])
         assert server.detector.data is not None
-        # set_info: the camera applies the parameter
+        # set_info: the camera applies the parameter...
         server.detector.set_info(["exposure_ms"], parameter_to_xml("exposure_ms", 25.0))
         await _until(camera, lambda: camera.exposure_ms == 25.0)
+        # ...and a change on the client's side comes back as Info_xml (issue 14 item 3)
+        camera.set_setting("exposure_ms", "7.5")
+        await _until(server.detector, lambda: server.detector.settings["exposure_ms"] == 7.5)
+        server.actuator.set_setting("home", 2)
+        await _until(stage, lambda: stage.home == 2.0)
 
 
 async def _until(device, cond, timeout: float = 5.0) -> None:
@@ -300,3 +305,97 @@ async def test_sockets_have_nodelay_and_keepalive(server, stage):
             sock = stream.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_position_during_a_move(server, gen, dialect):
+    """Issue 14 item 2: while the axis moves, a position query is answered at once with the
+    current position and the position also comes unasked; move_done ends the move."""
+    slow = Stage("slow", SimStageBackend(speed=20.0))
+    moving = asyncio.Event()
+    slow.subscribe(lambda ch: moving.set() if ch.signal == "moving" and ch.value else None)
+    live: list[float] = []
+    server.actuator.subscribe(lambda ch: live.append(ch.value) if ch.signal == "position"
+                              else None)
+    async with running(client(slow, server, gen, dialect)):
+        await server.actuator.wait_connected(5)
+        move = asyncio.ensure_future(server.actuator.move_abs(1000.0))
+        await moving.wait()
+        first = await asyncio.wait_for(server.actuator.get_position(), 5)
+        second = await asyncio.wait_for(server.actuator.get_position(), 5)
+        assert 0.0 <= first <= second < 1000.0 and not move.done()
+        await _until(server.actuator, lambda: len(live) >= 3)  # live values, unasked too
+        await server.actuator.stop_motion()
+        final = await asyncio.wait_for(move, 5)
+    assert second <= final < 1000.0 and final == slow.position
+    assert live == sorted(live) and live[-1] == final
+
+
+async def test_settings_from_the_server_update_the_client_device(camera):
+    """Issue 14 item 3: Infos, Info_xml and Info sent to a client are applied to its device
+    (the seed lists them as messages a client may receive), and the client reports each change
+    back with Info_xml like set_info."""
+    from labbridge.protocol.pymodaq.codec import G3Codec
+    from labbridge.protocol.pymodaq.messages import Info, Infos, InfoXml, Role
+    from labbridge.protocol.pymodaq.settings_xml import DETECTOR_ROOT, settings_to_xml
+
+    conns: asyncio.Queue = asyncio.Queue()
+    srv = await asyncio.start_server(lambda r, w: conns.put_nowait((r, w)), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    c = PyMoDAQClient(camera, "127.0.0.1", port, generation=Generation.G3,
+                      backoff=fast_backoff())
+    codec = G3Codec(Role.SERVER)
+    got: list = []
+
+    async def receive_until(pred):
+        while not any(pred(m) for m in got):
+            codec.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+            while (ev := codec.next_event()).__class__.__name__ != "_NeedData":
+                got.append(ev)
+
+    async with running(c):
+        reader, writer = await asyncio.wait_for(conns.get(), 5)
+        await receive_until(lambda m: isinstance(m, Infos))
+        writer.write(codec.send(Infos(settings_to_xml({"exposure_ms": 11.0},
+                                                      root=DETECTOR_ROOT))))
+        await _until(camera, lambda: camera.exposure_ms == 11.0)
+        writer.write(codec.send(InfoXml(("detector_settings", "exposure_ms"),
+                                        parameter_to_xml("exposure_ms", 12.0))))
+        await _until(camera, lambda: camera.exposure_ms == 12.0)
+        writer.write(codec.send(Info("exposure_ms", "13.5")))
+        await _until(camera, lambda: camera.exposure_ms == 13.5)
+        await receive_until(lambda m: isinstance(m, InfoXml) and "13.5" in m.xml)
+        writer.close()
+    srv.close()
+    await srv.wait_closed()
+    echoes = [m.xml for m in got if isinstance(m, InfoXml)]
+    assert [m.path for m in got if isinstance(m, InfoXml)] == [
+        ("detector_settings", "exposure_ms")] * 3
+    assert [e.split(">")[1].split("<")[0] for e in echoes] == ["11.0", "12.0", "13.5"]
+
+
+async def test_server_forgets_a_clients_settings_when_it_leaves(server, stage):
+    """Issue 14 item 3: after a client leaves, its settings (units...) are gone, so a new
+    client's moves never carry them."""
+    async with running(client(stage, server, Generation.G3, Dialect.G1A)):
+        await server.actuator.wait_connected(5)
+        await _until(server.actuator, lambda: server.actuator.units == "mm")
+    await _until(server.actuator, lambda: not server.actuator.connected)
+    assert server.actuator.settings == {} and server.actuator.units == ""
+    assert server.actuator.settings_xml is None and server.actuator.infos == {}
+
+
+@pytest.mark.parametrize("gen,dialect", MODES, ids=IDS)
+async def test_send_data_dimension_is_honoured(server, gen, dialect):
+    """Issue 15 item 8 [lb]: Send Data 0D gives one value per channel, 1D a profile, 2D the
+    frame (real viewers ignore the dimension; docs/pymodaq.md lists the difference)."""
+    cam = RecordingCamera(width=6, height=4)
+    async with running(client(cam, server, gen, dialect)):
+        await server.detector.wait_connected(5)
+        zero = (await server.detector.grab("0D"))[0]
+        assert zero.size == 1 and float(zero.reshape(-1)[0]) == pytest.approx(
+            float(cam.sent[-1].mean()))
+        one = (await server.detector.grab("1D"))[0]
+        assert one.shape == (6,) and np.allclose(one, cam.sent[-1].mean(axis=0))
+        two = (await server.detector.grab("2D"))[0]
+        assert two.shape == (4, 6) and crc(two) == crc(cam.sent[-1])

@@ -25,8 +25,10 @@ devices:
   - {kind: camera, name: cam, width: 8, height: 4, dtype: uint8}
 services:
   - {kind: pymodaq_server, name: srv, port: 0, actuator: a, detector: d, move_timeout: null,
-     g1_dialect: "2.1", g1_dialect_detect: fixed, max_message_mb: 1}
-  - {kind: pymodaq_client, name: c1, device: st, server: "10.0.0.1:6341", g1_dialect: "2.1"}
+     g1_dialect: "2.1", g1_dialect_detect: fixed, max_message_mb: 1, max_per_address: 2,
+     message_timeout: 5, max_buffered_mb: 3}
+  - {kind: pymodaq_client, name: c1, device: st, server: "10.0.0.1:6341", g1_dialect: "2.1",
+     max_queue: 8, position_interval: null, message_timeout: 7}
   - {kind: pymodaq_client, name: c2, device: a, server: "[::1]:7000", generation: g3}
 """)
     assert isinstance(node.ctx.devices["a"], RemoteActuator)
@@ -34,10 +36,14 @@ services:
     srv = node.services[0].server
     assert srv.actuator.move_timeout is None and srv.dialect is Dialect.G1B
     assert not srv.detect_dialect and srv.max_message == 1024 * 1024
+    assert srv.host == "127.0.0.1"  # safe by default: loopback unless the file names a host
+    assert (srv.max_per_address, srv.message_timeout, srv.budget.limit) == (2, 5.0, 3 * 1024**2)
     c1, c2 = node.services[1].client, node.services[2].client
     assert (c1.host, c1.port, c1.generation, c1.dialect) == ("10.0.0.1", 6341, Generation.G1,
                                                              Dialect.G1B)
+    assert (c1.max_queue, c1.position_interval, c1.message_timeout) == (8, None, 7.0)
     assert (c2.host, c2.port, c2.generation) == ("::1", 7000, Generation.G3)  # a relay
+    assert (c2.max_queue, c2.position_interval) == (64, 0.1)
     ep = node.services[1].endpoints()[0]
     assert ep.role == "connect" and ep.port == 6341
 
@@ -51,6 +57,8 @@ services:
     ("{kind: pymodaq_server, detector: cam}", "detector"),
     ("{kind: pymodaq_server, g1_dialect: '3.0'}", "g1_dialect"),
     ("{kind: pymodaq_server, colour: blue}", "colour"),
+    ("{kind: pymodaq_server, max_per_address: 0}", "max_per_address"),
+    ("{kind: pymodaq_client, device: cam, server: 'h:1', max_queue: 0}", "max_queue"),
 ])
 def test_bad_fields_are_reported_with_their_place(tmp_path, service, field):
     with pytest.raises(ConfigError) as ei:

@@ -86,13 +86,16 @@ async def test_no_busy_loop_after_peer_closes_mid_frame(server):
     assert server.sessions == 0
 
 
-async def test_connection_limit(server):
+async def test_connection_limit_evicts_the_idle_connection_for_a_newcomer(server):
+    """Full server: the newcomer takes the slot of the connection idle longest (issue 13)."""
     server.max_connections = 1
-    _r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
-    r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
+    r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+    _r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        assert await asyncio.wait_for(r2.read(1), 5) == b""  # refused: closed at once
-        assert server.sessions == 1
+        assert await asyncio.wait_for(r1.read(1), 5) == b""  # evicted: closed by the server
+        await asyncio.wait_for(server.wait_closed_connections(1), 5)
+        assert server.close_reasons[-1].startswith("evicted")
+        assert server.sessions == 1 and server.evicted == 1
     finally:
         for w in (w1, w2):
             w.close()

@@ -32,6 +32,7 @@ COMMANDS = {
     "grab": "labbridge.cli.pymodaq",
     "rotator": "labbridge.cli.rotator",
     "dashboard": "labbridge.cli.web",
+    "keys": "labbridge.cli.keys",
 }
 
 

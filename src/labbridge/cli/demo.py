@@ -40,6 +40,14 @@ def _where(lab: DemoLab) -> list[str]:
     if rot and rot.endpoint("tcp"):
         host, port = rot.endpoint("tcp")  # type: ignore[misc]
         lines.append(f"        labbridge rotator {host}:{port} status")
+    ep = lab.epics_info()
+    if ep:
+        lines.append(f"  EPICS: prefix {ep['prefix']} ({len(ep['pvs'])} PVs, e.g. "
+                     f"{ep['prefix']}:valves:A, {ep['prefix']}:gauges:IG); for CA/PVA clients:")
+        lines.append(f"        export EPICS_CA_ADDR_LIST='{ep['EPICS_CA_ADDR_LIST']}' "
+                     "EPICS_CA_AUTO_ADDR_LIST=NO")
+        lines.append(f"        export EPICS_PVA_ADDR_LIST='{ep['EPICS_PVA_ADDR_LIST']}' "
+                     "EPICS_PVA_AUTO_ADDR_LIST=NO")
     web = next((s for c in lab.components.values() for s in c.info.get("services", [])
                 if s.get("protocol") == "http"), None)
     if web:

@@ -44,6 +44,8 @@ def check_one(path: Path) -> str:
             raise ConfigError(str(exc)) from None
         return f"dashboard file: {len(cfg.devices)} device(s), PUB port {cfg.port}"
     node = build_node(path)
+    for warning in node.warnings:
+        click.echo(f"warning: {warning}", err=True)
     eps = node.endpoints()
     return (f"node {node.name!r}: {len(node.devices)} device(s), {len(node.services)} "
             f"service(s), {len(eps)} endpoint(s)")

@@ -3,16 +3,21 @@
 In PyMoDAQ's topology the detector computer is the *client* (spec pymodaq.md §2), so this
 command plays the main computer: it listens on HOST:PORT as a TCPServer, waits for a GRABBER
 (a ``labbridge serve examples/pymodaq-camera.yaml`` node reconnects to it within its backoff),
-sends ``Send Data <dim>``, and writes the first channel of the ``Done`` reply as a grayscale PNG
-(8-bit for uint8/bool data, 16-bit otherwise; float data is scaled to the full 16-bit range).
+sends ``Send Data <dim>``, and saves the first channel of the ``Done`` reply:
 
-The PNG writer is a minimal, dependency-free encoder (zlib + struct, filter 0 on every row),
-see ADR 0057.
+* ``frame.png``: an 8-bit grayscale image stretched for viewing (percentiles 0.5..99.5 by
+  default, ``--stretch minmax`` for min..max): raw counts of a camera fill a few hundred of
+  65536 levels and would look black as they are; ``--png16`` writes the raw values as a 16-bit
+  PNG instead (lossless for unsigned data of at most 16 bits; other data is scaled, and the
+  command says so);
+* ``frame.npy`` beside it: the raw array, exact (dtype and shape), unless ``--no-npy``;
+* 0-D data (``--dim 0D``) is printed, and saved only as ``.npy``: it is no image.
+
+The PNG encoder is :mod:`labbridge.protocol.png` (ADR 0057).
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
 from pathlib import Path
 
@@ -21,47 +26,10 @@ import numpy as np
 
 from labbridge.cli.common import run_async
 from labbridge.devices.state_file import write_json_atomic
+from labbridge.protocol.png import encode_gray, is_lossless_16bit, stretch_to_8bit, to_16bit
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(
-        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def to_gray(a: np.ndarray) -> np.ndarray:
-    """A 2-D uint8 or big-endian uint16 image from any numeric array (1-D -> one row)."""
-    a = np.asarray(a)
-    if a.ndim == 0:
-        a = a.reshape(1, 1)
-    elif a.ndim == 1:
-        a = a.reshape(1, -1)
-    elif a.ndim > 2:
-        a = a.reshape(-1, a.shape[-1])
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype.kind == "u" and a.dtype.itemsize <= 2:
-        return a.astype(">u2")
-    f = np.real(a).astype(np.float64)
-    lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
-    scale = 65535.0 / (hi - lo) if hi > lo else 0.0
-    return np.rint(np.nan_to_num((f - lo) * scale)).astype(">u2")
-
-
-def png_bytes(a: np.ndarray) -> bytes:
-    """A valid grayscale PNG (colour type 0) of ``a``."""
-    img = to_gray(a)
-    h, w = img.shape
-    depth = 8 if img.dtype == np.uint8 else 16
-    rowbytes = w * (depth // 8)
-    raw = np.zeros((h, rowbytes + 1), dtype=np.uint8)  # column 0: filter type 0 (None)
-    raw[:, 1:] = np.ascontiguousarray(img).view(np.uint8).reshape(h, rowbytes)
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0)
-    return (_PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + _chunk(b"IEND", b""))
+#: Percentiles of the default view stretch (robust to a few hot or dead pixels).
+VIEW_PERCENTILES = (0.5, 99.5)
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -92,15 +60,22 @@ async def grab_once(host: str, port: int, *, dim: str, timeout: float,
 @click.command()
 @click.argument("address", metavar="HOST:PORT")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="PNG file to write.")
+              help="PNG file to write (the raw data goes to the same name with .npy).")
 @click.option("--dim", type=click.Choice(["0D", "1D", "2D", "ND"]), default="2D",
               show_default=True, help="Which 'Send Data' command to send.")
+@click.option("--stretch", type=click.Choice(["percentile", "minmax"]), default="percentile",
+              show_default=True,
+              help="View scaling of the 8-bit PNG: 0.5..99.5 percentiles, or min..max.")
+@click.option("--png16", is_flag=True,
+              help="Write the raw values as a 16-bit PNG instead of the 8-bit view.")
+@click.option("--no-npy", is_flag=True, help="Do not write the raw data as .npy beside it.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for a GRABBER client and for its data.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Write {host, port} JSON here once listening (port 0 = any free port).")
-def grab(address: str, out: str, dim: str, timeout: float, ready_file: str | None) -> None:
-    """Listen on HOST:PORT as a PyMoDAQ TCPServer, grab one frame, save it as PNG."""
+def grab(address: str, out: str, dim: str, stretch: str, png16: bool, no_npy: bool,
+         timeout: float, ready_file: str | None) -> None:
+    """Listen on HOST:PORT as a PyMoDAQ TCPServer, grab one frame, save it as PNG (+ .npy)."""
     host, port = _hostport(address)
     try:
         arrays = run_async(grab_once(host, port, dim=dim, timeout=timeout,
@@ -111,10 +86,35 @@ def grab(address: str, out: str, dim: str, timeout: float, ready_file: str | Non
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
     if not arrays:
         raise click.ClickException("the detector sent no data")
-    frame = np.asarray(arrays[0])
-    Path(out).write_bytes(png_bytes(frame))
-    checksum = zlib.crc32(np.ascontiguousarray(frame).tobytes()) & 0xFFFFFFFF
-    click.echo(f"{out}: {'x'.join(map(str, frame.shape))} {frame.dtype} crc32={checksum:08x}")
+    data = np.asarray(arrays[0])
+    checksum = zlib.crc32(np.ascontiguousarray(data).tobytes()) & 0xFFFFFFFF
+    png_path, npy_path = Path(out), Path(out).with_suffix(".npy")
+    shape = "x".join(map(str, data.shape)) or "scalar"
+    notes: list[str] = []
+    written: list[Path] = []
+    try:
+        if data.size == 1:  # 0-D data (PyMoDAQ's Data0D travels as a one-element array)
+            notes.append(f"0-D value={data.reshape(-1)[0].item()!r} (no image)")
+        elif png16:
+            png_path.write_bytes(encode_gray(to_16bit(data)))
+            written.append(png_path)
+            notes.append("16-bit raw values" if is_lossless_16bit(data)
+                         else f"16-bit, {data.dtype} scaled min..max (not the raw values)")
+        else:
+            low, high = VIEW_PERCENTILES if stretch == "percentile" else (0.0, 100.0)
+            view, lo, hi = stretch_to_8bit(data, low=low, high=high)
+            png_path.write_bytes(encode_gray(view))
+            written.append(png_path)
+            notes.append(f"8-bit view of {lo:.6g}..{hi:.6g}")
+        if not no_npy:
+            np.save(npy_path, data)
+            written.append(npy_path)
+            notes.append(f"raw data in {npy_path}")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}"
+                                   ) from None
+    where = str(written[0]) if written else "(nothing written)"
+    click.echo(f"{where}: {shape} {data.dtype} crc32={checksum:08x}; " + "; ".join(notes))
 
 
 def register(group: click.Group) -> None:

@@ -91,10 +91,13 @@ class Camera(Device):
         self.units = units
         self.exposure_ms = exposure_ms
         self.frames = 0
+        #: The last frame grabbed by any link (the EPICS face serves it as an NTNDArray).
+        self.last_frame: np.ndarray | None = None
 
     async def grab(self) -> list[np.ndarray]:
         frame = await self.backend.snap()
         self.frames += 1
+        self.last_frame = frame
         self.emit("frames", self.frames)
         return [frame]
 

@@ -88,12 +88,22 @@ def load_json_tolerant(path: Path) -> dict[str, Any] | None:
     return data
 
 
+class StateNotSaved(OSError):
+    """A change could not be written to its state file (it is not durable)."""
+
+
 class CoalescingWriter:
     """Writes ``snapshot()`` to ``path`` after changes, at most one write pending at a time.
 
     :meth:`schedule` may be called on every change; it marks the state dirty and starts one
     writer task if none is running. The task writes in a worker thread and loops while more
     changes arrived during the write, so the file always ends with the latest state.
+
+    Every change gets a generation number (returned by :meth:`schedule`); :meth:`saved` waits
+    until the file holds that generation or a later one -- written and fsynced -- and raises
+    :class:`StateNotSaved` if the write failed. A caller that must not acknowledge a change
+    before it is durable awaits it (issue 13: a reply that went out before the write was lost
+    with the node). Concurrent changes share one write.
     """
 
     def __init__(self, path: Path, snapshot: Callable[[], Any]) -> None:
@@ -102,44 +112,91 @@ class CoalescingWriter:
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._io_lock = threading.Lock()
+        self._requested = 0  # generation of the latest change
+        self._written = 0  # generation the file holds
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         #: Number of completed writes (for tests and diagnostics).
         self.writes = 0
 
-    def schedule(self) -> None:
-        """Note that the state changed; a write follows soon on the running loop."""
+    def schedule(self) -> int:
+        """Note that the state changed; a write follows soon on the running loop. Returns the
+        change's generation (for :meth:`saved`)."""
+        self._requested += 1
         self._dirty = True
         if self._task is None or self._task.done():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop (synchronous use): write now
                 self._write_now()
-                return
+                return self._requested
             self._task = loop.create_task(self._run(), name=f"state-writer {self.path.name}")
+        return self._requested
+
+    async def saved(self, generation: int | None = None) -> None:
+        """Wait until change ``generation`` (default: every change so far) is on disk;
+        :class:`StateNotSaved` if its write failed."""
+        gen = self._requested if generation is None else generation
+        if self._written >= gen:
+            return
+        if self._task is None or self._task.done():
+            # Nothing is writing (a failed write ended the task): write now, in a thread.
+            self._dirty = True
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"state-writer {self.path.name}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((gen, fut))
+        await fut
 
     async def _run(self) -> None:
         while self._dirty:
             self._dirty = False
+            gen = self._requested
             data = self._snapshot()
             try:
-                await asyncio.to_thread(self._write, data)
+                await asyncio.to_thread(self._write, data, gen)
             except OSError as exc:
                 log.error("cannot write state file %s: %s", self.path, exc)
-                return
+                self._settle(gen, self._not_saved(exc))
+            else:
+                self._settle(gen, None)
 
-    def _write(self, data: Any) -> None:
+    def _not_saved(self, exc: OSError) -> StateNotSaved:
+        return StateNotSaved(f"change made but not saved: state file {self.path} not "
+                             f"written: {exc}")
+
+    def _settle(self, gen: int, error: StateNotSaved | None) -> None:
+        keep = []
+        for wgen, fut in self._waiters:
+            if fut.done():
+                continue
+            if wgen <= gen:
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+            else:
+                keep.append((wgen, fut))
+        self._waiters = keep
+
+    def _write(self, data: Any, gen: int) -> None:
         with self._io_lock:
             write_json_atomic(self.path, data)
             self.writes += 1
+            self._written = max(self._written, gen)
 
     def _write_now(self) -> None:
         self._dirty = False
+        gen = self._requested
         try:
-            self._write(self._snapshot())
+            self._write(self._snapshot(), gen)
         except OSError as exc:
             log.error("cannot write state file %s: %s", self.path, exc)
+            self._settle(gen, self._not_saved(exc))
+        else:
+            self._settle(gen, None)
 
     async def wait(self) -> None:
-        """Wait until every scheduled write has reached the disk."""
+        """Wait until every scheduled write has been attempted (never raises)."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 

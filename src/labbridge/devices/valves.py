@@ -23,7 +23,12 @@ concurrently. Backend calls are coroutines bounded by ``timeout``; a hung backen
 
 Persistence (docs/adr/0021): states and locks are written to a JSON state file on every
 change (coalesced, atomic) and restored by :meth:`ValveBank.start`; a backend that can read
-its outputs back wins over the file for the state, the file wins for locks.
+its outputs back wins over the file for the state, the file wins for locks. With
+``durable=True`` (the default, docs/adr/0110) :meth:`ValveBank.open` and
+:meth:`ValveBank.close` return only once the change is written and fsynced, so an
+acknowledged actuation survives a crash right after the reply; a failed write raises
+:class:`~labbridge.devices.state_file.StateNotSaved`. Callers that change locks await
+:meth:`ValveBank.saved` before acknowledging.
 """
 
 from __future__ import annotations
@@ -121,12 +126,15 @@ class ValveBank(Device):
 
     def __init__(self, name: str, valves: list[ValveConfig], backend: ValveBackend,
                  *, state_file: Path | None = None, check_ownership: bool = False,
-                 timeout: float = 5.0, sleep: Sleep | None = None) -> None:
+                 timeout: float = 5.0, sleep: Sleep | None = None,
+                 durable: bool = True) -> None:
         super().__init__(name)
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
         self.backend = backend
         self.state_file = state_file
+        #: Open/Close return only once their change is on disk (docs/adr/0110).
+        self.durable = durable
         self.check_ownership = check_ownership
         self.timeout = timeout
         self._sleep: Sleep = sleep or asyncio.sleep
@@ -254,6 +262,9 @@ class ValveBank(Device):
             return ActuationResult(Outcome.UNKNOWN, name, action, why)
         async with v.lock:
             result = await self._actuate_locked(v, target, requester)
+        if self.durable:
+            # Outside the group's lock: other actuations go on and share the write.
+            await self.saved()
         if result.outcome is Outcome.REFUSED:
             log.warning("%s: %s %s refused (requester %s): %s", self.name, action, name,
                         requester or "-", result.reason)
@@ -464,6 +475,13 @@ class ValveBank(Device):
         """Wait until every change so far is on disk (tests, orderly shutdown)."""
         if self._writer is not None:
             await self._writer.wait()
+
+    async def saved(self) -> None:
+        """Return once every change so far (states and locks) is written and fsynced;
+        :class:`~labbridge.devices.state_file.StateNotSaved` if it could not be. Immediate
+        without a state file."""
+        if self._writer is not None:
+            await self._writer.saved()
 
 
 def _hardware_reason(exc: BaseException, timeout: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,6 +28,18 @@ from labbridge.node import kinds
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
 READY_TIMEOUT = 30.0
+#: Record-name prefix of every demo node's EPICS IOC (docs/epics.md).
+EPICS_PREFIX = "LAB"
+
+
+def _with_epics(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Give a node with devices an EPICS IOC (loopback, free ports) when the extra is there."""
+    if not cfg.get("devices") or "epics_ioc" not in SERVICE_KINDS \
+            or importlib.util.find_spec("softioc") is None:
+        return cfg
+    svc = {"kind": "epics_ioc", "name": "epics", "prefix": EPICS_PREFIX, "host": "127.0.0.1",
+           "ca_port": 0, "pva_port": 0, "pva_udp_port": 0}
+    return {**cfg, "services": [*cfg.get("services", []), svc]}
 
 
 @dataclass
@@ -63,7 +76,7 @@ def _valves(_: dict[str, Any]) -> dict[str, Any]:
              "valves": [{"name": n, "address": i, "description": d, "layout": {"x": x, "y": y}}
                         for i, (n, d, x, y) in enumerate(names)]},
             {"kind": "gauge_controller", "name": "gauges", "gauges": ["IG", "CG1"],
-             "backend": {"kind": "sim"}},
+             "backend": {"kind": "sim"}, "poll_period": 1.0},
         ],
         "services": [
             {"kind": "pychron_command_server", "name": "command-server", "port": 0,
@@ -183,7 +196,7 @@ class Lab:
         self.left_out: list[Component] = []
 
     async def _start_one(self, c: Component) -> None:
-        cfg = c.build(self.components)
+        cfg = _with_epics(c.build(self.components))
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ready = self.workdir / f"{c.key}.ready.json"
@@ -266,6 +279,17 @@ class Lab:
                           "monitor": {"update_period": 0.5}}],
         }
 
+    def epics_info(self) -> dict[str, Any] | None:
+        """Every demo IOC together: the prefix, client address lists and all PV names."""
+        iocs = [d for c in self.components.values()
+                for d in c.info.get("details", {}).values() if d.get("kind") == "epics_ioc"]
+        if not iocs:
+            return None
+        return {"prefix": EPICS_PREFIX,
+                "EPICS_CA_ADDR_LIST": " ".join(d["EPICS_CA_ADDR_LIST"] for d in iocs),
+                "EPICS_PVA_ADDR_LIST": " ".join(d["EPICS_PVA_ADDR_LIST"] for d in iocs),
+                "pvs": [pv for d in iocs for pv in d["pvs"]]}
+
     def ready_info(self) -> dict[str, Any]:
         return {
             "workdir": str(self.workdir),
@@ -274,6 +298,7 @@ class Lab:
                           "pid": c.proc.pid if c.proc else None}
                       for k, c in self.components.items()},
             "left_out": {c.key: c.note for c in self.left_out},
+            "epics": self.epics_info(),
         }
 
 

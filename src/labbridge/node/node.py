@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from labbridge.access import Gate
 from labbridge.devices.base import Device
 from labbridge.devices.state_file import write_json_atomic
 from labbridge.node import kinds
@@ -34,6 +35,7 @@ from labbridge.node.registry import (
     NodeContext,
     Service,
 )
+from labbridge.node.security import is_loopback_host, parse_security
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class Node:
         self.source = source
         self._started_devices: list[Device] = []
         self._started_services: list[Service] = []
+        #: Non-fatal findings of the node file (``labbridge check`` prints them), each
+        #: ``file:line: field: text``.
+        self.warnings: list[str] = []
 
     @property
     def name(self) -> str:
@@ -91,12 +96,22 @@ class Node:
                 log.exception("device %s failed to stop cleanly", dev.name)
 
     def ready_info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "node": self.name,
             "pid": os.getpid(),
             "source": self.source,
             "services": [e.to_json() for e in self.endpoints()],
         }
+        # Services with more to tell a client than endpoints (the EPICS IOC: its prefix and
+        # every PV name) add it under their own name.
+        details: dict[str, Any] = {}
+        for svc in self.services:
+            extra = getattr(svc, "ready_extra", None)
+            if callable(extra):
+                details[svc.name] = extra()
+        if details:
+            info["details"] = details
+        return info
 
     def write_ready_file(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.ready_info())
@@ -127,6 +142,8 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         state_path = Path(state_dir)
     ctx = NodeContext(node_name=name, config_dir=p.parent.resolve(), state_dir=state_path,
                       host_override=host, port_override=port)
+    # The access policy comes first: every service factory hands ctx.gate to its links.
+    ctx.gate = Gate(parse_security(root.get_section("security", None)), node=name)
     root.get_str("description", None)
     init_path = root.get_str("initialization", None)
     if init_path is not None:
@@ -153,6 +170,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         devices.append(dev)
 
     services: list[Service] = []
+    warnings: list[str] = []
     listening: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
     for i, sec in enumerate(root.get_sections("services", [])):
         kind = sec.get_str("kind")
@@ -172,6 +190,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             pass
         sec.check_no_unknown()
         _check_ports(sec, svc, listening)
+        warnings.extend(_exposure(sec, svc, ctx))
         ctx.services[sname] = svc
         services.append(svc)
     root.check_no_unknown()
@@ -179,7 +198,31 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         _check_plugins(root, ctx, services)
     if not devices and not services:
         raise ConfigError("the node has no devices and no services", file=str(p), line=1)
-    return Node(ctx, devices, services, source=str(p))
+    node = Node(ctx, devices, services, source=str(p))
+    node.warnings = warnings
+    return node
+
+
+def _exposure(sec: Section, svc: Service, ctx: NodeContext) -> list[str]:
+    """A warning for each endpoint that listens beyond loopback while no non-loopback
+    address or identity has a role on the node (nobody out there could use it, or the file
+    forgot its access rules)."""
+    policy = ctx.gate.policy
+    out = []
+    for ep in svc.endpoints():
+        if ep.role != "listen" or ep.path or is_loopback_host(ep.host):
+            continue
+        if policy.grants_beyond_loopback():
+            continue
+        field = "host" if "host" in sec else None
+        err = sec.error(field, "")
+        where = f"{err.file}:{err.line}: {err.field}" if err.field else f"{err.file}:{err.line}"
+        why = ("no security section" if not policy.configured
+               else "its security section gives no role to any address beyond loopback")
+        out.append(f"{where}: {svc.name} listens on {ep.host}:{ep.port} ({ep.protocol}) but "
+                   f"the node has {why}: only this machine may use it; add "
+                   "security.addresses (docs/security.md)")
+    return out
 
 
 #: initialization.xml plugins that need a service of this kind on the node.

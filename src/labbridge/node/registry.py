@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from labbridge.access import Gate
 from labbridge.devices.base import Device
 from labbridge.node.config import Section
 from labbridge.transport.endpoint import Endpoint as Endpoint
@@ -46,6 +47,9 @@ class NodeContext:
     #: Port override from the command line (applies to the node's first command server).
     port_override: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The node's access gate (its ``security`` section): every link checks state-changing
+    #: requests here and every change or refusal is audited here (docs/adr/0100).
+    gate: Gate = field(default_factory=Gate)
 
     def device(self, section: Section, key: str, kind: type[Device] | None = None) -> Device:
         """Resolve a device reference (by name) from a config field."""

@@ -252,7 +252,7 @@ def load_server_file(path: str | Path) -> ServerConfig:
         raise ConfigError("a server file must be a mapping with port and host", file=str(p),
                           line=1)
     root = Section(data, file=str(p))
-    host = root.get_str("host", "0.0.0.0")
+    host = root.get_str("host", "127.0.0.1")  # the seed writes 0.0.0.0 explicitly
     try:
         ipaddress.ip_address(host)
     except ValueError:

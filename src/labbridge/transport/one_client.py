@@ -10,7 +10,10 @@ Semantics (spec §6.2, numbered as there):
    bound (give a host string, not ``None``, to be sure of that).
 3. While a client is connected, a new connection is accepted and closed at once ("Rejecting
    connection; a client is already connected.", logged, :attr:`rejected_count` +1). The
-   first client is not disturbed.
+   first client is not disturbed -- unless ``replace_idle_after`` is set and the current
+   client has sent nothing for that many seconds: then the newcomer replaces it (logged with
+   both peers and the silence, :attr:`replaced_count` +1), so one silent connection cannot
+   lock the real controller out (issue 13).
 4. If the current client has hung up but its handler has not noticed yet, the new connection
    replaces it.
 6. :attr:`connected_task` resolves when a client connects and is replaced after each close;
@@ -41,6 +44,8 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from labbridge.transport.tcp import configure_socket
+
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
 ConnectCallback = Callable[["OneClientServer"], Awaitable[None]]
@@ -50,13 +55,7 @@ CLOSE_WAIT_TIME = 5.0
 READ_CHUNK = 65536
 
 
-def configure_socket(sock: socket.socket | None) -> None:
-    """TCP_NODELAY (one write per message goes out at once) and keepalive (spec §6.2 #13)."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+__all__ = ["CLOSE_WAIT_TIME", "READ_CHUNK", "OneClientServer", "configure_socket"]
 
 
 class OneClientServer:
@@ -73,6 +72,8 @@ class OneClientServer:
         connect_callback: ConnectCallback | None = None,
         family: socket.AddressFamily = socket.AF_UNSPEC,
         log: logging.Logger | None = None,
+        replace_idle_after: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if connect_callback is not None and not inspect.iscoroutinefunction(connect_callback):
             raise TypeError("connect_callback must be a coroutine function")
@@ -101,8 +102,12 @@ class OneClientServer:
         self.done_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.should_be_connected = False
         self.rejected_count = 0
+        self.replaced_count = 0
         self.client_count = 0
         self.peer: str | None = None
+        #: Seconds of silence after which a newcomer replaces the current client (None: never).
+        self.replace_idle_after = replace_idle_after
+        self._clock = clock or asyncio.get_running_loop().time
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,8 +119,9 @@ class OneClientServer:
                 lambda: _Gate(self), self.host, self.port, family=self.family,
                 reuse_address=True)
         else:
-            self._server = await asyncio.start_server(
-                self._on_accept, self.host, self.port, family=self.family,
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _StreamGate(self), self.host, self.port, family=self.family,
                 reuse_address=True)
         socks = self._server.sockets
         if len(socks) == 1:
@@ -148,9 +154,14 @@ class OneClientServer:
     async def write(self, data: bytes) -> None:
         """Write one message (one call) and drain; ``ConnectionError`` when not connected."""
         if self._protocol_factory is not None:
-            if self._gate is None or not self.connected:
+            gate = self._gate
+            if gate is None or not self.connected:
                 raise ConnectionError(f"{self.name}: not connected")
-            self._gate.transport.write(data)
+            gate.transport.write(data)
+            # Backpressure: a client that does not read holds the writer here, not in memory.
+            await gate.writable.wait()
+            if gate.transport.is_closing():
+                raise ConnectionError(f"{self.name}: connection closed while writing")
             return
         writer = self._writer
         if writer is None or not self.connected:
@@ -203,6 +214,19 @@ class OneClientServer:
             self.done_task.set_result(None)
 
     # -- internals ----------------------------------------------------------------------------
+    def _silence(self, last_rx: float | None) -> float | None:
+        """Seconds the current client has been silent if that allows replacing it, else None."""
+        if self.replace_idle_after is None or last_rx is None:
+            return None
+        silent = self._clock() - last_rx
+        return silent if silent >= self.replace_idle_after else None
+
+    def _log_replacement(self, newcomer: str, silent: float) -> None:
+        self.replaced_count += 1
+        self.log.warning("%s: client %s sent nothing for %.1f s (limit %.1f s); replacing it "
+                         "with %s", self.name, self.peer, silent, self.replace_idle_after,
+                         newcomer)
+
     async def _on_accept(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
@@ -210,12 +234,18 @@ class OneClientServer:
             await _close_writer(writer)
             return
         if self.connected:
-            self.rejected_count += 1
-            self.log.warning("%s: rejecting connection from %s; a client is already "
-                             "connected (%s).", self.name, peer, self.peer)
-            await _close_writer(writer)
-            return
-        if self._writer is not None:  # #4: the old client hung up unnoticed
+            current = self._writer
+            gate = current.transport.get_protocol() if current is not None else None
+            silent = self._silence(getattr(gate, "last_rx", None))
+            if silent is None:
+                self.rejected_count += 1
+                self.log.warning("%s: rejecting connection from %s; a client is already "
+                                 "connected (%s).", self.name, peer, self.peer)
+                await _close_writer(writer)
+                return
+            self._log_replacement(peer, silent)
+            await self.close_client()
+        elif self._writer is not None:  # #4: the old client hung up unnoticed
             await self.close_client()
         configure_socket(writer.get_extra_info("socket"))
         self._reader, self._writer = reader, writer
@@ -289,11 +319,17 @@ class OneClientServer:
         if self._closing:
             return False
         if self.connected:
-            self.rejected_count += 1
-            self.log.warning("%s: rejecting connection from %s; a client is already "
-                             "connected (%s).", self.name, peer, self.peer)
-            return False
-        if self._gate is not None:  # #4: the old client hung up unnoticed
+            assert self._gate is not None
+            silent = self._silence(self._gate.last_rx)
+            if silent is None:
+                self.rejected_count += 1
+                self.log.warning("%s: rejecting connection from %s; a client is already "
+                                 "connected (%s).", self.name, peer, self.peer)
+                return False
+            self._log_replacement(peer, silent)
+            self._gate.transport.abort()
+            self._gate_lost(self._gate, f"replaced by {peer}")
+        elif self._gate is not None:  # #4: the old client hung up unnoticed
             self._gate.transport.abort()
             self._gate_lost(self._gate, "replaced")
         configure_socket(gate.transport.get_extra_info("socket"))
@@ -326,6 +362,21 @@ class OneClientServer:
         task.add_done_callback(self._tasks.discard)
 
 
+class _StreamGate(asyncio.StreamReaderProtocol):
+    """Stream mode: ``asyncio.start_server``'s protocol, plus the time of the last bytes."""
+
+    def __init__(self, server: OneClientServer) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(asyncio.StreamReader(limit=READ_CHUNK, loop=loop), server._on_accept,
+                         loop=loop)
+        self._clock = server._clock
+        self.last_rx = self._clock()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self._clock()
+        super().data_received(data)
+
+
 class _Gate(asyncio.Protocol):
     """Protocol-mode wrapper: enforces one client, then forwards to the user's protocol."""
 
@@ -333,6 +384,10 @@ class _Gate(asyncio.Protocol):
         self.server = server
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.last_rx = server._clock()
+        #: Clear while the transport's write buffer is over its high-water mark.
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -344,6 +399,7 @@ class _Gate(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = self.server._clock()
         if self.inner is not None:
             self.inner.data_received(data)
 
@@ -353,14 +409,17 @@ class _Gate(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        self.writable.clear()
         if self.inner is not None:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.writable.set()
         if self.inner is not None:
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()  # release a writer waiting on a connection that is gone
         inner, self.inner = self.inner, None
         if inner is None:
             return

@@ -1,9 +1,11 @@
 """TCP and UDP servers on one asyncio event loop (ARCHITECTURE.md principle 7).
 
 :class:`TcpServer` wraps ``loop.create_server`` with what every labbridge server needs: port 0
-support and the bound port afterwards, TCP_NODELAY, a connection limit, tracking of live
-connections so :meth:`TcpServer.stop` closes them all, and a clear error naming the port when
-it is already in use (Pychron only logged it, spec 17 #20).
+support and the bound port afterwards, TCP_NODELAY and keepalive, fair slots (a
+:class:`~labbridge.transport.slots.SlotTable`: per-address caps, eviction of the connection
+idle or stalled longest when full, a budget of buffered bytes), tracking of live connections
+so :meth:`TcpServer.stop` closes them all, and a clear error naming the port when it is
+already in use (Pychron only logged it, spec 17 #20).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.slots import Slot, SlotTable
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +29,19 @@ class PortInUseError(OSError):
     """The port a server was told to use is taken."""
 
 
+def configure_socket(sock: socket.socket | None) -> None:
+    """TCP_NODELAY (one write per message goes out at once) and keepalive (a peer that
+    vanished without a FIN is noticed), on TCP sockets only."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # pragma: no cover - platform dependent
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - platform dependent
-            pass
+    """:func:`configure_socket` on a transport's socket."""
+    configure_socket(transport.get_extra_info("socket"))
 
 
 def abort_discarding(transport: asyncio.BaseTransport) -> None:
@@ -64,49 +73,80 @@ class TcpServer:
 
     ``protocol_factory`` builds one protocol per connection. Protocols that want to be closed
     on shutdown may define ``close()``; otherwise their transport is aborted.
+
+    Fair slots: every connection is admitted through :attr:`slots` (see
+    :mod:`labbridge.transport.slots`). A protocol that has a ``slot`` attribute gets its
+    :class:`~labbridge.transport.slots.Slot` there before ``connection_made`` and reports
+    progress through it, which makes it evictable when idle; one that has none is never
+    evicted (a full server refuses newcomers instead). ``max_per_address`` defaults to no cap
+    below ``max_connections``.
     """
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1",
                  port: int = 0, *, name: str = "tcp", max_connections: int = 1024,
+                 max_per_address: int | None = None, max_buffered: int | None = None,
                  backlog: int = 128) -> None:
         self._factory = protocol_factory
         self.host = host
         self.requested_port = port
         self.name = name
-        self.max_connections = max_connections
         self.backlog = backlog
+        self.slots = SlotTable(name, max_connections=max_connections,
+                               max_per_address=max_per_address, max_buffered=max_buffered)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.BaseTransport] = set()
         self.port: int | None = None
-        self.refused = 0
+
+    @property
+    def max_connections(self) -> int:
+        return self.slots.max_connections
 
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    @property
+    def refused(self) -> int:
+        return self.slots.refused
+
+    @property
+    def evicted(self) -> int:
+        return self.slots.evicted
 
     def _make_protocol(self) -> asyncio.Protocol:
         proto = self._factory()
         server = self
         orig_made = proto.connection_made
         orig_lost = proto.connection_lost
-        mine: list[asyncio.BaseTransport] = []
+        mine: list[tuple[asyncio.BaseTransport, Slot]] = []
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
-            if len(server._conns) >= server.max_connections:
-                server.refused += 1
-                log.warning("%s: connection limit %d reached, refusing %s", server.name,
-                            server.max_connections, peer_host(transport))
+            slot = server.slots.admit(transport, peer_host(transport))
+            if slot is None:
                 transport.close()
                 return
-            mine.append(transport)
+            mine.append((transport, slot))
             server._conns.add(transport)
             set_nodelay(transport)
+            if hasattr(proto, "slot"):
+                proto.slot = slot
+            else:
+                # It reports no progress, so nothing says it is idle: never evict it (when
+                # the server is full, newcomers are refused, as before fair slots).
+                slot.set_busy(True)
             orig_made(transport)
 
         def connection_lost(exc: Exception | None) -> None:
+            # These closures refer to the protocol and the protocol to them: remove them from
+            # it so the connection is freed by reference counting, not left to the garbage
+            # collector with its buffers (issue 13).
+            vars(proto).pop("connection_made", None)
+            vars(proto).pop("connection_lost", None)
             if not mine:
-                return  # refused at the limit: the protocol never saw the connection
-            server._conns.discard(mine[0])
+                return  # refused: the protocol never saw the connection
+            transport, slot = mine.pop()
+            server._conns.discard(transport)
+            server.slots.release(slot)
             orig_lost(exc)
 
         # Instance attributes shadow the methods: the server sees every connection come and go
@@ -234,12 +274,14 @@ class TcpUdpServer:
                  datagram: DatagramHandler, host: str = "127.0.0.1", port: int = 0, *,
                  udp: bool = False, udp_port: int | None = None, name: str = "server",
                  purpose: str = "", max_connections: int = 1024,
+                 max_per_address: int | None = None, max_buffered: int | None = None,
                  failure_reply: bytes | None = None, max_pending_datagrams: int = 1024) -> None:
         self.host = host
         self.name = name
         self.purpose = purpose
         self.tcp = TcpServer(protocol_factory, host, port, name=name,
-                             max_connections=max_connections)
+                             max_connections=max_connections, max_per_address=max_per_address,
+                             max_buffered=max_buffered)
         self._datagram_handler = datagram
         self._failure_reply = failure_reply
         self.udp_wanted = udp or udp_port is not None

@@ -42,9 +42,7 @@ import contextlib
 import json
 import logging
 import math
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +54,7 @@ from aiohttp import WSMsgType, web
 from labbridge.bus.recorder import RecordStore
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.links.pychron.client import ErrorReply, UnknownCommand
+from labbridge.protocol.png import encode_gray, stretch_to_8bit
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
 from labbridge.transport.tcp import abort_discarding
@@ -631,26 +630,9 @@ def _decimate(points: list[list[float]], max_points: int) -> list[list[float]]:
     return out
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-
 def png_gray(a: Any) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D array, scaled min..max (PNG spec: IHDR colour type 0,
-    one filter byte 0 per row, zlib IDAT)."""
-    arr = np.asarray(a, dtype=np.float64)
+    """An 8-bit grayscale PNG of a 2-D array, scaled min..max (labbridge.protocol.png)."""
+    arr = np.asarray(a)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError("a frame must be a non-empty 2-D array")
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    img = np.nan_to_num((arr - lo) * scale).clip(0, 255).astype(np.uint8)
-    h, w = img.shape
-    raw = np.zeros((h, w + 1), dtype=np.uint8)
-    raw[:, 1:] = img
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (_PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(
-        raw.tobytes(), 6)) + _chunk(b"IEND", b""))
+    return encode_gray(stretch_to_8bit(arr)[0])

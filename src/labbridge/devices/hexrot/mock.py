@@ -314,6 +314,7 @@ class RotatorMockController(BaseMockController):
         super().__init__(name, generation, config=config, telemetry_interval=telemetry_interval,
                          initial_state=initial_state)
         self.position = float(initial_position)
+        self._last_motion = (self.position, 0.0)
         self.max_velocity = max(ROTATOR_MAX_VELOCITY, self.config["velocity_limit"],
                                 self.config["max_velocity_limit"])
         self.max_accel = max(ROTATOR_MAX_ACCEL, self.config["accel_limit"])
@@ -417,6 +418,11 @@ class RotatorMockController(BaseMockController):
                 if self._step(h):
                     break
         self._publish_motion()
+        motion = (self.position, self.velocity)
+        if motion != self._last_motion:
+            # Only while something moves: a resting rotator emits nothing per telemetry tick.
+            self._last_motion = motion
+            self.emit("motion", {"position": self.position, "velocity": self.velocity})
 
     def _step(self, h: float) -> bool:
         """One integration step; True when the target is reached."""

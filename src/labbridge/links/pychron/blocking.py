@@ -1,7 +1,7 @@
-"""Blocking facades for scripts that do not use asyncio.
+"""Blocking facades of the valve client for scripts that do not use asyncio.
 
-Each facade owns a :class:`~labbridge.transport.blocking.BlockingPortal` (one private event
-loop in a background thread) and forwards calls to the async client on it::
+Both are the generic :class:`~labbridge.links.pychron.clients.Blocking` facade (one private
+event loop in a background thread) around an async client::
 
     with BlockingRemoteValves("10.0.0.5", 1061) as line:
         line.open("A")
@@ -10,71 +10,48 @@ loop in a background thread) and forwards calls to the async client on it::
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from labbridge.links.pychron.client import PychronClient
+from labbridge.links.pychron.clients import Blocking
 from labbridge.links.pychron.remote import Actuation, RemoteValves
-from labbridge.transport.blocking import BlockingPortal
 
 
-class BlockingPychronClient:
-    """Blocking :class:`PychronClient`."""
-
-    def __init__(self, host: str, port: int, **kw: Any) -> None:
-        self._portal = BlockingPortal()
-        self.client = PychronClient(host, port, **kw)
-
-    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        return self._portal.call(functools.partial(fn, *args, **kw))
-
-    def ask(self, request: str, **kw: Any) -> str:
-        result: str = self._call(self.client.ask, request, **kw)
-        return result
-
-    def call(self, request: str, **kw: Any) -> str:
-        result: str = self._call(self.client.call, request, **kw)
-        return result
-
-    def close(self) -> None:
-        try:
-            self._call(self.client.close)
-        finally:
-            self._portal.close()
-
-    def __enter__(self) -> BlockingPychronClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class BlockingRemoteValves(BlockingPychronClient):
-    """Blocking :class:`RemoteValves`."""
+class BlockingPychronClient(Blocking):
+    """Blocking :class:`PychronClient`: ``ask``, ``call``, ``close``."""
 
     def __init__(self, host: str, port: int, **kw: Any) -> None:
-        super().__init__(host, port, **kw)
-        self.valves = RemoteValves(self.client)
+        super().__init__(PychronClient, host, port, **kw)
 
-    def open(self, name: str) -> Actuation:
-        result: Actuation = self._call(self.valves.open, name)
-        return result
+    @property
+    def client(self) -> PychronClient:
+        client: PychronClient = self._proxy
+        return client
+
+
+def _remote_valves(host: str, port: int, **kw: Any) -> RemoteValves:
+    return RemoteValves(PychronClient(host, port, **kw))
+
+
+class BlockingRemoteValves(Blocking):
+    """Blocking :class:`RemoteValves`: ``open``, ``close_valve``, ``state``, ``states``,
+    ``locks``, ``owners``; ``close()`` closes the connection (not a valve)."""
+
+    def __init__(self, host: str, port: int, **kw: Any) -> None:
+        super().__init__(_remote_valves, host, port, **kw)
+
+    @property
+    def valves(self) -> RemoteValves:
+        valves: RemoteValves = self._proxy
+        return valves
+
+    @property
+    def client(self) -> PychronClient:
+        return self.valves.client
 
     def close_valve(self, name: str) -> Actuation:
-        result: Actuation = self._call(self.valves.close, name)
+        result: Actuation = self._run(self.valves.close, name)
         return result
 
-    def state(self, name: str) -> bool:
-        return bool(self._call(self.valves.state, name))
-
-    def states(self) -> dict[str, bool]:
-        result: dict[str, bool] = self._call(self.valves.states)
-        return result
-
-    def locks(self) -> dict[str, bool]:
-        result: dict[str, bool] = self._call(self.valves.locks)
-        return result
-
-    def owners(self) -> dict[str, str]:
-        result: dict[str, str] = self._call(self.valves.owners)
-        return result
+    def _closer(self) -> Any:
+        return self.valves.client.close

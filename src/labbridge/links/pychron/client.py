@@ -12,6 +12,10 @@
 Retries: only requests marked idempotent (``Get*``, ``Read``, ``Ping``) are re-sent after a
 timeout or a lost connection. An actuation whose reply is lost raises :class:`ReplyLost`: the
 caller must re-read the state, never re-send (real defect 4: valves actuated twice).
+
+Reconnecting: after a failed connection attempt the next one waits for an exponentially
+growing delay (``backoff``), however the caller loops, so a dead server is not hammered; the
+client logs once when the server becomes unreachable and once when it is reachable again.
 """
 
 from __future__ import annotations
@@ -185,6 +189,14 @@ class PychronClient:
         self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
         self._proto: _BracedProtocol | None = None
         self._connect_lock = asyncio.Lock()
+        #: Reconnect pacing: no connection attempt before this loop time.
+        self._retry_at = 0.0
+        self._down: str | None = None  # why the server is unreachable (None: it is not)
+        self._connect_backoff = Backoff(initial=self.backoff.initial,
+                                        maximum=self.backoff.maximum,
+                                        factor=self.backoff.factor, jitter=self.backoff.jitter)
+        #: Connection attempts made (for tests and diagnostics).
+        self.connect_attempts = 0
 
     def __repr__(self) -> str:
         kind = "udp" if self.udp else self.framing
@@ -207,8 +219,8 @@ class PychronClient:
         attempts = 1 + (self.retries if idempotent else 0)
         last: Exception | None = None
         for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff.next())
+            if attempt and not isinstance(last, Unreachable):
+                await asyncio.sleep(self.backoff.next())  # (connecting paces itself)
             try:
                 reply = await self._ask_once(request, timeout or self.timeout)
                 self.backoff.reset()
@@ -262,14 +274,32 @@ class PychronClient:
 
     async def _open(self, factory: Any) -> Any:
         loop = asyncio.get_running_loop()
+        wait = self._retry_at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)  # backoff after a failed attempt
+        self.connect_attempts += 1
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 loop.create_connection(factory, self.host, self.port), self.connect_timeout)
         except TimeoutError:
-            raise Unreachable(f"{self}: connect timed out after {self.connect_timeout} s") \
+            raise self._unreachable(f"connect timed out after {self.connect_timeout} s") \
                 from None
         except OSError as exc:
-            raise Unreachable(f"{self}: cannot connect: {exc.strerror or exc}") from exc
+            raise self._unreachable(f"cannot connect: {exc.strerror or exc}") from exc
+        if self._down is not None:
+            log.info("%s: reachable again", self)
+            self._down = None
+        self._retry_at = 0.0
+        self._connect_backoff.reset()
+        return result
+
+    def _unreachable(self, reason: str) -> Unreachable:
+        self._retry_at = asyncio.get_running_loop().time() + self._connect_backoff.next()
+        if self._down is None:
+            log.warning("%s: %s; further attempts back off (up to %.1f s apart)", self,
+                        reason, self._connect_backoff.maximum)
+        self._down = reason
+        return Unreachable(f"{self}: {reason}")
 
     async def _ask_braced(self, request: str, timeout: float) -> str:
         frame = encode_braced(request)

@@ -4,7 +4,7 @@ Each makes a remote instrument look local (ARCHITECTURE.md, "one device model, m
 faces"). The furnace and laser proxies ride on :class:`PychronClient` (so they inherit its
 framings and its rule of re-sending only idempotent requests); the Qtegra proxy speaks plain
 text over UDP (the real default) or one-shot TCP; the relay client reads F-CRC frames and
-verifies their CRC. Blocking versions for scripts are built with :func:`blocking`.
+verifies their CRC. Blocking versions for scripts are built with :class:`Blocking`.
 
 Errors: a reply starting ``ERROR``/``Error:`` raises
 :class:`~labbridge.links.pychron.client.ErrorReply`.
@@ -277,7 +277,8 @@ class Blocking:
 
     ``with Blocking(RemoteFurnace.connect, "10.0.0.7", 1061) as furnace:
     furnace.set_setpoint(600)``. Attribute access returns a function that runs the proxy's
-    coroutine method on the portal's loop and waits for its result.
+    coroutine method on the portal's loop and waits for its result; :meth:`close` closes the
+    proxy (its ``close()``), then the loop.
     """
 
     def __init__(self, factory: Any, *args: Any, **kw: Any) -> None:
@@ -289,20 +290,29 @@ class Blocking:
         self._proxy = self._portal.call(build)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)  # never forward our own internals (half-built facade)
         attr = getattr(self._proxy, name)
         if not callable(attr):
             return attr
 
         @functools.wraps(attr)
         def run(*args: Any, **kw: Any) -> Any:
-            return self._portal.call(functools.partial(attr, *args, **kw))
+            return self._run(attr, *args, **kw)
 
         return run
+
+    def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return self._portal.call(functools.partial(fn, *args, **kw))
+
+    def _closer(self) -> Any:
+        """The coroutine function that closes the proxy (subclasses may choose another)."""
+        return self._proxy.close
 
     def close(self) -> None:
         try:
             with contextlib.suppress(Exception):
-                self._portal.call(self._proxy.close)
+                self._portal.call(self._closer())
         finally:
             self._portal.close()
 

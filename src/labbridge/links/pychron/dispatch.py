@@ -5,6 +5,13 @@ A :class:`CommandSet` groups the handlers of one vocabulary (valves, furnace, la
 handler results through :func:`render_reply`, :class:`PychronError` as raised, argument
 errors as ``ERROR 004``, anything else as ``ERROR 002`` -- a peer always gets an answer
 (spec 17, defects 1 and 2).
+
+Access (docs/adr/0100): every command declares the role it needs (queries ``observer``,
+actuations ``operator``, locks and configuration ``admin``); the dispatcher asks the node's
+:class:`~labbridge.access.Gate` before running a handler, for every server of the family
+(TCP in any framing, UDP, the relay processor), and audits the outcome of every command that
+changes state. A refusal is the real table's ``ERROR 013`` (no access at all) or ``ERROR 012``
+(access, but not this role), with the reason.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.protocol.pychron.messages import (
     ErrorCode,
     PychronError,
@@ -30,10 +38,26 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request: the peer address (ownership, allow-lists) and the framing used."""
+    """Who sent a request: the peer address (ownership), the framing used, and the
+    :class:`~labbridge.access.Principal` the node's gate judges.
+
+    ``framing`` ``"udp"`` marks a datagram (read-only unless the policy says otherwise);
+    ``identity`` is set only when a credential proved it (TLS client certificate).
+    """
 
     peer: str
     framing: str = "plain"
+    via: str = "command-server"
+    identity: str | None = None
+    udp: bool = False
+    principal: Principal = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        transport = ("udp" if self.udp or self.framing == "udp"
+                     else "local" if self.peer == "local"
+                     else "tls" if self.identity is not None else "tcp")
+        object.__setattr__(self, "principal", Principal(self.peer, self.via, transport,
+                                                        self.identity))
 
 
 Handler = Callable[[Request, Caller], Any]
@@ -42,12 +66,20 @@ Handler = Callable[[Request, Caller], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(name: str, *, idempotent: bool = False) -> Callable[[F], F]:
-    """Mark a method of a :class:`CommandSet` as the handler of command ``name``."""
+def command(name: str, *, idempotent: bool = False, role: Role | None = None
+            ) -> Callable[[F], F]:
+    """Mark a method of a :class:`CommandSet` as the handler of command ``name``.
+
+    ``role`` is what the caller needs: by default ``observer`` for an idempotent query and
+    ``operator`` for anything else (so a command that forgets to say is never open to mere
+    observers); give ``Role.ADMIN`` for locks and configuration.
+    """
 
     def deco(fn: F) -> F:
         fn._pychron_command = name  # type: ignore[attr-defined]
         fn._pychron_idempotent = idempotent  # type: ignore[attr-defined]
+        fn._pychron_role = role if role is not None else (  # type: ignore[attr-defined]
+            Role.OBSERVER if idempotent else Role.OPERATOR)
         return fn
 
     return deco
@@ -56,33 +88,37 @@ def command(name: str, *, idempotent: bool = False) -> Callable[[F], F]:
 class CommandSet:
     """A vocabulary: methods decorated with :func:`command`."""
 
-    def commands(self) -> dict[str, Handler]:
-        out: dict[str, Handler] = {}
+    def commands(self) -> dict[str, tuple[Handler, Role]]:
+        out: dict[str, tuple[Handler, Role]] = {}
         for attr in dir(type(self)):
             fn = getattr(type(self), attr, None)
             name = getattr(fn, "_pychron_command", None)
             if name is not None:
-                out[name] = getattr(self, attr)
+                out[name] = (getattr(self, attr), fn._pychron_role)  # type: ignore[union-attr]
         return out
 
 
 class Dispatcher:
-    """Routes requests to handlers; every path ends in reply text."""
+    """Routes requests to handlers through the node's access gate; every path ends in reply
+    text."""
 
-    def __init__(self, sets: list[CommandSet] | None = None) -> None:
-        self._table: dict[str, Handler] = {}
+    def __init__(self, sets: list[CommandSet] | None = None, gate: Gate | None = None) -> None:
+        self._table: dict[str, tuple[Handler, Role]] = {}
+        #: The node's gate; a dispatcher built alone (tests, tools) gets the default
+        #: policy: this machine is admin, nobody else may do anything.
+        self.gate = gate if gate is not None else Gate()
         for s in sets or []:
             self.add(s)
 
     def add(self, cmdset: CommandSet) -> None:
-        for name, fn in cmdset.commands().items():
+        for name, entry in cmdset.commands().items():
             if name in self._table:
                 raise ValueError(f"command {name!r} is defined twice")
-            self._table[name] = fn
+            self._table[name] = entry
 
-    @property
-    def command_names(self) -> list[str]:
-        return sorted(self._table)
+    def role_needed(self, command: str) -> Role | None:
+        entry = self._table.get(command)
+        return None if entry is None else entry[1]
 
     def dispatch(self, text: str, caller: Caller) -> str | Awaitable[str]:
         """Reply text, or an awaitable of it when the handler is asynchronous."""
@@ -90,22 +126,40 @@ class Dispatcher:
             req = parse_request(text)
         except RequestError as exc:
             return exc.reply.text
-        fn = self._table.get(req.command)
-        if fn is None:
+        entry = self._table.get(req.command)
+        if entry is None:
             return error_text(ErrorCode.INVALID_COMMAND, req.command)
+        fn, needs = entry
+        principal = caller.principal
+        action = Action(needs, req.command, req.arg_text[:200])
+        gate = self.gate
+        try:
+            gate.check(principal, action)
+        except AccessDenied as exc:
+            return refusal_text(exc)
         try:
             result = fn(req, caller)
         except Exception as exc:
-            return self._error_reply(req, exc)
+            reply = self._error_reply(req, exc)
+            if needs >= Role.OPERATOR:
+                gate.record(principal, action, FAILED, reply)
+            return reply
         if inspect.isawaitable(result):
-            return self._finish(req, result)
-        return render_reply(result)
+            return self._finish(req, result, principal, action)
+        reply = render_reply(result)
+        if needs >= Role.OPERATOR:
+            _audit_reply(gate, principal, action, reply)
+        return reply
 
-    async def _finish(self, req: Request, awaitable: Awaitable[Any]) -> str:
+    async def _finish(self, req: Request, awaitable: Awaitable[Any], principal: Principal,
+                      action: Action) -> str:
         try:
-            return render_reply(await awaitable)
+            reply = render_reply(await awaitable)
         except Exception as exc:
-            return self._error_reply(req, exc)
+            reply = self._error_reply(req, exc)
+        if action.needs >= Role.OPERATOR:
+            _audit_reply(self.gate, principal, action, reply)
+        return reply
 
     def _error_reply(self, req: Request, exc: Exception) -> str:
         if isinstance(exc, PychronError):
@@ -115,3 +169,23 @@ class Dispatcher:
             return error_text(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text)
         log.exception("handler of %s failed", req.command)
         return error_text(ErrorCode.FUNC_CALL, exc, req.arg_text)
+
+
+def refusal_text(exc: AccessDenied) -> str:
+    """The real error table's answer to a refused request: ``ERROR 013 : Not an approved ip
+    address <addr>`` when the peer may do nothing here, else ``ERROR 012 : Access restricted
+    to <role> (<verb>). You are <who> (<role>)`` -- the legacy system-lock form."""
+    if exc.no_access:
+        return error_text(ErrorCode.SECURITY, exc.principal.address)
+    you = f"{exc.principal.who} ({exc.role.label})"
+    if "UDP is read-only" in exc.reason:
+        you += " over UDP, which is read-only here: send it over TCP"
+    return error_text(ErrorCode.SYSTEM_LOCK, f"the {exc.action.needs.label} role",
+                      exc.action.verb, you)
+
+
+def _audit_reply(gate: Gate, principal: Principal, action: Action, reply: str) -> None:
+    if reply.startswith("ERROR"):
+        gate.record(principal, action, FAILED, reply)
+    else:
+        gate.record(principal, action, DONE, "" if reply == "OK" else reply[:200])

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 
+from labbridge.access import Role
 from labbridge.devices.furnace import Furnace, PIDGains
 from labbridge.devices.valves import ValveBank
 from labbridge.links.pychron.dispatch import Caller, CommandSet, command
@@ -103,7 +104,7 @@ class FurnaceCommands(CommandSet):
         except KeyError:
             raise PychronError(ErrorCode.DEVICE_CONNECTION, channel) from None
 
-    @command("SetPID")
+    @command("SetPID", role=Role.ADMIN)
     def set_pid(self, req: Request, caller: Caller) -> bool:
         f = self._heard()
         text = _text(req, "pid", "value")

@@ -19,6 +19,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.devices.spectrometer import Spectrometer, SpectrometerError
 from labbridge.links.pychron.textserver import OneShotTextServer
 from labbridge.transport.endpoint import Endpoint
@@ -67,8 +68,11 @@ Handler = Callable[[list[str]], "str | Awaitable[str]"]
 class QtegraCommands:
     """``ParseAndExecute``: command name -> handler over one :class:`Spectrometer`."""
 
-    def __init__(self, spec: Spectrometer) -> None:
+    def __init__(self, spec: Spectrometer, gate: Gate | None = None) -> None:
         self.spec = spec
+        #: The node's access gate: ``Get...`` commands need ``observer``, every other
+        #: command changes the spectrometer and needs ``operator``.
+        self.gate = gate if gate is not None else Gate()
         s = spec
         self.table: dict[str, Handler] = {
             "GetData": self._get_data,
@@ -126,29 +130,44 @@ class QtegraCommands:
         fn(value)
         return OK
 
-    def handle(self, text: str) -> str | Awaitable[str]:
-        """Reply to one request; never raises."""
+    def handle(self, text: str, principal: Principal | None = None) -> str | Awaitable[str]:
+        """Reply to one request; never raises. ``principal`` defaults to a local caller."""
         words = text.strip().split(" ")
         fn = self.table.get(words[0])
         if fn is None:
             return INVALID
+        who = principal if principal is not None else Principal("local", "qtegra", "local")
+        action = Action(Role.OBSERVER if words[0].startswith("Get") else Role.OPERATOR,
+                        words[0], " ".join(words[1:])[:200])
+        try:
+            self.gate.check(who, action)
+        except AccessDenied as exc:
+            # Qtegra's own error form; the real server has no access control at all.
+            return f"Error: access denied: {exc.reason}"
         try:
             result = fn(words[1:])
         except SpectrometerError as exc:
-            return f"Error: {exc}"
+            return self._audit(who, action, f"Error: {exc}")
         except (QtegraInvalid, KeyError, ValueError, IndexError):
-            return INVALID
+            return self._audit(who, action, INVALID)
         if isinstance(result, str):
-            return result
-        return self._finish(result)
+            return self._audit(who, action, result)
+        return self._finish(result, who, action)
 
-    async def _finish(self, awaitable: Awaitable[str]) -> str:
+    async def _finish(self, awaitable: Awaitable[str], who: Principal, action: Action) -> str:
         try:
-            return await awaitable
+            reply = await awaitable
         except SpectrometerError as exc:
-            return f"Error: {exc}"
+            reply = f"Error: {exc}"
         except (QtegraInvalid, KeyError, ValueError, IndexError):
-            return INVALID
+            reply = INVALID
+        return self._audit(who, action, reply)
+
+    def _audit(self, who: Principal, action: Action, reply: str) -> str:
+        if action.changes_state:
+            failed = reply.startswith("Error")
+            self.gate.record(who, action, FAILED if failed else DONE, reply if failed else "")
+        return reply
 
     # -- handlers -------------------------------------------------------------------------------
     def _get_data(self, args: list[str]) -> str:
@@ -225,9 +244,10 @@ class QtegraServer:
 
     def __init__(self, spectrometer: Spectrometer, host: str = "127.0.0.1", port: int = 1069,
                  *, udp: bool = True, udp_port: int | None = None,
-                 name: str = "qtegra", quiet_gap: float = 0.05) -> None:
+                 name: str = "qtegra", quiet_gap: float = 0.05,
+                 gate: Gate | None = None) -> None:
         self.name = name
-        self.commands = QtegraCommands(spectrometer)
+        self.commands = QtegraCommands(spectrometer, gate)
         self.spectrometer = spectrometer
         self._server = OneShotTextServer(
             self._handle, host, port, udp=udp, udp_port=udp_port, name=name,
@@ -252,8 +272,8 @@ class QtegraServer:
     def endpoints(self) -> list[Endpoint]:
         return self._server.endpoints()
 
-    def _handle(self, text: str, peer: str) -> bytes | Awaitable[bytes]:
-        reply = self.commands.handle(text)
+    def _handle(self, text: str, peer: str, udp: bool) -> bytes | Awaitable[bytes]:
+        reply = self.commands.handle(text, Principal(peer, self.name, "udp" if udp else "tcp"))
         if isinstance(reply, str):
             if reply == INVALID:
                 log.info("%s: invalid command from %s: %r", self.name, peer, text[:80])

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
@@ -46,11 +46,19 @@ from labbridge.protocol.pychron.relay import (
     encode_crc_reply,
     encode_relay_request,
 )
+from labbridge.transport.backoff import Backoff
 from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.slots import SlotTable
+from labbridge.transport.unix import check_socket_dir
 
 log = logging.getLogger(__name__)
 
 READY_REQUEST = "PychronReady"
+
+
+#: Prefix of the sender of a request that reached the front as a UDP datagram [lb]: the
+#: processor keeps UDP read-only (a real repeater never sends it; its senders are addresses).
+UDP_SENDER = "udp:"
 
 
 def framed(text: str) -> bytes:
@@ -67,16 +75,28 @@ def framed(text: str) -> bytes:
 
 
 class RelayProcessor:
-    """Service: the CommandProcessor, a Unix-domain stream server at ``path``."""
+    """Service: the CommandProcessor, a Unix-domain stream server at ``path``.
+
+    ``path`` must be in a private directory (ours, mode 0700; created when missing, refused
+    when another user could write to it: :mod:`labbridge.transport.unix`). A request must be
+    whole within ``request_timeout`` of its first byte; at most ``max_connections``
+    repeater connections are held (the one idle longest makes room for a newcomer); replies
+    are written with backpressure (a repeater that stops reading stops our reading).
+    """
 
     def __init__(self, path: str, handlers: Mapping[str, Dispatcher], *,
-                 name: str = "relay-processor", quiet_gap: float = 0.05) -> None:
+                 name: str = "relay-processor", quiet_gap: float = 0.05,
+                 request_timeout: float = 10.0, max_connections: int = 64) -> None:
         self.path = path
         self.handlers = dict(handlers)
         self.name = name
         self.quiet_gap = quiet_gap
+        self.request_timeout = request_timeout
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        # Every peer of a Unix socket is "local": one cap for all of them.
+        self._slots = SlotTable(name, max_connections=max_connections,
+                                max_per_address=max_connections)
         self.requests = 0
 
     @property
@@ -86,7 +106,7 @@ class RelayProcessor:
     async def start(self) -> None:
         if self._server is not None:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        check_socket_dir(self.path, create=True)
         # asyncio removes a stale socket file left by a killed processor.
         self._server = await asyncio.start_unix_server(self._serve, self.path)
         log.info("%s: listening on %s (types: %s)", self.name, self.path,
@@ -112,44 +132,82 @@ class RelayProcessor:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        slot = self._slots.admit(writer.transport, "local")
+        if slot is None:
+            writer.close()
+            return
         self._conns.add(task)
+        loop = asyncio.get_running_loop()
         decoder = RelayRequestDecoder()
         fresh = False  # bytes arrived since the last quiet-gap flush
+        started: float | None = None  # when the first byte of a partial request arrived
+
+        async def answer(req: RelayRequest) -> None:
+            slot.active()
+            slot.set_busy(True)
+            try:
+                writer.write(framed(await self.handle(req)))
+            finally:
+                slot.set_busy(False)
+            await writer.drain()  # a repeater that does not read stops our reading
+
         try:
             while True:
+                wait: float | None = self.quiet_gap if fresh else None
+                if started is not None:
+                    left = started + self.request_timeout - loop.time()
+                    wait = left if wait is None else min(wait, left)
                 try:
-                    if fresh:
-                        chunk = await asyncio.wait_for(reader.read(65536), self.quiet_gap)
+                    if wait is None:
+                        chunk: bytes | None = await reader.read(65536)
                     else:
-                        chunk = await reader.read(65536)
+                        chunk = await asyncio.wait_for(reader.read(65536), max(0.0, wait))
                 except TimeoutError:
-                    chunk = None  # quiet gap: what is buffered is one bare request
+                    chunk = None  # quiet gap (or the request deadline)
                 # A malformed request gets the same error reply (and close) whether it ended
                 # at CR/LF, at a quiet gap or at EOF.
                 try:
                     if chunk is None:
+                        if started is not None and \
+                                loop.time() >= started + self.request_timeout:
+                            log.warning("%s: a request was not complete within %.1f s of its "
+                                        "first byte; closing", self.name, self.request_timeout)
+                            writer.write(framed(error_text(
+                                ErrorCode.INVALID_COMMAND,
+                                f"request not complete within {self.request_timeout:g} s of "
+                                "its first byte")))
+                            await writer.drain()
+                            break
                         fresh = False
                         req = decoder.flush()
                         if req is not None:
-                            writer.write(framed(await self.handle(req)))
+                            started = None
+                            await answer(req)
                         continue
                     if not chunk:
                         req = decoder.flush()
                         if req is not None:
-                            writer.write(framed(await self.handle(req)))
-                            await writer.drain()
+                            await answer(req)
                         break
                     fresh = True
+                    if started is None:
+                        started = loop.time()
                     decoder.receive_data(chunk)
+                    answered = False
                     while (ev := decoder.next_event()) is not NEED_DATA:
                         assert isinstance(ev, RelayRequest)
-                        writer.write(framed(await self.handle(ev)))
+                        answered = True
+                        await answer(ev)
+                    if not decoder.buffered:
+                        started = None
+                    elif answered:
+                        started = loop.time()  # what is left starts a new request
+                    slot.hold(decoder.buffered)
                 except ProtocolError as exc:
                     log.warning("%s: bad relay request: %s; closing", self.name, exc)
                     writer.write(framed(error_text(ErrorCode.INVALID_COMMAND, str(exc))))
                     await writer.drain()
                     break
-                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -159,6 +217,7 @@ class RelayProcessor:
             pass
         finally:
             self._conns.discard(task)
+            self._slots.release(slot)
             writer.close()
 
     async def handle(self, req: RelayRequest) -> str:
@@ -172,7 +231,10 @@ class RelayProcessor:
         disp = self.handlers.get(htype)
         if disp is None:
             return error_text(ErrorCode.MANAGER_UNAVAILABLE, req.process_type)
-        caller = Caller(req.sender or "local", "relay")
+        sender = req.sender or "local"
+        udp = sender.startswith(UDP_SENDER)
+        caller = Caller(sender[len(UDP_SENDER):] if udp else sender, "relay", via=self.name,
+                        udp=udp)
         result = disp.dispatch(req.request, caller)
         return result if isinstance(result, str) else await result
 
@@ -201,11 +263,20 @@ class _Conn:
 
 
 class CommandRepeater:
-    """Forwards requests to a :class:`RelayProcessor` over its Unix socket."""
+    """Forwards requests to a :class:`RelayProcessor` over its Unix socket.
+
+    While the processor is unreachable, connection attempts back off exponentially
+    (``backoff``): a request that arrives before the next attempt is due is answered at once
+    with the last reason, without touching the socket. The state is logged once when the
+    processor becomes unreachable and once when it answers again, never once per request.
+    The socket's directory must be private (:mod:`labbridge.transport.unix`): a relay never
+    talks to a socket another user could have put there.
+    """
 
     def __init__(self, path: str, process_type: str = "Extractionline", *,
                  timeout: float = 5.0, connect_timeout: float = 1.0,
-                 max_connections: int = 8) -> None:
+                 max_connections: int = 8, backoff: Backoff | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.path = path
         self.process_type = process_type
         self.timeout = timeout
@@ -213,6 +284,16 @@ class CommandRepeater:
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
         self.connects = 0
+        #: Connection attempts made (successful or not).
+        self.connect_attempts = 0
+        self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
+        self._clock = clock
+        self._down: str | None = None  # why the processor is unreachable (None: it is not)
+        self._retry_at = 0.0
+        self._failures = 0
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -228,15 +309,38 @@ class CommandRepeater:
             if conn.usable:
                 return conn
             conn.close()  # the processor went away since this one was used
+        if self._down is not None:
+            wait = self._retry_at - self._now()
+            if wait > 0:
+                raise RepeaterError(f"{self._down} (next attempt in {wait:.1f} s)")
+        self.connect_attempts += 1
         try:
+            check_socket_dir(self.path)
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.path), self.connect_timeout)
         except TimeoutError:
-            raise RepeaterError("connect timed out") from None
+            raise self._unreachable("connect timed out") from None
         except OSError as exc:
-            raise RepeaterError(exc.strerror or str(exc)) from None
+            raise self._unreachable(exc.strerror or str(exc)) from None
+        if self._down is not None:
+            log.info("relay to %s works again (after %d failed attempt(s))", self.path,
+                     self._failures)
+        self._down = None
+        self._failures = 0
+        self.backoff.reset()
         self.connects += 1
         return _Conn(reader, writer)
+
+    def _unreachable(self, reason: str) -> RepeaterError:
+        self._failures += 1
+        delay = self.backoff.next()
+        self._retry_at = self._now() + delay
+        if self._down is None:
+            log.warning("relay to %s is unreachable: %s; retrying with backoff (up to %.1f s "
+                        "apart), requests meanwhile get ERROR 011", self.path, reason,
+                        self.backoff.maximum)
+        self._down = reason
+        return RepeaterError(reason)
 
     async def ask(self, request: str, sender: str | None,
                   process_type: str | None = None) -> str:
@@ -281,7 +385,8 @@ class CommandRepeater:
                     ErrorCode.PYCHRON_COMM, self.path, f"bad echo {echo!r}")
             return await self.ask(request, sender)
         except RepeaterError as exc:
-            log.warning("relay to %s failed: %s", self.path, exc)
+            if self._down is None:  # a per-request failure (timeout, broken stream)
+                log.warning("relay to %s failed: %s", self.path, exc)
             return error_text(ErrorCode.PYCHRON_COMM, self.path, exc)
 
 
@@ -295,14 +400,18 @@ class RelayFrontServer:
 
     def __init__(self, repeater: CommandRepeater, host: str = "127.0.0.1", port: int = 1061, *,
                  udp: bool = False, udp_port: int | None = None,
-                 name: str = "relay-front", quiet_gap: float = 0.05) -> None:
+                 name: str = "relay-front", quiet_gap: float = 0.05,
+                 request_timeout: float = 10.0) -> None:
         self.repeater = repeater
         self.name = name
         self._server = OneShotTextServer(
             self._handle, host, port, udp=udp, udp_port=udp_port, name=name,
             purpose="legacy RemoteHardwareServer", quiet_gap=quiet_gap,
+            request_timeout=request_timeout,
             oversize_reply=framed(error_text(ErrorCode.INVALID_COMMAND, "request too long"))
             + b"\n",
+            timeout_reply=framed(error_text(ErrorCode.INVALID_COMMAND,
+                                            "request not complete in time")) + b"\n",
             failure_reply=framed(error_text(ErrorCode.FUNC_CALL, "internal error", "")) + b"\n")
 
     @property
@@ -325,6 +434,8 @@ class RelayFrontServer:
                 Endpoint(self.name, "unix", path=self.repeater.path, role="connect",
                          purpose="relay processor")]
 
-    async def _handle(self, text: str, peer: str) -> bytes:
-        reply = await self.repeater.get_response(text, peer)
+    async def _handle(self, text: str, peer: str, udp: bool) -> bytes:
+        # The processor judges the request by its sender (the node's access policy); a
+        # datagram's sender is marked so that UDP stays read-only behind the relay too.
+        reply = await self.repeater.get_response(text, f"{UDP_SENDER}{peer}" if udp else peer)
         return framed(reply) + b"\n"

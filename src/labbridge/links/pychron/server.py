@@ -6,11 +6,20 @@ requests get one reply and the connection is closed, as the real Pychron server 
 datagrams are plain requests answered with one datagram. Requests run concurrently: a slow
 actuation holds only its own valve (per-valve locks in the device), never another client.
 
-Limits (every buffer has one): braced frames are at most 65535 bytes and at most
-``max_pipeline`` requests may wait per connection (reading pauses beyond that); a plain request
-is at most 64 KiB; a partial braced frame older than ``frame_timeout`` is answered
-``ERROR 902 : frame timeout`` and the connection closed; a connection that sends nothing for
-``first_request_timeout`` is closed.
+Limits (every buffer has one, issue 13):
+
+* a request -- a braced frame, a plain or a JSON request -- must be whole within
+  ``frame_timeout`` of its **first** byte; a peer that trickles bytes cannot extend that
+  (braced: ``ERROR 902 : frame timeout``; plain/JSON: ``ERROR 003``; then close);
+* braced frames are at most 65535 bytes; a plain request at most ``max_raw_request``;
+* per connection, at most ``max_pipeline`` requests and ``max_connection_buffer`` bytes
+  (partial frame, queued requests, replies the peer has not read) are held: beyond that
+  reading pauses until the peer reads (backpressure, never an unbounded buffer);
+* per server, ``max_connections`` connections, at most ``max_per_address`` from one address,
+  and ``max_server_buffer`` bytes held by all connections together; the transport's fair slots
+  (:mod:`labbridge.transport.slots`) evict the connection idle or stalled longest when full;
+* a connection that sends nothing for ``first_request_timeout`` is closed; a closing
+  connection that does not read our last reply is aborted after ``linger``.
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ import asyncio
 import ipaddress
 import logging
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from labbridge.links.pychron.dispatch import Caller, Dispatcher
+from labbridge.access import AccessDenied, Action, Principal, Role
+from labbridge.links.pychron.dispatch import Caller, Dispatcher, refusal_text
 from labbridge.protocol.base import BufferOverflow, ProtocolError
 from labbridge.protocol.pychron.braced import BracedFrameError, BracedFramer
 from labbridge.protocol.pychron.braced import encode_braced as _encode_braced
@@ -35,6 +45,7 @@ from labbridge.protocol.pychron.raw import (
     detect_framing,
 )
 from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.slots import Slot, per_address
 from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
@@ -51,7 +62,10 @@ class ServerSettings:
     def __init__(self, *, quiet_gap: float = 0.05, frame_timeout: float = 10.0,
                  first_request_timeout: float = 30.0, max_pipeline: int = 256,
                  max_raw_request: int = 64 * 1024, max_connections: int = 1024,
-                 allow: Sequence[Network] | None = None, linger: float = 1.0) -> None:
+                 allow: Sequence[Network] | None = None, linger: float = 1.0,
+                 max_per_address: int | None = None,
+                 max_connection_buffer: int = 256 * 1024,
+                 max_server_buffer: int = 32 * 1024 * 1024) -> None:
         self.linger = linger
         self.quiet_gap = quiet_gap
         self.frame_timeout = frame_timeout
@@ -59,9 +73,18 @@ class ServerSettings:
         self.max_pipeline = max_pipeline
         self.max_raw_request = max_raw_request
         self.max_connections = max_connections
-        self.allow = list(allow) if allow else None
+        #: Connections one address may hold (None: a quarter of ``max_connections``).
+        self.max_per_address = max_per_address
+        #: Bytes one connection may hold before reading from it pauses.
+        self.max_connection_buffer = max_connection_buffer
+        #: Bytes all connections together may hold; beyond, the largest holder is evicted.
+        self.max_server_buffer = max_server_buffer
+        # None: no extra filter (the node's access policy still decides); [] lets nobody in.
+        self.allow = None if allow is None else list(allow)
 
     def allowed(self, host: str) -> bool:
+        """The service's own connection filter (``allow:``), checked before the node's
+        access policy; None lets everyone through to the policy."""
         if self.allow is None:
             return True
         try:
@@ -91,32 +114,50 @@ class CommandConnection(asyncio.Protocol):
         # "Open A" to be done before its "GetValveState A"); other connections run
         # concurrently. Framing-error replies take their place in the same sequence.
         self._backlog: deque[tuple[bool, str]] = deque()  # (is_request, text)
+        self._backlog_bytes = 0
         self._inflight: asyncio.Future[str] | None = None
+        # Three clocks: the quiet gap measures silence (every byte restarts it); the request
+        # deadline starts at the first byte of a request and nothing the peer sends moves it
+        # (a trickle cannot extend it); the third is the idle, linger or abort timer.
+        self._gap: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_left: float | None = None  # suspended while we do not read
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._draining = False
         self._close_after_flush = False
         self._denied = False
-        self._paused_by_queue = False
+        self._paused_by_us = False
         self._paused_by_writer = False
         self._caller: Caller | None = None
         # Replies produced in one pass are written with one transport.write (one syscall).
         self._out: list[bytes] = []
+        #: Fair-slot reports to the server's slot table (TcpServer sets the real one).
+        self.slot: Slot = Slot.detached()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; duck-type them.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_host(transport)
+        self.slot.measure = self._held
         if not self.settings.allowed(self.peer):
             self._denied = True
             log.warning("%s: connection from %s is not on the allow-list", self.name, self.peer)
-        self._arm(self.settings.first_request_timeout, self._on_first_request_timeout)
+        elif not self.dispatcher.gate.may(Principal(self.peer, self.name), Role.OBSERVER):
+            # No role at all on this node: every request gets ERROR 013 (the gate audits
+            # the first one), whatever its framing.
+            self._denied = True
+        self._timer = self._later(self.settings.first_request_timeout,
+                                  self._on_first_request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._draining:
             return  # lingering close: discard what the peer still sends
-        self._cancel_timer()
+        self._cancel("_timer")  # the first-request timer: something arrived
+        if self.mode is not Framing.BRACED and self._deadline is None and not (
+                self._reader is not None and self._reader.done):
+            self._start_deadline()  # the first byte of the (one) request
         if self.mode is None:
             self._head += data
             mode = detect_framing(bytes(self._head[:_DETECT_BYTES]))
@@ -126,7 +167,7 @@ class CommandConnection(asyncio.Protocol):
                 # a non-blank byte would let a peer sending only spaces grow _head forever.
                 mode = detect_framing(bytes(self._head)) or Framing.PLAIN
             if mode is None:
-                self._arm(self.settings.quiet_gap, self._on_quiet)
+                self._gap = self._later(self.settings.quiet_gap, self._on_quiet, self._gap)
                 return
             self._start_mode(mode)
             data, self._head = bytes(self._head), bytearray()
@@ -134,11 +175,13 @@ class CommandConnection(asyncio.Protocol):
             self._braced_data(data)
         else:
             self._raw_data(data)
+        if not self._closing:
+            self.slot.hold()  # may evict us (the largest holder of an over-budget server)
 
     def eof_received(self) -> bool:
         if self._closing or self._draining:
             return False
-        self._cancel_timer()
+        self._cancel("_timer", "_gap", "_deadline")
         if self.mode is None and self._head:
             self._start_mode(Framing.PLAIN)
             head, self._head = bytes(self._head), bytearray()
@@ -163,11 +206,18 @@ class CommandConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._cancel("_timer", "_gap", "_deadline")
         if self._inflight is not None:
             self._inflight.cancel()
             self._inflight = None
+        # Drop every buffer now: nothing may keep them alive once the connection is gone.
         self._backlog.clear()
+        self._backlog_bytes = 0
+        self._framer = None
+        self._reader = None
+        self._head = bytearray()
+        self._out = []
+        self.slot.measure = None
 
     def pause_writing(self) -> None:
         self._paused_by_writer = True
@@ -176,11 +226,12 @@ class CommandConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused_by_writer = False
         self._update_reading()
+        self.slot.hold()
 
     # -- modes --------------------------------------------------------------------------------
     def _start_mode(self, mode: Framing) -> None:
         self.mode = mode
-        self._caller = Caller(self.peer, mode.value)
+        self._caller = Caller(self.peer, mode.value, via=self.name)
         if mode is Framing.BRACED:
             self._framer = BracedFramer()
         else:
@@ -193,24 +244,38 @@ class CommandConnection(asyncio.Protocol):
             framer.receive_data(data)
         except BufferOverflow as exc:
             log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
+            self._cancel("_deadline", "_gap")
             self._push_text(error_text(ErrorCode.FRAME_HEADER, str(exc)))
             self._close_after_flush = True
             self._pump()
             return
         backlog = self._backlog
-        for item in framer.drain():
+        items = framer.drain()
+        for item in items:
             if isinstance(item, str):
                 backlog.append((True, item))
+                self._backlog_bytes += len(item)
             else:
                 log.info("%s: bad frame from %s: %s", self.name, self.peer, item)
-                backlog.append((False, item.reply_text()))
+                text = item.reply_text()
+                backlog.append((False, text))
+                self._backlog_bytes += len(text)
+        if items:
+            self.slot.active()
         self._pump()
         if self._closing:
             return
+        if not framer.buffered:
+            self._cancel("_deadline")
+            self._deadline_left = None
+        elif items or (self._deadline is None and self._deadline_left is None):
+            # The first byte of a frame arrived in this chunk (what is left after whole
+            # frames is the start of a new one): its deadline starts now, once.
+            self._start_deadline()
         if framer.suspect:
-            self._arm(self.settings.quiet_gap, self._on_quiet)
-        elif framer.buffered:
-            self._arm(self.settings.frame_timeout, self._on_frame_timeout)
+            self._gap = self._later(self.settings.quiet_gap, self._on_quiet, self._gap)
+        else:
+            self._cancel("_gap")
 
     def _raw_data(self, data: bytes) -> None:
         reader = self._reader
@@ -221,6 +286,7 @@ class CommandConnection(asyncio.Protocol):
             reader.receive_data(data)
         except RawRequestTooLarge as exc:
             log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
+            self._cancel("_deadline", "_gap")
             self._push_text(error_text(ErrorCode.INVALID_COMMAND, str(exc)))
             self._close_after_flush = True
             self._pump()
@@ -229,9 +295,11 @@ class CommandConnection(asyncio.Protocol):
         if isinstance(ev, RawRequest):
             self._submit_raw(ev)
         else:
-            self._arm(self.settings.quiet_gap, self._on_quiet)
+            self._gap = self._later(self.settings.quiet_gap, self._on_quiet, self._gap)
 
     def _submit_raw(self, req: RawRequest) -> None:
+        self._cancel("_gap", "_deadline")
+        self.slot.active()
         if req.dropped:
             log.info("%s: %s sent %d bytes after its request; dropped (one request per "
                      "connection)", self.name, self.peer, req.dropped)
@@ -243,10 +311,12 @@ class CommandConnection(asyncio.Protocol):
     # -- requests and ordered replies ---------------------------------------------------------
     def _submit(self, text: str) -> None:
         self._backlog.append((True, text))
+        self._backlog_bytes += len(text)
         self._pump()
 
     def _push_text(self, text: str) -> None:
         self._backlog.append((False, text))
+        self._backlog_bytes += len(text)
         self._pump()
 
     def _pump(self) -> None:
@@ -254,12 +324,14 @@ class CommandConnection(asyncio.Protocol):
         backlog = self._backlog
         while self._inflight is None and backlog and not self._closing:
             is_request, text = backlog.popleft()
+            self._backlog_bytes -= len(text)
             if not is_request:
                 self._write(text)
                 continue
             if self._denied:
-                self._write(error_text(ErrorCode.SECURITY, self.peer))
+                self._refuse(text)
                 backlog.clear()
+                self._backlog_bytes = 0
                 self._close_after_flush = True
                 break
             assert self._caller is not None
@@ -270,6 +342,7 @@ class CommandConnection(asyncio.Protocol):
             fut = asyncio.ensure_future(result)
             self._inflight = fut
             fut.add_done_callback(self._on_done)
+        self.slot.set_busy(self._inflight is not None)
         self._send_out()
         self._update_reading()
         if self._inflight is None and not backlog and self._close_after_flush:
@@ -288,6 +361,24 @@ class CommandConnection(asyncio.Protocol):
         else:
             self._write(fut.result())
         self._pump()  # sends what was written
+
+    def _refuse(self, text: str) -> None:
+        """Answer a request from a peer with no access here (not on the service's ``allow:``
+        list, or no role on the node) with the refusal, audited by the node's gate."""
+        assert self._caller is not None
+        principal = self._caller.principal
+        action = Action(Role.OBSERVER, text.split(" ", 1)[0][:40] or "request", "", text[:200])
+        gate = self.dispatcher.gate
+        if not self.settings.allowed(self.peer):
+            exc = gate.refuse(principal, action, f"{self.peer} is not on {self.name}'s allow list")
+        else:
+            try:
+                gate.check(principal, action)
+            except AccessDenied as denied:
+                exc = denied
+            else:  # pragma: no cover - the policy is fixed for the node's lifetime
+                exc = gate.refuse(principal, action, "no access when the connection opened")
+        self._write(refusal_text(exc))
 
     def _write(self, text: str) -> None:
         if self.mode is Framing.BRACED:
@@ -309,18 +400,33 @@ class CommandConnection(asyncio.Protocol):
             return
         tr.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def _held(self) -> int:
+        """Bytes this connection holds: partial request, queued requests, unread replies."""
+        tr = self.transport
+        unread = tr.get_write_buffer_size() if tr is not None and not tr.is_closing() else 0
+        framer, reader = self._framer, self._reader
+        partial = (framer.buffered if framer is not None else 0) + \
+            (reader.buffered if reader is not None else 0) + len(self._head)
+        return partial + self._backlog_bytes + unread
+
     def _update_reading(self) -> None:
+        """Backpressure: stop reading while the pipeline, the bytes held or the peer's unread
+        replies are over their limits; read again once they are not."""
         tr = self.transport
         if tr is None or tr.is_closing() or self.mode is not Framing.BRACED:
             return
-        full = len(self._backlog) >= self.settings.max_pipeline
-        should_pause = full or self._paused_by_writer
-        if should_pause and not self._paused_by_queue:
-            self._paused_by_queue = True
+        queued = self._backlog_bytes + tr.get_write_buffer_size()
+        should_pause = (len(self._backlog) >= self.settings.max_pipeline
+                        or queued > self.settings.max_connection_buffer
+                        or self._paused_by_writer)
+        if should_pause and not self._paused_by_us:
+            self._paused_by_us = True
             tr.pause_reading()
-        elif not should_pause and self._paused_by_queue:
-            self._paused_by_queue = False
+            self._suspend_deadline()  # a partial frame waiting on us is not the peer's fault
+        elif not should_pause and self._paused_by_us:
+            self._paused_by_us = False
             tr.resume_reading()
+            self._resume_deadline()
 
     def _close(self) -> None:
         """Lingering close: send FIN after the reply, discard what the peer still sends for
@@ -329,7 +435,8 @@ class CommandConnection(asyncio.Protocol):
         error reply that explains why."""
         if self._closing or self._draining:
             return
-        self._cancel_timer()
+        self._cancel("_timer", "_gap", "_deadline")
+        self.slot.finished()
         tr = self.transport
         if tr is None or tr.is_closing():
             self._closing = True
@@ -337,30 +444,57 @@ class CommandConnection(asyncio.Protocol):
         if tr.can_write_eof():
             self._draining = True
             tr.write_eof()
-            if self._paused_by_queue or self._paused_by_writer:
+            if self._paused_by_us or self._paused_by_writer or not tr.is_reading():
                 tr.resume_reading()
-            self._arm(self.settings.linger, self._final_close)
+            self._timer = self._later(self.settings.linger, self._final_close)
         else:
             self._final_close()
 
     def _final_close(self) -> None:
         self._timer = None
         self._closing = True
-        if self.transport is not None:
-            self.transport.close()  # flushes what was written, then closes
+        tr = self.transport
+        if tr is not None:
+            tr.close()  # flushes what was written, then closes
+            # A peer that never reads our last reply would keep the connection (and its
+            # buffer) for ever: give it one more linger, then drop it.
+            self._timer = self._later(self.settings.linger, tr.abort)
 
     # -- timers -------------------------------------------------------------------------------
-    def _arm(self, delay: float, cb: Any) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay, cb)
+    def _later(self, delay: float, cb: Callable[[], Any],
+               old: asyncio.TimerHandle | None = None) -> asyncio.TimerHandle:
+        if old is not None:
+            old.cancel()
+        return asyncio.get_running_loop().call_later(delay, cb)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _cancel(self, *names: str) -> None:
+        for name in names:
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
+
+    def _start_deadline(self) -> None:
+        self._cancel("_deadline")
+        self._deadline_left = None
+        if self._paused_by_us:
+            self._deadline_left = self.settings.frame_timeout  # runs once we read again
+        else:
+            self._deadline = self._later(self.settings.frame_timeout, self._on_deadline)
+
+    def _suspend_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline_left = max(0.0, self._deadline.when() -
+                                      asyncio.get_running_loop().time())
+            self._cancel("_deadline")
+
+    def _resume_deadline(self) -> None:
+        if self._deadline_left is not None:
+            left, self._deadline_left = self._deadline_left, None
+            self._deadline = self._later(left, self._on_deadline, self._deadline)
 
     def _on_quiet(self) -> None:
-        self._timer = None
+        self._gap = None
         if self._closing:
             return
         if self.mode is None:
@@ -376,6 +510,8 @@ class CommandConnection(asyncio.Protocol):
                 self._framer.idle()
             except BracedFrameError as exc:
                 log.info("%s: bad frame from %s: %s", self.name, self.peer, exc)
+                if not self._framer.buffered:
+                    self._cancel("_deadline")
                 self._push_text(exc.reply_text())
             return
         if self._reader is not None and not self._reader.done:
@@ -384,11 +520,25 @@ class CommandConnection(asyncio.Protocol):
                 req = RawRequest("")  # only whitespace arrived: answer, don't hang
             self._submit_raw(req)
 
-    def _on_frame_timeout(self) -> None:
-        self._timer = None
-        log.info("%s: %s left a partial frame for %.1f s; closing", self.name, self.peer,
-                 self.settings.frame_timeout)
-        self._push_text(error_text(ErrorCode.FRAME_TIMEOUT))
+    def _on_deadline(self) -> None:
+        """A request was not whole within ``frame_timeout`` of its first byte."""
+        self._deadline = None
+        if self._closing or self._draining:
+            return
+        self._cancel("_gap")
+        limit = self.settings.frame_timeout
+        if self.mode is Framing.BRACED:
+            log.info("%s: %s left a partial frame for %.1f s; closing", self.name, self.peer,
+                     limit)
+            self._push_text(error_text(ErrorCode.FRAME_TIMEOUT))
+        else:
+            log.info("%s: %s did not finish its request within %.1f s of its first byte; "
+                     "closing", self.name, self.peer, limit)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._push_text(error_text(
+                ErrorCode.INVALID_COMMAND,
+                f"request not complete within {limit:g} s of its first byte"))
         self._close_after_flush = True
         self._pump()
 
@@ -412,7 +562,10 @@ class PychronCommandServer:
         self.settings = settings or ServerSettings()
         self._net = TcpUdpServer(self._new_connection, self._datagram, host, port, udp=udp,
                                  udp_port=udp_port, name=name, purpose="pychron commands",
-                                 max_connections=self.settings.max_connections)
+                                 max_connections=self.settings.max_connections,
+                                 max_per_address=per_address(self.settings.max_connections,
+                                                             self.settings.max_per_address),
+                                 max_buffered=self.settings.max_server_buffer)
 
     def _new_connection(self) -> asyncio.Protocol:
         return CommandConnection(self.dispatcher, self.settings, self.name)
@@ -441,9 +594,12 @@ class PychronCommandServer:
 
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if not self.settings.allowed(host):
-            log.warning("%s: datagram from %s is not on the allow-list", self.name, host)
+            caller = Caller(host, "udp", via=self.name, udp=True)
+            self.dispatcher.gate.refuse(caller.principal, Action(Role.OBSERVER, "datagram"),
+                                        f"{host} is not on {self.name}'s allow list")
             return error_text(ErrorCode.SECURITY, host).encode()
-        result = self.dispatcher.dispatch(data.decode("utf-8", "replace"), Caller(host, "udp"))
+        result = self.dispatcher.dispatch(data.decode("utf-8", "replace"),
+                                          Caller(host, "udp", via=self.name, udp=True))
         if isinstance(result, str):
             return result.encode("utf-8")
         return _encoded(result)

@@ -8,8 +8,13 @@ answer, so both are this server with a different ``handler``.
 A request ends (spec 3.2, via :class:`~labbridge.protocol.pychron.raw.RawRequestReader`) at a
 CR or LF, at the peer's half-close, or after a quiet gap with no new bytes (clients that send no
 terminator). It may hold at most ``max_request`` bytes; beyond that the peer gets
-``oversize_reply`` and the connection is closed. Every connection is served concurrently on
-the one event loop: a handler that takes long (a slow device) holds only its own connection.
+``oversize_reply`` and the connection is closed. It must be whole within ``request_timeout``
+of its first byte, however the bytes trickle in (``timeout_reply`` otherwise). Every
+connection is served concurrently on the one event loop: a handler that takes long (a slow
+device) holds only its own connection. Connections are admitted through the transport's fair
+slots (``max_connections``, ``max_per_address``, ``max_buffered`` bytes of partial requests in
+all): when full, the connection idle longest makes room for a newcomer. A peer that does not
+read its reply is dropped one ``linger`` after the close.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from typing import Any, cast
 
 from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
 from labbridge.transport.endpoint import Endpoint
+from labbridge.transport.slots import Slot, per_address
 from labbridge.transport.tcp import TcpUdpServer, peer_host
 
 log = logging.getLogger(__name__)
 
-#: ``handler(request_text, peer_host) -> reply bytes`` (or an awaitable of them).
-TextHandler = Callable[[str, str], "bytes | Awaitable[bytes]"]
+#: ``handler(request_text, peer_host, udp) -> reply bytes`` (or an awaitable of them);
+#: ``udp`` is True for a datagram (its source address can be forged: read-only by default).
+TextHandler = Callable[[str, str, bool], "bytes | Awaitable[bytes]"]
 
 
 class _OneShot(asyncio.Protocol):
@@ -35,9 +42,12 @@ class _OneShot(asyncio.Protocol):
         self.reader = RawRequestReader(server.max_request)
         self.transport: asyncio.Transport | None = None
         self.peer = "local"
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # idle, quiet gap, linger, abort
+        self.deadline: asyncio.TimerHandle | None = None  # from the request's first byte
         self.task: asyncio.Future[bytes] | None = None
         self.answered = False
+        #: Fair-slot reports to the server's slot table (TcpServer sets the real one).
+        self.slot = Slot.detached()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -48,6 +58,11 @@ class _OneShot(asyncio.Protocol):
         if self.answered or self.reader.done:
             return  # one request per connection; later bytes are dropped
         self._cancel()
+        if self.deadline is None:
+            # The first byte: the whole request must follow within request_timeout; a
+            # trickle of bytes cannot move this (issue 13).
+            self.deadline = asyncio.get_running_loop().call_later(
+                self.server.request_timeout, self._on_deadline)
         try:
             self.reader.receive_data(data)
         except RawRequestTooLarge as exc:
@@ -59,6 +74,7 @@ class _OneShot(asyncio.Protocol):
             self._run(ev.text)
         else:
             self._arm(self.server.quiet_gap, self._on_quiet)
+            self.slot.hold(self.reader.buffered)
 
     def eof_received(self) -> bool:
         self._cancel()
@@ -74,8 +90,10 @@ class _OneShot(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        self._cancel_deadline()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self.task = None
 
     def _on_quiet(self) -> None:
         self.timer = None
@@ -84,6 +102,14 @@ class _OneShot(asyncio.Protocol):
         req = self.reader.flush()
         self._run(req.text if req is not None else "")
 
+    def _on_deadline(self) -> None:
+        self.deadline = None
+        if self.answered or self.task is not None:
+            return
+        log.info("%s: %s did not finish its request within %.1f s of its first byte; "
+                 "closing", self.server.name, self.peer, self.server.request_timeout)
+        self._reply(self.server.timeout_reply)
+
     def _idle_close(self) -> None:
         self.timer = None
         if self.task is None and not self.answered and self.transport is not None:
@@ -91,10 +117,13 @@ class _OneShot(asyncio.Protocol):
             self.transport.close()
 
     def _run(self, text: str) -> None:
+        self._cancel_deadline()
+        self.slot.active()
+        self.slot.hold(0)
         if self.transport is not None:
             self.transport.pause_reading()
         try:
-            result = self.server.handler(text, self.peer)
+            result = self.server.handler(text, self.peer, False)
         except Exception:
             log.exception("%s: handler failed on %r", self.server.name, text[:80])
             result = self.server.failure_reply
@@ -103,11 +132,13 @@ class _OneShot(asyncio.Protocol):
             return
         fut = asyncio.ensure_future(result)
         self.task = fut
+        self.slot.set_busy(True)
         self.server._tasks.add(fut)
         fut.add_done_callback(self._done)
 
     def _done(self, fut: asyncio.Future[bytes]) -> None:
         self.server._tasks.discard(fut)
+        self.slot.set_busy(False)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -119,6 +150,8 @@ class _OneShot(asyncio.Protocol):
 
     def _reply(self, data: bytes) -> None:
         self.answered = True
+        self._cancel_deadline()
+        self.slot.finished()
         tr = self.transport
         if tr is None or tr.is_closing():
             return
@@ -129,9 +162,19 @@ class _OneShot(asyncio.Protocol):
         if tr.can_write_eof():
             tr.write_eof()
             tr.resume_reading()
-            self._arm(self.server.linger, tr.close)
+            self._arm(self.server.linger, self._close)
         else:
-            tr.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.timer = None
+        tr = self.transport
+        if tr is None:
+            return
+        tr.close()  # flushes the reply, then closes
+        # A peer that never reads the reply would hold the connection for ever: give it one
+        # more linger, then drop it.
+        self._arm(self.server.linger, tr.abort)
 
     def _arm(self, delay: float, cb: Callable[[], Any]) -> None:
         self._cancel()
@@ -142,6 +185,11 @@ class _OneShot(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
+    def _cancel_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
 
 class OneShotTextServer:
     """Service: TCP (one request per connection) plus optional UDP, one handler."""
@@ -151,7 +199,9 @@ class OneShotTextServer:
                  purpose: str = "", quiet_gap: float = 0.05, max_request: int = 64 * 1024,
                  first_request_timeout: float = 30.0, linger: float = 1.0,
                  oversize_reply: bytes = b"", failure_reply: bytes = b"",
-                 max_connections: int = 1024) -> None:
+                 timeout_reply: bytes | None = None, request_timeout: float = 10.0,
+                 max_connections: int = 1024, max_per_address: int | None = None,
+                 max_buffered: int = 32 * 1024 * 1024) -> None:
         self.handler = handler
         self.host = host
         self.name = name
@@ -162,9 +212,15 @@ class OneShotTextServer:
         self.linger = linger
         self.oversize_reply = oversize_reply
         self.failure_reply = failure_reply
+        #: Answer to a request not whole within ``request_timeout`` of its first byte.
+        self.timeout_reply = oversize_reply if timeout_reply is None else timeout_reply
+        self.request_timeout = request_timeout
         self._net = TcpUdpServer(lambda: _OneShot(self), self._datagram, host, port, udp=udp,
                                  udp_port=udp_port, name=name, purpose=purpose,
-                                 max_connections=max_connections, failure_reply=failure_reply)
+                                 max_connections=max_connections,
+                                 max_per_address=per_address(max_connections, max_per_address),
+                                 max_buffered=max_buffered,
+                                 failure_reply=failure_reply)
         #: Handler tasks of TCP requests (the UDP side tracks its own).
         self._tasks: set[asyncio.Future[bytes]] = set()
 
@@ -192,4 +248,4 @@ class OneShotTextServer:
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if len(data) > self.max_request:
             return self.oversize_reply
-        return self.handler(data.decode("utf-8", "replace").strip(), host)
+        return self.handler(data.decode("utf-8", "replace").strip(), host, True)

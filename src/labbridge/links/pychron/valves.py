@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from labbridge.access import Role
 from labbridge.devices.backends import BackendError
 from labbridge.devices.flags import Flag
 from labbridge.devices.gauges import GaugeController
@@ -136,16 +137,22 @@ class ValveCommands(CommandSet):
         return state_checksum(names[k].state_str(k) for k in keys if k in names)
 
     # -- locks (labbridge extension) --------------------------------------------------------------
-    @command("Lock")
-    def lock(self, req: Request, caller: Caller) -> bool:
+    @command("Lock", role=Role.ADMIN)
+    async def lock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
-        self._known(name).lock(name)
+        bank = self._known(name)
+        bank.lock(name)
+        if bank.durable:
+            await bank.saved()  # acknowledged means durable (docs/adr/0110)
         return True
 
-    @command("Unlock")
-    def unlock(self, req: Request, caller: Caller) -> bool:
+    @command("Unlock", role=Role.ADMIN)
+    async def unlock(self, req: Request, caller: Caller) -> bool:
         name = self._valve_arg(req)
-        self._known(name).unlock(name)
+        bank = self._known(name)
+        bank.unlock(name)
+        if bank.durable:
+            await bank.saved()
         return True
 
     # -- flags, generic devices ---------------------------------------------------------------------

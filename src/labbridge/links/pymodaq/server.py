@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from labbridge.devices.base import Device
-from labbridge.links.pymodaq.settings_xml import xml_values
 from labbridge.links.pymodaq.stream import PyMoDAQStream
+from labbridge.protocol.pymodaq._wire import ReceiveBudget
 from labbridge.protocol.pymodaq.messages import (
     AxisInfo,
     ClientType,
@@ -55,8 +54,20 @@ from labbridge.protocol.pymodaq.messages import (
     Unknown,
 )
 from labbridge.protocol.pymodaq.objects import DataToExport
+from labbridge.protocol.pymodaq.settings_xml import (
+    Param,
+    ParsedSettings,
+    SettingsXmlError,
+    parameter_to_xml,
+    parse_settings,
+)
+from labbridge.transport.tcp import TcpServer
 
 log = logging.getLogger(__name__)
+
+
+#: Most distinct ``Info`` names kept per client (a client cannot grow the server's memory).
+MAX_INFOS = 256
 
 
 class RemoteUnavailable(ConnectionError):
@@ -72,9 +83,15 @@ class _RemoteModule(Device):
         super().__init__(name)
         self.timeout = timeout
         self.session: ServerSession | None = None
+        #: The client's last ``Infos`` document as received, and its parsed tree.
         self.settings_xml: str | None = None
-        self.settings: dict[str, str] = {}
+        self.settings_tree: Param | None = None
+        #: The client's setting values keyed by path below its settings group (``units``,
+        #: ``bounds/is_bounds``), typed as the real reader types them (issue 14 item 1).
+        self.settings: dict[str, Any] = {}
+        #: ``Info`` name -> value (the real server's "infos" group), at most MAX_INFOS names.
         self.infos: dict[str, Any] = {}
+        self._infos_full = False
         self._lock = asyncio.Lock()
         #: Futures waiting for a reply, by reply type, oldest first (replies come in order).
         self._pending: dict[type, deque[asyncio.Future[Any]]] = {}
@@ -101,7 +118,8 @@ class _RemoteModule(Device):
             log.info("%s: a new %s client at %s replaces %s", self.name,
                      self.client_type.value, session.stream.peer, old.stream.peer)
             self._fail_pending(f"replaced by a new client at {session.stream.peer}")
-            old.stream.close()
+            self._clear_settings()
+            old.stream.close(old.server.close_grace)
         self.emit("connected", session.stream.peer)
 
     def _detach(self, session: ServerSession, reason: str | None) -> None:
@@ -110,7 +128,20 @@ class _RemoteModule(Device):
         self.session = None
         self._attached.clear()
         self._fail_pending(reason or "client disconnected")
+        self._clear_settings()
         self.emit("connected", None)
+
+    def _clear_settings(self) -> None:
+        """A client's settings go with it (issue 14 item 3): the next client's ``Infos`` may
+        never come, and its moves must not carry the previous client's units."""
+        had = bool(self.settings or self.settings_xml or self.infos)
+        self.settings_xml = None
+        self.settings_tree = None
+        self.settings = {}
+        self.infos = {}
+        self._infos_full = False
+        if had:
+            self.emit("settings", {})
 
     def _fail_pending(self, reason: str) -> None:
         for queue in self._pending.values():
@@ -153,8 +184,9 @@ class _RemoteModule(Device):
             if queue and fut in queue:
                 queue.remove(fut)
 
-    async def _request(self, msg: object, reply: type, timeout: float | None) -> Any:
-        async with self._lock:
+    async def _request(self, msg: object, reply: type, timeout: float | None,
+                       lock: asyncio.Lock | None = None) -> Any:
+        async with lock or self._lock:
             fut = self._send_expecting(msg, reply)
             return await self._await_reply(fut, reply, timeout)
 
@@ -168,15 +200,62 @@ class _RemoteModule(Device):
         return False
 
     # -- messages from the client -----------------------------------------------------------------
+    def _parse(self, xml: str, what: str) -> ParsedSettings | None:
+        """A client's settings XML, or None (logged) when unreadable: the real server logs XML
+        errors and goes on (spec §4.1), so does this one."""
+        try:
+            parsed = parse_settings(xml)
+        except SettingsXmlError as exc:
+            log.warning("%s: %s from %s ignored: %s", self.name, what, self._peer(), exc)
+            return None
+        if parsed.legacy:
+            log.warning("%s: %s from %s uses the old value= attribute form (deprecated; "
+                        "PyMoDAQ puts the value in the element text)", self.name, what,
+                        self._peer())
+        return parsed
+
+    def _peer(self) -> str:
+        return "?" if self.session is None else self.session.stream.peer
+
+    def _apply_infos(self, xml: str) -> None:
+        """``Infos`` replaces the whole client settings view (real ``read_infos``)."""
+        parsed = self._parse(xml, "Infos")
+        if parsed is None:
+            return
+        self.settings_xml = xml
+        self.settings_tree = parsed.root
+        self.settings = parsed.values()
+        self.emit("settings", dict(self.settings))
+
+    def _apply_info_xml(self, path: tuple[str, ...], xml: str) -> None:
+        """``Info_xml``: one setting changed on the client. The real client sends the full
+        child path of the parameter in its module's settings (``['move_settings', 'epsilon']``)
+        and the real server resolves ``path[1:]`` under the client settings (``read_info_xml``,
+        tcp_server_client.py@5.0.0)."""
+        parsed = self._parse(xml, "Info_xml")
+        if parsed is None:
+            return
+        prefix = list(path[1:] if len(path) > 1 else path) or [parsed.root.name]
+        if parsed.root.is_group:
+            updates = {"/".join([*prefix, k]): v for k, v in parsed.values().items()}
+        else:
+            updates = {"/".join(prefix): parsed.root.value}
+        self.settings.update(updates)
+        self.emit("info_xml", {"path": list(path), "xml": xml})
+        self.emit("settings", dict(self.settings))
+
     def handle(self, msg: object) -> None:
         if isinstance(msg, Infos):
-            self.settings_xml = msg.xml
-            self.settings = xml_values(msg.xml)
-            self.emit("settings", dict(self.settings))
+            self._apply_infos(msg.xml)
         elif isinstance(msg, InfoXml):
-            self.settings.update(xml_values(msg.xml))
-            self.emit("info_xml", {"path": list(msg.path), "xml": msg.xml})
+            self._apply_info_xml(msg.path, msg.xml)
         elif isinstance(msg, Info):
+            if msg.name not in self.infos and len(self.infos) >= MAX_INFOS:
+                if not self._infos_full:
+                    self._infos_full = True
+                    log.warning("%s: %s sent more than %d Info names; further new names are "
+                                "ignored", self.name, self._peer(), MAX_INFOS)
+                return
             self.infos[msg.name] = msg.value
             self.emit(f"info.{msg.name}", msg.value)
         else:
@@ -187,13 +266,49 @@ class _RemoteModule(Device):
 
     # -- commands common to both -----------------------------------------------------------------
     def set_info(self, path: list[str] | tuple[str, ...], xml: str) -> None:
-        """Send one parameter's XML (``set_info``, no reply expected; §4.2)."""
+        """Send one parameter's XML (``set_info``, no reply expected; §4.2). ``path`` is
+        relative to the client's settings group, as the real server sends it
+        (``get_param_path(param)[2:]``: ``['epsilon']``, ``['bounds', 'max_bound']``)."""
         self._stream().send(SetInfo(tuple(path), xml))
+
+    def set_setting(self, name: str, value: Any) -> None:
+        """Change one of the client's settings: ``name`` is a key of :attr:`settings`
+        (``epsilon``, ``bounds/max_bound``). The value is converted to the type the client
+        declared and sent as ``set_info`` in the real format, with the client's title."""
+        path = name.split("/")
+        known = self._find(path)
+        ptype = None if known is None else known.type
+        if ptype in ("float", "slide"):
+            value = float(value)
+        elif ptype == "int":
+            value = int(value)
+        elif ptype is not None and ("bool" in ptype or "led" in ptype):
+            value = value if isinstance(value, bool) else str(value).strip() in ("1", "true",
+                                                                                  "True")
+        elif ptype == "str":
+            value = str(value)
+        # Byte for byte what the real server's commit_settings sends for that parameter.
+        flags = {} if known is None else known.attrs
+        xml = parameter_to_xml(path[-1], value, title=None if known is None else known.title,
+                               readonly=flags.get("readonly") == "1",
+                               visible=flags.get("visible", "1") != "0",
+                               extra={"show_pb": "0"})
+        self.set_info(path, xml)
+        self.settings[name] = value
+        self.emit("settings", dict(self.settings))
+
+    def _find(self, path: list[str]) -> Param | None:
+        node = self.settings_tree
+        for part in path:
+            if node is None:
+                return None
+            node = next((c for c in node.children if c.name == part), None)
+        return node
 
     def disconnect(self) -> None:
         """Close the connection to the current client (it may reconnect)."""
         if self.session is not None:
-            self.session.stream.close()
+            self.session.stream.close(self.session.server.close_grace)
 
     def snapshot(self) -> dict[str, Any]:
         return {"connected": self.connected,
@@ -212,10 +327,15 @@ class RemoteActuator(_RemoteModule):
         super().__init__(name, timeout=timeout)
         self.move_timeout = move_timeout
         self._position: float | None = None
+        #: Position queries have their own lock: they go out during a move (a real remote
+        #: DAQ_Move answers them at once while it moves, issue 14 item 2).
+        self._query_lock = asyncio.Lock()
 
     @property
     def units(self) -> str:
-        return self.settings.get("units", "")
+        """The client's ``units`` setting ('' when it sent none)."""
+        units = self.settings.get("units")
+        return units if isinstance(units, str) else ""
 
     @property
     def position(self) -> float | None:
@@ -229,6 +349,9 @@ class RemoteActuator(_RemoteModule):
 
     def _handle(self, msg: object) -> None:
         if isinstance(msg, PositionIs | MoveDone):
+            # position_is also comes unasked while the client moves (the real DAQ_Move
+            # forwards every value its poll timer reads): it updates the live position and
+            # answers a pending query, if any (every position_is carries the current one).
             self._set(msg.value)
             self._resolve(msg)
         else:
@@ -252,8 +375,10 @@ class RemoteActuator(_RemoteModule):
         self._stream().send(StopMotion())
 
     async def get_position(self) -> float:
+        """``check_position`` (G1) / ``get_actuator_value`` (G3); also while a move runs."""
         query = "get_actuator_value" if self.generation is Generation.G3 else "check_position"
-        reply = await self._request(GetPosition(query), PositionIs, self.timeout)
+        reply = await self._request(GetPosition(query), PositionIs, self.timeout,
+                                    self._query_lock)
         return float(reply.value)
 
     def snapshot(self) -> dict[str, Any]:
@@ -352,18 +477,30 @@ class ServerSession:
             Role.SERVER, on_message=self._on_message, on_close=self._on_close,
             on_open=self._on_open, dialect=server.dialect,
             detect_dialect=server.detect_dialect, max_message=server.max_message,
-            name=server.name)
+            name=server.name, message_timeout=server.message_timeout, budget=server.budget,
+            max_write_buffer=server.max_write_buffer)
+
+    @property
+    def registered(self) -> bool:
+        """True while this connection is the current client of its type (never evicted)."""
+        return self.module is not None and self.module.session is self
 
     def _on_open(self, stream: PyMoDAQStream) -> None:
-        if len(self.server._sessions) > self.server.max_connections:
-            stream.fail("too many connections")
-        elif self.server.hello_timeout is not None:
-            # a connection that never says who it is would hold a slot forever
+        refused = self.server._admit(self)
+        if refused is not None:
+            stream.fail(refused)
+            return
+        self.server._sessions.add(self)
+        if self.server.hello_timeout is not None:
+            # Absolute from the accept: a connection that never says who it is (or trickles
+            # its client type) would hold a slot forever.
             self._hello_timer = asyncio.get_running_loop().call_later(
                 self.server.hello_timeout, stream.fail,
                 f"timeout: no client type within {self.server.hello_timeout:g} s")
 
     def _on_message(self, stream: PyMoDAQStream, msg: object) -> None:
+        """The one place where what a client sends (from ``stream.peer``) reaches a device:
+        its registration as the remote actuator or detector, then its messages."""
         if isinstance(msg, Hello):
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
@@ -375,7 +512,7 @@ class ServerSession:
             self.module._attach(self)
         elif isinstance(msg, Quit):
             log.info("%s: client %s quit", self.server.name, stream.peer)
-            stream.close()
+            stream.close(self.server.close_grace)
         elif isinstance(msg, Unknown):
             log.warning("%s: ignoring unknown command %r from %s", self.server.name, msg.name,
                         stream.peer)
@@ -386,64 +523,134 @@ class ServerSession:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        self.server._sessions.discard(self)
+        server = self.server
+        if self in server._sessions:
+            server._sessions.discard(self)
+            server.closed_connections += 1
+            server.close_reasons.append(reason)
+            server._changed.set()
+        else:
+            server.refused += 1
         if self.module is not None:
             self.module._detach(self, reason)
-        self.server.closed_connections += 1
-        self.server.close_reasons.append(reason)
-        self.server._changed.set()
+        self.module = None
 
 
 class PyMoDAQServer:
-    """The TCPServer plugin's role as a labbridge service (one port, both client types)."""
+    """The TCPServer plugin's role as a labbridge service (one port, both client types).
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 6341, *, name: str = "pymodaq-server",
+    Slots (issue 13): at most ``max_connections`` connections, at most ``max_per_address`` from
+    one host. When either is reached, a newcomer takes the slot of the connection that has been
+    idle or stalled longest (no whole message for the longest time) among those that are not a
+    registered client; it is refused only when every slot it could take holds a registered
+    client. Evictions are logged. Memory: ``max_buffered`` bytes of unfinished messages for all
+    connections together (:class:`~labbridge.protocol.pymodaq._wire.ReceiveBudget`), each
+    message complete within ``message_timeout`` seconds of its first byte.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6341, *, name: str = "pymodaq-server",
                  actuator: RemoteActuator | None = None, detector: RemoteDetector | None = None,
                  dialect: Dialect = Dialect.G1A, detect_dialect: bool = True,
                  max_message: int = 256 * 1024 * 1024, max_connections: int = 16,
-                 hello_timeout: float | None = 10.0) -> None:
+                 hello_timeout: float | None = 10.0, max_per_address: int = 4,
+                 message_timeout: float | None = 60.0,
+                 max_buffered: int | None = None,
+                 max_write_buffer: int | None = None, close_grace: float = 5.0) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
-        self.port: int | None = None
         self.actuator = actuator or RemoteActuator("remote_actuator")
         self.detector = detector or RemoteDetector("remote_detector")
         self.dialect = dialect
         self.detect_dialect = detect_dialect
         self.max_message = max_message
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
         #: Seconds a new connection has to send its client type (None = forever).
         self.hello_timeout = hello_timeout
-        self._server: asyncio.base_events.Server | None = None
+        self.message_timeout = message_timeout
+        #: Bytes queued for a client that does not read before it is dropped (None: the
+        #: stream's default, one maximum-size message and 16 MiB).
+        self.max_write_buffer = max_write_buffer
+        #: Seconds a closing connection (replaced, disconnected, quit) has to take what we
+        #: queued for it before it is dropped.
+        self.close_grace = close_grace
+        #: Unfinished-message bytes all connections may hold together (default: two
+        #: maximum-size messages).
+        self.budget = ReceiveBudget(max_buffered if max_buffered is not None
+                                    else 2 * max_message)
+        # The listener: port 0, a clear error when the port is taken, every connection
+        # tracked and closed on stop. Its own limit is only a backstop (a burst of connects
+        # in one loop turn, before evicted ones are gone); the fair slots are ours.
+        self.tcp = TcpServer(self._factory, host, port, name=name,
+                             max_connections=2 * max_connections + 16)
         self._sessions: set[ServerSession] = set()
         self._changed = asyncio.Event()
+        self._stopping = False
+        self._running = False
         self.closed_connections = 0
-        #: Why each closed connection ended (None = clean close), oldest first.
-        self.close_reasons: list[str | None] = []
+        #: Why recent connections ended (None = clean close), oldest first; bounded.
+        self.close_reasons: deque[str | None] = deque(maxlen=256)
         self.accepted = 0
+        self.refused = 0
+        self.evicted = 0
+
+    @property
+    def port(self) -> int | None:
+        return self.tcp.port
 
     def module_for(self, client_type: ClientType) -> _RemoteModule:
         return self.actuator if client_type is ClientType.ACTUATOR else self.detector
 
-    def _factory(self) -> PyMoDAQStream:
-        session = ServerSession(self)
+    def _factory(self) -> asyncio.Protocol:
         self.accepted += 1
-        self._sessions.add(session)  # refused in _on_open when over max_connections
-        return session.stream
+        # A BufferedProtocol: TcpServer only wraps connection_made / connection_lost.
+        return cast(asyncio.Protocol, ServerSession(self).stream)
+
+    def _admit(self, newcomer: ServerSession) -> str | None:
+        """Make room for ``newcomer`` (evicting the longest idle or stalled unregistered
+        connection of its host, then of anyone); None, or why it must be refused."""
+        if self._stopping:
+            return "server stopping"
+        host = newcomer.stream.host
+        same = [s for s in self._sessions if s.stream.host == host]
+        if len(same) >= self.max_per_address and not self._evict(same, newcomer, "address"):
+            return (f"too many connections: {host} already has {len(same)}, all registered "
+                    "clients")
+        if len(self._sessions) >= self.max_connections and not self._evict(
+                list(self._sessions), newcomer, "server"):
+            return (f"too many connections: all {self.max_connections} slots hold registered "
+                    "clients")
+        return None
+
+    def _evict(self, among: list[ServerSession], newcomer: ServerSession, scope: str) -> bool:
+        candidates = [s for s in among if not s.registered]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda s: s.stream.last_progress)
+        idle = asyncio.get_running_loop().time() - victim.stream.last_progress
+        limit = (f"{self.max_per_address} per address" if scope == "address"
+                 else f"{self.max_connections} in all")
+        log.warning("%s: slots full (%s): evicting %s, idle or stalled for %.1f s, for %s",
+                    self.name, limit, victim.stream.peer, idle, newcomer.stream.peer)
+        self.evicted += 1
+        victim.stream.fail(f"evicted: idle or stalled for {idle:.1f} s while {newcomer.stream.peer}"
+                           " waited for a slot")
+        return True
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._running:
             return
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._factory, self.host, self.requested_port,
-                                                reuse_address=True, family=socket.AF_INET)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._stopping = False
+        await self.tcp.start()
+        self._running = True
         log.info("%s: listening on %s:%d", self.name, self.host, self.port)
 
     async def stop(self) -> None:
-        srv, self._server = self._server, None
-        if srv is not None:
-            srv.close()
+        if not self._running:
+            return
+        self._running = False
+        self._stopping = True  # newcomers are refused from now on
         for s in list(self._sessions):
             s.stream.close()  # flush what is queued, then close (clean, not an error)
         for s in list(self._sessions):
@@ -451,8 +658,7 @@ class PyMoDAQServer:
                 await asyncio.wait_for(s.stream.wait_closed(), 2.0)
             except TimeoutError:
                 s.stream.fail("server stopping: peer does not read")
-        if srv is not None:
-            await srv.wait_closed()
+        await self.tcp.stop()
 
     async def wait_closed_connections(self, n: int) -> None:
         """Wait until ``n`` connections have ended since the server started (tests, tools)."""

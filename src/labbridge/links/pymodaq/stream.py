@@ -8,17 +8,31 @@ log line naming the reason (never a crash, busy loop or hang: EOF is a single ca
 Server side: the codec is created only after the first 11 bytes identified the generation
 (§7.1). Writes coalesce a command and its small payload into one ``write`` and send large
 arrays from their own memory; ``TCP_NODELAY`` is set on every socket (§9 #3).
+
+Slow and greedy peers (issue 13):
+
+* every message has an absolute deadline (``message_timeout``) from the first byte received
+  for it: a peer trickling a frame one byte at a time cannot extend it;
+* a peer that does not read pauses our reading from it (``pause_writing`` pauses reading,
+  ``resume_writing`` resumes it), and more than ``max_write_buffer`` bytes waiting for it
+  drops it;
+* the owner can pause reading (a full command queue): decoded messages then wait in the codec
+  instead of piling up, and the deadline is suspended (the stall is ours);
+* when the connection ends, the codec's buffers are released at once and the callbacks are
+  dropped, so no reference cycle keeps received bytes alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
 from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.pymodaq._wire import ReceiveBudget
 from labbridge.protocol.pymodaq.codec import (
     Codec,
     detect_generation,
@@ -61,7 +75,9 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
                  on_open: Callable[[PyMoDAQStream], None] | None = None,
                  generation: Generation | None = None, dialect: Dialect = Dialect.G1A,
                  detect_dialect: bool = True, max_message: int = 256 * 1024 * 1024,
-                 name: str = "pymodaq") -> None:
+                 name: str = "pymodaq", message_timeout: float | None = 60.0,
+                 max_write_buffer: int | None = None,
+                 budget: ReceiveBudget | None = None) -> None:
         self.role = role
         self.name = name
         self._on_message = on_message
@@ -70,17 +86,32 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
         self._dialect = dialect
         self._detect_dialect = detect_dialect
         self.max_message = max_message
+        #: Seconds from the first byte of a message to its last (None = no limit).
+        self.message_timeout = message_timeout
+        #: Bytes our side may have queued for a peer that does not read before it is dropped.
+        self.max_write_buffer = (max_write_buffer if max_write_buffer is not None
+                                 else max_message + 16 * 1024 * 1024)
+        self._budget = budget
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.host = "?"
         self.codec: Codec | None = None
         self.generation: Generation | None = None
         self._head = bytearray(_HEAD)
         self._head_len = 0
-        self._closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
         self._write_ok = asyncio.Event()
         self._write_ok.set()
+        self._pauses: set[str] = set()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self.close_reason: str | None = None
         self.bytes_received = 0
+        #: Whole messages received, and loop time of the last one (or of the connection):
+        #: how long a connection has been idle or stalled (slot eviction, issue 13).
+        self.messages_received = 0
+        self.last_progress = self._loop.time()
         if generation is not None:
             self._set_codec(generation)
 
@@ -88,14 +119,17 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
     def _set_codec(self, generation: Generation) -> None:
         self.generation = generation
         self.codec = make_codec(generation, self.role, dialect=self._dialect,
-                                detect=self._detect_dialect, max_message=self.max_message)
+                                detect=self._detect_dialect, max_message=self.max_message,
+                                budget=self._budget)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only duck-typed ones.
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
         _set_keepalive(transport)
-        self.peer = f"{peer_host(transport)}:{(transport.get_extra_info('peername') or ('', 0))[1]}"
+        self.host = peer_host(transport)
+        self.peer = f"{self.host}:{(transport.get_extra_info('peername') or ('', 0))[1]}"
+        self.last_progress = self._loop.time()
         if self._on_open is not None:
             self._on_open(self)
 
@@ -103,9 +137,16 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.codec is None:
             return memoryview(self._head)[self._head_len :]
-        return self.codec.get_buffer(sizehint)
+        try:
+            return self.codec.get_buffer(sizehint)
+        except ProtocolError as exc:  # e.g. the receive budget is exhausted
+            self.fail(f"{exc.kind}: {exc}")
+            # asyncio needs somewhere to write the bytes already on their way; they are dropped
+            return memoryview(bytearray(_HEAD))
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.transport is None:
+            return  # failed in get_buffer: these bytes go nowhere
         self.bytes_received += nbytes
         try:
             if self.codec is None:
@@ -126,16 +167,43 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
     def _drain_events(self) -> None:
         codec = self.codec
         assert codec is not None
-        while self.transport is not None:
+        progress = False
+        while self.transport is not None and not self._pauses - {"write"}:
             ev = codec.next_event()
             if ev is NEED_DATA:
-                return
+                break
+            progress = True
+            self.messages_received += 1
+            self.last_progress = self._loop.time()
             try:
                 self._on_message(self, ev)
             except ProtocolError:
                 raise
             except Exception:  # a handler bug must not kill the loop or other clients
                 log.exception("%s: handler failed on %r from %s", self.name, ev, self.peer)
+        self._watch_deadline(progress)
+
+    def _watch_deadline(self, progress: bool) -> None:
+        """Arm the message deadline at a message's first byte; never extend it for later
+        bytes of the same message (a trickle cannot). Suspended while we paused reading."""
+        if self.transport is None or self.message_timeout is None:
+            return
+        codec = self.codec
+        busy = codec.in_message if codec is not None else self._head_len > 0
+        if self._pauses - {"write"}:
+            busy = False
+        if busy and (self._deadline is None or progress):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self._loop.call_later(self.message_timeout, self._expired)
+        elif not busy and self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.fail(f"timeout: a message was not complete {self.message_timeout:g} s after "
+                  "its first byte")
 
     def eof_received(self) -> bool:
         reason: str | None = None
@@ -154,6 +222,36 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             self.close_reason = f"connection lost: {exc}"
         self._finish(self.close_reason)
 
+    # -- flow control -----------------------------------------------------------------------------
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading from the peer for ``reason`` (until :meth:`resume_reading`)."""
+        if self.transport is None:
+            return
+        if not self._pauses:
+            with contextlib.suppress(RuntimeError):  # transport closing
+                self.transport.pause_reading()
+        self._pauses.add(reason)
+        self._watch_deadline(False)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if self.transport is None:
+            return
+        if not self._pauses:
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+        if self.codec is not None and not self._pauses - {"write"}:
+            try:
+                self._drain_events()  # messages decoded while the owner was paused
+            except ProtocolError as exc:
+                self.fail(f"{exc.kind}: {exc}")
+
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._pauses)
+
     # -- sending ----------------------------------------------------------------------------------
     def send(self, msg: object) -> None:
         """Encode and write one message (coalesced; big arrays written from their memory)."""
@@ -162,17 +260,22 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
         if self.codec is None:
             raise ConnectionError(f"{self.name}: generation not known yet")
         chunks = self.codec.send_chunks(msg)
+        transport = self.transport
         small: list[Any] = []
         for c in chunks:
             if len(c) >= _COALESCE:
                 if small:
-                    self.transport.write(b"".join(small))
+                    transport.write(b"".join(small))
                     small = []
-                self.transport.write(c)
+                transport.write(c)
             else:
                 small.append(c)
         if small:
-            self.transport.write(b"".join(small))
+            transport.write(b"".join(small))
+        queued = transport.get_write_buffer_size()
+        if queued > self.max_write_buffer:
+            self.fail(f"slow_reader: {queued} bytes queued for a peer that does not read "
+                      f"(limit {self.max_write_buffer})")
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -181,10 +284,13 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             raise ConnectionError(f"{self.name}: connection to {self.peer} is closed")
 
     def pause_writing(self) -> None:
+        # The peer does not read: stop reading what it sends until it does (backpressure).
         self._write_ok.clear()
+        self.pause_reading("write")
 
     def resume_writing(self) -> None:
         self._write_ok.set()
+        self.resume_reading("write")
 
     # -- closing ----------------------------------------------------------------------------------
     def fail(self, reason: str) -> None:
@@ -195,9 +301,15 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             self.transport.abort()
         self._finish(reason)
 
-    def close(self) -> None:
-        if self.transport is not None:
+    def close(self, grace: float | None = 5.0) -> None:
+        """Close after what is queued for the peer is written; a peer that does not take it
+        within ``grace`` seconds is dropped (a closing connection holds no slot or buffer for
+        ever)."""
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            if grace is not None:
+                self._linger = self._loop.call_later(
+                    grace, self.fail, f"timeout: peer did not take our last bytes in {grace:g} s")
 
     def _finish(self, reason: str | None) -> None:
         if self.transport is None and self._closed.done():
@@ -208,8 +320,14 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
             log.warning("%s: closing connection from %s: %s", self.name, self.peer, reason)
         transport, self.transport = self.transport, None
         self._write_ok.set()
+        for timer in (self._deadline, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._linger = None
         if transport is not None and not transport.is_closing():
             transport.close()
+        if self.codec is not None:
+            self.codec.close()  # release received bytes now, not when the GC finds a cycle
         if not self._closed.done():
             self._closed.set_result(reason)
             if self._on_close is not None:
@@ -217,6 +335,10 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
                     self._on_close(self, reason)
                 except Exception:
                     log.exception("%s: close handler failed", self.name)
+        # The owner's callbacks refer back to it (and it to us): drop them.
+        self._on_message = _ignore
+        self._on_close = None
+        self._on_open = None
 
     @property
     def is_open(self) -> bool:
@@ -224,3 +346,7 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
 
     async def wait_closed(self) -> str | None:
         return await asyncio.shield(self._closed)
+
+
+def _ignore(stream: PyMoDAQStream, msg: object) -> None:
+    """Handler of a closed stream."""

@@ -46,6 +46,7 @@ SERVICE_FAMILIES: dict[str, str] = {
     "pymodaq_client": _P + "pymodaq",
     "hexrot_mock_controller": _P + "hexrotcomm",
     "web_dashboard": _P + "web",
+    "epics_ioc": _P + "epics",
 }
 
 FAMILIES: tuple[str, ...] = tuple(sorted(set(DEVICE_FAMILIES.values())

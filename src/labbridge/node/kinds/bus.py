@@ -46,7 +46,7 @@ def _endpoints(name: str, addresses: list[Address]) -> list[Endpoint]:
 
 
 def _host(sec: Section, ctx: NodeContext) -> str:
-    return str(ctx.host_override or sec.get_str("host", "0.0.0.0"))
+    return str(ctx.host_override or sec.get_str("host", "127.0.0.1"))
 
 
 def _devices(sec: Section, ctx: NodeContext) -> list[Device]:

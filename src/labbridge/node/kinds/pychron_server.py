@@ -9,7 +9,8 @@ Node file shape::
       udp: true                # also answer UDP datagrams on the same port (real clients
                                # default to UDP)
       udp_port: 1062           # or on another port
-      allow: [192.168.1.0/24]  # client networks; others get ERROR 013 (default: everyone)
+      allow: [192.168.1.0/24]  # an extra filter: only these networks may connect at all ([] =
+                               # nobody); who may do what is the node's security section
       devices: [valves, gauges, AFlag]   # default: every valve bank, flag and gauge controller
       quiet_gap: 0.05          # seconds of silence that end an unterminated request
       frame_timeout: 10        # a partial braced frame older than this gets ERROR 902
@@ -76,6 +77,6 @@ def _command_server(sec: Section, ctx: NodeContext) -> PychronCommandServer:
         port = ctx.port_override
         ctx.extra["port_override_used"] = True
     return PychronCommandServer(
-        Dispatcher(sets), host, port, udp=sec.get_bool("udp", False),
+        Dispatcher(sets, ctx.gate), host, port, udp=sec.get_bool("udp", False),
         udp_port=sec.get_port("udp_port", None), settings=settings,
         name=sec.get_str("name", "command-server"))

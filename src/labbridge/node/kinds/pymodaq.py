@@ -10,7 +10,7 @@ Node file shapes (every field read through Section getters)::
 
     services:
       - kind: pymodaq_server           # the main computer (TCPServer plugin role)
-        host: 0.0.0.0
+        host: 127.0.0.1                 # the default; 0.0.0.0 accepts distant computers
         port: 6341
         actuator: remote_stage          # device names the remote modules get on this node
         detector: remote_camera
@@ -19,13 +19,20 @@ Node file shapes (every field read through Section getters)::
         g1_dialect: "1.6"               # used to send until a client's dialect is seen
         g1_dialect_detect: auto         # or fixed
         max_message_mb: 256
+        max_connections: 16
+        max_per_address: 4              # connections from one host (idle ones are evicted)
         hello_timeout: 10               # seconds a connection has to send its client type
+        message_timeout: 60             # seconds from a message's first byte to its last
+        max_buffered_mb: 512            # unfinished-message bytes of all connections together
       - kind: pymodaq_client           # the distant computer (ACTUATOR / GRABBER)
         device: cam
         server: 192.168.1.10:6341       # required: there is no default address (spec §9 #16)
         generation: g3                  # g1 (default, seed) or g3 (PyMoDAQ 5.0/5.1)
         g1_dialect: "1.6"               # 1.6 (seed) or 2.1 (PyMoDAQ 2.1 to 3.x)
         reconnect: {initial: 0.2, maximum: 5.0}
+        message_timeout: 60             # seconds from a message's first byte to its last
+        max_queue: 64                   # commands waiting; beyond, reading pauses
+        position_interval: 0.1          # s between position reports during a move (null: off)
 """
 
 from __future__ import annotations
@@ -124,6 +131,12 @@ class PyMoDAQClientService:
                                  f"({self.client.generation.value})")]
 
 
+def _position_interval(sec: Section) -> float | None:
+    # null switches the reports off; absent = 0.1 s (the real DAQ_Move's polling interval)
+    value: float | None = sec.get_float("position_interval", None, min=0.001)
+    return value if "position_interval" in sec.raw() else 0.1
+
+
 def _max_message(sec: Section) -> int:
     return int(sec.get_float("max_message_mb", 256.0, min=0.001, max=4095.0) * 1024 * 1024)
 
@@ -146,7 +159,8 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
     detector = RemoteDetector(_new_device_name(sec, ctx, "detector", "remote_detector"),
                               timeout=timeout,
                               data_dim=sec.get_choice("data_dim", ("0D", "1D", "2D", "ND"), "2D"))
-    host, port = sec.get_str("host", "0.0.0.0"), sec.get_port("port", 6341)
+    # Safe by default: loopback unless the node file names a host.
+    host, port = sec.get_str("host", "127.0.0.1"), sec.get_port("port", 6341)
     server = PyMoDAQServer(
         ctx.host_override or host, ctx.port_override if ctx.port_override is not None else port,
         name=sec.get_str("name", "pymodaq-server"), actuator=actuator, detector=detector,
@@ -154,7 +168,11 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
         detect_dialect=sec.get_choice("g1_dialect_detect", ("auto", "fixed"), "auto") == "auto",
         max_message=_max_message(sec),
         max_connections=sec.get_int("max_connections", 16, min=1),
-        hello_timeout=sec.get_float("hello_timeout", 10.0, min=0.001))
+        max_per_address=sec.get_int("max_per_address", 4, min=1),
+        hello_timeout=sec.get_float("hello_timeout", 10.0, min=0.001),
+        message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
+        max_buffered=int(sec.get_float("max_buffered_mb", 2 * _max_message(sec) / 1024 / 1024,
+                                       min=1.0, max=1 << 20) * 1024 * 1024))
     ctx.devices[actuator.name] = actuator
     ctx.devices[detector.name] = detector
     return PyMoDAQServerService(server)
@@ -179,5 +197,8 @@ def _client(sec: Section, ctx: NodeContext) -> Any:
         device, host.strip("[]"), int(port_text), name=sec.get_str("name", "pymodaq-client"),
         generation=Generation(sec.get_choice("generation", ("g1", "g3"), "g1")),
         dialect=_DIALECTS[sec.get_choice("g1_dialect", tuple(_DIALECTS), "1.6")],
-        backoff=backoff, max_message=_max_message(sec))
+        backoff=backoff, max_message=_max_message(sec),
+        message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
+        max_queue=sec.get_int("max_queue", 64, min=1, max=1 << 16),
+        position_interval=_position_interval(sec))
     return PyMoDAQClientService(client)

@@ -92,4 +92,4 @@ def _qtegra(sec: Section, ctx: NodeContext) -> QtegraServer:
         ctx.extra["port_override_used"] = True
     return QtegraServer(dev, host, port, udp=sec.get_bool("udp", True),
                         udp_port=sec.get_port("udp_port", None),
-                        name=sec.get_str("name", "qtegra"))
+                        name=sec.get_str("name", "qtegra"), gate=ctx.gate)

@@ -4,7 +4,9 @@ Node file shapes::
 
     - kind: relay_processor            # the CommandProcessor, inside the hardware process
       name: processor
-      path: hardware-extractionline    # Unix socket; relative = in the system temp directory
+      path: hardware-extractionline    # Unix socket; relative = in a private runtime
+                                       # directory: $XDG_RUNTIME_DIR/labbridge, else
+                                       # <state_dir>/run (mode 0700; never /tmp)
       handlers:                        # request type -> devices whose command sets answer it
         Extractionline: [valves, gauges]   # default: every device of the node
         Hardware: [furnace]
@@ -26,8 +28,8 @@ Node file shapes::
 from __future__ import annotations
 
 import configparser
-import os
-import tempfile
+import re
+from pathlib import Path
 from typing import Any
 
 from labbridge.devices.base import Device
@@ -37,24 +39,29 @@ from labbridge.node.config import ConfigError, Section
 from labbridge.node.kinds import pychron_server
 from labbridge.node.registry import NodeContext, register_service
 from labbridge.protocol.pychron.relay import PROCESS_TYPES
+from labbridge.transport.unix import MAX_SOCKET_PATH, resolve_socket_path
 
 
-def _socket_path(sec: Section, default: str = "hardware-extractionline") -> str:
-    path: str = sec.get_str("path", default)
-    if not os.path.isabs(path):
-        path = os.path.join(tempfile.gettempdir(), path)
-    if len(path.encode()) > 100:
-        raise sec.error("path", f"a Unix socket path may hold at most 100 bytes: {path!r}")
+def _socket_path(sec: Section, ctx: NodeContext, default: str = "hardware-extractionline",
+                 ) -> str:
+    """The socket's path: absolute as given, relative ones in the node's private runtime
+    directory (:mod:`labbridge.transport.unix`; a fixed name in a world-writable directory
+    could be squatted by another user)."""
+    path = resolve_socket_path(sec.get_str("path", default), ctx.state_dir.absolute())
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise sec.error("path", f"a Unix socket path may hold at most {MAX_SOCKET_PATH} bytes, "
+                        f"{path!r} has {len(path.encode())}: give an absolute path in a "
+                        "shorter private directory (mode 0700), or set XDG_RUNTIME_DIR")
     return path
 
 
-def _dispatcher(sec: Section, key: str, devices: list[Device]) -> Dispatcher:
+def _dispatcher(sec: Section, key: str, devices: list[Device], ctx: NodeContext) -> Dispatcher:
     sets = [s for s in (b(devices) for b in pychron_server.COMMAND_SET_BUILDERS)
             if s is not None]
     if not sets:
         raise sec.error(key, "none of these devices speaks a Pychron command set")
     try:
-        return Dispatcher(sets)
+        return Dispatcher(sets, ctx.gate)
     except ValueError as exc:
         raise sec.error(key, str(exc)) from None
 
@@ -65,7 +72,7 @@ def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
     hsec = sec.get_section("handlers", None)
     if hsec is None:
         handlers["Extractionline"] = _dispatcher(sec, "handlers",
-                                                 list(ctx.devices.values()))
+                                                 list(ctx.devices.values()), ctx)
     else:
         for ptype in list(hsec):
             if ptype not in PROCESS_TYPES or ptype in ("test", "System"):
@@ -77,8 +84,8 @@ def _processor(sec: Section, ctx: NodeContext) -> RelayProcessor:
                 if dev is None:
                     raise hsec.error(ptype, f"no device named {n!r} on this node")
                 devices.append(dev)
-            handlers[ptype] = _dispatcher(hsec, ptype, devices)
-    return RelayProcessor(_socket_path(sec), handlers, name=sec.get_str("name", "processor"))
+            handlers[ptype] = _dispatcher(hsec, ptype, devices, ctx)
+    return RelayProcessor(_socket_path(sec, ctx), handlers, name=sec.get_str("name", "processor"))
 
 
 def _legacy_cfg(sec: Section, ctx: NodeContext) -> dict[str, Any]:
@@ -107,7 +114,7 @@ def _legacy_cfg(sec: Section, ctx: NodeContext) -> dict[str, Any]:
         if cp.has_option("General", "host"):
             out["host"] = cp.get("General", "host")
         if cp.has_option("General", "port"):
-            out["port"] = cp.getint("General", "port")
+            out["port"] = _cfg_port(cp, path)
         if cp.has_option("Requests", "type"):
             out["process_type"] = cp.get("Requests", "type")
         if cp.has_option("Repeater", "path"):
@@ -120,13 +127,43 @@ def _legacy_cfg(sec: Section, ctx: NodeContext) -> dict[str, Any]:
     return out
 
 
+def _cfg_line(path: Path, section: str, option: str) -> int | None:
+    """Line number of ``option`` in ``[section]`` of an INI file (configparser keeps none)."""
+    current = None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for n, line in enumerate(lines, 1):
+        m = re.match(r"\s*\[([^\]]+)\]", line)
+        if m:
+            current = m.group(1).strip()
+        elif current == section and re.match(rf"\s*{re.escape(option)}\s*[=:]", line,
+                                              re.IGNORECASE):
+            return n
+    return None
+
+
+def _cfg_port(cp: configparser.ConfigParser, path: Path) -> int:
+    raw = cp.get("General", "port")
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"[General] port {raw!r} is not a port number (0-65535)",
+                          file=str(path), line=_cfg_line(path, "General", "port"),
+                          field="port")
+    return port
+
+
 @register_service("relay_front_server")
 def _front(sec: Section, ctx: NodeContext) -> RelayFrontServer:
     legacy = _legacy_cfg(sec, ctx)
     ptype = sec.get_choice("process_type", PROCESS_TYPES,
                            legacy.get("process_type", "Extractionline"))
     repeater = CommandRepeater(
-        _socket_path(sec, legacy.get("path", "hardware-extractionline")), ptype,
+        _socket_path(sec, ctx, legacy.get("path", "hardware-extractionline")), ptype,
         timeout=sec.get_float("timeout", 5.0, min=0.01, max=3600.0),
         max_connections=sec.get_int("max_connections", 8, min=1, max=1024))
     host = sec.get_str("host", legacy.get("host", "127.0.0.1"))

@@ -16,10 +16,11 @@ Replies are raw UTF-8 with no terminator; the server closes the connection after
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Final
 
-from labbridge.protocol.base import NEED_DATA, ProtocolError, ReceiveBuffer, _NeedData
+from labbridge.protocol.base import NEED_DATA, ProtocolError, _NeedData
 
 MAX_RAW_REQUEST: Final = 64 * 1024
 
@@ -66,89 +67,108 @@ class RawRequestTooLarge(ProtocolError):
     kind = "too_large"
 
 
+#: Bytes ``bytes.strip()`` removes (ASCII whitespace).
+_NON_BLANK: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+_TERMINATOR: Final = re.compile(rb"[\r\n]")
+
+
 class RawRequestReader:
-    """Collects one F-RAW request from a one-shot connection."""
+    """Collects one F-RAW request from a one-shot connection.
+
+    Work is linear in the bytes received, however small the chunks: each byte is scanned
+    once (for the first non-blank byte, for CR/LF and for JSON braces), and the buffer is
+    copied only when the request is complete.
+    """
 
     def __init__(self, max_size: int = MAX_RAW_REQUEST) -> None:
-        self._buf = ReceiveBuffer(max_size)
+        self._buf = bytearray()
         self.max_size = max_size
         self._done = False
         self._depth = 0
         self._in_string = False
         self._escape = False
         self._json: bool | None = None
-        self._scanned = 0
+        self._blank_scanned = 0  # bytes known to be blank (before the first non-blank)
+        self._json_scanned = 0  # bytes the JSON brace scan has seen
+        self._term_scanned = 0  # bytes searched for CR/LF
+        self._term = -1  # offset of the first CR or LF, once found
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._done:
             return
-        try:
-            self._buf.append(data)
-        except ProtocolError:
+        if len(self._buf) + len(data) > self.max_size:
             self._done = True
+            self._buf = bytearray()
             raise RawRequestTooLarge(
                 f"request too long: more than {self.max_size} bytes without a terminator",
-                fatal=True) from None
+                fatal=True)
+        self._buf += data
 
     def next_event(self) -> RawRequest | _NeedData:
-        if self._done or not self._buf:
+        buf = self._buf
+        if self._done or not buf:
             return NEED_DATA
-        view = self._buf.peek()
         if self._json is None:
-            stripped = view.lstrip()
-            if not stripped:
+            m = _NON_BLANK.search(buf, self._blank_scanned)
+            if m is None:
+                self._blank_scanned = len(buf)
                 return NEED_DATA
-            self._json = stripped[:1] == b"{"
-        end = self._scan_json(view) if self._json else -1
-        if end < 0:
-            cr, lf = view.find(b"\r"), view.find(b"\n")
-            term = min(p for p in (cr, lf, len(view)) if p >= 0)
-            if term == len(view):
+            self._json = buf[m.start()] == 0x7B  # '{'
+            self._json_scanned = m.start()
+        if self._json:
+            end = self._scan_json(buf)
+            if end >= 0:
+                return self._finish(end)
+        if self._term < 0:
+            m = _TERMINATOR.search(buf, self._term_scanned)
+            self._term_scanned = len(buf)
+            if m is None:
                 return NEED_DATA
-            if self._json:
-                end = term
-            else:
-                # Text: the whole of what arrived is the request (see module docstring).
-                return self._finish(view, len(view))
-        return self._finish(view, end)
+            self._term = m.start()
+        # JSON: ends at the terminator. Text: the whole of what arrived is the request (see
+        # the module docstring).
+        return self._finish(self._term if self._json else len(buf))
 
-    def _scan_json(self, view: bytes) -> int:
-        """Offset just after the balancing ``}``, or -1."""
-        for i in range(self._scanned, len(view)):
-            b = view[i]
-            if self._in_string:
-                if self._escape:
-                    self._escape = False
+    def _scan_json(self, buf: bytearray) -> int:
+        """Offset just after the balancing ``}``, or -1 (resumes where it stopped)."""
+        depth, in_string, escape = self._depth, self._in_string, self._escape
+        for i in range(self._json_scanned, len(buf)):
+            b = buf[i]
+            if in_string:
+                if escape:
+                    escape = False
                 elif b == 0x5C:
-                    self._escape = True
+                    escape = True
                 elif b == 0x22:
-                    self._in_string = False
+                    in_string = False
             elif b == 0x22:
-                self._in_string = True
+                in_string = True
             elif b == 0x7B:
-                self._depth += 1
+                depth += 1
             elif b == 0x7D:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._scanned = i + 1
+                depth -= 1
+                if depth == 0:
+                    self._depth, self._in_string, self._escape = depth, in_string, escape
+                    self._json_scanned = i + 1
                     return i + 1
-        self._scanned = len(view)
+        self._depth, self._in_string, self._escape = depth, in_string, escape
+        self._json_scanned = len(buf)
         return -1
 
-    def _finish(self, view: bytes, end: int) -> RawRequest:
+    def _finish(self, end: int) -> RawRequest:
         self._done = True
-        self._buf.clear()
-        rest = view[end:].strip()
-        return RawRequest(view[:end].decode("utf-8", "replace").strip(), dropped=len(rest))
+        buf, self._buf = self._buf, bytearray()
+        rest = bytes(buf[end:]).strip()
+        return RawRequest(bytes(buf[:end]).decode("utf-8", "replace").strip(),
+                          dropped=len(rest))
 
     def flush(self) -> RawRequest | None:
         """Quiet gap or half-close: whatever is buffered is the request (None if nothing)."""
         if self._done:
             return None
-        view = self._buf.peek()
-        if not view.strip():
+        if _NON_BLANK.search(self._buf, self._blank_scanned) is None:
             return None
-        return self._finish(view, len(view))
+        return self._finish(len(self._buf))
 
     @property
     def done(self) -> bool:

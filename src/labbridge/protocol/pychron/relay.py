@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from labbridge.protocol.base import NEED_DATA, ProtocolError, ReceiveBuffer, Side, _NeedData
-from labbridge.protocol.pychron.crc import ChecksumMismatch, crc16_suffix
+from labbridge.protocol.pychron.crc import crc16_suffix, split_crc16
 
 PROCESS_TYPES: Final = ("Extractionline", "Diode", "Synrad", "CO2", "UV", "Hardware", "test",
                         "System")
@@ -78,6 +78,11 @@ class RelayRequestDecoder:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self._buf.append(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a request not yet complete."""
+        return len(self._buf)
 
     def next_event(self) -> RelayRequest | _NeedData:
         buf = self._buf
@@ -170,11 +175,7 @@ class CrcReplyDecoder:
         if len(buf) < total:
             return NEED_DATA
         raw = buf.take(total).decode("utf-8", "replace")
-        data, crc = raw[4:-4], raw[-4:]
-        expected = crc16_suffix(data)
-        if crc.lower() != expected:
-            raise ChecksumMismatch(expected, crc)
-        return CrcReply(data)
+        return CrcReply(split_crc16(raw[4:]))
 
 
 def decode_crc_reply(frame: bytes) -> str:

@@ -8,10 +8,18 @@ never reach ``numpy.dtype`` unchecked (structured, object and string dtypes are 
 
 :class:`PullDecoder` drives a generator-based parser over a bounded buffer. The parser asks for
 ``TAKE n`` (n bytes, copied out of the small header buffer), ``PEEK n`` (look without consuming)
-or ``BIG n`` (n bytes in a freshly allocated buffer of exactly that size). A ``BIG`` item is filled
-incrementally: by :meth:`PullDecoder.receive_data`, or with no copy at all through
-:meth:`PullDecoder.get_buffer` / :meth:`PullDecoder.buffer_updated`, which match
-``asyncio.BufferedProtocol`` so the kernel writes camera frames straight into the array's memory.
+or ``BIG n`` (n bytes in a buffer of their own). A ``BIG`` item is filled incrementally: by
+:meth:`PullDecoder.receive_data`, or with no copy at all through :meth:`PullDecoder.get_buffer` /
+:meth:`PullDecoder.buffer_updated`, which match ``asyncio.BufferedProtocol`` so the kernel writes
+camera frames straight into the array's memory.
+
+Memory follows the bytes received, not the lengths declared (issue 13): a ``BIG`` buffer starts
+at :data:`GROW_CHUNK` (or what is already buffered) and grows geometrically as bytes arrive, so a
+peer that announces 250 MiB and sends 10 bytes costs 1 MiB. Every growth step is charged to an
+optional :class:`ReceiveBudget` shared by all the connections of a server; when it is exhausted
+the connection that asked is refused (``ProtocolError`` kind ``busy``). :meth:`PullDecoder.close`
+releases every buffer at once (the parser generator refers back to its decoder, a reference
+cycle that would otherwise keep them until the cyclic garbage collector runs).
 """
 
 from __future__ import annotations
@@ -37,8 +45,11 @@ U32_MAX: Final = 0xFFFF_FFFF
 DEFAULT_MAX_MESSAGE: Final = 256 * 1024 * 1024
 #: Default maximum length of a string field (command names, dtype strings, settings XML).
 DEFAULT_MAX_STRING: Final = 16 * 1024 * 1024
-#: Items at least this large go to their own preallocated buffer instead of the header buffer.
+#: Items at least this large go to their own buffer instead of the header buffer.
 BIG_THRESHOLD: Final = 64 * 1024
+#: First size, and smallest growth step, of a big item's buffer (memory for a declared length
+#: is allocated in steps as its bytes arrive, never all at once).
+GROW_CHUNK: Final = 1024 * 1024
 
 #: Matched with ``fullmatch`` (``$`` would also match before a trailing newline); ASCII digits
 #: only (``\d`` also matches other scripts' digits, which ``int`` accepts and numpy does not).
@@ -114,6 +125,29 @@ def read(n: int) -> Request:
     return (BIG if n >= BIG_THRESHOLD else TAKE, n)
 
 
+class ReceiveBudget:
+    """Bytes of unfinished big items that a group of decoders may hold together (one per
+    server: a per-server budget of buffered bytes, issue 13). Pure bookkeeping."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError("a receive budget must be positive")
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Charge ``n`` bytes; False (nothing charged) when that would pass the limit."""
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
 class PullDecoder:
     """Sans-I/O stream decoder driving a generator parser (ARCHITECTURE.md principle 1, 2, 6).
 
@@ -122,21 +156,29 @@ class PullDecoder:
     :meth:`receive_eof` can tell a clean close from a peer that closed mid-frame (spec §9 #1).
 
     Buffers: the header buffer is bounded by ``max_message`` plus one receive chunk; a big item
-    buffer is exactly the size the parser asked for, and the parser only asks after checking
-    the announced size against its limits.
+    buffer grows in steps up to the size the parser asked for (which the parser checked against
+    its limits first), charged to ``budget`` when one is given.
     """
 
     SCRATCH_SIZE = 64 * 1024
-    #: Large-item buffers kept for reuse (see :meth:`_new_big`).
+    #: Large-item buffers kept for reuse (see :meth:`_start_big`), and their most bytes in all:
+    #: a connection keeps at most this much received memory between messages.
     POOL_SIZE = 3
+    POOL_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE,
+                 budget: ReceiveBudget | None = None) -> None:
         if max_message <= 0:
             raise ValueError("max_message must be positive")
         self.max_message = max_message
+        self.budget = budget
         self._small = ReceiveBuffer(max_message + self.SCRATCH_SIZE + 1024)
         self._events: deque[object] = deque()
+        #: The big item being received: its buffer (allocated so far), the size the parser
+        #: asked for, how much of it is filled, and how many bytes are charged to the budget.
         self._big: bytearray | None = None
+        self._big_need = 0
+        self._reserved = 0
         self._pool: list[bytearray] = []
         self._big_fill = 0
         self._into_big = False
@@ -168,10 +210,12 @@ class PullDecoder:
             return
         mv = memoryview(data)
         if self._big is not None:
-            room = len(self._big) - self._big_fill
-            k = min(room, len(mv))
-            self._big[self._big_fill : self._big_fill + k] = mv[:k]
-            self._big_fill += k
+            want = min(self._big_need, self._big_fill + len(mv))
+            if want > len(self._big):
+                self._grow(want)
+            k = want - self._big_fill
+            self._big[self._big_fill : want] = mv[:k]
+            self._big_fill = want
             mv = mv[k:]
         if len(mv):
             try:
@@ -187,7 +231,9 @@ class PullDecoder:
         otherwise a reusable scratch area whose bytes :meth:`buffer_updated` hands to
         :meth:`receive_data`.
         """
-        if self._big is not None and self._big_fill < len(self._big):
+        if self._big is not None and self._big_fill < self._big_need:
+            if self._big_fill == len(self._big):
+                self._grow(self._big_fill + 1)
             self._into_big = True
             return memoryview(self._big)[self._big_fill :]
         self._into_big = False
@@ -225,29 +271,93 @@ class PullDecoder:
 
     @property
     def pending_big(self) -> int:
-        """Size of the big item being filled (0 when none): for tests and statistics."""
+        """Size the big item being filled will have (0 when none): tests and statistics."""
+        return 0 if self._big is None else self._big_need
+
+    @property
+    def allocated_big(self) -> int:
+        """Bytes allocated so far for the big item being filled (0 when none)."""
         return 0 if self._big is None else len(self._big)
 
-    def _new_big(self, n: int) -> bytearray:
-        """A buffer of exactly ``n`` bytes: a recycled one nobody references any more, or new.
+    @property
+    def in_message(self) -> bool:
+        """True between the first byte of a message and its end (deadlines count from it)."""
+        return not self._idle or bool(self._small) or self._big is not None
 
-        Decoded arrays are views of their frame's buffer (no copy), so a buffer can only be
-        reused once every array over it is gone: CPython's reference count says so (the pool
-        list and the ``getrefcount`` argument are the only references left). Recycling keeps
-        the pages of a large frame mapped, which saves one page fault per 4 KiB on every frame.
+    def _charge(self, n: int) -> None:
+        if self.budget is not None and n > 0:
+            if not self.budget.take(n):
+                raise ProtocolError(
+                    f"receive budget exhausted ({self.budget.used} of {self.budget.limit} "
+                    f"bytes held by unfinished messages)", kind="busy", fatal=True)
+            self._reserved += n
+
+    def _release(self) -> None:
+        if self.budget is not None and self._reserved:
+            self.budget.give(self._reserved)
+        self._reserved = 0
+
+    def _start_big(self, n: int, have: int) -> bytearray:
+        """The buffer for a big item of ``n`` bytes when ``have`` of them are already here.
+
+        A recycled buffer of exactly ``n`` bytes is used when nobody references it any more
+        (decoded arrays are views of their frame's buffer, so CPython's reference count says
+        when it is free: the pool list and the ``getrefcount`` argument are the only ones
+        left). It was filled by an earlier frame, so its memory already follows received bytes;
+        recycling keeps the pages of a large frame mapped (one page fault per 4 KiB saved).
+        Otherwise a new buffer of :data:`GROW_CHUNK` (or ``have``) bytes, grown as bytes come.
         """
         pool = self._pool
         for i in range(len(pool)):
             buf = pool[i]
             if len(buf) == n and sys.getrefcount(buf) <= 3:  # pool list, buf, argument
+                self._charge(n)
                 del pool[i]
-                pool.append(buf)
                 return buf
-        buf = bytearray(n)
-        pool.append(buf)
-        if len(pool) > self.POOL_SIZE:
-            del pool[0]
+        size = min(n, max(GROW_CHUNK, have))
+        self._charge(size)
+        return bytearray(size)
+
+    def _grow(self, at_least: int) -> None:
+        """Enlarge the big buffer (geometrically, at least to ``at_least``, at most to the
+        item's size), charging the budget for the new bytes."""
+        big = self._big
+        assert big is not None
+        size = min(self._big_need, max(at_least, 2 * len(big), len(big) + GROW_CHUNK))
+        self._charge(size - len(big))
+        try:
+            big.extend(bytes(size - len(big)))
+        except BufferError:  # a view of it is still alive somewhere: move to a new buffer
+            new = bytearray(size)
+            new[: self._big_fill] = memoryview(big)[: self._big_fill]
+            self._big = new
+
+    def _finish_big(self) -> bytearray:
+        buf = self._big
+        assert buf is not None
+        self._big = None
+        self._big_fill = 0
+        self._big_need = 0
+        self._release()
+        pool = self._pool
+        if len(buf) <= self.POOL_BYTES and not any(b is buf for b in pool):
+            pool.append(buf)
+            while len(pool) > self.POOL_SIZE or sum(len(b) for b in pool) > self.POOL_BYTES:
+                del pool[0]
         return buf
+
+    def close(self) -> None:
+        """Drop every buffer and the parser now (connection gone); later use raises."""
+        self._release()
+        self._big = None
+        self._big_fill = 0
+        self._big_need = 0
+        self._pool.clear()
+        self._small.clear()
+        self._scratch = None
+        self._events.clear()
+        self._gen.close()
+        self._error = ProtocolError("decoder closed", side=Side.OURS, fatal=True)
 
     def _step(self) -> None:
         if self._error is not None:
@@ -259,17 +369,16 @@ class PullDecoder:
                 value: bytes | bytearray
                 if kind == BIG:
                     if self._big is None:
-                        self._big = self._new_big(n)
                         k = min(n, len(small))
+                        self._big = self._start_big(n, k)
+                        self._big_need = n
                         if k:
                             self._big[:k] = small.view()[:k]
                             small.skip(k)
                         self._big_fill = k
                     if self._big_fill < n:
                         return
-                    value = self._big
-                    self._big = None
-                    self._big_fill = 0
+                    value = self._finish_big()
                 elif kind == TAKE:
                     if len(small) < n:
                         return

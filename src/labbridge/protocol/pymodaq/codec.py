@@ -17,6 +17,7 @@ from labbridge.protocol.pymodaq._wire import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MAX_STRING,
     U32,
+    ReceiveBudget,
 )
 from labbridge.protocol.pymodaq.g1 import G1Codec
 from labbridge.protocol.pymodaq.g3 import Chunk, G3Framer, G3Object, encode_chunks
@@ -107,9 +108,9 @@ class G3Codec:
 
     def __init__(self, role: Role, *, max_message: int = DEFAULT_MAX_MESSAGE,
                  max_string: int = DEFAULT_MAX_STRING, detector_name: str = "viewer",
-                 actuator_name: str = "actuator") -> None:
+                 actuator_name: str = "actuator", budget: ReceiveBudget | None = None) -> None:
         self.role = role
-        self.framer = G3Framer(max_message=max_message, max_string=max_string)
+        self.framer = G3Framer(max_message=max_message, max_string=max_string, budget=budget)
         self._table = _CLIENT_TO_SERVER if role is Role.SERVER else _SERVER_TO_CLIENT
         self._hello_pending = role is Role.SERVER
         self._cmd: str | None = None
@@ -127,6 +128,16 @@ class G3Codec:
 
     def buffer_updated(self, nbytes: int) -> None:
         self.framer.buffer_updated(nbytes)
+
+    @property
+    def in_message(self) -> bool:
+        """True from the first byte of a message (a command and its payload) to its end."""
+        return self._cmd is not None or self.framer.in_message
+
+    def close(self) -> None:
+        """Release every buffer now (connection gone)."""
+        self._payload = []
+        self.framer.close()
 
     def receive_eof(self) -> None:
         self.framer.receive_eof()
@@ -178,7 +189,12 @@ class G3Codec:
         if cmd == "Info":
             if not isinstance(p[0], str):
                 raise ProtocolError("Info name is not a str", kind="bad_object", fatal=True)
-            value = p[1] if isinstance(p[1], str | float | int) else str(p[1])
+            value = p[1]
+            if isinstance(value, bool) or not isinstance(value, str | float | int):
+                # the real client sends str(value); a bytes or array value could be huge once
+                # turned into text: refuse it
+                raise ProtocolError(f"Info value is a {type(value).__name__}, not a str",
+                                    kind="bad_object", fatal=True)
             return Info(p[0], value if isinstance(value, str) else float(value))
         if cmd == "Done":
             if not isinstance(p[0], DataToExport):
@@ -275,8 +291,9 @@ def detect_generation(head: bytes | bytearray | memoryview) -> Generation | None
 
 def make_codec(generation: Generation, role: Role, *, dialect: Dialect = Dialect.G1A,
                detect: bool = True, max_message: int = DEFAULT_MAX_MESSAGE,
-               max_string: int = DEFAULT_MAX_STRING) -> Codec:
+               max_string: int = DEFAULT_MAX_STRING,
+               budget: ReceiveBudget | None = None) -> Codec:
     if generation is Generation.G3:
-        return G3Codec(role, max_message=max_message, max_string=max_string)
+        return G3Codec(role, max_message=max_message, max_string=max_string, budget=budget)
     return G1Codec(role, dialect=dialect, detect=detect, max_message=max_message,
-                   max_string=max_string)
+                   max_string=max_string, budget=budget)

@@ -13,8 +13,8 @@ the command, so the decoder must know every command of the direction it decodes 
 An unknown command or list tag desynchronises a G1 stream for good, so it is a fatal
 ``ProtocolError`` (§9 #7, #8). The dialect is configured for sending and, with
 ``detect=True``, latched from the first unambiguous list, array or Info value received (§3.5).
-Large arrays are received into one buffer of exactly their size and wrapped with
-``numpy.frombuffer`` (no copy, writable).
+Large arrays are received into one buffer of their own, grown as their bytes arrive, and
+wrapped with ``numpy.frombuffer`` (no copy, writable).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from labbridge.protocol.pymodaq._wire import (
     U32,
     Parser,
     PullDecoder,
+    ReceiveBudget,
     dtype_string,
     looks_like_dtype,
     parse_dtype,
@@ -187,14 +188,15 @@ class G1Codec(PullDecoder):
 
     def __init__(self, role: Role, *, dialect: Dialect = Dialect.G1A, detect: bool = True,
                  max_message: int = DEFAULT_MAX_MESSAGE,
-                 max_string: int = DEFAULT_MAX_STRING) -> None:
+                 max_string: int = DEFAULT_MAX_STRING,
+                 budget: ReceiveBudget | None = None) -> None:
         self.role = role
         self.dialect = dialect
         self.detect = detect
         self.latched: Dialect | None = None
         self.max_string = max_string
         self._array_limit = max_message
-        super().__init__(max_message=max_message)
+        super().__init__(max_message=max_message, budget=budget)
 
     @property
     def send_dialect(self) -> Dialect:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -44,6 +43,7 @@ from labbridge.protocol.pymodaq._wire import (
     U32,
     Parser,
     PullDecoder,
+    ReceiveBudget,
     dtype_string,
     parse_dtype,
     raw_view,
@@ -455,18 +455,6 @@ def decode_object(body: bytes | bytearray | memoryview, *, copy: bool = True,
     return obj
 
 
-def iter_objects(stream: bytes) -> Iterator[Any]:
-    """Decode consecutive MESSAGEs of a complete byte string (tests, captured traffic)."""
-    f = G3Framer()
-    f.receive_data(stream)
-    while True:
-        ev = f.next_event()
-        if not isinstance(ev, G3Object):
-            break
-        yield ev.obj
-    f.receive_eof()
-
-
 class G3Object:
     """One decoded MESSAGE: the object and the frame length it came in."""
 
@@ -485,15 +473,17 @@ class G3Framer(PullDecoder):
 
     A frame longer than ``max_message`` is refused from its 4-byte header, before any of its
     body is buffered (spec §9 #2 and the issue's robustness list). A frame of at least
-    ``BIG_THRESHOLD`` bytes is received into its own buffer and its arrays are views over it.
+    ``BIG_THRESHOLD`` bytes is received into its own buffer, grown as its bytes arrive, and
+    its arrays are views over it.
     """
 
     MIN_FRAME = 8  # u32 tag length and a tag of at least 4 bytes ("str" + its u32 is 11)
 
     def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE,
-                 max_string: int = DEFAULT_MAX_STRING) -> None:
+                 max_string: int = DEFAULT_MAX_STRING,
+                 budget: ReceiveBudget | None = None) -> None:
         self.max_string = max_string
-        super().__init__(max_message=max_message)
+        super().__init__(max_message=max_message, budget=budget)
 
     def _parse(self) -> Parser:
         while True:

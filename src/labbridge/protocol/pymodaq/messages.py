@@ -205,11 +205,6 @@ class Unknown:
     payload: Any = None
 
 
-ClientMessage = Hello | Infos | InfoXml | Info | Quit | Done | PositionIs | MoveDone | AxisInfo
-ServerMessage = (MoveAbs | MoveRel | MoveHome | GetPosition | StopMotion | SendData | SetInfo
-                 | Info | Infos | InfoXml)
-
-
 def command_name(msg: object) -> str:
     """Wire command name of a message (the one place names come from)."""
     cmd = getattr(msg, "COMMAND", None)

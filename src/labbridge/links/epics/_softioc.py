@@ -1,0 +1,178 @@
+"""The few pieces of pythonSoftIOC and EPICS base the IOC needs, in one place.
+
+Imported only when an IOC starts (``import softioc`` loads EPICS base). What is used beyond
+softioc's documented builder API, and why (ADR 0151):
+
+* Output records use labbridge's own device-support type (DTYP ``Labbridge``, a subclass of
+  softioc's bo/ao support) so a refused write can end record processing with a status of its
+  own: the record gets a WRITE/MAJOR alarm, and the status is an EPICS error code whose text
+  (registered with libCom's ``errSymbolAdd``) is the refusal reason, which QSRV sends to a
+  pvAccess client as the put's error message.
+* ``asSetFilename`` (dbCore) loads the access-security file before ``iocInit``;
+  ``asTrapWriteRegisterListener`` (libCom) tells the face which client writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import epicsdbbuilder
+from epicscorelibs.ioc import Com, dbCore
+from softioc import asyncio_dispatcher, builder, device, pythonSoftIoc, softioc
+
+#: Module number of labbridge's EPICS status codes (>= 501, unused by EPICS base).
+ERR_MODULE = 0xF1AB
+#: Size of one refusal text buffer (bytes, NUL included).
+MESSAGE_SIZE = 256
+
+_codes: dict[str, int] = {}
+_buffers: list[Any] = []  # errSymbolAdd keeps the pointer: the buffers live for the process
+_loaded: list[bool] = []
+_lock = threading.Lock()
+
+
+def _refusing(base: type[Any], record: str) -> type[Any]:
+    """softioc's output device support for ``record``, returning a status of our own when
+    ``validate`` refused the value (softioc has already put the old value back)."""
+
+    def _process(self: Any, rec: Any) -> int:
+        rc = base._process(self, rec)
+        if rc == device.EPICS_ERROR:
+            rec.NSEV = 2  # MAJOR: like recGblSetSevr(prec, WRITE_ALARM, MAJOR_ALARM)
+            rec.NSTA = 2  # WRITE
+            return int(_codes.get(self._name, rc))
+        return int(rc)
+
+    return type(f"labbridge_{record}", (base,),
+                {"_device_name_": f"devLabbridge_{record}", "_process": _process})
+
+
+def ensure_loaded() -> None:
+    """Register the ``Labbridge`` device support with the builder and with EPICS (once)."""
+    with _lock:
+        if _loaded:
+            return
+        global _BO, _AO
+        _BO = _refusing(device.bo, "bo")
+        _AO = _refusing(device.ao, "ao")
+        folder = Path(tempfile.mkdtemp(prefix="labbridge-dbd-"))
+        dbd = folder / "labbridge.dbd"
+        dbd.write_text('device(bo, INST_IO, devLabbridge_bo, "Labbridge")\n'
+                       'device(ao, INST_IO, devLabbridge_ao, "Labbridge")\n')
+        epicsdbbuilder.LoadDbdFile(str(dbd))
+        softioc.dbLoadDatabase(dbd.name, str(folder), None)
+        Com.errSymbolAdd.argtypes = [ctypes.c_long, ctypes.c_void_p]
+        Com.errSymbolAdd.restype = ctypes.c_int
+        _loaded.append(True)
+
+
+_BO: Any = None
+_AO: Any = None
+
+
+def set_prefix(prefix: str) -> None:
+    builder.SetDeviceName(prefix)
+
+
+def load_database() -> None:
+    builder.LoadDatabase()
+
+
+def register_refusal() -> tuple[int, Any]:
+    """A new status code and the text buffer its message is read from."""
+    buf = ctypes.create_string_buffer(MESSAGE_SIZE)
+    buf.value = b"write refused"
+    code = (ERR_MODULE << 16) | (len(_buffers) + 1)
+    status = Com.errSymbolAdd(code, ctypes.addressof(buf))
+    if status != 0:
+        raise RuntimeError(f"errSymbolAdd({code:#x}) failed with status {status}")
+    _buffers.append(buf)
+    return code, buf
+
+
+def make_out(rtype: str, suffix: str, fields: dict[str, Any], initial: Any,
+             validate: Callable[[Any, Any], bool], code: int) -> Any:
+    support = {"bo": (epicsdbbuilder.records.bo, _BO),
+               "ao": (epicsdbbuilder.records.ao, _AO)}.get(rtype)
+    if support is None:
+        raise ValueError(f"no writable {rtype} records")
+    make = pythonSoftIoc.PythonDevice.makeRecord(support[0], support[1], "Labbridge")
+    value = int(initial or 0) if rtype == "bo" else float(initial if initial is not None
+                                                          else 0.0)
+    rec = make(suffix, OMSL="supervisory", validate=validate, always_update=True,
+               initial_value=value, **fields)
+    _codes[str(rec)] = code
+    return rec
+
+
+def make_in(rtype: str, suffix: str, fields: dict[str, Any], initial: Any) -> Any:
+    f = dict(fields)
+    if rtype == "ai":
+        return builder.aIn(suffix, initial_value=_float(initial), **f)
+    if rtype == "bi":
+        return builder.boolIn(suffix, initial_value=int(initial or 0), **f)
+    if rtype == "mbbi":
+        return builder.mbbIn(suffix, initial_value=int(initial or 0), **f)
+    if rtype == "longin":
+        return builder.longIn(suffix, initial_value=int(initial or 0), **f)
+    if rtype == "stringin":
+        return builder.stringIn(suffix, initial_value=str(initial or "")[:39], **f)
+    if rtype == "long_stringin":
+        return builder.longStringIn(suffix, initial_value=str(initial or ""), length=256, **f)
+    raise ValueError(f"unknown record type {rtype!r}")
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def set_access_file(path: Path) -> None:
+    dbCore.asSetFilename.argtypes = [ctypes.c_char_p]
+    dbCore.asSetFilename(str(path).encode())
+
+
+class _TrapMessage(ctypes.Structure):
+    _fields_ = [("userid", ctypes.c_char_p), ("hostid", ctypes.c_char_p),
+                ("serverSpecific", ctypes.c_void_p), ("userPvt", ctypes.c_void_p),
+                ("dbrType", ctypes.c_int), ("no_elements", ctypes.c_int),
+                ("data", ctypes.c_void_p)]
+
+
+_Listener = ctypes.CFUNCTYPE(None, ctypes.POINTER(_TrapMessage), ctypes.c_int)
+
+
+def trap_writes(peers: dict[int, str]) -> Any:
+    """Remember, per server thread, who is writing (``user@host``) while a put runs.
+
+    Keyed by OS thread id, not a ``threading.local``: EPICS's server threads are not Python
+    threads, and each ctypes callback in such a thread gets a fresh Python thread state.
+    """
+
+    def listener(msg: Any, after: int) -> None:
+        ident = threading.get_ident()
+        if after:
+            return  # the next write of this thread overwrites the entry
+        m = msg.contents
+        user = (m.userid or b"").decode("utf-8", "replace")
+        host = (m.hostid or b"").decode("utf-8", "replace")
+        peers[ident] = f"{user}@{host}"
+
+    cb = _Listener(listener)
+    Com.asTrapWriteRegisterListener.argtypes = [_Listener]
+    Com.asTrapWriteRegisterListener.restype = ctypes.c_void_p
+    Com.asTrapWriteRegisterListener(cb)
+    return cb  # the caller keeps it alive
+
+
+def ioc_init(loop: asyncio.AbstractEventLoop) -> None:
+    """Start the IOC (CA and PVA servers); ``loop`` runs softioc's dispatched callbacks."""
+    softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher(loop=loop))

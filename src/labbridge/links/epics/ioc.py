@@ -1,0 +1,519 @@
+"""The IOC embedded in a node process: pythonSoftIOC records over labbridge devices.
+
+Threads and the event loop (ADR 0150)
+-------------------------------------
+EPICS runs its own threads: one CA server thread per client circuit, pvxs worker threads for
+pvAccess, the scan and callback threads that process records. labbridge's devices live on the
+node's one asyncio loop and are never touched from those threads. Two paths cross:
+
+* **device -> record.** Device listeners run on the loop. An input record (ai, bi, ...) is
+  updated with softioc's ``set``, which only stores the value and queues the record on EPICS's
+  I/O-interrupt scan (``scanIoRequest``): no record lock is taken on the loop, no polling. An
+  output record (the valve's bo, a setpoint's ao) must take its record lock to change, so the
+  loop hands its latest value to one poster thread (a coalescing dict and a condition: memory
+  is bounded by the number of records, a burst becomes its last value).
+* **client write -> device.** A CA or PVA put processes the output record in the server's
+  thread; softioc calls our ``validate`` there, which runs :meth:`EpicsIoc._write` on the loop
+  with ``run_coroutine_threadsafe`` and waits for its answer (bounded by ``write_timeout``).
+  The loop never waits for EPICS, so this cannot deadlock.
+
+Refusals (ADR 0151): a write the device refuses leaves the record's value as it was, raises a
+WRITE/MAJOR alarm on the record, stores the reason in ``<device>:LAST_ERROR`` and fails the
+put with that reason as a pvAccess error message. A software-locked valve has no write access
+at all (EPICS access security follows the ``_LOCK`` record), which both protocols report as an
+error before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labbridge.devices.base import Change, Device
+from labbridge.links.epics.mapping import (
+    MAX_REASON,
+    Binding,
+    RecordSpec,
+    binding_for,
+    check_names,
+)
+from labbridge.transport.endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+#: softioc can init one IOC per process (iocInit runs once); a second start is refused.
+_PROCESS_IOC: list[str] = []
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class IocSettings:
+    """What the node file says about the IOC (see labbridge.node.kinds.epics)."""
+
+    prefix: str
+    host: str = "127.0.0.1"
+    ca_port: int = 5064          # CA server: TCP and UDP search on one port (0 = a free one)
+    pva_port: int = 5075         # pvAccess server TCP port (0 = a free one)
+    pva_udp_port: int = 5076     # pvAccess search (broadcast) UDP port (0 = a free one)
+    image_port: int = 0          # NTNDArray server (p4p): TCP port, 0 = any
+    image_udp_port: int = 0      # NTNDArray server: search UDP port, 0 = any
+    write_timeout: float = 30.0  # longest a client's write waits for the device
+    gauge_alarms: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+
+
+def free_port(host: str) -> int:
+    """A port free for TCP and UDP on ``host`` (CA needs the same number for both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = int(t.getsockname()[1])
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port free for both TCP and UDP on {host}")
+
+
+def _port_in_use(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class _Poster:
+    """One thread that applies the latest value of each output record (see module doc)."""
+
+    def __init__(self, apply: Callable[[str, Any], None]) -> None:
+        self._apply = apply
+        self._pending: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="epics-poster", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        """OS thread id of the poster (its record updates are not client writes)."""
+        return self._thread.ident
+
+    def post(self, key: str, value: Any) -> None:
+        with self._cond:
+            self._pending[key] = value
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch, self._pending = self._pending, {}
+            for key, value in batch.items():
+                try:
+                    self._apply(key, value)
+                except Exception:  # one bad value must not stop the updates of the others
+                    log.exception("EPICS: cannot update %s", key)
+
+
+class _Record:
+    """A built record: its spec, its binding and the softioc object (or the p4p SharedPV)."""
+
+    __slots__ = ("binding", "code", "message", "name", "obj", "spec")
+
+    def __init__(self, name: str, spec: RecordSpec, binding: Binding) -> None:
+        self.name = name
+        self.spec = spec
+        self.binding = binding
+        self.obj: Any = None
+        self.code = 0                      # this record's refusal status (output records)
+        self.message: Any = None           # its text buffer, read by errSymLookup
+
+
+class EpicsIoc:
+    """Service ``epics_ioc``: every device of the node as records of one embedded IOC."""
+
+    def __init__(self, name: str, devices: list[Device], settings: IocSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.bindings: list[Binding] = []
+        self.skipped: list[str] = []
+        for dev in devices:
+            b = binding_for(dev)
+            if b is None:
+                self.skipped.append(dev.name)
+                continue
+            alarms = settings.gauge_alarms.get(dev.name)
+            if alarms and hasattr(b, "alarms"):
+                b.alarms = alarms
+            self.bindings.append(b)
+        specs = [r for b in self.bindings for r in b.records()]
+        check_names(settings.prefix, specs)
+        self.records: dict[str, _Record] = {}
+        for b in self.bindings:
+            for spec in b.records():
+                self.records[spec.suffix] = _Record(self._pv(spec.suffix), spec, b)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._poster = _Poster(self._apply_out)
+        #: Who writes, per EPICS server thread id (filled by the access-security trap).
+        self._peers: dict[int, str] = {}
+        self._image_server: Any = None
+        self._ports: dict[str, int] = {}
+        self._trap: Any = None
+        self.writes = 0
+        self.refusals = 0
+
+    def _pv(self, suffix: str) -> str:
+        return f"{self.settings.prefix}:{suffix}"
+
+    # -- what the node reports --------------------------------------------------------------
+    def pv_names(self) -> list[str]:
+        return [r.name for r in self.records.values()]
+
+    def endpoints(self) -> list[Endpoint]:
+        s = self.settings
+        ca = self._ports.get("ca", s.ca_port)
+        pva = self._ports.get("pva", s.pva_port)
+        pva_udp = self._ports.get("pva_udp", s.pva_udp_port)
+        out = [
+            Endpoint(self.name, "ca", s.host, ca, purpose="EPICS Channel Access server"),
+            Endpoint(self.name, "udp", s.host, ca, purpose="EPICS CA name search"),
+            Endpoint(self.name, "pva", s.host, pva, purpose="EPICS pvAccess server (QSRV)"),
+            Endpoint(self.name, "udp", s.host, pva_udp, purpose="EPICS PVA name search"),
+        ]
+        if any(r.spec.rtype == "ndarray" for r in self.records.values()):
+            out += [
+                Endpoint(self.name, "pva", s.host,
+                         self._ports.get("image", s.image_port),
+                         purpose="EPICS pvAccess NTNDArray server (p4p)"),
+                Endpoint(self.name, "udp", s.host,
+                         self._ports.get("image_udp", s.image_udp_port),
+                         purpose="EPICS PVA name search (NTNDArray server)"),
+            ]
+        return out
+
+    def ready_extra(self) -> dict[str, Any]:
+        """What clients need: prefix, ports (as EPICS address lists) and every PV name."""
+        host = self.settings.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        pva_udp = [self._ports.get("pva_udp", self.settings.pva_udp_port)]
+        if "image_udp" in self._ports:
+            pva_udp.append(self._ports["image_udp"])
+        return {
+            "kind": "epics_ioc",
+            "prefix": self.settings.prefix,
+            "ca_port": self._ports.get("ca", self.settings.ca_port),
+            "pva_port": self._ports.get("pva", self.settings.pva_port),
+            "pva_udp_port": pva_udp[0],
+            "image_pva_port": self._ports.get("image"),
+            "image_pva_udp_port": self._ports.get("image_udp"),
+            "EPICS_CA_ADDR_LIST": f"{host}:{self._ports.get('ca', self.settings.ca_port)}",
+            "EPICS_PVA_ADDR_LIST": " ".join(f"{host}:{p}" for p in pva_udp),
+            "pvs": self.pv_names(),
+            "skipped_devices": self.skipped,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._running:
+            return
+        if _PROCESS_IOC:
+            raise RuntimeError(f"an EPICS IOC ({_PROCESS_IOC[0]}) already runs in this "
+                               "process; EPICS initialises one IOC per process: give the "
+                               "node one epics_ioc service")
+        self._loop = asyncio.get_running_loop()
+        self._choose_ports()
+        self._set_environment()
+        # Listen before the records exist: a change between building and serving is kept.
+        for b in self.bindings:
+            self._unsubscribe.append(b.device.subscribe(self._listener(b)))
+        try:
+            self._build_and_init()
+        except Exception:
+            self._drop_listeners()
+            raise
+        _PROCESS_IOC.append(self.name)
+        self._running = True
+        self._poster.start()
+        for b in self.bindings:
+            self._show(b, b.state())
+            self._schedule_sample(b)
+        log.info("EPICS IOC %s: prefix %s, %d records; CA %s:%d, PVA %s:%d", self.name,
+                 self.settings.prefix, len(self.records), self.settings.host,
+                 self._ports["ca"], self.settings.host, self._ports["pva"])
+
+    async def stop(self) -> None:
+        """Stop moving values and refuse further writes. EPICS cannot shut an IOC down and
+        start it again in one process: its servers end with the process (epicsExit)."""
+        if not self._running:
+            return
+        self._running = False
+        self._drop_listeners()
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        await asyncio.to_thread(self._poster.stop)
+        if self._image_server is not None:
+            srv, self._image_server = self._image_server, None
+            await asyncio.to_thread(srv.stop)
+
+    def _drop_listeners(self) -> None:
+        for unsub in self._unsubscribe:
+            unsub()
+        self._unsubscribe.clear()
+
+    # -- ports and environment ------------------------------------------------------------
+    def _choose_ports(self) -> None:
+        s = self.settings
+        bind_host = "0.0.0.0" if s.host in ("", "0.0.0.0") else s.host
+        if bind_host == "localhost":
+            bind_host = "127.0.0.1"
+        ports = {"ca": s.ca_port, "pva": s.pva_port, "pva_udp": s.pva_udp_port}
+        for key, port in ports.items():
+            if port == 0:
+                ports[key] = free_port(bind_host)
+        # EPICS falls back to another TCP port without a word when the configured one is
+        # taken; a node must fail loudly instead, naming the field.
+        for key, kind, fieldname in (("ca", socket.SOCK_STREAM, "ca_port"),
+                                     ("pva", socket.SOCK_STREAM, "pva_port")):
+            if _port_in_use(bind_host, ports[key], kind):
+                raise OSError(f"{fieldname} {ports[key]} on {bind_host} is already in use")
+        self._ports.update(ports)
+
+    def _set_environment(self) -> None:
+        s = self.settings
+        env = {"EPICS_CAS_SERVER_PORT": str(self._ports["ca"]),
+               "EPICS_PVAS_SERVER_PORT": str(self._ports["pva"]),
+               "EPICS_PVAS_BROADCAST_PORT": str(self._ports["pva_udp"])}
+        if s.host not in ("", "0.0.0.0"):
+            host = "127.0.0.1" if s.host == "localhost" else s.host
+            env.update(EPICS_CAS_INTF_ADDR_LIST=host, EPICS_PVAS_INTF_ADDR_LIST=host)
+            if host in _LOOPBACK:
+                # Beacons stay on loopback too: nothing of a loopback IOC leaves the host.
+                env.update(EPICS_CAS_BEACON_ADDR_LIST=host, EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
+                           EPICS_PVAS_BEACON_ADDR_LIST=host,
+                           EPICS_PVAS_AUTO_BEACON_ADDR_LIST="NO")
+        os.environ.update(env)
+
+    # -- building the IOC ------------------------------------------------------------------
+    def _build_and_init(self) -> None:
+        from labbridge.links.epics import _softioc as sio
+
+        sio.ensure_loaded()
+        workdir = Path(tempfile.mkdtemp(prefix="labbridge-ioc-"))
+        sio.set_prefix(self.settings.prefix)
+        acf_groups: list[tuple[str, str]] = []
+        for rec in self.records.values():
+            spec = rec.spec
+            if spec.rtype == "ndarray":
+                continue
+            initial = rec.binding.state().get(spec.suffix)
+            if spec.writable:
+                rec.code, rec.message = sio.register_refusal()
+                fields = dict(spec.fields)
+                if spec.lock is not None:
+                    group = f"LB_{len(acf_groups)}"
+                    acf_groups.append((group, self._pv(spec.lock)))
+                    fields["ASG"] = group
+                rec.obj = sio.make_out(spec.rtype, spec.suffix, fields, initial,
+                                       self._validator(rec), rec.code)
+            else:
+                rec.obj = sio.make_in(spec.rtype, spec.suffix, spec.fields, initial)
+        sio.load_database()
+        acf = workdir / "labbridge.acf"
+        acf.write_text(_acf(acf_groups))
+        sio.set_access_file(acf)
+        self._trap = sio.trap_writes(self._peers)
+        assert self._loop is not None
+        sio.ioc_init(self._loop)
+        images = {r.name: r for r in self.records.values() if r.spec.rtype == "ndarray"}
+        if images:
+            self._start_image_server(images)
+
+    def _start_image_server(self, images: dict[str, _Record]) -> None:
+        from p4p.nt import NTNDArray
+        from p4p.server import Server
+        from p4p.server.thread import SharedPV
+
+        s = self.settings
+        for rec in images.values():
+            frame = rec.binding.state().get(rec.spec.suffix)
+            rec.obj = SharedPV(nt=NTNDArray(), initial=_image(frame))
+        conf = {"EPICS_PVAS_SERVER_PORT": str(s.image_port),
+                "EPICS_PVAS_BROADCAST_PORT": str(s.image_udp_port)}
+        if s.host not in ("", "0.0.0.0"):
+            host = "127.0.0.1" if s.host == "localhost" else s.host
+            conf.update(EPICS_PVAS_INTF_ADDR_LIST=host)
+            if host in _LOOPBACK:
+                conf.update(EPICS_PVAS_BEACON_ADDR_LIST=host,
+                            EPICS_PVAS_AUTO_BEACON_ADDR_LIST="NO")
+        self._image_server = Server(providers=[{n: r.obj for n, r in images.items()}],
+                                    conf=conf, useenv=False)
+        actual = self._image_server.conf()
+        self._ports["image"] = int(actual["EPICS_PVAS_SERVER_PORT"])
+        self._ports["image_udp"] = int(actual["EPICS_PVAS_BROADCAST_PORT"])
+
+    # -- device -> records ------------------------------------------------------------------
+    def _listener(self, b: Binding) -> Callable[[Change], None]:
+        def on_change(change: Change) -> None:
+            if self._running:
+                self._show(b, b.updates(change), change.ts)
+
+        return on_change
+
+    def _show(self, b: Binding, values: dict[str, Any], ts: float | None = None) -> None:
+        """Put device values into records; runs on the loop and never blocks on EPICS."""
+        for suffix, value in values.items():
+            rec = self.records.get(suffix)
+            if rec is None or rec.obj is None:
+                continue
+            if rec.spec.rtype == "ndarray":
+                if value is not None:
+                    rec.obj.post(_image(value))
+            elif rec.spec.writable:
+                self._poster.post(suffix, value)
+            else:
+                rec.obj.set(_in_value(rec.spec.rtype, value), timestamp=ts)
+
+    def _apply_out(self, suffix: str, value: Any) -> None:
+        """Poster thread: move an output record to the device's value without a write."""
+        rec = self.records[suffix]
+        # No "unchanged?" shortcut: a client's put may be holding this record right now, and
+        # its value is only known once the put ends (set() waits for the record lock).
+        rec.obj.set(value)
+
+    def _schedule_sample(self, b: Binding) -> None:
+        delay = b.next_sample_in()
+        if delay is None or not self._running or self._loop is None:
+            return
+
+        def due() -> None:
+            if not self._running:
+                return
+            try:
+                b.sample()
+            except Exception:
+                log.exception("EPICS: reading %s failed", b.device.name)
+            self._schedule_sample(b)
+
+        # The device says when its next reading completes; a floor keeps a tiny integration
+        # time from turning this into a busy loop.
+        self._timers[b.dev] = self._loop.call_later(max(delay, 0.01) + 0.001, due)
+
+    # -- client write -> device ---------------------------------------------------------------
+    def _validator(self, rec: _Record) -> Callable[[Any, Any], bool]:
+        def validate(_record: Any, value: Any) -> bool:
+            ident = threading.get_ident()
+            if ident == self._poster.ident:
+                return True  # the poster showing the device's own value, not a client write
+            peer = self._peers.get(ident)
+            reason = self._wait_for_write(rec, value, peer)
+            if reason is None:
+                return True
+            reason = reason[:MAX_REASON]
+            rec.message.value = reason.encode("utf-8", "replace")
+            last = self.records.get(rec.binding.s("LAST_ERROR"))
+            if last is not None and last.obj is not None:
+                last.obj.set(reason)
+            return False
+
+        return validate
+
+    def _wait_for_write(self, rec: _Record, value: Any, peer: str | None) -> str | None:
+        """In an EPICS server thread: run the write on the loop and wait for its answer."""
+        loop = self._loop
+        if not self._running or loop is None or loop.is_closed():
+            return "the node is stopping"
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._write(rec, value, peer), loop)
+        except RuntimeError:
+            return "the node is stopping"
+        try:
+            return fut.result(self.settings.write_timeout)
+        except concurrent.futures.TimeoutError:
+            # Never cancelled: an actuation under way must finish or fail by itself.
+            return (f"{rec.name}: no answer from the device within "
+                    f"{self.settings.write_timeout:g} s (the command goes on)")
+        except Exception as exc:
+            return f"{rec.name}: {exc}"
+
+    async def _write(self, rec: _Record, value: Any, peer: str | None) -> str | None:
+        """Every client write of every record passes here, on the loop (the access gate's
+        place: ``peer`` is the CA/PVA client as ``user@host``)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            reason: str | None = f"{rec.name}: {value!r} is not a number"
+        else:
+            try:
+                reason = await rec.binding.write(rec.spec.suffix, value, peer)
+            except Exception as exc:  # a device error is a refusal, never a dead IOC thread
+                log.exception("EPICS: write %s=%r failed", rec.name, value)
+                reason = f"{rec.name}: {type(exc).__name__}: {exc}"
+        self.writes += 1
+        if reason is not None:
+            self.refusals += 1
+            log.warning("EPICS: write %s=%r from %s refused: %s", rec.name, value,
+                        peer or "-", reason)
+        else:
+            # Show the device's state now (an ACQUIRE returns to Idle, a written setpoint
+            # reads back) without waiting for a change event that may not come.
+            self._show(rec.binding, rec.binding.state())
+        return reason
+
+
+def _acf(groups: list[tuple[str, str]]) -> str:
+    """Access security: everyone reads and writes, except a locked valve (INPA = its _LOCK
+    record, write allowed while it reads 0). TRAPWRITE lets the face learn who writes."""
+    out = ["ASG(DEFAULT) {", "    RULE(1, READ)", "    RULE(1, WRITE, TRAPWRITE)", "}"]
+    for group, lock_pv in groups:
+        out += [f"ASG({group}) {{", f'    INPA("{lock_pv}")', "    RULE(1, READ)",
+                "    RULE(1, WRITE, TRAPWRITE) {", '        CALC("A=0")', "    }", "}"]
+    return "\n".join(out) + "\n"
+
+
+def _in_value(rtype: str, value: Any) -> Any:
+    if rtype in ("bi", "mbbi", "longin"):
+        return int(value)
+    if rtype == "ai":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+    if rtype == "stringin":
+        return str(value)[:39]
+    return str(value)
+
+
+def _image(frame: Any) -> Any:
+    import numpy as np
+
+    if frame is None:
+        return np.zeros((1, 1), dtype=np.uint16)
+    return np.ascontiguousarray(frame)
+
