@@ -5,7 +5,8 @@
   Namespaces left by fault-suite processes that died are removed when the session starts.
 * ``start_node(ns, yaml)``: runs ``labbridge serve`` (through tests/faults/probe.py, which
   counts valve actuations) inside the namespace, bound to the namespace's veth address
-  (``@HOST@`` in the node text), and waits for its ready file.
+  (``@HOST@`` in the node text), and waits for its ready file. Unless the text has its own
+  ``security`` section, the test process's and the namespace's addresses are made admin.
 * ``outcome(scenario)``: what the test measured (detection and recovery times, what
   happened); the outcomes of passing tests are written to
   ``test-artifacts/faults/run-<time>-<pid>.json`` when the session ends, and
@@ -83,7 +84,13 @@ class Node:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file = self.dir / "node.yaml"
-        self.file.write_text(text.replace("@HOST@", ns.ns_ip), encoding="utf-8")
+        text = text.replace("@HOST@", ns.ns_ip)
+        if "\nsecurity:" not in text:
+            # With no security section a node trusts its own machine only (docs/security.md):
+            # the test process and clients inside the namespace are other addresses.
+            text += ("\nsecurity:\n  addresses:\n"
+                     f"    admin: [{ns.host_ip}, {ns.ns_ip}, 127.0.0.1]\n")
+        self.file.write_text(text, encoding="utf-8")
         self.ready = self.dir / "ready.json"
         self.log_path = self.dir / "node.log"
         self.probe_log = self.dir / "actuations.log"

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from labbridge.links.pymodaq.server import PyMoDAQServer, RemoteDetector
-from labbridge.links.pymodaq.settings_xml import parameter_to_xml
 from tests.faults.conftest import elapsed
 
 pytestmark = pytest.mark.faults
@@ -47,12 +46,14 @@ async def test_reset_during_frame_transfer(netns, start_node, outcome):
     try:
         await start_node(netns, NODE.replace("@SERVER@", f"{netns.host_ip}:{server.port}"))
         await det.wait_connected(15)
+        await det.grab()  # answered after the Infos that follows the hello (one stream)
+        first_infos = det.settings_xml  # the first hello's Infos
+        assert first_infos is not None and det.settings["exposure_ms"] == 10.0
         # The main computer changes a setting; a grab after it proves it was applied (the
         # client runs commands in order).
-        det.set_info(["exposure_ms"], parameter_to_xml("exposure_ms", 42.0))
+        det.set_setting("exposure_ms", 42.0)
         frame = (await det.grab())[0]
         assert frame.shape == (1024, 1024) and frame.dtype == np.uint16
-        assert det.settings.get("exposure_ms") == "10.0"  # what the first hello said
 
         settings = asyncio.Event()
         det.subscribe(lambda ch: settings.set() if ch.signal == "settings" else None)
@@ -77,9 +78,10 @@ async def test_reset_during_frame_transfer(netns, start_node, outcome):
         t_heal = time.monotonic()
         async with asyncio.timeout(30):
             await det.wait_connected()
-            while det.settings.get("exposure_ms") != "42.0":
+            while det.settings_xml is first_infos:
                 await settings.wait()  # Infos follows the hello on the new connection
                 settings.clear()
+        assert det.settings["exposure_ms"] == 42.0, det.settings
         reconnected = elapsed(t_heal)
         frame = (await det.grab())[0]
         out.recovered = elapsed(t_heal)
