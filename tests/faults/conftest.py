@@ -168,6 +168,11 @@ class Node:
         """Physical actuations of ``address`` started so far (set_output calls)."""
         return sum(1 for line in self.probe_lines() if line.startswith(f"enter {address} "))
 
+    def levels(self, address: str) -> list[bool]:
+        """The level of each physical actuation of ``address``, in order."""
+        return [line.endswith(" 1") for line in self.probe_lines()
+                if line.startswith(f"enter {address} ")]
+
     def hold(self, address: str) -> None:
         (self.dir / f"hold-{address}").touch()
 

@@ -74,3 +74,19 @@ def test_the_documented_command_runs_and_says_when_there_is_nothing(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error: no complete run in")
     assert "Traceback" not in out.stderr
+
+
+def test_actuation_matching_of_the_loss_scenario():
+    from tests.faults.test_valves import matches
+
+    o, c = True, False
+    # open OK, close OK: both ran
+    assert matches([(o, True), (c, True)], [o, c])
+    # an open confirmed by read-back only (it may not have run), then a close that ran
+    assert matches([(o, True), (c, False), (o, False), (c, True)], [o, c])
+    # a second physical open for one answered open: never
+    assert not matches([(o, True), (c, False)], [o, o])
+    # more actuations than requests: never
+    assert not matches([(o, True)], [o, c])
+    # an answered request that did not run: inconsistent
+    assert not matches([(o, True), (c, True)], [o])
