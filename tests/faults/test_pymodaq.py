@@ -78,7 +78,7 @@ async def test_reset_during_frame_transfer(netns, start_node, outcome):
         t_heal = time.monotonic()
         async with asyncio.timeout(30):
             await det.wait_connected()
-            while det.settings_xml is first_infos:
+            while det.settings_xml is None or det.settings_xml is first_infos:
                 await settings.wait()  # Infos follows the hello on the new connection
                 settings.clear()
         assert det.settings["exposure_ms"] == 42.0, det.settings
