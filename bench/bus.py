@@ -17,6 +17,11 @@ loop (uvloop when installed, as labbridge runs), every variant measured in this 
 ``bus_vs_raw_zmq`` = bus_json / raw_zmq; ``bus_vs_raw_zmq_drain`` = bus_json / raw_zmq_drain;
 ``bus_bytes_vs_raw_zmq_drain`` = bus_bytes / raw_zmq_drain (same 64 raw bytes on both sides).
 
+Envelope cost per message, no sockets (``envelope_*_us``, best of ``--rounds`` timed loops of
+``--messages`` calls): ``EnvelopeEncoder.encode`` and ``envelope.decode`` of the same 64-byte
+JSON value and of a 64-byte ``bytes`` payload. ``envelope_json_us`` (encode + decode, JSON)
+minus ``envelope_bytes_us`` is what JSON adds over raw bytes.
+
 Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
 Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
 so both processes read the same clock); and the same from a simulated ValveBank's
@@ -47,6 +52,7 @@ from labbridge.bus.notifier import Notifier  # noqa: E402
 from labbridge.bus.publisher import Publisher  # noqa: E402
 from labbridge.bus.subscriber import Subscriber  # noqa: E402
 from labbridge.devices.base import Device  # noqa: E402
+from labbridge.protocol.telemetry.envelope import EnvelopeEncoder, decode  # noqa: E402
 
 TOPIC = "bench.dev.sig"
 JSON_VALUE = {"v": "x" * 56}
@@ -234,6 +240,26 @@ async def latency_child(url: str, samples: int) -> None:
     sys.stdout.flush()
 
 
+def envelope_us(value: Any, n: int, rounds: int) -> tuple[float, float]:
+    """Microseconds per encode and per decode of one message carrying ``value`` (best of
+    ``rounds``: the least disturbed by other work on the machine)."""
+    enc = EnvelopeEncoder(1)
+    frames = enc.encode(TOPIC, value, 1.0)
+    frames = [bytes(f) for f in frames]  # as the subscriber sees small frames
+    best_enc = best_dec = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            enc.encode(TOPIC, value, 1.0)
+        t1 = time.perf_counter()
+        for _ in range(n):
+            decode(frames)
+        t2 = time.perf_counter()
+        best_enc = min(best_enc, (t1 - t0) / n * 1e6)
+        best_dec = min(best_dec, (t2 - t1) / n * 1e6)
+    return best_enc, best_dec
+
+
 def run(coro: Any) -> Any:
     try:
         import uvloop
@@ -252,6 +278,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rates["raw_zmq_drain"].append(await raw_rate(n, drain=True))
         rates["bus_bytes"].append(await bus_rate(n, RAW))
     med = {k: statistics.median(v) for k, v in rates.items()}
+    json_enc, json_dec = envelope_us(JSON_VALUE, n, args.rounds)
+    bytes_enc, bytes_dec = envelope_us(RAW, n, args.rounds)
     lat = await latency(args.latency_samples)
     vlat = await latency(args.latency_samples // 2, valve=True)
     return {
@@ -267,6 +295,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "bus_vs_raw_zmq": round(med["bus_json"] / med["raw_zmq"], 3),
         "bus_vs_raw_zmq_drain": round(med["bus_json"] / med["raw_zmq_drain"], 3),
         "bus_bytes_vs_raw_zmq_drain": round(med["bus_bytes"] / med["raw_zmq_drain"], 3),
+        "envelope_json_encode_us": round(json_enc, 2),
+        "envelope_json_decode_us": round(json_dec, 2),
+        "envelope_json_us": round(json_enc + json_dec, 2),
+        "envelope_bytes_encode_us": round(bytes_enc, 2),
+        "envelope_bytes_decode_us": round(bytes_dec, 2),
+        "envelope_bytes_us": round(bytes_enc + bytes_dec, 2),
         "latency_samples": len(lat),
         "emit_to_remote_callback_p50_ms": round(pct(lat, 0.50) * 1e3, 3),
         "emit_to_remote_callback_p99_ms": round(pct(lat, 0.99) * 1e3, 3),

@@ -39,6 +39,7 @@ from labbridge.protocol.hexrotcomm import (
     SetStateParam,
     WireProfile,
 )
+from labbridge.protocol.hexrotcomm.tai import current_tai
 from labbridge.transport.one_client import OneClientServer, configure_socket
 
 PROFILE = WireProfile.make(ROTATOR, "D")
@@ -48,10 +49,11 @@ FRAME = PROFILE.header.size + ROTATOR.telemetry.size
 def _telemetry_blob(n: int) -> bytes:
     """n real telemetry frames from the rotator mock while it moves (distinct contents)."""
     mock = RotatorMockController("bench", "D", config={"velocity_limit": 3.5})
-    mock.handle_command(int(RotatorCommandCode.SET_STATE), (2.0, 0, 0, 0, 0, 0))
-    mock.handle_command(int(RotatorCommandCode.POSITION_SET), (80.0, 0, 0, 0, 0, 0))
-    mock.handle_command(int(RotatorCommandCode.SET_ENABLED_SUBSTATE), (1.0, 0, 0, 0, 0, 0))
-    t0 = 1.7e9
+    t0 = current_tai()  # the header times of one stream stay within a day of each other
+    mock.telemetry_record(t0)
+    mock.handle_command(int(RotatorCommandCode.SET_STATE), (2.0, 0, 0, 0, 0, 0), t0)
+    mock.handle_command(int(RotatorCommandCode.POSITION_SET), (80.0, 0, 0, 0, 0, 0), t0)
+    mock.handle_command(int(RotatorCommandCode.SET_ENABLED_SUBSTATE), (1.0, 0, 0, 0, 0, 0), t0)
     frames = [PROFILE.encode_frame(FrameKind.TELEMETRY, mock.telemetry_record(t0 + i * 0.02),
                                    i, t0 + i * 0.02) for i in range(n)]
     return b"".join(frames)
@@ -79,7 +81,7 @@ async def _serve_blast(conn: Any) -> None:
     takes them, to each client in turn."""
     blob = _telemetry_blob(1000)
     config = PROFILE.encode_frame(FrameKind.CONFIG, ROTATOR.config.make(upper_pos_limit=90.0),
-                                  0, time.time())
+                                  0, current_tai())
 
     async def blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(config)

@@ -175,3 +175,37 @@ async def test_sim_gauge_follows_a_valve() -> None:
     gauges.follow(bank, "P", "IG", 0.01)  # P starts open: closing it is the first step
     await bank.close("P")
     assert gauges.base("IG") == pytest.approx(1e-6)
+
+
+
+class _OneStepBackend(SimGaugeBackend):
+    """Answers after one turn of the event loop (a real backend always suspends)."""
+
+    async def read_pressure(self, gauge: str) -> float:
+        await asyncio.sleep(0)
+        return await super().read_pressure(gauge)
+
+
+async def test_a_cancelled_pressure_read_stays_cancelled() -> None:
+    """A read cancelled while in progress raises CancelledError, whatever the moment.
+    Python 3.11's ``asyncio.wait_for`` returned the reading instead when the cancellation
+    arrived just as the backend answered, so a DashboardServer polling the gauge never
+    stopped: its ``stop()`` awaited the poll task for ever (the hang of
+    tests/web/test_browser.py::test_trends_load_the_recorders_history_on_page_load)."""
+    ctrl = GaugeController("g", ["IG"], _OneStepBackend({"IG": "ion"}))
+    await ctrl.start()
+    in_progress = 0
+    try:
+        for turns in range(6):  # cancel after 0..5 turns of the loop: every phase of a read
+            task = asyncio.create_task(ctrl.pressure("IG"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if task.cancel():  # the read had not finished: it must end cancelled
+                in_progress += 1
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                assert await task > 0
+    finally:
+        await ctrl.stop()
+    assert in_progress >= 2

@@ -15,6 +15,7 @@ import pytest
 from labbridge.devices.backends.sim import SimValveBackend
 from labbridge.devices.base import Change
 from labbridge.devices.valves import (
+    REFUSED_SIGNAL,
     ActuationResult,
     Outcome,
     SwitchKind,
@@ -144,9 +145,16 @@ async def test_scenario_interlock() -> None:
     cfgs[0].interlocks = ("B",)
     backend = SimValveBackend()
     bank = ValveBank("valves", cfgs, backend)
-    res = await bank.open("A")
+    seen = recorder(bank)
+    res = await bank.open("A", requester="10.0.0.7")
     assert res == ActuationResult(Outcome.REFUSED, "A", "open", "interlock: B is open")
     assert backend.calls == [] and not bank.is_open("A")
+    # The refusal is announced (a dashboard shows it as an alarm event).
+    assert [(c.signal, c.value) for c in seen] == [
+        (REFUSED_SIGNAL, {"valve": "A", "action": "open", "reason": "interlock: B is open",
+                          "requester": "10.0.0.7"})]
+    with pytest.raises(ValueError, match="reserved"):
+        ValveBank("v", [ValveConfig(REFUSED_SIGNAL)], SimValveBackend())
     # Closing is never blocked by an interlock; with B closed, A may open.
     assert (await bank.close("B")).outcome is Outcome.ACTUATED
     assert (await bank.open("A")).outcome is Outcome.ACTUATED
@@ -339,11 +347,16 @@ async def test_read_back_disagreement_is_refused_and_memory_follows() -> None:
     res = await bank.open("A")
     assert res.outcome is Outcome.REFUSED
     assert res.reason == "read-back disagrees: A is closed"
-    assert not bank.is_open("A") and seen == []
+    assert not bank.is_open("A")
+    # no valve change; only the refusal event
+    assert [(c.signal, c.value) for c in seen] == [
+        (REFUSED_SIGNAL, {"valve": "A", "action": "open", "requester": "",
+                          "reason": "read-back disagrees: A is closed"})]
+    seen.clear()
     backend.stick("B", False)  # B is open in memory, but the hardware drops it
     res = await bank.open("B")
     assert res.outcome is Outcome.REFUSED and not bank.is_open("B")
-    assert [c.value["state"] for c in seen] == [0]
+    assert [c.value["state"] for c in seen if c.signal == "B"] == [0]
 
 
 async def test_backend_without_read_back_trusts_the_command() -> None:

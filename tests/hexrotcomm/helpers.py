@@ -18,6 +18,13 @@ T = 10.0
 FAST = {"velocity_limit": 10.0, "accel_limit": 20.0, "max_velocity_limit": 10.0}
 
 
+def fast(generation: Generation | str) -> dict[str, float]:
+    """FAST limited to the fields of the generation's config struct (gen A has 8 fields)."""
+    gen = Generation(generation)
+    names = RotatorMockController("probe", gen).spec.config.names
+    return {k: v for k, v in FAST.items() if k in names}
+
+
 @dataclass
 class Rig:
     generation: Generation
@@ -33,7 +40,7 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rotator_rig(generation: str, **ctrl_kw: Any) -> AsyncIterator[Rig]:
     gen = Generation(generation)
-    mock = RotatorMockController("rot", gen, config=FAST)
+    mock = RotatorMockController("rot", gen, config=fast(gen))
     profile = WireProfile.make(mock.spec, gen)
     kw: dict[str, Any] = {"enable_drives_delay": 0.0, "move_pause": 0.0,
                           "connect_timeout": T, "config_timeout": T, **ctrl_kw}

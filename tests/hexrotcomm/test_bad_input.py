@@ -21,8 +21,6 @@ from labbridge.protocol.hexrotcomm import (
     HEADER,
     HEADER_A24,
     ROTATOR,
-    ROTATOR_CONFIG,
-    ROTATOR_TELEMETRY,
     ControllerState,
     ErrorCode,
     FrameKind,
@@ -38,21 +36,22 @@ PROFILE_D = WireProfile.make(ROTATOR, "D")
 
 
 def _good(profile: WireProfile) -> bytes:
-    return (profile.encode_frame(FrameKind.CONFIG, ROTATOR_CONFIG.make(upper_pos_limit=90.0),
-                                 0, 1.0)
-            + profile.encode_frame(FrameKind.TELEMETRY, ROTATOR_TELEMETRY.make(), 0, 1.0))
+    cfg, tel = profile.device.config, profile.device.telemetry
+    return (profile.encode_frame(FrameKind.CONFIG, cfg.make(upper_pos_limit=90.0), 0, 1.0)
+            + profile.encode_frame(FrameKind.TELEMETRY, tel.make(), 0, 1.0))
 
 
 def _bad_inputs(profile: WireProfile) -> dict[str, tuple[bytes, str]]:
     """name -> (bytes to send before EOF, expected error kind)."""
-    tel = ROTATOR_TELEMETRY.encode(ROTATOR_TELEMETRY.make())
+    layout = profile.device.telemetry
+    tel = layout.encode(layout.make())
     if profile.generation is Generation.A:
         corrupt = HEADER_A24.encode((0x5555, 0, 0, 1, 3_000_000_000)) + tel
         unknown = HEADER_A24.encode((0x5555, 0x77, 0, 1, 0)) + tel
     else:
         corrupt = HEADER.encode((2, 0, 1, 3_000_000_000)) + tel
         unknown = HEADER.encode((1025, 0, 1, 0)) + tel
-    truncated = profile.encode_frame(FrameKind.TELEMETRY, ROTATOR_TELEMETRY.make(), 0, 1.0)
+    truncated = profile.encode_frame(FrameKind.TELEMETRY, layout.make(), 0, 1.0)
     return {
         "corrupt_header": (corrupt, "bad_header"),
         "unknown_frame_id": (unknown, "unknown_frame_id"),
@@ -86,7 +85,12 @@ async def test_gen_a_bad_telemetry_breaks_connection_and_server_lives_on(name, c
         await asyncio.wait_for(srv.telemetry_server.wait_disconnected(), T)
         assert srv.bad_frames == 1 and srv.last_error.kind == kind
         assert "closing the telemetry connection" in caplog.text
-        assert srv.telemetry is not None  # the good frames before the bad ones were used
+        # The good CONFIG before the bad bytes was used (the header after it confirmed it);
+        # the telemetry frame right before a bad header is never handed out (ADR 0042
+        # amendment): it may be a frame of another size. Before a truncated frame (whose
+        # header is valid) it was confirmed.
+        assert srv.config is not None and srv.config.upper_pos_limit == 90.0
+        assert (srv.telemetry is not None) == (kind == "truncated")
         # The server keeps running: the real controller connects and works.
         mock = RotatorMockController("rot", "A")
         client = MockControllerClient(mock, "127.0.0.1", srv.port)

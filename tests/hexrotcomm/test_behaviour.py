@@ -76,7 +76,9 @@ async def test_out_of_limit_command_refused_locally_naming_the_limit(gen):
         assert ei.value.limit == "upper_pos_limit"
         with pytest.raises(LimitError, match="lower_pos_limit = -90"):
             await ctrl.move(-91.0)
-        with pytest.raises(LimitError, match="max_velocity_limit"):
+        # gen D: the CONFIG's max_velocity_limit; gen A (64-byte config): velocity_limit
+        limit = "max_velocity_limit" if gen == "D" else "velocity_limit"
+        with pytest.raises(LimitError, match=rf"\(0, {limit} = 10\]"):
             await ctrl.configure_velocity(50.0)
         with pytest.raises(LimitError):
             await ctrl.move(float("nan"))
@@ -90,7 +92,7 @@ async def test_gen_d_controller_refuses_out_of_limit_with_no_ack_reason():
         await rig.ctrl.enable()
         with pytest.raises(CommandRejected, match=r"position 120 not in range \[-90, 90\]"):
             await rig.ctrl.send("POSITION_SET", [120.0])
-        with pytest.raises(CommandRejected, match="velocity 50 not in range"):
+        with pytest.raises(CommandRejected, match=r"velocity limit 50 not in range \(0, 3.5\]"):
             await rig.ctrl.send("CONFIG_VEL", [50.0])
 
 

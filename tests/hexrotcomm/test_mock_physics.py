@@ -75,11 +75,11 @@ def test_rotator_refusals_name_the_limit():
     cmd(m, SS, SetStateParam.ENABLE)
     with pytest.raises(CommandError, match=r"position 95 not in range \[-90, 90\]"):
         cmd(m, POS, 95.0)
-    with pytest.raises(CommandError, match="no position set"):
+    with pytest.raises(CommandError, match="Must call POSITION_SET before"):
         cmd(m, SUB, 1)
-    with pytest.raises(CommandError, match="velocity 9 not in range"):
+    with pytest.raises(CommandError, match=r"velocity limit 9 not in range \(0, 3.5\]"):
         cmd(m, VEL, 9.0)
-    with pytest.raises(CommandError, match="acceleration 0 not in range"):
+    with pytest.raises(CommandError, match=r"accel limit 0 not in range \(0, 1\]"):
         cmd(m, ACC, 0.0)
     with pytest.raises(CommandError, match="Unrecognized command code 12345"):
         cmd(m, 12345)
@@ -107,7 +107,7 @@ def test_gen_a_state_machine():
 
 def test_gen_d_fault_and_clear_error_and_drives():
     m = RotatorMockController("r", "D")
-    cmd(m, 0x8001)  # FAULT
+    cmd(m, SS, SetStateParam.FAULT)  # param1 = 8 (ts_mtrotator >= v1.1.0)
     assert m.state == ControllerState.FAULT
     with pytest.raises(CommandError):
         cmd(m, SS, SetStateParam.ENABLE)

@@ -33,7 +33,7 @@ from labbridge.protocol.hexrotcomm import (
     LayoutError,
     WireProfile,
 )
-from labbridge.protocol.hexrotcomm.devices import HEXAPOD_POS_FILT_VEL
+from labbridge.protocol.hexrotcomm.devices import HEXAPOD_POS_FILT_VEL, device_spec
 from labbridge.protocol.hexrotcomm.layout import encode_text
 from tests.conftest import load_vectors
 
@@ -153,8 +153,12 @@ def test_gen_a_header_36_carries_mjd():
     raw = prof.encode_header(0x5, 3, 1700000000.5)
     h = HEADER_A36.decode(raw)
     assert (h.sync_pattern, h.frame_id, h.counter) == (0x1234, 5, 3)
-    assert h.mjd == 40587 + 1700000000 // 86400
-    assert h.tai_sec == 1700000000 and h.tai_nsec == 500000000
+    # A-36 (ts_hexrotcomm v0.1-v0.18) carried UTC tv_sec/tv_nsec: TAI 1700000000.5 is UTC
+    # 37 s earlier (TAI - UTC = 37 s since 2017).
+    assert h.mjd == 40587 + (1700000000 - 37) // 86400
+    assert h.tai_sec == 1700000000 - 37 and h.tai_nsec == 500000000
+    assert WireProfile.make(SIMPLE, "A").encode_header(0x5, 3, 1700000000.5)[8:16] == \
+        (1700000000).to_bytes(8, "little")  # A-24 (v0.20+) carries TAI as given
 
 
 # -- stream decoders ---------------------------------------------------------------------------
@@ -205,14 +209,17 @@ def test_unknown_frame_id_is_fatal_and_names_the_header():
     msg = next(m for m in V["messages"] if m["name"] == "header_unknown_frame_id")
     wire, _ = _stream_d()
     dec = FrameDecoder(WireProfile.make(SIMPLE, "D"))
-    dec.receive_data(wire[:49] + bytes.fromhex(msg["hex"]) + b"\0" * 100)
-    assert dec.next_event().kind is FrameKind.CONFIG  # frames before the error still come out
+    dec.receive_data(wire[:49 + 60] + bytes.fromhex(msg["hex"]) + b"\0" * 100)
+    # Frames confirmed before the error still come out (the config: a valid header follows
+    # it); the telemetry frame right before the bad header is never handed out.
+    assert dec.next_event().kind is FrameKind.CONFIG
     with pytest.raises(ProtocolError) as ei:
         dec.next_event()
     assert ei.value.kind == "unknown_frame_id" and ei.value.fatal
     assert "1025" in str(ei.value) and msg["hex"] in str(ei.value)
     with pytest.raises(ProtocolError):  # stays broken: the stream cannot resynchronise
         dec.next_event()
+    assert dec.frames_dropped == 1
 
 
 def test_corrupt_header_nsec_out_of_range():
@@ -294,20 +301,32 @@ def test_oversized_input_is_bounded():
 
 
 def test_gen_a_decoder_uses_device_frame_ids():
-    prof = WireProfile.make(ROTATOR, "A")
-    tel = ROTATOR_TELEMETRY.make(state=2.0, current_pos=1.25, motor_current=(1.0, 2.0))
-    cfg = ROTATOR_CONFIG.make(upper_pos_limit=90.0, drives_enabled=True)
+    prof = WireProfile.make(device_spec("rotator", "A"), "A")
+    tel_l, cfg_l = prof.device.telemetry, prof.device.config
+    tel = tel_l.make(state=2.0, current_pos=1.25, motor_current_axis_b=2.0)
+    cfg = cfg_l.make(upper_pos_limit=90.0)
     wire = (prof.encode_frame(FrameKind.CONFIG, cfg, 1, 1.5)
             + prof.encode_frame(FrameKind.TELEMETRY, tel, 2, 1.75))
-    assert len(wire) == 24 + 97 + 24 + 396
+    assert len(wire) == 24 + 64 + 24 + 404
     dec = FrameDecoder(prof)
     for b in wire:
         dec.receive_data(bytes([b]))
+    # Generation A is strict: the last frame waits for the header after it.
     frames = _drain(dec)
+    assert [f.payload for f in frames] == [cfg] and dec.held
+    nxt = prof.encode_frame(FrameKind.TELEMETRY, tel, 3, 1.8)
+    dec.receive_data(nxt[:23])
+    assert _drain(dec) == []  # 23 bytes are no header yet
+    dec.receive_data(nxt[23:24])
+    frames += _drain(dec)
     assert [f.payload for f in frames] == [cfg, tel]
     assert frames[0].header.sync_pattern == 0x5555 and frames[0].header.frame_id == 0x2
     assert frames[1].header.frame_id == 0x0 and frames[1].header.counter == 2
+    dec.receive_data(nxt[24:])
+    dec.eof()  # the stream ends right after a whole frame: it comes out
+    assert _drain(dec)[0].header.counter == 3
     # A gen D status frame id means nothing in gen A.
+    dec = FrameDecoder(prof)
     dec.receive_data(HEADER_A24.encode((0x5555, 1, 0, 0, 0)))
     with pytest.raises(ProtocolError):
         dec.next_event()

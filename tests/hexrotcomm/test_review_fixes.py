@@ -49,7 +49,9 @@ async def _statuses(reader: asyncio.StreamReader, n: int) -> list[int]:
     data = await asyncio.wait_for(reader.readexactly(n * STATUS_SIZE), T)
     dec = FrameDecoder(PROFILE_D)
     dec.receive_data(data)
-    frames = list(dec.next_events())
+    frames = []
+    while (f := dec.next_event()) is not NEED_DATA:
+        frames.append(f)
     assert [f.kind for f in frames] == [FrameKind.STATUS] * n
     return [f.header.counter for f in frames]
 

@@ -59,8 +59,9 @@ def _rotator(capsys, *args: str) -> tuple[int, dict]:
 def test_serve_rotator_mock_and_drive_it(gen, tmp_path, capsys):
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg["devices"][0]["generation"] = gen
-    cfg["devices"][0]["config"].update({"velocity_limit": 20.0, "max_velocity_limit": 20.0,
-                                        "accel_limit": 40.0})
+    cfg["devices"][0]["config"].update({"velocity_limit": 20.0, "accel_limit": 40.0})
+    if gen == "D":
+        cfg["devices"][0]["config"]["max_velocity_limit"] = 20.0
     args: list[str] = []
     if gen == "D":
         args = ["--port", "0"]

@@ -127,7 +127,6 @@ async def _zmq_attack(attack: Attack, ctx: zmq.asyncio.Context, pub: tuple[str, 
         attack.later(s.close)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by bus on wt-bus")
 @pytest.mark.parametrize("service", ["notifier", "dashboard"])
 async def test_zmq_publisher_and_replier_survive_hostile_clients(workdir: Path,
                                                                  service: str) -> None:
@@ -197,7 +196,6 @@ PROFILE = WireProfile.make(device_spec("rotator", Generation.D), Generation.D)
 HEXROT_SILENCE = 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by hexrot on wt-hexrot")
 async def test_hexrot_mock_controller_survives_hostile_clients(workdir: Path) -> None:
     with serve(demo_config("rotator"), workdir, "rotator") as node:
         host, port = node.endpoint("tcp", "rotator-controller")
@@ -249,7 +247,6 @@ def _web_config(valves: Any) -> dict[str, Any]:
         "control": True}]}
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by web on wt-web")
 async def test_web_dashboard_survives_hostile_clients(workdir: Path) -> None:
     with serve(demo_config("valve-controller"), workdir, "valves") as valves, \
             serve(_web_config(valves), workdir, "web") as node:

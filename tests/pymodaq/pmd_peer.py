@@ -62,8 +62,9 @@ class EofSafeSocket(_PmdSocket):
         return b"".join(chunks)
 
 
-def connect(port: int, nodelay: bool = False) -> EofSafeSocket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+def connect(port: int, nodelay: bool = False, source: str | None = None) -> EofSafeSocket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT,
+                                 source_address=None if source is None else (source, 0))
     s.settimeout(TIMEOUT)
     if nodelay:  # shim 8, only when latency is measured; the real peer leaves Nagle on
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -89,9 +90,10 @@ def actuator(value: float, units: str = "mm") -> DataActuator:
 
 
 
-def grabber_client(port: int, frame: np.ndarray, log: list[Any]) -> None:
+def grabber_client(port: int, frame: np.ndarray, log: list[Any],
+                   source: str | None = None) -> None:
     """The real G3 detector client's exchange (§6): type, Infos, then serve commands."""
-    sock = connect(port)
+    sock = connect(port, source=source)
     try:
         sock.check_sended_with_serializer("GRABBER")
         sock.check_sended_with_serializer("Infos")
@@ -114,9 +116,9 @@ def grabber_client(port: int, frame: np.ndarray, log: list[Any]) -> None:
             sock.close()
 
 
-def actuator_client(port: int, log: list[Any]) -> None:
+def actuator_client(port: int, log: list[Any], source: str | None = None) -> None:
     """The real G3 actuator client's exchange (§6)."""
-    sock = connect(port)
+    sock = connect(port, source=source)
     position = 0.0
     try:
         sock.check_sended_with_serializer("ACTUATOR")

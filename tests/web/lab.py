@@ -6,11 +6,15 @@ subscribed to both notifiers, sending control actions to both command servers).
 
 Every port is 0; the dashboard's node file is written once the other two listen, with their
 real ports. Heartbeats are fast and ``stale_after`` short so a stopped node turns stale in
-well under a second of test time, and disconnected (nothing at all) after 2 s.
+well under a second of test time, and disconnected (nothing at all) after 2 s; device
+metadata (units) is repeated every 0.3 s. Valve D may not open while A is open (an
+interlock); the ion gauge above 1e-7 torr is a critical alarm; the valve node's line is
+drawn from the dashboard's ``schematic``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +36,11 @@ devices:
       - {name: A, address: 0, description: "sample inlet", layout: {x: 0, y: 0}}
       - {name: B, address: 1, description: "getter", layout: {x: 1, y: 0}}
       - {name: C, address: 2, description: "pipette", layout: {x: 2, y: 0}}
-      - {name: D, address: 3, description: "turbo pump"}
-  - {kind: gauge_controller, name: gauges, gauges: [IG], backend: {kind: sim}}
+      - {name: D, address: 3, description: "turbo pump", interlock: [A]}
+  - {kind: gauge_controller, name: gauges, gauges: [IG, CG1], backend: {kind: sim}}
 services:
   - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}
-  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1}
+  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1, meta_period: 0.3}
   - {kind: dashboard_server, name: dash, config: dashboard.yaml, host: 127.0.0.1, port: 0,
      heartbeat: 0.1}
   - {kind: recorder, name: rec, connect: [bus], path: rec.sqlite, flush_interval: 0.05}
@@ -66,13 +70,14 @@ devices:
      watchdog: {timeout: 0}}
 services:
   - {kind: pychron_command_server, name: cmd, host: 127.0.0.1, port: 0}
-  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1}
+  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1, meta_period: 0.3}
 """
 
 WEB_NODE = """
 node: dashboard
 devices:
-  - {{kind: camera, name: cam, width: 64, height: 48, dtype: uint16, backend: {{kind: sim}}}}
+  - {{kind: camera, name: cam, width: 960, height: 720, dtype: uint16, sigma: 60,
+     backend: {{kind: sim}}}}
 services:
   - kind: web_dashboard
     name: web
@@ -82,18 +87,22 @@ services:
     control: {control}
     stale_after: 0.6
     disconnect_after: 2
-    history_minutes: 5
+    history_minutes: 1
     subscribe: [{valve_bus}, {valve_dash}, {furnace_bus}]
     command_servers:
       - {{node: valve-controller, url: "127.0.0.1:{valve_cmd}"}}
       - {{node: furnace-controller, url: "127.0.0.1:{furnace_cmd}"}}
     recorder: {recorder}
     cameras: [{{device: cam, every: 0.2}}]
-    layout:
+    ping_interval: 1
+    alarms:
+      - {{topic: valve-controller.gauges.IG, above: 1.0e-7, level: critical}}
+    schematic:
       valve-controller:
-        A: {{x: 0, y: 0, to: [B]}}
-        B: {{x: 1, y: 0, to: [C]}}
-        C: {{x: 2, y: 0}}
+        valves: {{A: [1, 0], B: [2, 0], C: [3, 0], D: [2, 1]}}
+        gauges: {{IG: [3, -1], CG1: [1, -1]}}
+        parts: {{sample: [0, 0], pipette: [4, 0], pump: [3, 1]}}
+        pipes: [[sample, A, B, C, pipette], [B, D, pump], [C, IG], [A, CG1]]
 """
 
 
@@ -139,8 +148,11 @@ class Lab:
             await n.stop()
 
 
-async def start_lab(tmp: Path, *, control: bool = True) -> Lab:
-    """Build and start the three nodes; the caller must ``await lab.stop()``."""
+async def start_lab(tmp: Path, *, control: bool = True,
+                    before_web: Callable[[Path], None] | None = None) -> Lab:
+    """Build and start the three nodes; the caller must ``await lab.stop()``.
+    ``before_web(recorder file)`` runs once the valve node records, before the dashboard
+    starts (to give it a past)."""
     (tmp / "valves.yaml").write_text(VALVE_NODE)
     (tmp / "dashboard.yaml").write_text(DASHBOARD)
     (tmp / "furnace.yaml").write_text(FURNACE_NODE)
@@ -152,6 +164,8 @@ async def start_lab(tmp: Path, *, control: bool = True) -> Lab:
             await n.start()
             started.append(n)
         rec = _service(valves, "rec")
+        if before_web is not None:
+            before_web(Path(rec.path))
         text = WEB_NODE.format(
             control="true" if control else "false",
             valve_bus=_service(valves, "bus").pub_url,

@@ -59,12 +59,19 @@ async def test_nodes_devices_config(lab):
 
         async def valves_read() -> bool:
             d = await (await http.get("/api/devices")).json()
-            return len(d["valves"]) == 4
+            return len(d["valves"]) == 4 and all(v["known"] and v["description"]
+                                                 for v in d["valves"])
 
-        await _until(valves_read)
+        await _until(valves_read)  # states from the command server, the rest from metadata
         d = await (await http.get("/api/devices")).json()
         a = next(v for v in d["valves"] if v["name"] == "A")
-        assert a["state"] == "closed" and a["layout"] == {"x": 0.0, "y": 0.0, "to": ["B"]}
+        assert a["state"] == "closed" and a["description"] == "sample inlet"
+        assert a["layout"] == {"x": 0.0, "y": 0.0, "to": []}  # the valve node's own hint
+        assert cfg["schematic"]["valve-controller"]["pipes"][0] == [
+            "sample", "A", "B", "C", "pipette"]
+        # every gauge, read or not, with its units
+        series = {s["topic"]: s for s in d["series"]}
+        assert series["valve-controller.gauges.CG1"]["units"] == "torr"
         page = await (await http.get("/")).text()
         assert "/static/app.js" in page and "http://" not in page.replace(
             "http://www.w3.org", "")  # every asset is local: no CDN
@@ -73,25 +80,28 @@ async def test_nodes_devices_config(lab):
 
 
 async def test_history_comes_from_the_recorder(lab):
-    async with PychronClient("127.0.0.1", lab.cmd_port(lab.valves_node)) as client:
-        await RemoteValves(client).open("C")
+    topic = "valve-controller.gauges.IG"
     async with aiohttp.ClientSession(lab.url) as http:
         async def recorded() -> bool:
-            h = await (await http.get("/api/history",
-                                      params={"topic": "valve-controller.valves.C"})).json()
-            return h["source"] == "recorder" and bool(h["points"])
+            h = await (await http.get("/api/history", params={"topic": topic})).json()
+            return h["source"] == "recorder" and len(h["points"]) >= 3
 
         await _until(recorded)
-        h = await (await http.get("/api/history",
-                                  params={"topic": "valve-controller.valves.C",
-                                          "minutes": "1"})).json()
-        assert h["points"][-1][1] == 1.0  # open
+        h = await (await http.get("/api/history", params={"topic": topic, "minutes": "1",
+                                                          "max_points": "2"})).json()
+        assert 1 <= len(h["points"]) <= 3 and 1e-9 < h["points"][-1][1] < 1e-7
+        # every series at once, thinned, by the series' names
+        every = await (await http.get("/api/history", params={"minutes": "1"})).json()
+        assert every["source"] == "recorder" and topic in every["series"]
+        # the dashboard server's copy of the reading is not a second series
+        assert "valve-controller.dashboard.value.Line_gauges.IG" not in every["series"]
         # No recorder for the furnace's topics: the dashboard's own memory answers.
         h = await (await http.get("/api/history",
                                   params={"topic": "furnace-controller.furnace.temperature"})
                    ).json()
         assert h["source"] == "recorder" and h["points"] == []
-        for bad in ({}, {"topic": "x", "minutes": "abc"}, {"topic": "x", "minutes": "-1"}):
+        for bad in ({"minutes": "abc"}, {"topic": "x", "minutes": "abc"},
+                    {"topic": "x", "minutes": "-1"}, {"max_points": "many"}):
             r = await http.get("/api/history", params=bad)
             assert r.status == 400 and "error" in await r.json()
         assert (await http.get("/api/frame", params={"topic": "nope"})).status == 404
@@ -99,6 +109,7 @@ async def test_history_comes_from_the_recorder(lab):
 
 async def test_websocket_hello_then_pushed_valve_change(lab):
     async with aiohttp.ClientSession(lab.url) as http, http.ws_connect("/ws") as ws:
+        await ws.send_str('{"type": "hello"}')
         hello = json.loads((await ws.receive(timeout=5)).data)
         assert hello["type"] == "hello" and hello["config"]["title"] == "Test lab"
         async with PychronClient("127.0.0.1", lab.cmd_port(lab.valves_node)) as client:

@@ -20,6 +20,10 @@ from tests.bus.helpers import until_joined
 BAD = [math.nan, math.inf, -math.inf, 1e300, -1e300]
 
 
+def _points(items: list[dict]) -> list[dict]:
+    return [it for it in items if it["type"] == "point"]
+
+
 def _strict(text: str):
     """json.loads as a browser does it: NaN, Infinity and -Infinity are errors."""
     def refuse(name: str):
@@ -30,7 +34,7 @@ def _strict(text: str):
 @pytest.mark.parametrize("ts", BAD)
 def test_state_uses_the_receive_time_for_a_bad_source_time(ts):
     st = LabState()
-    (p,) = st.on_message("fc.furnace.temperature", 512.5, ts, received=100.0)
+    (p,) = _points(st.on_message("fc.furnace.temperature", 512.5, ts, received=100.0))
     assert p == {"type": "point", "topic": "fc.furnace.temperature", "t": 100.0, "v": 512.5}
     (v,) = st.on_message("vc.valves.A", {"state": True, "locked": False}, ts, received=101.0)
     assert v["valve"]["ts"] == 101.0
@@ -58,9 +62,9 @@ def test_a_message_without_any_usable_time_is_ignored():
 
 def test_good_times_are_kept():
     st = LabState()
-    (p,) = st.on_message("fc.furnace.t", 1.0, 1_700_000_000.0, received=5.0)
+    (p,) = _points(st.on_message("fc.furnace.t", 1.0, 1_700_000_000.0, received=5.0))
     assert p["t"] == 1_700_000_000.0
-    (p,) = st.on_message("fc.furnace.t", 2.0, -3600.0, received=5.0)  # a made-up clock
+    (p,) = _points(st.on_message("fc.furnace.t", 2.0, -3600.0, received=5.0))  # made up
     assert p["t"] == -3600.0
     (ev,) = st.on_message("d.dashboard.event.warning", {"message": "m", "ts": "12.5"}, 13.0)
     assert ev["event"]["ts"] == 12.5
@@ -84,6 +88,7 @@ async def test_bad_timestamps_on_the_bus_keep_the_websocket_strict_json():
     t0 = time.time()
     try:
         async with aiohttp.ClientSession(dash.url) as http, http.ws_connect("/ws") as ws:
+            await ws.send_str('{"type": "hello"}')
             hello = _strict((await ws.receive(timeout=10)).data)
             assert hello["type"] == "hello"
             await until_joined(dash.subscribers[0], lambda: pub.publish("n.join.marker", 0))

@@ -4,6 +4,7 @@ on SIGTERM; a node file without a web_dashboard gets a clear error."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -50,6 +51,27 @@ def test_dashboard_runs_alone_prints_url_and_stops_on_sigterm(tmp_path):
             proc.communicate()
     assert proc.returncode == 0, err
     assert f"dashboard web: {base}/" in out
+    # run as `labbridge serve` runs a node: the ready file exists only while it serves
+    assert not ready.exists()
+
+
+def test_dashboard_on_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "web.yaml"
+        cfg.write_text(NODE)
+        res = run_cli("dashboard", str(cfg), "--port", str(port), timeout=60)
+    assert res.returncode == 1
+    # Log lines (timestamped) may come first, e.g. the subscriber saying nothing listens on
+    # the made-up endpoint; the error itself is one line.
+    lines = [ln for ln in res.stderr.strip().splitlines()
+             if not re.match(r"\d\d:\d\d:\d\d\.\d{3} ", ln)]
+    assert len(lines) == 1 and "cannot start node dash" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_dashboard_without_a_web_service_is_a_clear_error(tmp_path):
@@ -80,6 +102,26 @@ def test_the_example_node_file_builds():
     (web,) = [s for s in node.services if isinstance(s, WebDashboardService)]
     cfg = web.dashboard.config
     assert cfg.host == "127.0.0.1" and cfg.control is True and cfg.recorder is not None
-    assert cfg.layout["lab-in-a-box"]["B"]["to"] == ["C", "D"]
+    assert cfg.layout["lab-in-a-box"]["B"] == {"x": 1.0, "y": 0.0}  # the bank's own hint
+    line = cfg.schematic["lab-in-a-box"]
+    assert line["valves"]["B"] == [2.0, 0.0] and ["B", "D", "getter"] in line["pipes"]
+    assert cfg.alarms[0].topic == "lab-in-a-box.gauges.IG" and cfg.alarms[0].above == 1e-6
     assert [t.node for t in cfg.command_servers] == ["lab-in-a-box"]
     assert cfg.subscribe == ["notifier", "dashboard"]
+
+
+def test_schematic_and_alarm_mistakes_name_file_line_and_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("node: n\nservices:\n  - kind: web_dashboard\n    schematic:\n"
+                   "      v: {valves: {A: [0, 0]}, pipes: [[A, B]]}\n")
+    res = run_cli("dashboard", str(cfg))
+    assert res.returncode != 0 and "bad.yaml" in res.stderr
+    assert "pipes" in res.stderr and "B" in res.stderr and "placed nowhere" in res.stderr
+    cfg.write_text("node: n\nservices:\n  - kind: web_dashboard\n    schematic:\n"
+                   "      v: {valves: {A: [0]}}\n")
+    res = run_cli("dashboard", str(cfg))
+    assert res.returncode != 0 and "position [x, y]" in res.stderr
+    cfg.write_text("node: n\nservices:\n  - kind: web_dashboard\n    alarms:\n"
+                   "      - {topic: n.g.IG, level: loud, above: 1}\n")
+    res = run_cli("dashboard", str(cfg))
+    assert res.returncode != 0 and "level" in res.stderr and ":5" in res.stderr

@@ -1,15 +1,44 @@
-"""LabState classification, health and bounds, and the app's pure helpers (no sockets)."""
+"""LabState classification, units, staleness, alarms, dedupe, health and bounds, and the app's
+pure helpers (no sockets)."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
 
+from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.web.app import _coalesce, _decimate, png_gray
-from labbridge.web.state import DISCONNECTED, LIVE, STALE, LabState, as_number
+from labbridge.web.pages import ADMIT, EVICT, REFUSE, Page, Slots
+from labbridge.web.state import (
+    DISCONNECTED,
+    LIVE,
+    MAX_FRAME_SIDE,
+    STALE,
+    AlarmRule,
+    LabState,
+    as_number,
+)
+
+
+def of(items: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [it for it in items if it["type"] == kind]
+
+
+GAUGE_META = {"kind": "gauge_controller", "signals": {"*": {"units": "torr",
+                                                           "quantity": "pressure"}},
+              "describe": {"gauges": ["IG", "CG1"]}, "snapshot": {"IG": 1e-9, "CG1": None}}
+FURNACE_META = {"kind": "furnace",
+                "signals": {"temperature": {"units": "°C", "quantity": "temperature"},
+                            "setpoint": {"units": "°C", "on_change": True},
+                            "output": {"units": "%"}, "pid": {"on_change": True,
+                                                             "trend": False},
+                            "watchdog": {"event": True}},
+                "snapshot": {"temperature": 400.0, "setpoint": 450.0, "output": 12.0,
+                             "pid": "1,2,3"}}
 
 
 def test_valve_change_becomes_a_valve_push_and_repeats_are_quiet():
@@ -28,11 +57,19 @@ def test_valve_change_becomes_a_valve_push_and_repeats_are_quiet():
 
 def test_numbers_are_points_heartbeats_are_health_events_are_logged():
     st = LabState()
-    assert st.on_message("fc.furnace.temperature", 512.5, 1.0) == [
+    items = st.on_message("fc.furnace.temperature", 512.5, 1.0)
+    assert of(items, "point") == [
         {"type": "point", "topic": "fc.furnace.temperature", "t": 1.0, "v": 512.5}]
-    (p,) = st.on_message("dash.dashboard.value.Gauge.pressure",
-                         {"kind": "value_update", "value": 2e-9, "ts": 2.0}, 2.0)
+    (s,) = of(items, "series")  # a new series is announced with what it is
+    assert s["series"]["group"] == "fc.furnace" and s["series"]["label"] == "temperature"
+    (p,) = of(st.on_message("dash.dashboard.value.Gauge.pressure",
+                            {"kind": "value_update", "value": 2e-9, "units": "torr",
+                             "ts": 2.0}, 2.0), "point")
     assert p["v"] == 2e-9
+    # the dashboard value's own units, and the quantity they imply
+    assert st.series["dash.dashboard.value.Gauge.pressure"].to_json()["units"] == "torr"
+    assert st.series["dash.dashboard.value.Gauge.pressure"].to_json()["quantity"] == \
+        "pressure"
     assert st.on_message("fc.notifier.heartbeat", {"kind": "heartbeat"}, 3.0) == []
     assert st.nodes["fc"].last_heartbeat == 3.0
     (ev,) = st.on_message("dash.dashboard.event.critical",
@@ -41,20 +78,111 @@ def test_numbers_are_points_heartbeats_are_health_events_are_logged():
     assert ev["event"]["level"] == "critical"
     assert "is True" in ev["event"]["text"]
     assert st.on_message("dash.dashboard.event.value_update", {"kind": "x"}, 5.0) == []
-    # Booleans are states, not trends; NaN is not plottable; bare names are ignored.
-    assert st.on_message("fc.furnace.di.h2o", True, 5.0) == []
+    # Booleans and strings are status values, not trends; NaN is not plottable.
+    (v,) = st.on_message("fc.furnace.di.h2o", True, 5.0)
+    assert v["type"] == "value" and v["value"]["v"] is True
     assert st.on_message("fc.furnace.temperature", float("nan"), 5.0) == []
     assert st.on_message("", 1.0, 5.0) == []
     assert as_number({"value": 3}) == 3.0 and as_number({"state": 1}) is None
 
 
-def test_a_two_d_array_is_a_camera_frame():
+def test_metadata_gives_units_held_values_and_every_gauge():
+    st = LabState()
+    st.on_message("vc.gauges.IG", 2e-9, 1.0)
+    assert st.series["vc.gauges.IG"].info.units == ""  # not known yet
+    items = st.on_message("vc.gauges.meta", GAUGE_META, 2.0)
+    # the series already drawn gets its units; the gauge never read appears too
+    updated = {it["series"]["topic"]: it["series"] for it in of(items, "series")}
+    assert updated["vc.gauges.IG"]["units"] == "torr"
+    assert updated["vc.gauges.IG"]["quantity"] == "pressure"
+    assert updated["vc.gauges.CG1"]["last"] is None
+    # a gauge's last reading is a sample: the snapshot does not make it current again
+    assert of(items, "point") == []
+    items = st.on_message("fc.furnace.meta", FURNACE_META, 3.0)
+    # held values are current: the setpoint is plotted, the PID text is a value
+    assert of(items, "point") == [{"type": "point", "topic": "fc.furnace.setpoint",
+                                   "t": 3.0, "v": 450.0}]
+    assert of(items, "value")[0]["value"]["v"] == "1,2,3"
+    sp = st.series["fc.furnace.setpoint"].to_json()
+    assert sp["units"] == "°C" and sp["held"] is True
+    (_p,) = of(st.on_message("fc.furnace.output", 20.0, 4.0), "point")
+    assert st.series["fc.furnace.output"].to_json()["units"] == "%"
+    assert st.series["fc.furnace.output"].to_json()["held"] is False
+    # a count announced before the metadata said so is moved from the plots to the values
+    st.on_message("cam.camera.frames", 3, 1.0)
+    items = st.on_message("cam.camera.meta", {"signals": {"frames": {"on_change": True,
+                                                                     "trend": False}}}, 2.0)
+    assert of(items, "unseries") == [{"type": "unseries", "topic": "cam.camera.frames"}]
+    assert "cam.camera.frames" not in st.series and st.values["cam.camera.frames"].value == 3
+    assert of(st.on_message("cam.camera.frames", 4, 3.0), "value")
+    # the node file's units win over anything else
+    st2 = LabState(units={"old.": "mbar"})
+    st2.on_message("old.gauge.p", 1e-3, 1.0)
+    assert st2.series["old.gauge.p"].to_json()["quantity"] == "pressure"
+
+
+def test_a_dashboard_value_of_a_device_reading_is_drawn_once():
+    """The dashboard server reads the ion gauge: the gauge announces the reading and the
+    dashboard publishes it again as a value. One series, under the gauge's name."""
+    st = LabState()
+    st.on_message("vc.gauges.IG", 2.5e-9, 1.0)
+    items = st.on_message("vc.dashboard.value.Line_gauges.IG",
+                          {"kind": "value_update", "value": 2.5e-9, "units": "torr"}, 1.01)
+    (alias,) = of(items, "alias")
+    assert alias == {"type": "alias", "topic": "vc.dashboard.value.Line_gauges.IG",
+                     "into": "vc.gauges.IG"}
+    assert set(st.series) == {"vc.gauges.IG"}
+    assert st.series["vc.gauges.IG"].info.units == "torr"  # the value's units were kept
+    assert st.on_message("vc.dashboard.value.Line_gauges.IG", {"value": 3e-9}, 2.0) == []
+    # the other order (the dashboard's copy arrives first) ends the same way
+    st = LabState()
+    st.on_message("vc.dashboard.value.Line_gauges.IG", {"value": 2.5e-9}, 1.0)
+    assert of(st.on_message("vc.gauges.IG", 2.5e-9, 1.0), "alias")
+    assert set(st.series) == {"vc.gauges.IG"}
+    # different readings are different quantities: both stay
+    st = LabState()
+    st.on_message("vc.gauges.IG", 2.5e-9, 1.0)
+    st.on_message("vc.dashboard.value.Line_gauges.IG", {"value": 7.0}, 1.0)
+    assert len(st.series) == 2
+
+
+def test_alarms_refusals_and_watchdog_trips_are_events_with_a_severity():
+    st = LabState(alarms=[AlarmRule("vc.gauges.IG", "critical", above=1e-6)])
+    st.on_message("vc.gauges.meta", GAUGE_META, 0.5)
+    assert of(st.on_message("vc.gauges.IG", 1e-8, 1.0), "event") == []
+    (ev,) = of(st.on_message("vc.gauges.IG", 5e-6, 2.0), "event")
+    assert ev["event"]["level"] == "critical" and ev["event"]["kind"] == "alarm"
+    assert "5e-06 torr" in ev["event"]["text"] and "above 1e-06 torr" in ev["event"]["text"]
+    assert st.series["vc.gauges.IG"].alarm == "critical"
+    assert of(st.on_message("vc.gauges.IG", 6e-6, 3.0), "event") == []  # still in alarm
+    (ok,) = of(st.on_message("vc.gauges.IG", 1e-8, 4.0), "event")
+    assert ok["event"]["level"] == "info" and st.series["vc.gauges.IG"].alarm == ""
+    (ref,) = st.on_message("vc.valves.event.refused",
+                           {"valve": "B", "action": "open", "reason": "interlock: A is open",
+                            "requester": "10.0.0.7"}, 5.0)
+    assert ref["event"]["level"] == "warning" and ref["event"]["kind"] == "refused"
+    assert "open B refused by valves: interlock: A is open" in ref["event"]["text"]
+    assert "vc/event.refused" not in st.valves  # never taken for a valve
+    (wd,) = st.on_message("fc.furnace.watchdog",
+                          {"tripped": True, "silence": 12.3, "previous_setpoint": 600.0,
+                           "setpoint": 0.0}, 6.0)
+    assert wd["event"]["level"] == "critical"
+    assert wd["event"]["text"] == ("furnace watchdog tripped: no client for 12.3 s; "
+                                   "setpoint 600 -> safe 0")
+
+
+def test_a_two_d_array_is_a_camera_frame_kept_small():
     st = LabState()
     (f,) = st.on_message("cam.camera.frame", np.zeros((4, 6), np.uint16), 1.0)
-    assert f == {"type": "frame", "topic": "cam.camera.frame", "ts": 1.0, "count": 1,
-                 "shape": [4, 6]}
+    assert f == {"type": "frame", "topic": "cam.camera.frame", "node": "cam",
+                 "device": "camera", "ts": 1.0, "count": 1, "shape": [4, 6]}
     assert st.on_message("cam.camera.frame", np.ones((4, 6)), 2.0)[0]["count"] == 2
     assert st.on_message("spec.spectrometer.trace", np.ones(16), 2.0) == []
+    big = np.arange(2000 * 1500, dtype=np.uint16).reshape(1500, 2000)
+    (f,) = st.on_message("cam.camera.frame", big, 3.0)
+    kept = st.frames["cam.camera.frame"].array
+    assert f["shape"] == [1500, 2000] and max(kept.shape) <= MAX_FRAME_SIDE
+    assert kept.base is None  # its own copy: the received buffer is not kept alive
 
 
 def test_health_live_stale_disconnected():
@@ -63,19 +191,50 @@ def test_health_live_stale_disconnected():
     st.node("quiet")  # expected but never heard
 
     def status(now: float) -> dict[str, str]:
-        return {h["node"]: h["status"] for h in st.health(now, 10.0, 30.0)}
+        return {h["node"]: h["status"] for h in st.health(now)}
 
     assert status(105.0) == {"n": LIVE, "quiet": DISCONNECTED}
     assert status(111.0)["n"] == STALE
     assert status(131.0)["n"] == DISCONNECTED
-    assert st.health(105.0, 10.0, 30.0)[0]["heartbeat_age"] == 5.0
+    assert st.health(105.0)[0]["heartbeat_age"] == 5.0
     fresh = LabState(started=100.0)
     fresh.node("later")
-    assert fresh.health(105.0, 10.0, 30.0)[0]["status"] == STALE  # not yet: wait stale_after
+    assert fresh.health(105.0)[0]["status"] == STALE  # not yet: wait stale_after
+    per_node = LabState(started=0.0, node_limits={"slow": (60.0, 120.0)})
+    per_node.on_message("slow.notifier.heartbeat", {}, 100.0)
+    assert per_node.health(130.0)[0]["status"] == LIVE
+
+
+def test_health_changes_are_events():
+    st = LabState(started=10.0, stale_after=1.0, disconnect_after=3.0)
+    st.expect("never")
+    st.on_message("n.notifier.heartbeat", {}, 10.0)
+    assert st.check_health(10.5) == []  # live; "never" is still within its grace
+    evs = {e["event"]["node"]: e["event"] for e in of(st.check_health(11.6), "event")}
+    assert evs["n"]["level"] == "warning"
+    assert "stale" in evs["n"]["text"] and "limit 1 s" in evs["n"]["text"]
+    assert "nothing heard since the dashboard started" in evs["never"]["text"]
+    assert st.check_health(11.7) == []  # said once
+    (ev,) = of(st.check_health(13.5), "event")
+    assert ev["event"]["node"] == "n" and "disconnected" in ev["event"]["text"]
+    st.on_message("n.notifier.heartbeat", {}, 14.0)
+    (back,) = of(st.check_health(14.1), "event")
+    assert back["event"]["level"] == "info" and "live again" in back["event"]["text"]
+
+
+def test_missed_counts_real_gaps_not_the_late_join():
+    st = LabState()
+    st.on_message("n.dev.x", 1.0, 1.0, gap=Gap(1, "n.dev.x", 1, 500, 499, True))
+    (h,) = st.health(1.0)
+    assert h["missed"] == 0 and h["gaps"] == 0 and h["late_joins"] == 1
+    st.on_message("n.dev.x", 1.0, 2.0, gap=Gap(1, "n.dev.x", 501, 504, 3, False))
+    (h,) = st.health(2.0)
+    assert h["missed"] == 3 and h["gaps"] == 1
 
 
 def test_every_collection_is_bounded():
-    st = LabState(max_points=5, max_events=3, max_series=2, window=1000.0)
+    st = LabState(max_points=5, max_events=3, max_series=2, window=1000.0, max_nodes=3,
+                  max_valves=2, max_values=2, max_frames=1, max_devices=1)
     for i in range(20):
         st.on_message("a.b.c", float(i), float(i))
     assert [p[1] for p in st.series["a.b.c"].points] == [15, 16, 17, 18, 19]
@@ -85,6 +244,15 @@ def test_every_collection_is_bounded():
     for i in range(10):
         st.add_event("warning", "a", f"w{i}", float(i))
     assert [e["text"] for e in st.events] == ["w7", "w8", "w9"]
+    for i in range(5):
+        st.on_message(f"node{i}.notifier.heartbeat", {}, 1.0)
+        st.on_message(f"a.valves.V{i}", {"state": 1, "locked": 0}, 1.0)
+        st.on_message(f"a.rot.s{i}", "ENABLED", 1.0)
+        st.on_message(f"a.cam{i}.frame", np.zeros((2, 2)), 1.0)
+        st.on_message(f"a.dev{i}.meta", {"signals": {}}, 1.0)
+    assert len(st.nodes) == 3 and len(st.valves) == 2 and len(st.values) == 2
+    assert len(st.frames) == 1 and len(st.meta) == 1
+    assert st.dropped["nodes"] and st.dropped["valves"] and st.dropped["frames"]
     st2 = LabState(window=10.0)
     for t in range(100):
         st2.on_message("a.b.c", 1.0, float(t))
@@ -125,9 +293,10 @@ def test_decimate_and_coalesce():
 def test_a_record_of_numbers_is_one_series_per_field():
     st = LabState()
     items = st.on_message("spec.spectrometer.scan", {"H1": 1.5e-3, "AX": 2.0, "L2": 0}, 3.0)
-    assert sorted(it["topic"] for it in items) == [
+    assert sorted(it["topic"] for it in of(items, "point")) == [
         "spec.spectrometer.scan.AX", "spec.spectrometer.scan.H1", "spec.spectrometer.scan.L2"]
     assert st.series["spec.spectrometer.scan.H1"].last == (3.0, 1.5e-3)
+    assert st.series["spec.spectrometer.scan.H1"].label == "scan.H1"
     # Mixed or oversized records are not plotted.
     assert st.on_message("laser.laser.status", {"x": 1.0, "mode": "on"}, 4.0) == []
     assert st.on_message("a.b.c", {f"k{i}": 1.0 for i in range(40)}, 4.0) == []
@@ -137,34 +306,48 @@ def test_health_uses_the_receive_time_not_the_source_clock():
     st = LabState(started=0.0)
     # The node's clock is an hour behind; we received its heartbeat just now.
     st.on_message("n.notifier.heartbeat", {}, 1000.0 - 3600.0, received=1000.0)
-    (h,) = st.health(1001.0, 10.0, 30.0)
+    (h,) = st.health(1001.0)
     assert h["status"] == LIVE and h["heartbeat_age"] == 1.0
-    (p,) = st.on_message("n.dev.x", 1.0, 1000.0 - 3600.0, received=1000.5)
+    (p,) = of(st.on_message("n.dev.x", 1.0, 1000.0 - 3600.0, received=1000.5), "point")
     assert p["t"] == 1000.0 - 3600.0  # plots keep the source's time
 
 
+def _page(peer: str, joined: float, *, proven: bool = True, heard: float | None = None,
+          **kw: Any) -> Page:
+    p = Page(peer, peer.split(":")[0], joined, **kw)
+    p.proven = proven
+    p.last_heard = heard if heard is not None else (joined if proven else None)
+    return p
+
+
 def test_a_page_that_cannot_keep_up_is_dropped_not_buffered():
-    from labbridge.web.app import WebConfig, WebDashboard, _Page
+    slow = Page("10.0.0.9:5000", "10.0.0.9", 0.0, max_bytes=100, max_messages=50)
+    assert all(slow.offer("x" * 30) for _ in range(3))
+    assert not slow.offer("x" * 30) and slow.overflowed  # 120 bytes > 100: dropped
+    assert slow.queued_bytes == 90 and not slow.offer("y")
+    few = Page("10.0.0.8:5000", "10.0.0.8", 0.0, max_messages=2)
+    assert few.offer("a") and few.offer("b") and not few.offer("c")
+    assert few.take() == "a" and few.queued_bytes == 1
 
-    class Transport:
-        aborted = 0
 
-        def get_extra_info(self, name: str) -> None:
-            return None
-
-        def abort(self) -> None:
-            self.aborted += 1
-
-    dash = WebDashboard(WebConfig(client_queue=3))
-    transport = Transport()
-    slow = _Page(ws=None, peer="10.0.0.9:5000", size=3,  # type: ignore[arg-type]
-                 transport=transport)  # type: ignore[arg-type]
-    fast = _Page(ws=None, peer="10.0.0.8:5000", size=100)  # type: ignore[arg-type]
-    dash.pages.update({slow, fast})
-    for i in range(10):
-        dash._broadcast(f"m{i}")
-    # The stale backlog is thrown away and the connection reset at once (ADR 0164); the
-    # sender ends when it gets the None.
-    assert slow.overflowed and transport.aborted == 1
-    assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None
-    assert fast.queue.qsize() == 10 and not fast.overflowed
+def test_slots_evict_what_is_not_a_page_then_the_idle_never_an_active_one():
+    slots = Slots(max_pages=3, max_per_address=2, idle_after=30.0, stall_after=2.0)
+    a = _page("10.0.0.1:1", 0.0, heard=99.0)
+    b = _page("10.0.0.2:1", 1.0, heard=99.0)
+    c = _page("10.0.0.3:1", 2.0, heard=99.0)
+    assert slots.choose([a, b], "10.0.0.4", 100.0) == (ADMIT, None, "")
+    verdict, victim, why = slots.choose([a, b, c], "10.0.0.4", 100.0)
+    assert verdict == REFUSE and victim is None and "active" in why  # every page active
+    silent = _page("10.0.0.5:1", 3.0, proven=False)  # connected, never said hello
+    verdict, victim, _ = slots.choose([a, b, silent], "10.0.0.4", 4.0)
+    assert (verdict, victim) == (EVICT, silent)
+    idle = _page("10.0.0.6:1", 0.0, heard=10.0)  # silent for 90 s > idle_after
+    verdict, victim, why = slots.choose([a, b, idle], "10.0.0.4", 100.0)
+    assert (verdict, victim) == (EVICT, idle) and "idle" in why
+    stuck = _page("10.0.0.7:1", 0.0, heard=99.0)
+    stuck.sending_since = 90.0  # a send blocked for 10 s: it does not read
+    assert slots.choose([a, b, stuck], "10.0.0.4", 100.0)[1] is stuck
+    # the per-address cap: a host pushes out its own most idle page, nobody else's
+    own1 = _page("10.0.0.9:1", 0.0, heard=50.0)
+    own2 = _page("10.0.0.9:2", 0.0, heard=90.0)
+    assert slots.choose([own1, own2], "10.0.0.9", 100.0)[:2] == (EVICT, own1)

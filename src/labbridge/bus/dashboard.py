@@ -45,6 +45,7 @@ import zmq.asyncio
 
 from labbridge.bus import sockets
 from labbridge.bus.notifier import Notifier
+from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.devices.base import Change, Device
 from labbridge.protocol.telemetry import legacy
@@ -72,6 +73,9 @@ Reader = Callable[[], Awaitable[Any]]
 
 HEARTBEAT_PERIOD = 2.0
 STALE_AFTER = 10.0
+#: Largest reply a DashboardClient accepts (a ``config_json`` of a large dashboard is tens
+#: of KiB); a server sending more is disconnected by ZeroMQ (MAXMSGSIZE).
+MAX_REPLY = 4 * 1024 * 1024
 #: How often on_change values of remote devices are polled (Pychron: 1 s).
 ON_CHANGE_POLL = 1.0
 
@@ -94,7 +98,8 @@ class DashboardServer:
                  port: int | None = None, rep_port: int | None = None,
                  heartbeat: float = HEARTBEAT_PERIOD, legacy: bool = True,
                  clock: Callable[[], float] = time.time,
-                 ctx: zmq.asyncio.Context | None = None, name: str = "dashboard") -> None:
+                 ctx: zmq.asyncio.Context | None = None,
+                 max_subscriptions: int = MAX_SUBSCRIPTIONS, name: str = "dashboard") -> None:
         self.config = config
         self.node = node
         self.devices = dict(devices or {})
@@ -105,7 +110,7 @@ class DashboardServer:
         self.legacy = legacy
         self.notifier = Notifier(host, config.port if port is None else port, rep_port,
                                  node=node, ctx=ctx, legacy=legacy, heartbeat=None,
-                                 name=name, clock=clock)
+                                 max_subscriptions=max_subscriptions, name=name, clock=clock)
         self.notifier.add_request_handler("config_json", self._config_json)
         self.state = "configured"
         self.monitors: dict[str, ValueMonitor] = {}
@@ -351,17 +356,27 @@ class DashboardClient:
             ctx = self._ctx or sockets.context()
             req = ctx.socket(zmq.REQ)
             req.setsockopt(zmq.LINGER, 0)
-            req.connect(self.rep_url)
+            req.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
+            # one connection attempt per request, not one every 100 ms: the socket is
+            # discarded after a timeout anyway, and the caller backs off between requests
+            req.setsockopt(zmq.RECONNECT_IVL, int(max(self.request_timeout, 0.5) * 1000))
+            req.setsockopt(zmq.RECONNECT_IVL_MAX, int(sockets.RECONNECT_MAX * 1000))
+            try:
+                sockets.connect(req, self.rep_url, self.name)
+            except sockets.BusError:
+                req.close(linger=0)
+                raise
             self._req = req
         return self._req
 
     async def request(self, text: str, timeout: float | None = None) -> bytes:
-        """One request/reply; on timeout the REQ socket is discarded (a REQ socket that
-        missed its reply cannot send again) and :class:`TimeoutError` is raised."""
+        """One request/reply within ``timeout`` (default ``request_timeout``); on timeout the
+        REQ socket is discarded (a REQ socket that missed its reply cannot send again) and
+        :class:`TimeoutError` is raised. :class:`BusError` for an endpoint ZeroMQ refuses."""
         req = self._req_socket()
         try:
-            await req.send(text.encode("utf-8"))
             async with asyncio.timeout(timeout or self.request_timeout):
+                await req.send(text.encode("utf-8"))
                 return await req.recv()
         except BaseException:
             sockets.close(self._req)
@@ -390,7 +405,9 @@ class DashboardClient:
     async def connect(self) -> dict[str, Any]:
         """Ping, fetch the configuration, subscribe; returns the config snapshot."""
         if not await self.ping():
-            raise DashboardError(f"no dashboard server answers at {self.rep_url}")
+            raise DashboardError(
+                f"no dashboard server answers at {self.rep_url} (is the dashboard node "
+                f"running, and is {self.port} its PUB port? requests go to port + 1)")
         cfg = await self.fetch_config()
         prefix = cfg.get("topic_prefix")
         if self.use_envelope and isinstance(prefix, str) and prefix:

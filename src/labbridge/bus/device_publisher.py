@@ -6,11 +6,20 @@ Each :class:`~labbridge.devices.base.Change` becomes one envelope on topic
 and the change's own timestamp. A valve change (a value with ``state``, ``locked`` and
 ``owner``, as :class:`~labbridge.devices.valves.ValveBank` emits) is also published as the
 legacy ``pychron {"kind":"valve_state",...}`` line when the sink has legacy output on.
+
+Device metadata: :meth:`DevicePublisher.publish_meta` puts one message per device on topic
+``<node>.<device>.meta``: ``{"kind", "signals", "describe", "snapshot"}`` (what
+:meth:`Device.signals` says about units and meaning, the static description, and the scalar
+values of the snapshot). A subscriber that joins late learns what the signals are from the
+next one; :meth:`meta_loop` repeats them every ``period`` seconds (the notifier service runs
+it; ``meta_period`` in the node file).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -40,6 +49,22 @@ def valve_event(change: Change) -> dict[str, Any] | None:
             "ts": change.ts}
 
 
+#: Signal name of the metadata message of every device (``<node>.<device>.meta``).
+META_SIGNAL = "meta"
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | bool | int) or (
+        isinstance(v, float) and math.isfinite(v))
+
+
+def device_meta(dev: Device) -> dict[str, Any]:
+    """The metadata message of one device (module docstring)."""
+    snap = {str(k): v for k, v in dev.snapshot().items() if _scalar(v)}
+    return {"kind": dev.kind, "signals": dev.signals(), "describe": dev.describe(),
+            "snapshot": snap}
+
+
 class DevicePublisher:
     """Subscribes to devices' changes and publishes them through ``sink``."""
 
@@ -52,6 +77,7 @@ class DevicePublisher:
         self._unsubscribe: list[Callable[[], None]] = []
         self.published = 0
         self.failed = 0
+        self._meta_failed: set[str] = set()
 
     def start(self) -> None:
         if self._unsubscribe:
@@ -65,6 +91,26 @@ class DevicePublisher:
 
     def topic(self, change: Change) -> str:
         return make_topic(self.node, change.device, change.signal)
+
+    def publish_meta(self) -> None:
+        """One metadata message per device; a device whose metadata cannot be encoded is
+        logged once (not every period) and skipped."""
+        for dev in self.devices:
+            try:
+                self.sink.publish(make_topic(self.node, dev.name, META_SIGNAL),
+                                  device_meta(dev))
+            except Exception as exc:
+                if dev.name not in self._meta_failed:
+                    log.warning("cannot publish the metadata of %s: %s", dev.name, exc)
+                self._meta_failed.add(dev.name)
+            else:
+                self._meta_failed.discard(dev.name)
+
+    async def meta_loop(self, period: float) -> None:
+        """Publish the metadata now and every ``period`` seconds."""
+        while True:
+            self.publish_meta()
+            await asyncio.sleep(period)
 
     def _on_change(self, change: Change) -> None:
         try:

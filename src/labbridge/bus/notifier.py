@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 
 from labbridge.bus import sockets
-from labbridge.bus.publisher import Publisher
+from labbridge.bus.publisher import MAX_SUBSCRIPTIONS, Publisher
 from labbridge.protocol.telemetry import legacy, requests
 from labbridge.protocol.telemetry.envelope import dumps_compact, make_topic
 
@@ -48,6 +48,7 @@ class Notifier:
                  ctx: zmq.asyncio.Context | None = None, legacy: bool = True,
                  heartbeat: float | None = HEARTBEAT_PERIOD, source: str = "",
                  request_timeout: float = 5.0, sndhwm: int = 100_000,
+                 max_subscriptions: int = MAX_SUBSCRIPTIONS,
                  clock: Callable[[], float] = time.time, name: str = "notifier") -> None:
         self.host = host
         self.requested_port = port
@@ -62,7 +63,7 @@ class Notifier:
         self.clock = clock
         self.name = name
         self.publisher = Publisher(host, port, ctx=ctx, sndhwm=sndhwm, clock=clock,
-                                   name=f"{name} PUB")
+                                   max_subscriptions=max_subscriptions, name=f"{name} PUB")
         self._handlers: dict[str, Handler] = {}
         self._rep: zmq.asyncio.Socket | None = None
         self.rep_port: int | None = None
@@ -118,7 +119,7 @@ class Notifier:
         rep.setsockopt(zmq.MAXMSGSIZE, requests.MAX_REQUEST)
         try:
             self.rep_port = sockets.bind(rep, self.host, self.requested_rep_port,
-                                         f"{self.name} REP")
+                                         f"{self.name} REP", key="rep_port")
         except BaseException:
             rep.close(linger=0)
             self.publisher.close()

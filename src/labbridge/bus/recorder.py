@@ -10,13 +10,21 @@ Schema (one file; WAL journal so ``labbridge history`` can read while recording)
         payload   frame 1 exactly as received (JSON text, raw array bytes) or the legacy line
         meta      the meta frame, kept for arrays only (dtype and shape)
         index (topic, time) and (time)
-    gaps(id, received, topic, publisher, expected, got, missed, late_join)
-        one row per detected loss, so a history shows where it is incomplete
+    gaps(id, received, topic, publisher, expected, got, missed, late_join, reason)
+        one row per detected loss, so a history shows where it is incomplete: reason ""
+        for messages that never reached us (a sequence gap, a late join), "not stored" for
+        messages we received but could not write (the database stayed unwritable until
+        ``max_pending`` messages waited)
 
 Writes stay off the event loop's critical path: the receive callback only appends a tuple
 to a list; a flush task hands whole batches to one writer thread that inserts each batch in
 one transaction (``executemany``). A full batch (``batch_size``) triggers a flush at once;
 otherwise the list is flushed every ``flush_interval`` seconds.
+
+A database that cannot be written (another program holds its lock, the disk is full) keeps
+the batch in memory and is retried with backoff (0.1 s doubling to 5 s); one log line when
+writing stops and one when it works again (ADR 0124). Every SQLite call is bounded: a
+statement waits at most ``busy_timeout`` for a lock, then the loop decides.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +45,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from labbridge.bus.sockets import BusError
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.telemetry import legacy
@@ -46,6 +56,7 @@ from labbridge.protocol.telemetry.envelope import (
     encode_meta_fields,
 )
 from labbridge.protocol.telemetry.sequence import Gap
+from labbridge.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +82,17 @@ CREATE TABLE IF NOT EXISTS gaps (
     expected INTEGER NOT NULL,
     got INTEGER NOT NULL,
     missed INTEGER NOT NULL,
-    late_join INTEGER NOT NULL
+    late_join INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS gaps_topic_time ON gaps(topic, received);
 """
+
+#: ``gaps.reason`` of messages the recorder received but could not write.
+NOT_STORED = "not stored"
+#: How long one SQLite statement waits for another program's lock (seconds); longer locks
+#: are the retry loop's business, so that stop() and the event loop never wait long.
+BUSY_TIMEOUT = 1.0
 
 #: Plausible source timestamps, Unix seconds: [1970, 3000). Outside, a publisher's clock is
 #: broken (or the value is NaN/infinite, which SQLite stores as NULL and Python cannot turn
@@ -90,8 +108,25 @@ def plausible_ts(ts: float | None) -> bool:
 
 _INSERT = ("INSERT INTO messages(time, received, topic, publisher, seq, encoding, payload, meta)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-_INSERT_GAP = ("INSERT INTO gaps(received, topic, publisher, expected, got, missed, late_join)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_GAP = ("INSERT INTO gaps(received, topic, publisher, expected, got, missed, late_join,"
+               " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+class RecorderError(BusError):
+    """The recording cannot be opened (a missing, read-only or damaged path); the message is
+    one line naming the path and what to do."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A SQLite error that only means another connection holds a lock for now."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +181,13 @@ class GapRecord:
     got: int
     missed: int
     late_join: bool
+    #: "" for messages that never reached the recorder, NOT_STORED for messages it could
+    #: not write.
+    reason: str = ""
+
+    @property
+    def not_stored(self) -> bool:
+        return self.reason == NOT_STORED
 
 
 def _prefix_end(prefix: str) -> str:
@@ -156,20 +198,60 @@ def _prefix_end(prefix: str) -> str:
 class RecordStore:
     """The SQLite file (synchronous; one thread at a time)."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"no recording at {self.path}")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                      check_same_thread=False)
-        else:
+            try:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                          timeout=busy_timeout, check_same_thread=False)
+                self._columns = self._gap_columns()
+            except sqlite3.Error as exc:
+                raise RecorderError(f"cannot read the recording {self.path}: {exc} (is it "
+                                    "a labbridge recording, and readable?)") from None
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, check_same_thread=False)
+        except OSError as exc:
+            raise RecorderError(
+                f"cannot record into {self.path}: cannot create {self.path.parent}: "
+                f"{_reason(exc)}; make that directory writable or choose another path "
+                "(path: in the node file, or --db)") from None
+        try:
+            self.db = sqlite3.connect(self.path, timeout=busy_timeout,
+                                      check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from None
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._columns = self._gap_columns()
+            if "reason" not in self._columns:  # a recording made before gap reasons
+                self.db.execute("ALTER TABLE gaps ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
+                self._columns = self._gap_columns()
             self.db.commit()
+        except sqlite3.Error as exc:
+            self.db.close()
+            if is_busy(exc):
+                raise
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: sqlite3.Error) -> RecorderError:
+        where = self.path.parent
+        if not os.access(where, os.W_OK) or (self.path.exists()
+                                             and not os.access(self.path, os.W_OK)):
+            why = f"{where} is read-only"
+        else:
+            why = str(exc)
+        return RecorderError(f"cannot record into {self.path}: {why}; make it writable or "
+                             "choose another path (path: in the node file, or --db)")
+
+    def _gap_columns(self) -> set[str]:
+        return {str(row[1]) for row in self.db.execute("PRAGMA table_info(gaps)")}
 
     def close(self) -> None:
         self.db.close()
@@ -229,10 +311,11 @@ class RecordStore:
     def gaps(self, topic: str | None = None, *, since: float | None = None,
              until: float | None = None, prefix: bool = False) -> list[GapRecord]:
         where, args = self._where(topic, prefix, since, until, "received")
-        return [GapRecord(float(r), str(t), int(p), int(e), int(g), int(m), bool(lj))
-                for r, t, p, e, g, m, lj in self.db.execute(
-                    "SELECT received, topic, publisher, expected, got, missed, late_join "
-                    f"FROM gaps{where} ORDER BY received, id", args)]
+        reason = "reason" if "reason" in self._columns else "''"
+        return [GapRecord(float(r), str(t), int(p), int(e), int(g), int(m), bool(lj), str(rs))
+                for r, t, p, e, g, m, lj, rs in self.db.execute(
+                    f"SELECT received, topic, publisher, expected, got, missed, late_join, "
+                    f"{reason} FROM gaps{where} ORDER BY received, id", args)]
 
 
 class Recorder:
@@ -243,39 +326,63 @@ class Recorder:
                  topics: Iterable[str] = ("",), *, batch_size: int = 5000,
                  flush_interval: float = 0.25, rcvhwm: int = 1_000_000,
                  max_pending: int = 2_000_000, ctx: zmq.asyncio.Context | None = None,
-                 clock: Callable[[], float] = time.time, name: str = "recorder") -> None:
+                 busy_timeout: float = BUSY_TIMEOUT, retry_max: float = 5.0,
+                 stop_timeout: float = 5.0, clock: Callable[[], float] = time.time,
+                 name: str = "recorder") -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.busy_timeout = busy_timeout
+        self.retry_max = retry_max
+        #: How long stop() keeps trying to write what is pending (seconds).
+        self.stop_timeout = stop_timeout
         self.clock = clock
         self.name = name
         self.subscriber = Subscriber(connect, topics, on_message=self._on_message,
                                      on_gap=self._on_gap, ctx=ctx, rcvhwm=rcvhwm,
                                      decode_payloads=False, clock=clock, name=name)
         self._rows: list[tuple[Any, ...]] = []
+        self._in_flight = 0  # rows handed to the writer thread, not written yet
         self._gaps: list[tuple[Any, ...]] = []
         self._store: RecordStore | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
         self._write_lock = asyncio.Lock()
+        self._backoff = Backoff(initial=0.1, maximum=retry_max)
+        #: Messages received but not kept (pending rows at max_pending), per (publisher,
+        #: topic): [first receive time, first seq, last seq, count]; written as gaps.
+        self._unstored: dict[tuple[int, str], list[Any]] = {}
         self.stored = 0
+        #: Messages not kept in memory because writing was stuck and max_pending were
+        #: waiting; they are recorded as "not stored" gaps once writing works again.
         self.dropped = 0
         self.gap_count = 0
         #: Messages whose source timestamp was implausible (stored with the receive time).
         self.bad_ts = 0
-        #: Messages lost because writing their batch failed (logged by the flush loop).
+        #: Messages given up for good: still unwritten when the recorder stopped.
         self.lost = 0
+        #: Failed write attempts (each is retried).
+        self.write_failures = 0
+        #: The last write failed and has not succeeded since; ``stalled`` is set meanwhile,
+        #: ``writing`` once a write has succeeded (both for waiting in tests and status).
+        self.last_error: str | None = None
+        self.stalled = asyncio.Event()
+        self.writing = asyncio.Event()
 
     @property
     def received(self) -> int:
         return self.subscriber.received
 
+    @property
+    def pending(self) -> int:
+        return len(self._rows) + self._in_flight
+
     # -- receive side (event loop; cheap) ---------------------------------------------------
     def _on_message(self, topic: str, payload: Any, meta: MessageMeta) -> None:
-        if len(self._rows) >= self.max_pending:  # the disk cannot keep up: count, not grow
-            self.dropped += 1
+        if len(self._rows) + self._in_flight >= self.max_pending:  # writing is stuck
+            self._not_stored(topic, meta)
             return
         enc = meta.encoding
         meta_blob = None
@@ -298,20 +405,74 @@ class Recorder:
         if len(self._rows) >= self.batch_size:
             self._full.set()
 
+    def _not_stored(self, topic: str, meta: MessageMeta) -> None:
+        self.dropped += 1
+        key = (meta.publisher or 0, topic)
+        seq = meta.seq or 0
+        entry = self._unstored.get(key)
+        if entry is None:
+            if len(self._unstored) >= 100_000:  # bounded like the sequence tracker
+                key = (0, "")
+                entry = self._unstored.setdefault(key, [meta.received, 0, 0, 0])
+            else:
+                entry = self._unstored[key] = [meta.received, seq, seq, 0]
+        entry[2] = seq
+        entry[3] += 1
+        if self.dropped == 1:
+            log.warning("%s: %d messages are waiting for %s; further messages are not stored "
+                        "(recorded as gaps) until writing catches up", self.name,
+                        self.pending, self.path)
+
+    @staticmethod
+    def _gap_rows(unstored: dict[tuple[int, str], list[Any]]) -> list[tuple[Any, ...]]:
+        """The "not stored" gap rows for ``unstored``."""
+        return [(first_t, topic, pub, first, last + 1 if last else 0, n, 0, NOT_STORED)
+                for (pub, topic), (first_t, first, last, n) in unstored.items()]
+
+    def _restore_unstored(self, unstored: dict[tuple[int, str], list[Any]]) -> None:
+        """Put back what a failed write took, merged with what was dropped meanwhile: one
+        gap per (publisher, topic) and outage, not one per write attempt."""
+        for key, (first_t, first, last, n) in unstored.items():
+            newer = self._unstored.get(key)
+            if newer is None:
+                self._unstored[key] = [first_t, first, last, n]
+            else:
+                self._unstored[key] = [first_t, first, newer[2], n + newer[3]]
+
     def _on_gap(self, gap: Gap) -> None:
         self.gap_count += 1
         self._gaps.append((self.clock(), gap.topic, gap.publisher, gap.expected, gap.received,
-                           gap.missed, int(gap.late_join)))
+                           gap.missed, int(gap.late_join), ""))
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the recording (retrying while another program holds its lock, up to
+        ``stop_timeout``), then subscribe. :class:`RecorderError` (one line naming the path)
+        when it cannot be opened."""
         if self._flusher is not None:
             return
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{self.name}-sqlite")
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, RecordStore, self.path)
-        await self.subscriber.start()
+        backoff = Backoff(initial=0.1, maximum=self.retry_max)
+        deadline = loop.time() + max(self.stop_timeout, self.busy_timeout)
+        try:
+            while True:
+                try:
+                    self._store = await loop.run_in_executor(
+                        self._executor, lambda: RecordStore(self.path,
+                                                            busy_timeout=self.busy_timeout))
+                    break
+                except sqlite3.Error as exc:
+                    if not is_busy(exc) or loop.time() >= deadline:
+                        raise RecorderError(
+                            f"cannot record into {self.path}: {exc} (another program holds "
+                            "it? stop that program or choose another path)") from None
+                    await asyncio.sleep(backoff.next())
+            await self.subscriber.start()
+        except BaseException:
+            await self._close_store()
+            raise
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self.name}-flush")
 
     async def stop(self) -> None:
@@ -322,31 +483,91 @@ class Recorder:
                 await self._flusher
             self._flusher = None
         if self._store is not None:
-            await self.flush()
+            await self._final_flush()
+        await self._close_store()
+
+    async def _final_flush(self) -> None:
+        """Write what is pending, retrying for up to ``stop_timeout``; what still cannot be
+        written is counted as lost and said in one line."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_timeout
+        while self._rows or self._gaps or self._unstored:
+            if await self._try_flush():
+                continue
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(min(self._backoff.next(), max(0.0, deadline - loop.time())))
+        if self._rows or self._unstored:
+            self.lost += len(self._rows) + sum(e[3] for e in self._unstored.values())
+            log.error("%s: %d messages could not be written to %s (%s) and are lost",
+                      self.name, self.lost, self.path, self.last_error)
+            self._rows, self._gaps = [], []
+            self._unstored.clear()
+
+    async def _close_store(self) -> None:
+        store, self._store = self._store, None
+        executor, self._executor = self._executor, None
+        if store is not None and executor is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._store.close)
-            self._store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(executor, store.close)
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     async def flush(self) -> None:
-        """Write everything received so far."""
+        """Write everything received so far; raises the SQLite error when that fails (what
+        could not be written stays pending and is retried)."""
+        if not await self._try_flush() and self.last_error is not None:
+            raise sqlite3.OperationalError(self.last_error)
+
+    async def _try_flush(self) -> bool:
+        """One write attempt of everything pending; True if it succeeded (or there was
+        nothing to write)."""
         async with self._write_lock:
             rows, self._rows = self._rows, []
             gaps, self._gaps = self._gaps, []
+            unstored, self._unstored = self._unstored, {}
             self._full.clear()
-            if not rows and not gaps:
-                return
+            if not rows and not gaps and not unstored:
+                return True
             store = self._store
             assert store is not None and self._executor is not None
             loop = asyncio.get_running_loop()
+            self._in_flight = len(rows)
             try:
-                await loop.run_in_executor(self._executor, store.write, rows, gaps)
-            except sqlite3.Error:
-                self.lost += len(rows)
-                raise
+                await loop.run_in_executor(self._executor, store.write, rows,
+                                           gaps + self._gap_rows(unstored))
+            except sqlite3.Error as exc:
+                # keep everything, oldest first, for the next attempt
+                self._rows[:0] = rows
+                self._gaps[:0] = gaps
+                self._restore_unstored(unstored)
+                self.write_failures += 1
+                self._failed(exc)
+                return False
+            finally:
+                self._in_flight = 0
             self.stored += len(rows)
+            if self.stalled.is_set():
+                self.stalled.clear()
+                log.info("%s: writing to %s again (%d messages had waited)", self.name,
+                         self.path, len(rows))
+            self.last_error = None
+            self._backoff.reset()
+            self.writing.set()
+            return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self.last_error = str(exc)
+        if self.stalled.is_set():
+            return  # one line per outage
+        self.stalled.set()
+        if is_busy(exc):
+            log.warning("%s: %s is locked by another program; keeping messages in memory "
+                        "(up to %d) and retrying", self.name, self.path, self.max_pending)
+        else:
+            log.error("%s: cannot write to %s: %s; keeping messages in memory (up to %d) "
+                      "and retrying", self.name, self.path, exc, self.max_pending)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -355,12 +576,8 @@ class Recorder:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_interval):
                     await self._full.wait()
-            try:
-                await self.flush()
-            except sqlite3.Error as exc:
-                log.error("%s: writing to %s failed: %s (%d messages lost so far)",
-                          self.name, self.path, exc, self.lost)
-                await asyncio.sleep(1.0)
+            if not await self._try_flush():
+                await asyncio.sleep(self._backoff.next())
 
     # -- queries (through the writer thread, so they see every flushed row) ------------------
     async def query(self, topic: str | None = None, **kw: Any) -> list[Record]:

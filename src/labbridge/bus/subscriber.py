@@ -19,6 +19,12 @@ text otherwise, and ``meta.legacy`` True (no sequence numbers: no gap detection)
 Listeners run synchronously in the event loop; one that raises is logged and kept. Messages
 that cannot be decoded are counted (:attr:`decode_errors`) and logged (rate-limited), never
 fatal.
+
+Connections (ADR 0121): a publisher that refuses is retried by ZeroMQ itself, 0.1 s doubling to
+5 s. A peer that accepts and then closes or speaks something else (a command port given by
+mistake), or a connection that drops, is retried by us with the same backoff: ZeroMQ would
+retry the first every 100 ms for ever and never retry after a protocol error. One log line per
+state change of an endpoint (up, lost, failing, back), never one per attempt.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -39,6 +46,7 @@ from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.telemetry import legacy
 from labbridge.protocol.telemetry.envelope import Encoding, decode, decode_meta
 from labbridge.protocol.telemetry.sequence import Gap, SequenceTracker
+from labbridge.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,45 @@ class MessageMeta(NamedTuple):
 
 MessageListener = Callable[[str, Any, MessageMeta], None]
 GapListener = Callable[[Gap], None]
+
+_LINK_EVENTS = (zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+#: A connection that stayed up this long was healthy: its loss restarts the backoff.
+HEALTHY_AFTER = 1.0
+
+
+class Link:
+    """The connection state of one endpoint of a Subscriber (what the log lines report)."""
+
+    __slots__ = (
+        "aliases",
+        "attempts",
+        "backoff",
+        "logged_down",
+        "reason",
+        "state",
+        "timer",
+        "up_since",
+        "url",
+    )
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: "connecting" (first attempt), "up" (handshake done), "down" (retrying)
+        self.state = "connecting"
+        self.up_since = 0.0
+        self.backoff = Backoff(initial=sockets.RECONNECT_FIRST, maximum=sockets.RECONNECT_MAX)
+        self.reason = ""
+        self.timer: asyncio.TimerHandle | None = None
+        #: Connection attempts made by us (not counting ZeroMQ's own after a refusal).
+        self.attempts = 0
+        #: Other spellings of the endpoint in ZeroMQ's events (resolved host names).
+        self.aliases: set[str] = set()
+        #: The current outage has been reported (one line per outage, one when it ends).
+        self.logged_down = False
 
 
 class Subscriber:
@@ -127,7 +174,12 @@ class Subscriber:
         self._sync: zmq.Socket[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
-        #: Connections re-established after ZeroMQ dropped them (see _watch_connections).
+        self._mon: sockets.Monitor | None = None
+        #: Per endpoint connection state (see the module docstring); ``link_event`` is set
+        #: whenever one changes (the consumer clears it).
+        self.links: dict[str, Link] = {}
+        self.link_event = asyncio.Event()
+        #: Connections we re-established (a drop, or a peer that accepted and closed).
         self.reconnects = 0
         self._waiters: list[tuple[Callable[[str, Any, MessageMeta], bool],
                                   asyncio.Future[tuple[str, Any, MessageMeta]]]] = []
@@ -165,6 +217,8 @@ class Subscriber:
     async def start(self) -> None:
         if self._task is not None:
             return
+        links = {url: Link(url) for url in self.endpoints}
+        await self._resolve_aliases(links)
         ctx = self._ctx or sockets.context()
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
@@ -179,21 +233,46 @@ class Subscriber:
             # A reconnect whose SYN is lost is retried after this, not after the kernel's
             # two minutes of SYN retries.
             sock.setsockopt(zmq.CONNECT_TIMEOUT, 3 * ivl)
+        sockets.set_reconnect(sock)
+        try:
+            mon = sockets.Monitor(sock, _LINK_EVENTS)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         try:
             for t in self.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8"))
             for ep in self.endpoints:
-                sock.connect(ep)
-        except zmq.ZMQError as exc:
+                sockets.connect(sock, ep, self.name)
+        except BaseException:
+            mon.close()
             sock.close(linger=0)
-            raise sockets.BusError(f"{self.name}: cannot connect {self.endpoints}: "
-                                   f"{exc.strerror}") from None
+            raise
+        self.links = links
         self._sock = sock
         self._sync = sockets.shadow(sock)
+        self._mon = mon
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-recv")
-        mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._monitor = asyncio.create_task(self._watch_connections(mon),
+        self._monitor = asyncio.create_task(self._watch_connections(mon.socket),
                                             name=f"{self.name}-monitor")
+
+    async def _resolve_aliases(self, links: dict[str, Link]) -> None:
+        """ZeroMQ names an endpoint by its resolved address in some events: learn those."""
+        loop = asyncio.get_running_loop()
+        for url, link in links.items():
+            proto, _, rest = url.partition("://")
+            host, sep, port = rest.rpartition(":")
+            if proto != "tcp" or not sep or not port.isdigit():
+                continue
+            host = host.strip("[]")
+            try:
+                async with asyncio.timeout(2.0):
+                    infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError):
+                continue
+            for info in infos:
+                ip = str(info[4][0])
+                link.aliases.add(f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, self._monitor) if t is not None]
@@ -203,9 +282,13 @@ class Subscriber:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._sock is not None and not self._sock.closed:
-            with contextlib.suppress(zmq.ZMQError):
-                self._sock.disable_monitor()
+        for link in self.links.values():
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+        if self._mon is not None:  # before the socket: see sockets.Monitor
+            self._mon.close()
+            self._mon = None
         sockets.close(self._sock)
         self._sock = None
         self._sync = None
@@ -213,19 +296,6 @@ class Subscriber:
             if not fut.done():
                 fut.cancel()
         self._waiters.clear()
-
-    def subscribe(self, topic: str) -> None:
-        """Add a topic prefix while running."""
-        self.topics.append(topic)
-        if self._sock is not None:
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
-
-    def connect(self, endpoint: str) -> None:
-        """Connect to one more publisher while running."""
-        url = sockets.normalize_endpoint(endpoint)
-        self.endpoints.append(url)
-        if self._sock is not None:
-            self._sock.connect(url)
 
     # -- waiting (tests, startup handshakes) -------------------------------------------------
     async def wait_for(self, predicate: Callable[[str, Any, MessageMeta], bool] | None = None,
@@ -242,35 +312,120 @@ class Subscriber:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)
 
-    # -- connections -------------------------------------------------------------------------
-    async def _watch_connections(self, mon: Any) -> None:
-        """Re-connect an endpoint whenever ZeroMQ drops its connection.
+    # -- connections (ADR 0121) --------------------------------------------------------------
+    async def _watch_connections(self, mon: zmq.asyncio.Socket) -> None:
+        """Follow every endpoint's connection events; reconnect with backoff where ZeroMQ
+        would not, or would without backoff."""
+        while True:
+            try:
+                event = parse_monitor_message(await mon.recv_multipart())
+            except zmq.ZMQError:
+                return
+            ep = event.get("endpoint", b"")
+            url = ep.decode("utf-8", "replace") if isinstance(ep, bytes) else str(ep)
+            link = self._link_for(url)
+            if link is not None:
+                self._on_event(link, int(event["event"]), event.get("value"))
 
-        ZeroMQ retries a connection that the peer closed, but not one it dropped itself on a
-        protocol error such as a message over MAXMSGSIZE: that publisher would be cut off for
-        good, silently. Re-connecting on every disconnect is harmless in the ordinary case
-        and logs what happened; messages lost meanwhile show up as gaps.
-        """
+    def _link_for(self, url: str) -> Link | None:
+        link = self.links.get(url)
+        if link is not None:
+            return link
+        for candidate in self.links.values():
+            if url in candidate.aliases:
+                return candidate
+        if len(self.links) == 1:
+            return next(iter(self.links.values()))
+        return None
+
+    def _on_event(self, link: Link, kind: int, value: Any) -> None:
+        if link.timer is not None:  # our own reconnect is pending: old news
+            return
+        before = link.state
+        self._on_link_event(link, kind, value)
+        if link.state != before:
+            self.link_event.set()
+
+    async def wait_link(self, state: str, url: str | None = None, *,
+                        timeout: float | None = None) -> Link:
+        """Wait until the endpoint ``url`` (default: the first) is in ``state`` ("up",
+        "down")."""
+        link = self.links[url or self.endpoints[0]]
+        async with asyncio.timeout(timeout):
+            while link.state != state:
+                self.link_event.clear()
+                await self.link_event.wait()
+        return link
+
+    def _on_link_event(self, link: Link, kind: int, value: Any) -> None:
+        now = time.monotonic()
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if link.state == "connecting":
+                log.debug("%s: connected to %s", self.name, link.url)
+            elif link.state == "down" and link.logged_down:
+                log.info("%s: connected to %s again", self.name, link.url)
+                link.logged_down = False
+            link.state = "up"
+            link.up_since = now
+            link.reason = ""
+        elif kind & _HANDSHAKE_FAILED:
+            link.reason = _handshake_reason(kind, value)
+        elif kind == zmq.EVENT_CONNECT_RETRIED:
+            # ZeroMQ itself retries a connection that could not be made (refused,
+            # unreachable), with the backoff set by sockets.set_reconnect
+            if link.state != "down" or not link.logged_down:
+                self._log_down(link, "%s: cannot connect to %s (nothing accepts there yet?); "
+                                     "retrying every %g s at most", self.name, link.url,
+                               sockets.RECONNECT_MAX)
+            link.state = "down"
+        elif kind == zmq.EVENT_DISCONNECTED:
+            self._lost(link, now)
+
+    def _log_down(self, link: Link, *args: Any) -> None:
+        if not link.logged_down:
+            link.logged_down = True
+            log.warning(*args)
+
+    def _lost(self, link: Link, now: float) -> None:
+        was = link.state
+        healthy = was == "up" and now - link.up_since >= HEALTHY_AFTER
+        if healthy:
+            # a connection that had been working: a new episode (one line), fast retries
+            link.backoff.reset()
+            link.logged_down = False
+            self._log_down(link, "%s: connection to %s lost%s; reconnecting", self.name,
+                           link.url, f" ({link.reason})" if link.reason else "")
+        elif was == "up":
+            # up for a moment only: the same episode goes on (no new line), backing off
+            self._log_down(link, "%s: connection to %s lost%s; reconnecting", self.name,
+                           link.url, f" ({link.reason})" if link.reason else "")
+        else:
+            self._log_down(link, "%s: %s accepted the connection but then %s: is it a ZeroMQ "
+                                 "publisher (a notifier or dashboard PUB port)? retrying every "
+                                 "%g s at most", self.name, link.url,
+                           link.reason or "closed it", sockets.RECONNECT_MAX)
+        link.state = "down"
+        sock = self._sock
+        if sock is None or sock.closed:
+            return
+        # take the endpoint away from ZeroMQ (it would retry every 100 ms, or never after a
+        # protocol error) and connect again ourselves after the backoff delay
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(link.url)
+        delay = link.backoff.next()
+        link.timer = asyncio.get_running_loop().call_later(delay, self._reconnect, link)
+
+    def _reconnect(self, link: Link) -> None:
+        link.timer = None
+        sock = self._sock
+        if sock is None or sock.closed:
+            return
+        link.attempts += 1
+        self.reconnects += 1
         try:
-            while True:
-                try:
-                    event = parse_monitor_message(await mon.recv_multipart())
-                except zmq.ZMQError:
-                    return
-                ep = event.get("endpoint", b"")
-                url = ep.decode("utf-8", "replace") if isinstance(ep, bytes) else str(ep)
-                sock = self._sock
-                if sock is None or sock.closed or url not in self.endpoints:
-                    continue
-                log.warning("%s: connection to %s dropped; reconnecting", self.name, url)
-                try:
-                    sock.disconnect(url)
-                except zmq.ZMQError:
-                    pass
-                sock.connect(url)
-                self.reconnects += 1
-        finally:
-            mon.close(linger=0)
+            sock.connect(link.url)
+        except zmq.ZMQError as exc:  # cannot happen for an endpoint that connected before
+            log.warning("%s: cannot reconnect to %s: %s", self.name, link.url, exc.strerror)
 
     # -- receiving ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -380,3 +535,11 @@ class Subscriber:
                     continue
                 if ok:
                     fut.set_result((topic, payload, meta))
+
+
+def _handshake_reason(kind: int, value: Any) -> str:
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"refused our credentials (status {value})"
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
+    return "closed it during the ZeroMQ handshake"

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import re
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import click
 import numpy as np
 
-from labbridge.bus.recorder import Record, Recorder, RecordStore
+from labbridge.bus.recorder import GapRecord, Record, Recorder, RecordStore
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.cli.common import run_async
@@ -128,15 +129,18 @@ def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         click.echo(f"stored {rec.stored} messages; {rec.gap_count} gaps "
-                   f"({rec.subscriber.missed} messages missed); {rec.dropped} dropped "
-                   "(disk too slow)", err=True)
+                   f"({rec.subscriber.missed} messages missed); {rec.dropped} not stored "
+                   "(writing was stuck; recorded as gaps)", err=True)
         if rec.bad_ts:
             click.echo(f"{rec.bad_ts} messages had an implausible source timestamp and were "
                        "stored with the receive time", err=True)
         if rec.lost:
             click.echo(f"{rec.lost} messages lost: writing to {db} failed", err=True)
 
-    run_async(_main())
+    try:
+        run_async(_main())
+    except BusError as exc:  # the recording cannot be opened: one line naming the path
+        raise click.ClickException(str(exc)) from None
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -159,11 +163,13 @@ def history(topic: str, db: str, since: str | None, until: str | None, prefix: b
     t1 = parse_when(until) if until else None
     try:
         store = RecordStore(db, readonly=True)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, BusError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         rows = store.query(topic, since=t0, until=t1, prefix=prefix, limit=limit)
         gaps = store.gaps(topic, since=t0, until=t1, prefix=prefix)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the recording {db}: {exc}") from None
     finally:
         store.close()
     if png:
@@ -173,11 +179,41 @@ def history(topic: str, db: str, since: str | None, until: str | None, prefix: b
     out = sys.stdout
     if fmt == "csv":
         out.write("time,topic,seq,value\n")
-    for r in rows:
-        out.write(_row_line(r, fmt))
+    if fmt == "text":
+        # the gaps in time order among the messages: where the record is incomplete
+        pending = sorted(gaps, key=lambda g: g.received)
+        i = 0
+        for r in rows:
+            while i < len(pending) and pending[i].received <= r.time:
+                out.write(_gap_line(pending[i]))
+                i += 1
+            out.write(_row_line(r, fmt))
+        if limit is None or len(rows) < limit:
+            for g in pending[i:]:
+                out.write(_gap_line(g))
+    else:
+        for r in rows:
+            out.write(_row_line(r, fmt))
     out.flush()
-    missed = sum(g.missed for g in gaps)
-    click.echo(f"{len(rows)} messages; {len(gaps)} gaps ({missed} missed)", err=True)
+    missed = sum(g.missed for g in gaps if not g.not_stored)
+    unstored = [g for g in gaps if g.not_stored]
+    summary = f"{len(rows)} messages; {len(gaps) - len(unstored)} gaps ({missed} missed)"
+    if unstored:
+        summary += (f"; {sum(g.missed for g in unstored)} messages received but not stored "
+                    f"({len(unstored)} gaps)")
+    click.echo(summary, err=True)
+
+
+def _gap_line(g: GapRecord) -> str:
+    """``<time> <topic> ! ...``: a hole in the record, in words."""
+    span = f" (#{g.expected}..#{g.got - 1})" if g.got > g.expected > 0 else ""
+    if g.not_stored:
+        what = f"{g.missed} messages received but not stored{span}: writing was stuck"
+    elif g.late_join:
+        what = f"joined late: {g.missed} earlier messages missed"
+    else:
+        what = f"{g.missed} messages missed{span}"
+    return f"{_stamp(g.received)} {g.topic} ! {what}\n"
 
 
 def _row_line(r: Record, fmt: str) -> str:

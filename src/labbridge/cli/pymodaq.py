@@ -14,16 +14,21 @@ sends ``Send Data <dim>``, and saves the first channel of the ``Done`` reply:
 * 0-D data (``--dim 0D``) is printed, and saved only as ``.npy``: it is no image.
 
 The PNG encoder is :mod:`labbridge.protocol.png` (ADR 0057).
+
+Access: this machine may always connect; ``--allow NETWORK`` (repeatable) lets a distant
+camera computer in too (the operator role, docs/security.md). A refused connection is printed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import zlib
 from pathlib import Path
 
 import click
 import numpy as np
 
+from labbridge.access import LOOPBACK, AuditEvent, Gate, Network, Policy, Role
 from labbridge.cli.common import run_async
 from labbridge.devices.state_file import write_json_atomic
 from labbridge.protocol.png import encode_gray, is_lossless_16bit, stretch_to_8bit, to_16bit
@@ -40,11 +45,38 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _networks(texts: tuple[str, ...]) -> tuple[Network, ...]:
+    nets = []
+    for text in texts:
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not an IP address or network (CIDR)",
+                                     param_hint="--allow") from None
+    return tuple(nets)
+
+
+def _gate(allow: tuple[Network, ...]) -> Gate:
+    """This machine, and the ``--allow`` networks as operators (who may register a GRABBER);
+    every refusal is printed, so a camera computer left out is not a silent wait."""
+    gate = Gate(Policy(addresses={Role.ADMIN: LOOPBACK, Role.OPERATOR: allow},
+                       udp_writers=LOOPBACK, configured=True), node="grab")
+
+    def show(event: AuditEvent) -> None:
+        if event.outcome == "refused":
+            click.echo(f"refused a connection from {event.who}: {event.reason} "
+                       "(--allow ADDRESS lets it in)", err=True)
+
+    gate.add_sink(show)
+    return gate
+
+
 async def grab_once(host: str, port: int, *, dim: str, timeout: float,
-                    ready_file: str | None = None) -> list[np.ndarray]:
+                    ready_file: str | None = None,
+                    allow: tuple[Network, ...] = ()) -> list[np.ndarray]:
     from labbridge.links.pymodaq import PyMoDAQServer
 
-    server = PyMoDAQServer(host, port, name="grab")
+    server = PyMoDAQServer(host, port, name="grab", gate=_gate(allow))
     await server.start()
     try:
         if ready_file:
@@ -73,13 +105,17 @@ async def grab_once(host: str, port: int, *, dim: str, timeout: float,
               help="Seconds to wait for a GRABBER client and for its data.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Write {host, port} JSON here once listening (port 0 = any free port).")
+@click.option("--allow", "allow", multiple=True, metavar="NETWORK",
+              help="An address or network (CIDR) whose GRABBER may connect, besides this "
+                   "machine (repeatable).")
 def grab(address: str, out: str, dim: str, stretch: str, png16: bool, no_npy: bool,
-         timeout: float, ready_file: str | None) -> None:
+         timeout: float, ready_file: str | None, allow: tuple[str, ...]) -> None:
     """Listen on HOST:PORT as a PyMoDAQ TCPServer, grab one frame, save it as PNG (+ .npy)."""
     host, port = _hostport(address)
+    networks = _networks(allow)
     try:
         arrays = run_async(grab_once(host, port, dim=dim, timeout=timeout,
-                                     ready_file=ready_file))
+                                     ready_file=ready_file, allow=networks))
     except TimeoutError:
         raise click.ClickException(f"no GRABBER data within {timeout:g} s") from None
     except OSError as exc:

@@ -1,8 +1,13 @@
-"""``labbridge rotator HOST:PORT status|enable|move ANGLE|stop|standby`` (docs/hexrotcomm.md).
+"""``labbridge rotator`` and ``labbridge hexapod`` (docs/hexrotcomm.md).
 
-Generation D (default): connect to the controller at HOST:PORT, run the action, disconnect.
+``labbridge rotator HOST:PORT status|enable|move ANGLE|stop|standby``:
+generation D (default): connect to the controller at HOST:PORT, run the action, disconnect.
 Generation A: listen on HOST:PORT (telemetry) and PORT+1 (commands), wait for the controller to
 connect (it retries every 0.1 s), run the action, close.
+
+``labbridge hexapod HOST:PORT status|enable|move X Y Z U V W|stop|standby``: the same for a
+hexapod controller (generation D); a position is x, y, z in micrometres and u, v, w in
+degrees.
 
 Every action prints one JSON object (the controller's status after the action) on stdout.
 Exit codes: 0 done; 1 refused (NO_ACK, local limit check, wrong state); 2 usage; 3 link error.
@@ -18,7 +23,12 @@ import click
 
 from labbridge.cli.common import parse_hostport, run_async
 from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
-from labbridge.links.hexrotcomm.controller import HexrotController, LimitError, StateError
+from labbridge.links.hexrotcomm.controller import (
+    HexapodController,
+    HexrotController,
+    LimitError,
+    StateError,
+)
 from labbridge.protocol.hexrotcomm.devices import device_spec
 from labbridge.protocol.hexrotcomm.framing import WireProfile
 
@@ -26,22 +36,13 @@ ACTIONS = ("status", "enable", "move", "stop", "standby")
 
 
 def _status(ctrl: HexrotController) -> dict[str, Any]:
-    tel, cfg = ctrl.telemetry, ctrl.config
-    f = ctrl.profile.device
     out: dict[str, Any] = {"controller": f"{ctrl.host}:{ctrl.port}",
-                           "generation": ctrl.generation.value, **ctrl.snapshot()}
-    if tel is not None:
-        out["position"] = getattr(tel, f.position_field)
-        out["demand_position"] = getattr(tel, f.demand_field)
-        out["enabled_substate"] = int(tel.enabled_substate)
-    if cfg is not None:
-        out["limits"] = {f.lower_limit_field: getattr(cfg, f.lower_limit_field),
-                         f.upper_limit_field: getattr(cfg, f.upper_limit_field),
-                         f.velocity_limit_field: getattr(cfg, f.velocity_limit_field)}
+                           "generation": ctrl.generation.value, **ctrl.snapshot(),
+                           **ctrl.status_fields()}
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-async def _run(ctrl: HexrotController, action: str, angle: float | None, wait: bool,
+async def _run(ctrl: HexrotController, action: str, target: Any, wait: bool,
                tolerance: float) -> tuple[int, dict[str, Any]]:
     try:
         if ctrl.generation.value == "A":
@@ -53,8 +54,8 @@ async def _run(ctrl: HexrotController, action: str, angle: float | None, wait: b
         elif action == "standby":
             await ctrl.standby()
         elif action == "move":
-            assert angle is not None
-            result["duration"] = await ctrl.move(angle, wait=wait, tolerance=tolerance)
+            assert target is not None
+            result["duration"] = await ctrl.move(target, wait=wait, tolerance=tolerance)
             if ctrl.link is not None and wait:
                 await ctrl.link.next_telemetry()
         elif action == "stop":
@@ -85,6 +86,14 @@ class _LinkError(click.ClickException):
 
 def _Failed(message: str, code: int) -> click.ClickException:
     return _Refused(message) if code == 1 else _LinkError(message)
+
+
+def _finish(ctrl: HexrotController, action: str, target: Any, wait: bool,
+            tolerance: float) -> None:
+    code, out = run_async(_run(ctrl, action, target, wait, tolerance))
+    click.echo(json.dumps(out, sort_keys=True, default=str))
+    if code:
+        raise _Failed(str(out.get("error", "failed")), code)
 
 
 # ignore_unknown_options lets a negative ANGLE through (``move -3``).
@@ -119,11 +128,41 @@ def rotator(target: str, action: str, angle: float | None, generation: str, devi
     ctrl = HexrotController("rotator", profile, host, port, connect_timeout=timeout,
                             config_timeout=timeout, enable_drives_delay=enable_delay,
                             move_pause=move_pause, autoconnect=True)
-    code, out = run_async(_run(ctrl, action, angle, wait, tolerance))
-    click.echo(json.dumps(out, sort_keys=True, default=str))
-    if code:
-        raise _Failed(str(out.get("error", "failed")), code)
+    _finish(ctrl, action, angle, wait, tolerance)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("action", type=click.Choice(ACTIONS))
+@click.argument("position", type=float, nargs=-1)
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to connect and to get CONFIG and TELEMETRY.")
+@click.option("--enable-delay", type=float, default=1.0, show_default=True,
+              help="Pause after ENABLE_DRIVES before SET_STATE ENABLE.")
+@click.option("--move-pause", type=float, default=0.1, show_default=True,
+              help="Pause between POSITION_SET and MOVE_POINT_TO_POINT.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="move/stop: wait until the hexapod is stationary.")
+@click.option("--tolerance", type=float, default=0.01, show_default=True,
+              help="move: arrival tolerance (um and deg).")
+def hexapod(target: str, action: str, position: tuple[float, ...], timeout: float,
+            enable_delay: float, move_pause: float, wait: bool, tolerance: float) -> None:
+    """Drive a hexapod controller at TARGET (HOST:PORT), generation D.
+
+    move takes six values: X Y Z (micrometres) U V W (degrees).
+    """
+    host, port = parse_hostport(target)
+    if action == "move" and len(position) != 6:
+        raise click.UsageError(f"move needs six values X Y Z U V W, got {len(position)}")
+    if action != "move" and position:
+        raise click.UsageError(f"{action} takes no position")
+    profile = WireProfile.make(device_spec("hexapod", "D"), "D")
+    ctrl = HexapodController("hexapod", profile, host, port, connect_timeout=timeout,
+                             config_timeout=timeout, enable_drives_delay=enable_delay,
+                             move_pause=move_pause, autoconnect=True)
+    _finish(ctrl, action, list(position) if position else None, wait, tolerance)
 
 
 def register(group: click.Group) -> None:
     group.add_command(rotator)
+    group.add_command(hexapod)

@@ -1,5 +1,10 @@
 """``labbridge dashboard CONFIG``: run a node whose file has a ``web_dashboard`` service and
-print the page's URL (issue 8 item 5; docs/web.md)."""
+print the page's URL (issue 8 item 5; docs/web.md).
+
+It runs the node exactly as ``labbridge serve`` does (:func:`~labbridge.node.node.run_node`:
+the ready file exists only while the node serves) and prints each dashboard's URL once
+everything listens.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import signal
 import click
 
 from labbridge.cli.common import fail_on_config_error, run_async
-from labbridge.node.node import build_node
+from labbridge.node.node import Node, build_node, run_node
 
 
 @click.command()
@@ -18,7 +23,8 @@ from labbridge.node.node import build_node
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port of the web page (0 = any free port; the URL is printed).")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
-              help="Write JSON with every bound service here once all are listening.")
+              help="Write JSON with every bound service here once all are listening "
+                   "(removed again on stop).")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Where state files live (default: next to the config).")
 def dashboard(config: str, host: str | None, port: int | None, ready_file: str | None,
@@ -37,27 +43,25 @@ def dashboard(config: str, host: str | None, port: int | None, ready_file: str |
     if port is not None:
         webs[0].dashboard.config.port = port
 
+    def print_urls(_: Node) -> None:
+        for w in webs:
+            click.echo(f"dashboard {w.name}: {w.url}")
+
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-
         try:
-            await node.start()
-            try:
-                if ready_file:
-                    node.write_ready_file(ready_file)
-                for w in webs:
-                    click.echo(f"dashboard {w.name}: {w.url}")
-                await stop.wait()
-            finally:
-                await node.stop()
+            await run_node(node, ready_file=ready_file, stop=stop, on_ready=print_urls)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    run_async(_main())
+    try:
+        run_async(_main())
+    except OSError as exc:  # the page's port in use, an address not on this machine...
+        raise click.ClickException(f"cannot start node {node.name}: {exc}") from None
 
 
 def register(group: click.Group) -> None:

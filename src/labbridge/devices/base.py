@@ -84,6 +84,24 @@ class Device:
         """Static description: kind, name and whatever a client needs to present the device."""
         return {"kind": self.kind, "name": self.name}
 
+    def signals(self) -> dict[str, dict[str, Any]]:
+        """What the signals mean, for displays (a web page, EPICS EGU): signal name -> info.
+
+        A key is a signal name, ``prefix.*`` (every signal under ``prefix.``) or ``*`` (any
+        signal); the most specific key wins. Info fields, all optional:
+
+        * ``units``: the unit of a numeric value (``torr``, ``°C``, ``%``, ``V``, ``deg``);
+        * ``quantity``: what is measured (``pressure``, ``temperature``...), so a display
+          can choose a scale (pressures on a log axis);
+        * ``on_change``: True when the signal is announced on every change, so its last value
+          holds until the next one (a setpoint, a state); otherwise it is a sample whose age
+          matters;
+        * ``event``: True for an occurrence (a watchdog trip, a refused command), not a level;
+        * ``trend``: False for a number worth showing but not plotting (a frame count, an
+          integration time).
+        """
+        return {}
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect backends and start physics; idempotent."""

@@ -8,12 +8,17 @@ from a small bank of precomputed frames so that large frames stay cheap to produ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 from typing import Any, Protocol
 
 import numpy as np
 
 from labbridge.devices.base import Device
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float32": np.float32, "float64": np.float64}
 
@@ -79,27 +84,69 @@ class SimCameraBackend:
 
 
 class Camera(Device):
-    """A 2-D detector: ``grab()`` returns ``[frame]`` (one channel)."""
+    """A 2-D detector: ``grab()`` returns ``[frame]`` (one channel).
+
+    With ``publish_period`` set, the latest frame is announced as signal ``frame`` (the
+    array) at most once per period, for dashboards: the frame a client grabbed when there
+    was one, else one the camera grabs by itself. Without it only the frame count
+    (``frames``) is announced, so a fast acquisition does not flood the node's bus.
+    """
 
     kind = "camera"
     data_dim = "2D"
 
     def __init__(self, name: str, backend: CameraBackend, *, units: str = "counts",
-                 exposure_ms: float = 10.0) -> None:
+                 exposure_ms: float = 10.0, publish_period: float | None = None) -> None:
         super().__init__(name)
+        if publish_period is not None and not (publish_period > 0
+                                               and math.isfinite(publish_period)):
+            raise ValueError(f"publish_period must be a number > 0, got {publish_period!r}")
         self.backend = backend
         self.units = units
         self.exposure_ms = exposure_ms
+        self.publish_period = publish_period
         self.frames = 0
         #: The last frame grabbed by any link (the EPICS face serves it as an NTNDArray).
         self.last_frame: np.ndarray | None = None
+        self._fresh = False  # a frame was grabbed since the last announcement
+        self._task: asyncio.Task[None] | None = None
 
     async def grab(self) -> list[np.ndarray]:
         frame = await self.backend.snap()
         self.frames += 1
         self.last_frame = frame
+        self._fresh = True
         self.emit("frames", self.frames)
         return [frame]
+
+    async def start(self) -> None:
+        if self.publish_period and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._publish(self.publish_period), name=f"camera {self.name} publish")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _publish(self, period: float) -> None:
+        failing = False
+        while True:
+            if not self._fresh:
+                try:
+                    await self.grab()
+                except Exception as exc:  # one line per outage, not per try
+                    if not failing:
+                        log.warning("%s: cannot grab a frame to publish: %s", self.name, exc)
+                    failing = True
+                else:
+                    failing = False
+            if self._fresh and self.last_frame is not None:
+                self._fresh = False
+                self.emit("frame", self.last_frame)
+            await asyncio.sleep(period)
 
     def axes(self) -> dict[str, tuple[np.ndarray, str, str]]:
         """No calibrated axes: pixels."""
@@ -121,3 +168,8 @@ class Camera(Device):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "units": self.units,
                 "backend": self.backend.describe()}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"frame": {"units": self.units},
+                "frames": {"on_change": True, "trend": False},
+                "exposure_ms": {"units": "ms", "on_change": True, "trend": False}}

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -373,8 +373,9 @@ class Furnace(Device):
                              "safe_setpoint": self.watchdog.safe_setpoint},
                 "di_channels": sorted(self.di_channels)}
 
-
-def with_params(model: FurnaceModel, **changes: Any) -> FurnaceModel:
-    """A fresh model like ``model`` with some parameters changed (configuration helper)."""
-    return FurnaceModel(replace(model.params, **changes), model.gains,
-                        ramp_rate=model.ramp_rate)
+    def signals(self) -> dict[str, dict[str, Any]]:
+        temp = {"units": "°C", "quantity": "temperature"}
+        return {"temperature": temp, "setpoint": {**temp, "on_change": True},
+                "output": {"units": "%", "quantity": "output"},
+                "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
+                "watchdog": {"event": True}, "dump": {"event": True}}

@@ -57,7 +57,11 @@ class GaugeController(Device):
         if gauge not in self.gauges:
             raise KeyError(gauge)
         try:
-            value = await asyncio.wait_for(self.backend.read_pressure(gauge), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the reading when a
+            # cancellation arrives just as the backend answers, and the cancelled caller (a
+            # dashboard's poll loop being stopped) then runs on for ever.
+            async with asyncio.timeout(self.timeout):
+                value = await self.backend.read_pressure(gauge)
         except TimeoutError:
             raise BackendError(f"gauge {gauge}: no answer within {self.timeout:g} s") from None
         value = float(value)
@@ -77,6 +81,10 @@ class GaugeController(Device):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "gauges": list(self.gauges),
                 "backend": self.backend.describe(), "poll_period": self.poll_period}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        # every signal is a gauge's reading, in torr (module docstring)
+        return {"*": {"units": "torr", "quantity": "pressure"}}
 
     async def start(self) -> None:
         if self._started:

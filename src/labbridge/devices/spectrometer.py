@@ -25,6 +25,7 @@ The clock is injectable (``time.monotonic`` by default), so tests step simulated
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -75,8 +76,15 @@ class Spectrometer(Device):
                  magnet_dac: float = 0.0, settle: float = 0.05,
                  seconds_per_dac: float = 0.2, deflection_shift: float = 1e-4,
                  valves: list[str] | None = None,
-                 parameters: Mapping[str, float] | None = None) -> None:
+                 parameters: Mapping[str, float] | None = None,
+                 poll_period: float | None = None) -> None:
         super().__init__(name)
+        if poll_period is not None and not (poll_period > 0 and math.isfinite(poll_period)):
+            raise ValueError(f"poll_period must be a number > 0, got {poll_period!r}")
+        #: Read the detectors by itself every ``poll_period`` seconds, so each completed
+        #: integration is announced (``scan``) even when no client asks (a dashboard).
+        self.poll_period = poll_period
+        self._poll_task: asyncio.Task[None] | None = None
         self.peaks = list(peaks or [Peak("Ar40", 5.0, 5.0), Peak("Ar39", 4.875, 0.2),
                                     Peak("Ar36", 4.5, 0.017)])
         self.detectors = dict(detectors or DEFAULT_DETECTORS)
@@ -269,6 +277,23 @@ class Spectrometer(Device):
         self.emit(f"valve.{name}", open_)
 
     # -- device -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.poll_period and self._poll_task is None:
+            self._poll_task = asyncio.get_running_loop().create_task(
+                self._poll(self.poll_period), name=f"spectrometer {self.name} poll")
+
+    async def stop(self) -> None:
+        task, self._poll_task = self._poll_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _poll(self, period: float) -> None:
+        while True:
+            self.data()  # announces a scan when an integration completed since the last call
+            await asyncio.sleep(period)
+
     def snapshot(self) -> dict[str, Any]:
         return {"magnet_dac": self.magnet_dac, "integration_time": self._tau,
                 "high_voltage": self.high_voltage, "last_scan": dict(self.last_scan)}
@@ -278,3 +303,10 @@ class Spectrometer(Device):
                 "peaks": [{"name": p.name, "dac": p.dac, "intensity": p.intensity}
                           for p in self.peaks],
                 "valves": sorted(self.valves)}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        held = {"on_change": True, "trend": False}
+        return {"scan.*": {"units": "V", "quantity": "intensity"},
+                "magnet_dac": held, "integration_time": {"units": "s", **held},
+                "high_voltage": {"units": "V", **held}, "blanked": held,
+                "parameter.*": held, "valve.*": held}

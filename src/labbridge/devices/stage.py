@@ -73,7 +73,8 @@ class SimStageBackend:
             if frac >= 1.0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.STEP)
+                async with asyncio.timeout(self.STEP):
+                    await self._stop.wait()
         return self.position
 
     async def stop(self) -> float:
@@ -159,3 +160,7 @@ class Stage(Device):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "units": self.units,
                 "min": self.minimum, "max": self.maximum, "backend": self.backend.describe()}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"position": {"units": self.units, "on_change": True},
+                "moving": {"on_change": True}, "*": {"on_change": True}}

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Version of the state file layout written by :class:`ValveBank`.
 STATE_FILE_VERSION = 1
+#: Signal of a refused actuation (``{valve, action, reason, requester}``); no valve may be
+#: named so.
+REFUSED_SIGNAL = "event.refused"
 
 
 class SwitchKind(enum.Enum):
@@ -144,6 +147,8 @@ class ValveBank(Device):
                 raise ValueError("a valve needs a non-empty name")
             if cfg.name in self._valves:
                 raise ValueError(f"duplicate valve name {cfg.name!r}")
+            if cfg.name == REFUSED_SIGNAL:
+                raise ValueError(f"{REFUSED_SIGNAL!r} is reserved (refusal events)")
             if cfg.settling_time < 0 or not math.isfinite(cfg.settling_time):
                 raise ValueError(f"valve {cfg.name}: settling_time must be >= 0")
             self._valves[cfg.name] = _Valve(cfg, cfg.initially_open, cfg.initially_locked)
@@ -268,6 +273,10 @@ class ValveBank(Device):
         if result.outcome is Outcome.REFUSED:
             log.warning("%s: %s %s refused (requester %s): %s", self.name, action, name,
                         requester or "-", result.reason)
+            # For dashboards and the recorder: who was refused what, and why (an interlock,
+            # an owner, the hardware). Signal REFUSED_SIGNAL, never a valve name.
+            self.emit(REFUSED_SIGNAL, {"valve": name, "action": action,
+                                       "reason": result.reason, "requester": requester or ""})
         return result
 
     def _refusal(self, v: _Valve, target: bool, requester: str | None) -> str:
@@ -299,7 +308,8 @@ class ValveBank(Device):
         address = v.cfg.backend_address
         level = target != v.cfg.inverted_logic
         try:
-            await asyncio.wait_for(self.backend.set_output(address, level), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self.backend.set_output(address, level)
         except (BackendError, OSError, TimeoutError) as exc:
             reason = _hardware_reason(exc, self.timeout)
             await self._resync_after_failure(v)
@@ -307,7 +317,8 @@ class ValveBank(Device):
         if v.cfg.settling_time:
             await self._sleep(v.cfg.settling_time)
         try:
-            level_back = await asyncio.wait_for(self.backend.read_output(address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level_back = await self.backend.read_output(address)
         except (BackendError, OSError, TimeoutError) as exc:
             # Actuated but unconfirmed: we cannot tell where it is; report, keep memory.
             reason = _hardware_reason(exc, self.timeout)
@@ -327,8 +338,8 @@ class ValveBank(Device):
     async def _resync_after_failure(self, v: _Valve) -> None:
         """After a failed write, believe the hardware if it can tell us where the valve is."""
         try:
-            level = await asyncio.wait_for(
-                self.backend.read_output(v.cfg.backend_address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level = await self.backend.read_output(v.cfg.backend_address)
         except (BackendError, OSError, TimeoutError):
             return
         if level is not None:
@@ -346,8 +357,8 @@ class ValveBank(Device):
         if not v.cfg.query_state or v.cfg.kind is SwitchKind.MANUAL:
             return v.state
         try:
-            level = await asyncio.wait_for(
-                self.backend.read_output(v.cfg.backend_address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level = await self.backend.read_output(v.cfg.backend_address)
         except (BackendError, OSError, TimeoutError) as exc:
             log.warning("%s: indicator of %s unreadable (%s); reporting the last known state",
                         self.name, name, _hardware_reason(exc, self.timeout))
@@ -418,8 +429,8 @@ class ValveBank(Device):
             if v.cfg.kind is SwitchKind.MANUAL:
                 continue
             try:
-                level = await asyncio.wait_for(
-                    self.backend.read_output(v.cfg.backend_address), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    level = await self.backend.read_output(v.cfg.backend_address)
             except (BackendError, OSError, TimeoutError) as exc:
                 log.warning("%s: cannot read %s at start (%s); using the saved state",
                             self.name, v.cfg.name, _hardware_reason(exc, self.timeout))
@@ -430,6 +441,9 @@ class ValveBank(Device):
     # -- Device ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {n: self._valve_value(v) for n, v in self._valves.items()}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"*": {"on_change": True}, "event.*": {"event": True}}
 
     def describe(self) -> dict[str, Any]:
         valves: list[dict[str, Any]] = []

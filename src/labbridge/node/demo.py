@@ -27,7 +27,7 @@ import yaml
 from labbridge.node import kinds
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
 #: Record-name prefix of every demo node's EPICS IOC (docs/epics.md).
 EPICS_PREFIX = "LAB"
 
@@ -40,6 +40,12 @@ def _with_epics(cfg: dict[str, Any]) -> dict[str, Any]:
     svc = {"kind": "epics_ioc", "name": "epics", "prefix": EPICS_PREFIX, "host": "127.0.0.1",
            "ca_port": 0, "pva_port": 0, "pva_udp_port": 0}
     return {**cfg, "services": [*cfg.get("services", []), svc]}
+
+
+#: Every node of the demo publishes its devices on a notifier, metadata (units) every 2 s.
+def _notifier() -> dict[str, Any]:
+    return {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
+            "rep_port": 0, "meta_period": 2}
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Component:
 
     def endpoint(self, protocol: str, service: str | None = None) -> tuple[str, int] | None:
         for s in self.info.get("services", []):
+            if s.get("role", "listen") != "listen":
+                continue  # where it connects to is another node's endpoint
             if s.get("protocol") == protocol and (service is None or s["service"] == service):
                 host = str(s.get("host") or "127.0.0.1")
                 return ("127.0.0.1" if host in ("0.0.0.0", "*") else host), int(s["port"])
@@ -81,8 +89,7 @@ def _valves(_: dict[str, Any]) -> dict[str, Any]:
         "services": [
             {"kind": "pychron_command_server", "name": "command-server", "port": 0,
              "udp": True},
-            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
-             "rep_port": 0},
+            _notifier(),
         ],
     }
 
@@ -97,8 +104,7 @@ def _furnace(_: dict[str, Any]) -> dict[str, Any]:
         ],
         "services": [
             {"kind": "pychron_command_server", "name": "command-server", "port": 0},
-            {"kind": "notifier", "name": "notifier", "host": "127.0.0.1", "port": 0,
-             "rep_port": 0},
+            _notifier(),
         ],
     }
 
@@ -107,9 +113,9 @@ def _spectrometer(_: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": "spectrometer",
         "devices": [{"kind": "mass_spectrometer", "name": "argus",
-                     "integration_time": 0.2, "magnet_dac": 5.0}],
+                     "integration_time": 0.2, "magnet_dac": 5.0, "poll_period": 1}],
         "services": [{"kind": "qtegra_server", "name": "qtegra", "device": "argus",
-                      "host": "127.0.0.1", "port": 0, "udp": False}],
+                      "host": "127.0.0.1", "port": 0, "udp": False}, _notifier()],
     }
 
 
@@ -119,7 +125,7 @@ def _rotator(_: dict[str, Any]) -> dict[str, Any]:
         "devices": [{"kind": "hexrot_rotator_mock", "name": "rotator", "generation": "D",
                      "telemetry_hz": 50}],
         "services": [{"kind": "hexrot_mock_controller", "name": "rotator-controller",
-                      "device": "rotator", "host": "127.0.0.1", "port": 0}],
+                      "device": "rotator", "host": "127.0.0.1", "port": 0}, _notifier()],
     }
 
 
@@ -132,9 +138,9 @@ def _pymodaq_main(_: dict[str, Any]) -> dict[str, Any]:
 def _camera(done: dict[str, Any]) -> dict[str, Any]:
     host, port = done["pymodaq-main"].endpoint("tcp")
     return {"node": "pymodaq-camera",
-            "devices": [{"kind": "camera", "name": "camera"}],
+            "devices": [{"kind": "camera", "name": "camera", "publish_period": 1}],
             "services": [{"kind": "pymodaq_client", "name": "camera-client", "device": "camera",
-                          "server": f"{host}:{port}", "generation": "g3"}]}
+                          "server": f"{host}:{port}", "generation": "g3"}, _notifier()]}
 
 
 def _recorder(done: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +148,18 @@ def _recorder(done: dict[str, Any]) -> dict[str, Any]:
     return {"node": "data-reduction",
             "services": [{"kind": "recorder", "name": "recorder", "connect": urls,
                           "path": "lab.sqlite"}]}
+
+
+#: The demo's extraction line as the page draws it (the dashboard's schematic: it places the
+#: valves itself, over the valve bank's own layout hints).
+DEMO_LINE: dict[str, Any] = {
+    "valves": {"A": [1, 0], "B": [2, 0], "C": [3, 0], "D": [2, 1], "E": [4, 0], "F": [3, 1]},
+    "gauges": {"CG1": [1, -1], "IG": [4, -1]},
+    "parts": {"furnace": [0, 0], "pipette": [2.5, -1], "getter": [2, 2], "pump": [3, 2],
+              "spectrometer": [5, 0]},
+    "pipes": [["furnace", "A", "B", "C", "E", "spectrometer"], ["B", "pipette", "C"],
+              ["B", "D", "getter"], ["C", "F", "pump"], ["A", "CG1"], ["E", "IG"]],
+}
 
 
 def _web(done: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +173,10 @@ def _web(done: dict[str, Any]) -> dict[str, Any]:
     svc: dict[str, Any] = {"kind": "web_dashboard", "name": "web", "host": "127.0.0.1",
                            "port": 0, "title": "labbridge demo lab", "subscribe": subscribe,
                            "command_servers": servers,
-                           "control": True}  # the demo is on loopback only
+                           "control": True,  # the demo is on loopback only
+                           "schematic": {"valve-controller": DEMO_LINE},
+                           "alarms": [{"topic": "valve-controller.gauges.IG",
+                                       "above": 1e-6, "level": "warning"}]}
     rec = done.get("data-reduction")
     if rec is not None:
         svc["recorder"] = str(Path(rec.info["state_dir"]) / "lab.sqlite")
@@ -175,10 +196,15 @@ COMPONENTS: list[Component] = [
               _pymodaq_main),
     Component("pymodaq-camera", "PyMoDAQ camera (GRABBER client)",
               ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
+    # The recorder and the dashboard subscribe to the notifiers of the nodes ready before
+    # them: their `after` names every node they are to hear (components start as soon as
+    # their `after` are ready, not in waves).
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
-              _recorder, after=("valve-controller", "furnace-controller")),
+              _recorder, after=("valve-controller", "furnace-controller", "spectrometer",
+                                "rotator")),
     Component("dashboard", "web dashboard", ("web_dashboard",), _web,
-              after=("valve-controller", "furnace-controller", "data-reduction")),
+              after=("valve-controller", "furnace-controller", "data-reduction",
+                     "spectrometer", "rotator", "pymodaq-camera")),
 ]
 
 
@@ -195,6 +221,11 @@ class Lab:
         self.components: dict[str, Component] = {}
         self.left_out: list[Component] = []
 
+    def _tmp(self) -> Path:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return tmp
+
     async def _start_one(self, c: Component) -> None:
         cfg = _with_epics(c.build(self.components))
         path = self.workdir / f"{c.key}.yaml"
@@ -206,7 +237,8 @@ class Lab:
             sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
             str(path), "--ready-file", str(ready), "--state-dir", c.info["state_dir"],
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # Whatever a node puts in the temporary directory goes with the lab's folder.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self._tmp())})
         c.info["log"] = str(self.workdir / f"{c.key}.log")
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -233,19 +265,37 @@ class Lab:
                 c.note = f"not available in this installation (missing: {', '.join(missing)})"
                 self.left_out.append(c)
         keys = {c.key for c in pending}
-        while pending:
-            wave = [c for c in pending
-                    if all(a in self.components or a not in keys for a in c.after)]
-            if not wave:
+        # Each component starts as soon as the ones it needs are ready (not in waves): a
+        # node with an EPICS IOC takes about a second longer to start (EPICS base's own
+        # iocInit waits 0.5 s), and nothing that does not need it should wait for it.
+        done_keys: set[str] = set()
+        order = list(pending)
+        while order:
+            free = [c for c in order if all(a in done_keys or a not in keys for a in c.after)]
+            if not free:
                 raise RuntimeError("demo components depend on each other in a cycle")
-            results = await asyncio.gather(*(self._start_one(c) for c in wave),
-                                           return_exceptions=True)
-            for c, r in zip(wave, results, strict=True):
-                pending.remove(c)
-                if isinstance(r, BaseException):
-                    raise r
-                if on_ready:
-                    on_ready(c)
+            for c in free:
+                order.remove(c)
+                done_keys.add(c.key)
+        ready = {c.key: asyncio.Event() for c in pending}
+
+        async def start_when_ready(c: Component) -> None:
+            for a in c.after:
+                if a in ready:
+                    await ready[a].wait()
+            await self._start_one(c)
+            if on_ready:
+                on_ready(c)
+            ready[c.key].set()
+
+        tasks = [asyncio.ensure_future(start_when_ready(c)) for c in pending]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def stop(self) -> None:
         procs = [c.proc for c in self.components.values() if c.proc is not None]
@@ -256,7 +306,8 @@ class Lab:
                     c.proc.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                await asyncio.wait_for(p.wait(), 10)
+                async with asyncio.timeout(10):  # not wait_for: 3.11 can lose a cancellation
+                    await p.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
@@ -267,6 +318,20 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
                 await c.proc.wait()
+
+    async def first_exit(self) -> Component:
+        """Wait until a node of the running lab exits (it should not before :meth:`stop`);
+        return it."""
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.components.values()
+                 if c.proc is not None}
+        if not waits:
+            await asyncio.Event().wait()  # nothing can die: wait for cancellation
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[next(iter(done))]
+        finally:
+            for t in waits:
+                t.cancel()
 
     def acquisition_config(self) -> dict[str, Any]:
         valves = self.components["valve-controller"]
@@ -304,3 +369,19 @@ class Lab:
 
 def new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="labbridge-demo-"))
+
+
+def last_log_line(c: Component) -> str:
+    """The last non-empty line of a node's log ("" when there is none), for one-line
+    reports."""
+    log = c.info.get("log")
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")

@@ -1,4 +1,5 @@
-"""The web dashboard: an aiohttp app fed by the telemetry bus (issue 8; ADRs 0070-0073).
+"""The web dashboard: an aiohttp app fed by the telemetry bus (issues 8, 13, 17; ADRs
+0070-0073, 0130-0133).
 
 ::
 
@@ -9,29 +10,33 @@
 
 HTTP (JSON unless said otherwise):
 
-=======================================  ==================================================
-``GET /``                                 the page (static/index.html); assets under /static/
-``GET /api/config``                       title, control on/off, stale threshold, window
-``GET /api/nodes``                        node health: status, heartbeat age, gaps
-``GET /api/devices``                      valves (state, lock, owner, layout), series, frames
-``GET /api/history?topic=T[&minutes=M]``  ``[[t, v], ...]`` of T for the last M minutes,
-                                          from the recorder's SQLite file when configured
-``GET /api/events``                       the event log (warnings, criticals, control)
-``GET /api/frame?topic=T``                latest 2-D frame of T as a grayscale PNG
-``GET /ws``                               WebSocket: ``hello`` snapshot, then batches
-``POST /api/control/valve``               ``{"node","valve","action":"open"|"close"}``
-``POST /api/control/setpoint``            ``{"node","device","value"}``
-=======================================  ==================================================
+=========================================  ================================================
+``GET /``                                   the page (static/index.html); assets under /static/
+``GET /api/config``                         title, control on/off, thresholds, window,
+                                            schematic, alarm limits
+``GET /api/nodes``                          node health: status, heartbeat age, real gaps
+``GET /api/devices``                        valves, series (units, held), values, frames
+``GET /api/history?minutes=M``              every series' last M minutes (thinned)
+``GET /api/history?topic=T[&minutes=M]``    ``[[t, v], ...]`` of one series
+``GET /api/events``                         the event log (alarms, health, control)
+``GET /api/frame?topic=T``                  latest 2-D frame of T as a grayscale PNG
+``GET /ws``                                 WebSocket: ``hello`` snapshot, then batches
+``POST /api/control/valve``                 ``{"node","valve","action":"open"|"close"}``
+``POST /api/control/setpoint``              ``{"node","device","value"}``
+=========================================  ================================================
 
 Push path: every subscriber callback folds the message into :class:`LabState`, which returns
 push items; they are queued and sent to every page as one ``batch`` message per
-``push_interval`` (points of one topic coalesced to the last few), through a bounded queue
-per page. A page that cannot keep up is disconnected (it reconnects and gets a fresh
-snapshot) rather than letting memory grow (house rule: every buffer has a limit).
+``push_interval`` (points of one topic coalesced to the last few), through a bounded buffer
+per page (:mod:`labbridge.web.pages`). A page that cannot keep up is disconnected (it
+reconnects and gets a fresh snapshot) rather than letting memory grow, and the slots are
+fair: a connection that is not a page (never says hello) or has gone idle gives its slot to
+a newcomer.
 
 Control is off unless the config turns it on; every control request -- allowed, refused or
-rejected because control is off -- is logged with the client's address and added to the
-event log.
+rejected because control is off -- goes through :meth:`WebDashboard._control` (the one place
+where a network request becomes a device action), is logged with the client's address and
+added to the event log.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,25 +56,35 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from labbridge.bus.recorder import RecordStore
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.png import encode_gray, stretch_to_8bit
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
-from labbridge.transport.tcp import abort_discarding
 from labbridge.web.control import REFUSED, CommandTarget, ControlResult, Controls
-from labbridge.web.state import LabState, split_topic, timestamp
+from labbridge.web.history import RecorderHistory
+from labbridge.web.pages import EVICT, REFUSE, Page, Slots
+from labbridge.web.state import AlarmRule, LabState, split_topic, timestamp
 
 log = logging.getLogger(__name__)
 
+#: What a node kind may take from here (ADR 0070: the web face's one entry point for node).
+__all__ = ["AlarmRule", "CameraSource", "WebConfig", "WebDashboard", "png_gray"]
+
 STATIC = Path(__file__).parent / "static"
 
-#: Largest control request body accepted (bytes).
+#: Largest control request body, and largest message a page may send (bytes).
 MAX_BODY = 4096
 #: Points of one topic kept per push batch (older ones in the same batch are dropped; the
 #: page's history is refreshed from the recorder on reload).
 POINTS_PER_BATCH = 10
+#: Events in a page's first snapshot (the page shows at most 200).
+HELLO_EVENTS = 200
+#: Close codes the page's script understands.
+CLOSE_SLOW = 1013  # try again later: it reconnects at once to a fresh snapshot
+CLOSE_EVICTED = 4001  # its slot went to a newcomer: it waits before reconnecting
+CLOSE_NO_HELLO = 4002
+CLOSE_FLOOD = 1008
 
 
 @dataclass
@@ -91,6 +106,8 @@ class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     title: str = "labbridge"
+    #: The dashboard's own node (its local cameras' frames are this process: always live).
+    node: str = ""
     subscribe: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=lambda: [""])
     command_servers: list[CommandTarget] = field(default_factory=list)
@@ -98,11 +115,25 @@ class WebConfig:
     recorder: Path | None = None
     stale_after: float = 10.0
     disconnect_after: float | None = None  # default 3 x stale_after
+    #: ``{node: {"stale_after": s, "disconnect_after": s}}`` overrides.
+    node_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     history_minutes: float = 10.0
     push_interval: float = 0.05
     max_clients: int = 64
+    max_per_address: int = 16
+    #: Seconds between the page's pings; a page silent for 3 of them is idle.
+    ping_interval: float = 10.0
+    #: A connection must say hello within this many seconds.
+    hello_timeout: float = 5.0
     client_queue: int = 256
+    client_bytes: int = 4 * 1024 * 1024
     layout: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: ``{node: {"valves": {name: [x, y]}, "gauges": {...}, "parts": {...},
+    #: "pipes": [[name, ...], ...]}}`` (docs/web.md).
+    schematic: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``{topic or prefix ending in '.': units}``: units for nodes without metadata.
+    units: dict[str, str] = field(default_factory=dict)
+    alarms: list[AlarmRule] = field(default_factory=list)
     #: Topics (or prefixes ending in '.') not to plot.
     hide: list[str] = field(default_factory=list)
     cameras: list[CameraSource] = field(default_factory=list)
@@ -112,17 +143,12 @@ class WebConfig:
         return self.disconnect_after if self.disconnect_after is not None \
             else 3.0 * self.stale_after
 
-
-class _Page:
-    """One connected WebSocket with its bounded outgoing queue."""
-
-    def __init__(self, ws: web.WebSocketResponse, peer: str, size: int,
-                 transport: asyncio.BaseTransport | None = None) -> None:
-        self.ws = ws
-        self.peer = peer
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
-        self.overflowed = False
-        self.transport = transport
+    def limits(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for node, lim in self.node_limits.items():
+            stale = float(lim.get("stale_after", self.stale_after))
+            out[node] = (stale, float(lim.get("disconnect_after", 3.0 * stale)))
+        return out
 
 
 class WebDashboard:
@@ -130,27 +156,43 @@ class WebDashboard:
 
     def __init__(self, config: WebConfig, *, name: str = "web",
                  clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  resolve: Callable[[str], str] | None = None) -> None:
         self.config = config
         self.name = name
         self.clock = clock
+        self.monotonic = monotonic
         #: Turns a ``subscribe`` entry into a ZeroMQ URL at start (service names -> URLs).
         self.resolve = resolve or (lambda s: s)
         self.state = LabState(window=config.history_minutes * 60.0, layout=config.layout,
-                              started=clock())
+                              started=clock(), stale_after=config.stale_after,
+                              disconnect_after=config.disconnect,
+                              node_limits=config.limits(), units=config.units,
+                              alarms=config.alarms, hide=config.hide)
         self.controls = Controls(config.command_servers)
+        for node in self.controls.targets:
+            self.state.expect(node)
+        self.slots = Slots(max_pages=config.max_clients,
+                           max_per_address=config.max_per_address,
+                           idle_after=3.0 * config.ping_interval)
         self.subscribers: list[Subscriber] = []
-        self.pages: set[_Page] = set()
+        self.pages: set[Page] = set()
         self._pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closers: set[asyncio.Task[None]] = set()
+        #: Set (and replaced) whenever a page joins, leaves or says hello.
+        self._pages_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._store: RecordStore | None = None
+        self._history = RecorderHistory(config.recorder) if config.recorder else None
+        self._png: dict[str, tuple[int, bytes]] = {}
         self._resync_wanted: set[str] = set()
         self._resync_event = asyncio.Event()
+        self._refusing = False
         self.port: int | None = None
         self.control_log: list[dict[str, Any]] = []
+        self.evictions = 0
         self.app = self._make_app()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -190,6 +232,9 @@ class WebDashboard:
         self._tasks.append(asyncio.create_task(self._flush_loop(), name=f"{self.name}-push"))
         self._tasks.append(asyncio.create_task(self._health_loop(),
                                                name=f"{self.name}-health"))
+        if self._history is not None:
+            self._tasks.append(asyncio.create_task(self._seed_from_recorder(),
+                                                   name=f"{self.name}-seed"))
         for cam in self.config.cameras:
             self._tasks.append(asyncio.create_task(self._camera_loop(cam),
                                                    name=f"{self.name}-camera-{cam.topic}"))
@@ -209,8 +254,9 @@ class WebDashboard:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         for page in list(self.pages):
-            with contextlib.suppress(Exception):
-                await page.ws.close(code=1001, message=b"server stopping")
+            self._drop(page, 1001, "server stopping")
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -219,11 +265,28 @@ class WebDashboard:
         self.subscribers.clear()
         await self.controls.close()
         if self._executor is not None:
-            store, self._store = self._store, None
-            if store is not None:
-                await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+            if self._history is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                 self._history.close)
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def _touch_pages(self) -> None:
+        self._pages_changed.set()
+        self._pages_changed = asyncio.Event()
+
+    async def wait_pages(self, predicate: Callable[[set[Page]], bool],
+                         timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` seconds) until ``predicate(pages)`` holds; for tests
+        and supervisors (an event per change, no polling)."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.pages):
+                await self._pages_changed.wait()
+
+    async def wait_closed_pages(self) -> None:
+        """Wait until every dropped page's socket is closed (or aborted)."""
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
 
     # -- bus -----------------------------------------------------------------------------
     def _listener(self, source: str) -> Callable[[str, Any, MessageMeta], None]:
@@ -232,10 +295,8 @@ class WebDashboard:
                 return
             # a source clock that says NaN (or 1e300) must not reach the page: receive time
             ts = timestamp(meta.ts, meta.received)
-            for item in self.state.on_message(topic, payload, ts, received=meta.received,
-                                              source=source, gaps=meta.gaps,
-                                              missed=meta.missed):
-                self.push(item)
+            self.push_all(self.state.on_message(topic, payload, ts, received=meta.received,
+                                                source=source, gap=meta.gap))
 
         return on_message
 
@@ -245,19 +306,17 @@ class WebDashboard:
             self._resync_wanted.add(node)
             self._resync_event.set()
 
+    def push_all(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.push(item)
+
     def push(self, item: dict[str, Any]) -> None:
-        if item.get("type") == "point" and self._hidden(str(item.get("topic"))):
-            return
         if not self.pages:
             return
         self._pending.append(item)
         if len(self._pending) > 20_000:  # nobody is draining: keep the newest
             del self._pending[:10_000]
         self._wake.set()
-
-    def _hidden(self, topic: str) -> bool:
-        return any(topic == h or (h.endswith(".") and topic.startswith(h))
-                   for h in self.config.hide)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -271,33 +330,25 @@ class WebDashboard:
 
     def _broadcast(self, text: str) -> None:
         for page in list(self.pages):
-            if page.overflowed:
+            if page.closing or page.ws is None:
                 continue
-            try:
-                page.queue.put_nowait(text)
-            except asyncio.QueueFull:
-                page.overflowed = True
-                log.warning("%s: page %s is too slow; disconnecting it", self.name, page.peer)
-                # Its backlog is stale, and a close frame would wait behind it (and behind
-                # the kernel's buffer) on the clogged link for as long as that takes to
-                # drain: throw both away and reset the connection (ADR 0164). The page
-                # reconnects to a fresh hello.
-                while not page.queue.empty():
-                    page.queue.get_nowait()
-                page.queue.put_nowait(None)
-                if page.transport is not None:
-                    abort_discarding(page.transport)
+            if not page.offer(text):
+                log.warning("%s: page %s is too slow (%d bytes waiting); disconnecting it",
+                            self.name, page.peer, page.queued_bytes)
+                self._drop(page, CLOSE_SLOW, "too slow; reconnect")
 
     def nodes_json(self) -> list[dict[str, Any]]:
-        return self.state.health(self.clock(), self.config.stale_after,
-                                 self.config.disconnect)
+        return self.state.health(self.clock())
 
     async def _health_loop(self) -> None:
-        period = max(0.05, min(1.0, self.config.stale_after / 4.0))
+        limits = [self.config.stale_after] + [s for s, _ in self.config.limits().values()]
+        period = max(0.05, min(1.0, min(limits) / 4.0))
         while True:
+            self.push_all(self.state.check_health(self.clock()))
             if self.pages:
                 self._broadcast(_dumps({"type": "health", "now": self.clock(),
                                         "nodes": self.nodes_json()}))
+            self._close_silent_newcomers()
             await asyncio.sleep(period)
 
     async def _resync_loop(self) -> None:
@@ -338,7 +389,10 @@ class WebDashboard:
         failing = False
         while True:
             try:
-                result = await asyncio.wait_for(cam.device.grab(), cam.timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow stop()'s
+                # cancellation when the grab completes at the same moment
+                async with asyncio.timeout(cam.timeout):
+                    result = await cam.device.grab()
                 arrays = result if isinstance(result, list | tuple) else [result]
                 frame = next((a for a in arrays if getattr(a, "ndim", 0) == 2), None)
                 if frame is None:
@@ -349,39 +403,78 @@ class WebDashboard:
                 failing = True
             else:
                 failing = False
-                self.push(self.state.set_frame(cam.topic, self.clock(), np.array(frame)))
+                self.push_all(self.state.set_frame(cam.topic, self.clock(), frame))
             await asyncio.sleep(cam.every)
 
     # -- history -------------------------------------------------------------------------
-    def _query(self, topic: str, since: float, max_points: int) -> list[list[float]] | None:
-        """Runs in the history thread: points from the recorder file, None without one."""
-        path = self.config.recorder
-        if path is None:
-            return None
-        if self._store is None:
-            if not path.exists():
-                return None
-            self._store = RecordStore(path, readonly=True)
-        out: list[list[float]] = []
-        for rec in self._store.query(topic, since=since):
-            v = rec.number()
-            if v is not None and math.isfinite(v):
-                out.append([rec.time, v])
-        return _decimate(out, max_points)
+    async def _in_history_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _seed_from_recorder(self) -> None:
+        """Learn from the recording what happened before the dashboard started: the devices'
+        metadata (units at once) and the series of the window (so a page loads their
+        history although the dashboard has not heard them live yet)."""
+        assert self._history is not None
+        now = self.clock()
+        since = now - max(self.state.window, 600.0)
+        try:
+            metas = await self._in_history_thread(self._history.latest_meta, since)
+            # the series of the window (a record's fields are series of their own)
+            recorded = await self._in_history_thread(
+                self._history.series, None, now - self.state.window, now + 60.0, 2)
+        except Exception as exc:  # a locked or damaged file: live data still flows
+            log.warning("%s: cannot read %s: %s", self.name, self.config.recorder, exc)
+            return
+        for topic, t, value in metas:
+            node, device, _ = split_topic(topic)
+            if (node, device) not in self.state.meta:
+                self.push_all(self.state.set_meta(node, device, value, t))
+        for topic in sorted(recorded):
+            self.push_all(self.state.ensure_series(topic))
+
+    async def history_all(self, minutes: float, max_points: int = 1000) -> dict[str, Any]:
+        """Every series' points of the last ``minutes`` (recorder when configured, else the
+        dashboard's memory), at most ``max_points`` each."""
+        now = self.clock()
+        since = now - minutes * 60.0
+        wanted = sorted(self.state.series)
+        out: dict[str, list[list[float]]] | None = None
+        if self._history is not None and self._executor is not None:
+            try:
+                out = await self._in_history_thread(self._history.series, wanted, since,
+                                                    now + 60.0, max_points)
+            except Exception as exc:  # a locked or damaged file: fall back to memory
+                log.warning("%s: history from %s failed: %s", self.name,
+                            self.config.recorder, exc)
+        source = "recorder"
+        if out is None:
+            source = "memory"
+            out = {t: _decimate(self.state.history(t, since), max_points)
+                   for t in self.state.series}
+        series: dict[str, list[list[float]]] = {}
+        for topic, points in out.items():
+            target = self.state.aliases.get(topic, topic)
+            if self.state.hidden(target) or not points:
+                continue
+            if len(series) >= self.state.max_series and target not in series:
+                break
+            series.setdefault(target, []).extend(points)
+        return {"since": since, "source": source, "series": series}
 
     async def history(self, topic: str, minutes: float, max_points: int = 2000) -> dict[
             str, Any]:
         since = self.clock() - minutes * 60.0
         points: list[list[float]] | None = None
-        if self._executor is not None and self.config.recorder is not None:
-            loop = asyncio.get_running_loop()
+        source = "recorder"
+        if self._history is not None and self._executor is not None:
             try:
-                points = await loop.run_in_executor(self._executor, self._query, topic,
-                                                    since, max_points)
+                got = await self._in_history_thread(self._history.series, [topic], since,
+                                                    self.clock() + 60.0, max_points)
+                points = got.get(topic, [])
             except Exception as exc:  # a locked or damaged file: fall back to memory
                 log.warning("%s: history of %s from %s failed: %s", self.name, topic,
                             self.config.recorder, exc)
-        source = "recorder"
         if points is None:
             points = _decimate(self.state.history(topic, since), max_points)
             source = "memory"
@@ -409,10 +502,14 @@ class WebDashboard:
 
     def config_json(self) -> dict[str, Any]:
         c = self.config
-        return {"title": c.title, "control": c.control, "stale_after": c.stale_after,
+        return {"title": c.title, "node": c.node, "control": c.control,
+                "stale_after": c.stale_after,
                 "disconnect_after": c.disconnect, "history_minutes": c.history_minutes,
                 "command_nodes": sorted(self.controls.targets), "hide": c.hide,
-                "recorder": c.recorder is not None}
+                "recorder": c.recorder is not None, "ping_interval": c.ping_interval,
+                "schematic": c.schematic,
+                "alarms": [{"topic": a.topic, "level": a.level, "above": a.above,
+                            "below": a.below} for a in c.alarms]}
 
     async def _api_config(self, request: web.Request) -> web.Response:
         return web.json_response(self.config_json(), dumps=_dumps)
@@ -422,76 +519,163 @@ class WebDashboard:
                                  dumps=_dumps)
 
     def devices_json(self) -> dict[str, Any]:
-        d = self.state.devices()
-        d["series"] = [s for s in d["series"] if not self._hidden(s["topic"])]
-        return d
+        return self.state.devices()
 
     async def _api_devices(self, request: web.Request) -> web.Response:
         return web.json_response(self.devices_json(), dumps=_dumps)
 
     async def _api_history(self, request: web.Request) -> web.Response:
         topic = request.query.get("topic", "")
-        if not topic:
-            return _error(400, "give ?topic=<node.device.signal>")
         try:
             minutes = float(request.query.get("minutes", self.config.history_minutes))
-            max_points = int(request.query.get("max_points", 2000))
+            max_points = int(request.query.get("max_points", 2000 if topic else 1000))
         except ValueError:
             return _error(400, "minutes and max_points must be numbers")
         if not (0 < minutes <= 7 * 24 * 60 and math.isfinite(minutes)):
             return _error(400, "minutes must be in (0, 10080]")
-        max_points = min(max(max_points, 2), 20_000)
+        max_points = min(max(max_points, 2), 20_000 if topic else 5_000)
+        if not topic:
+            return web.json_response(await self.history_all(minutes, max_points),
+                                     dumps=_dumps)
         return web.json_response(await self.history(topic, minutes, max_points), dumps=_dumps)
 
     async def _api_events(self, request: web.Request) -> web.Response:
         return web.json_response({"events": list(self.state.events)}, dumps=_dumps)
 
     async def _api_frame(self, request: web.Request) -> web.Response:
-        frame = self.state.frames.get(request.query.get("topic", ""))
+        topic = request.query.get("topic", "")
+        frame = self.state.frames.get(topic)
         if frame is None:
             return _error(404, "no frame on that topic")
-        loop = asyncio.get_running_loop()
-        png = await loop.run_in_executor(self._executor, png_gray, frame.array)
+        cached = self._png.get(topic)
+        if cached is not None and cached[0] == frame.count:
+            png = cached[1]
+        else:
+            png = await self._in_history_thread(png_gray, frame.array)
+            self._png[topic] = (frame.count, png)
         return web.Response(body=png, content_type="image/png",
-                            headers={"Cache-Control": "no-store"})
+                            headers={"Cache-Control": "no-store",
+                                     "X-Frame-Count": str(frame.count)})
 
     # -- WebSocket -----------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
         return {"type": "hello", "now": self.clock(), "config": self.config_json(),
                 "nodes": self.nodes_json(), "devices": self.devices_json(),
-                "events": list(self.state.events)}
+                "events": list(self.state.events)[-HELLO_EVENTS:]}
+
+    def _admit(self, address: str, peer: str) -> web.Response | None:
+        """Make room for a newcomer (evicting a page that is not one, or is idle or
+        stalled), or refuse it when every page is active (issue 13: fair slots)."""
+        verdict, victim, why = self.slots.choose(self.pages, address, self.monotonic())
+        if verdict == REFUSE:
+            if not self._refusing:  # one line per state change, not per refusal
+                log.warning("%s: refusing new pages: %s", self.name, why)
+            self._refusing = True
+            return _error(503, f"the dashboard is full ({why}); try again later")
+        if self._refusing:
+            log.info("%s: accepting new pages again", self.name)
+        self._refusing = False
+        if verdict == EVICT and victim is not None:
+            self.evictions += 1
+            log.info("%s: page %s gives its slot to %s: %s", self.name, victim.peer, peer, why)
+            self._drop(victim, CLOSE_EVICTED, "replaced by a newer page: dashboard full")
+        return None
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        if len(self.pages) >= self.config.max_clients:
-            return _error(503, "too many dashboard pages open")
+        peer, address = _peer(request)
+        refusal = self._admit(address, peer)
+        if refusal is not None:
+            return refusal
+        now = self.monotonic()
+        page = Page(peer, address, now, max_bytes=self.config.client_bytes,
+                    max_messages=self.config.client_queue, transport=request.transport)
+        self.pages.add(page)  # the slot is taken before the first await
+        self._touch_pages()
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
-        await ws.prepare(request)
-        page = _Page(ws, _peer(request), self.config.client_queue, request.transport)
-        page.queue.put_nowait(_dumps(self.hello()))
-        self.pages.add(page)
-        sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
+        sender: asyncio.Task[None] | None = None
         try:
-            async for msg in ws:  # the page sends nothing we act on; this sees the close
+            await ws.prepare(request)
+            page.ws = ws
+            page.offer(_dumps(self.hello()), first=True)
+            sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
+            async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     break
+                if not page.count_message(self.monotonic(), 20):
+                    log.warning("%s: page %s sends too much; closing it", self.name, peer)
+                    self._drop(page, CLOSE_FLOOD, "too many messages")
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    kind = _page_message(msg.data)
+                    if kind is not None:
+                        page.heard(self.monotonic(), kind)
+                        if kind == "hello":
+                            self._touch_pages()
         finally:
             self.pages.discard(page)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            self._touch_pages()
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
         return ws
 
-    async def _send_loop(self, page: _Page) -> None:
+    async def _send_loop(self, page: Page) -> None:
         while True:
-            text = await page.queue.get()
+            while not page.queue:
+                page.wake.clear()
+                await page.wake.wait()
+            text = page.take()
             if text is None:
-                if page.transport is None:  # no socket to reset: close the usual way
-                    await page.ws.close(code=1013, message=b"too slow; reconnect")
                 return
+            page.sending_since = self.monotonic()
             try:
                 await page.ws.send_str(text)
             except (ConnectionError, RuntimeError):
                 return
+            finally:
+                page.sending_since = None
+
+    def _drop(self, page: Page, code: int, reason: str) -> None:
+        """Take a page out now and close its socket in the background: a page that does not
+        read cannot hold us (its transport is aborted if the close does not go through)."""
+        if page.closing:
+            return
+        page.closing = True
+        self.pages.discard(page)
+        self._touch_pages()
+        page.queue.clear()
+        page.queued_bytes = 0
+        page.wake.set()
+
+        async def close() -> None:
+            stuck = False
+            try:
+                if page.ws is not None:
+                    async with asyncio.timeout(1.0):
+                        await page.ws.close(code=code, message=reason.encode(), drain=False)
+            except (TimeoutError, ConnectionError, RuntimeError):
+                stuck = True
+            finally:
+                t = page.transport
+                # A peer that does not read keeps our bytes (and the socket) for ever once
+                # closed politely: abort instead.
+                if t is not None and (stuck or page.ws is None or
+                                      t.get_write_buffer_size() > 0):
+                    t.abort()
+
+        task = asyncio.create_task(close(), name=f"{self.name}-ws-close")
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    def _close_silent_newcomers(self) -> None:
+        now = self.monotonic()
+        for page in list(self.pages):
+            if not page.proven and page.ws is not None and \
+                    now - page.joined > self.config.hello_timeout:
+                log.info("%s: %s never said hello in %.0f s; closing it", self.name,
+                         page.peer, self.config.hello_timeout)
+                self._drop(page, CLOSE_NO_HELLO, "say hello first")
 
     # -- control -------------------------------------------------------------------------
     async def _read_control(self, request: web.Request,
@@ -511,8 +695,21 @@ class WebDashboard:
             return _error(400, f"expected a JSON object with {', '.join(fields)}")
         return body
 
+    async def _control(self, request: web.Request, action: str, target: str,
+                       act: Callable[[], Awaitable[ControlResult]]) -> web.Response:
+        """THE place where a network request becomes a device action: every control
+        request passes here with the client's address (where an access check belongs),
+        is refused when control is off, and is logged and audited either way."""
+        if not self.config.control:
+            res = ControlResult(REFUSED, action, target, "control is off on this dashboard "
+                                "(control: true in its node file)")
+            resp = self._audit(request, res)
+            resp.set_status(403)
+            return resp
+        return self._audit(request, await act())
+
     def _audit(self, request: web.Request, result: ControlResult) -> web.Response:
-        peer = _peer(request)
+        peer, _ = _peer(request)
         entry = {"client": peer, **result.to_json(), "ts": self.clock()}
         self.control_log.append(entry)
         if len(self.control_log) > 1000:
@@ -530,22 +727,13 @@ class WebDashboard:
         # the body (ADR 0072); 4xx/5xx are kept for malformed or disallowed requests.
         return web.json_response(result.to_json())
 
-    def _disabled(self, request: web.Request, action: str, target: str) -> web.Response:
-        res = ControlResult(REFUSED, action, target,
-                            "control is off on this dashboard (control: true in its node file)")
-        resp = self._audit(request, res)
-        resp.set_status(403)
-        return resp
-
     async def _control_valve(self, request: web.Request) -> web.Response:
         body = await self._read_control(request, ("node", "valve", "action"))
         if isinstance(body, web.Response):
             return body
         node, valve, action = str(body["node"]), str(body["valve"]), str(body["action"])
-        if not self.config.control:
-            return self._disabled(request, action, f"{node}/{valve}")
-        result = await self.controls.valve(node, valve, action)
-        return self._audit(request, result)
+        return await self._control(request, action, f"{node}/{valve}",
+                                   lambda: self.controls.valve(node, valve, action))
 
     async def _control_setpoint(self, request: web.Request) -> web.Response:
         body = await self._read_control(request, ("node", "value"))
@@ -556,17 +744,28 @@ class WebDashboard:
             value = float(body["value"])
         except (TypeError, ValueError):
             return _error(400, "value must be a number")
-        if not self.config.control:
-            return self._disabled(request, "setpoint", f"{node}/{device}")
-        return self._audit(request, await self.controls.setpoint(node, device, value))
+        return await self._control(request, "setpoint", f"{node}/{device}",
+                                   lambda: self.controls.setpoint(node, device, value))
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _peer(request: web.Request) -> str:
+def _peer(request: web.Request) -> tuple[str, str]:
+    """``("ip:port", "ip")`` of the client."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(request.remote or "?")
+        return f"{peer[0]}:{peer[1]}", str(peer[0])
+    remote = str(request.remote or "?")
+    return remote, remote
+
+
+def _page_message(data: str) -> str | None:
+    """``hello`` / ``ping`` from a page's message, else None (anything else is ignored)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if kind in ("hello", "ping") else None
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -15,13 +15,20 @@ Generations differ in the state machine (spec §3.10 vs §5.7):
 
 A rejected command raises :class:`CommandError`: the gen-D socket side turns it into a NO_ACK
 with the message as reason, the gen-A side logs it and stays silent, as the real one did.
+
+Times are TAI Unix seconds (spec §3.7): the socket side passes the time a command arrived, so
+motion is planned from where the device really is at that instant.
+
+After each command the device's ``end_command`` hook runs as upstream's ``end_run_command``
+does: in generation D only after a command that succeeded
+(``lsst-ts/ts_hexrotcomm@v1.3.7: base_mock_controller.py`` ``run_command``), in generation A
+after every recognised command, refused or not (``@v0.22.0: base_mock_controller.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -35,10 +42,12 @@ from labbridge.protocol.hexrotcomm.structs import (
     ApplicationStatus,
     ControllerState,
     EnabledSubstate,
+    FaultSubstate,
     Generation,
     OfflineSubstate,
     SetStateParam,
 )
+from labbridge.protocol.hexrotcomm.tai import current_tai, utc_from_tai
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +94,11 @@ class BaseMockController(Device):
                 raise ValueError(f"{self.spec.config.name} has no field {key!r}")
             cfg[key] = value
         self.config: dict[str, Any] = cfg
-        self.telemetry: dict[str, Any] = dict(self.default_telemetry())
-        self._has_offline_substate = "offline_substate" in self.spec.telemetry.names
+        self._telemetry_names = frozenset(self.spec.telemetry.names)
+        self.telemetry: dict[str, Any] = {
+            k: v for k, v in self.default_telemetry().items() if k in self._telemetry_names}
+        self._has_offline_substate = "offline_substate" in self._telemetry_names
+        self._has_fault_substate = "fault_substate" in self._telemetry_names
         if initial_state is None:
             initial_state = (ControllerState.OFFLINE if self.generation is Generation.A
                              else ControllerState.STANDBY)
@@ -151,6 +163,10 @@ class BaseMockController(Device):
         if self._has_offline_substate:
             self.telemetry["offline_substate"] = float(
                 OfflineSubstate.AVAILABLE if state == ControllerState.OFFLINE else 0)
+        if self._has_fault_substate:  # as ts_mtrotator@v1.3.1 mock_controller.update_telemetry
+            self.telemetry["fault_substate"] = float(
+                FaultSubstate.WAIT_CLEAR_ERROR if state == ControllerState.FAULT
+                else FaultSubstate.NO_ERROR)
         if old != float(state):
             self.on_state_change(state)
             self.emit("state", state.name)
@@ -163,9 +179,15 @@ class BaseMockController(Device):
             raise CommandError(f"state={self.state.name}; must be {state.name} for this command")
 
     def assert_substate(self, substate: EnabledSubstate) -> None:
+        # Reasons fit the 49 bytes a COMMAND_STATUS carries (spec §3.4).
         if self.enabled_substate != substate:
-            raise CommandError(f"enabled_substate={EnabledSubstate(self.enabled_substate).name};"
-                               f" must be {substate.name} for this command")
+            raise CommandError(f"substate={EnabledSubstate(self.enabled_substate).name}, "
+                               f"not {substate.name}")
+
+    def assert_stationary(self) -> None:
+        """ENABLED and STATIONARY, as upstream ``assert_stationary`` (spec §11)."""
+        self.assert_state(ControllerState.ENABLED)
+        self.assert_substate(EnabledSubstate.STATIONARY)
 
     def fault(self, reason: str = "") -> None:
         log.warning("%s: going to FAULT %s", self.name, reason)
@@ -178,33 +200,47 @@ class BaseMockController(Device):
     def config_record(self) -> Any:
         return self.spec.config.make(**self.config)
 
-    def telemetry_record(self, tai: float | None = None) -> Any:
-        """Advance the physics to ``tai`` and return the telemetry struct."""
-        tai = time.time() if tai is None else tai
+    def advance(self, tai: float) -> None:
+        """Bring the physics to TAI ``tai`` (never backwards)."""
         if self._last_tai is not None:
             dt = min(max(tai - self._last_tai, 0.0), 1.0)
             if dt > 0:
                 self.update(tai, dt)
+            if tai < self._last_tai:
+                return
         self._last_tai = tai
-        if "mjd" in self.telemetry:
-            mjd = tai / 86400.0 + _MJD_UNIX
+
+    def telemetry_record(self, tai: float | None = None) -> Any:
+        """Advance the physics to TAI ``tai`` (default: now) and return the telemetry struct."""
+        tai = current_tai() if tai is None else tai
+        self.advance(tai)
+        if "mjd" in self.telemetry:  # MJD counts UTC days
+            mjd = utc_from_tai(tai) / 86400.0 + _MJD_UNIX
             self.telemetry["mjd"] = float(math.floor(mjd))
             self.telemetry["mjd_frac"] = mjd - math.floor(mjd)
         return self.spec.telemetry.make(**self.telemetry)
 
     # -- commands -----------------------------------------------------------------------------
-    def handle_command(self, code: int, params: tuple[float, ...]) -> float:
-        """Run one command; return the expected duration (s); raise :class:`CommandError`."""
+    def handle_command(self, code: int, params: tuple[float, ...],
+                       tai: float | None = None) -> float:
+        """Run one command received at TAI ``tai`` (default: the last physics time); return the
+        expected duration (s); raise :class:`CommandError`."""
+        if tai is not None:
+            self.advance(tai)
         self.commands_received += 1
         key: int | tuple[int, int] = code
         if code in (self._set_state_code, self._substate_code):
             p1 = params[0] if params else 0.0
             key = (code, int(p1)) if math.isfinite(p1) else (code, -1)
         handler = self.handlers.get(key)
+        if handler is None:
+            self.commands_rejected += 1
+            p1 = params[0] if params else 0.0
+            raise CommandError(f"Unrecognized command code {code}; param1={p1:g}")
+        ok = False
         try:
-            if handler is None:
-                raise CommandError(f"Unrecognized command code {code}; param1={params[0]:g}")
             duration = handler(params)
+            ok = True
         except CommandError:
             self.commands_rejected += 1
             raise
@@ -212,7 +248,13 @@ class BaseMockController(Device):
             self.commands_rejected += 1
             log.exception("%s: command %s failed", self.name, code)
             raise CommandError(str(exc) or type(exc).__name__) from exc
+        finally:
+            if ok or self.generation is Generation.A:
+                self.end_command(handler)
         return float(duration or 0.0)
+
+    def end_command(self, handler: Handler) -> None:
+        """Hook run after a command (upstream ``end_run_command``): clear the set position."""
 
     def _transition(self, src: ControllerState, dst: ControllerState) -> Handler:
         def handler(params: tuple[float, ...]) -> None:
@@ -247,6 +289,9 @@ class BaseMockController(Device):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.spec.name,
                 "generation": self.generation.value}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        return {"state": {"on_change": True}, "position": {"on_change": True}}
 
 
 class SimpleMockController(BaseMockController):
@@ -283,21 +328,76 @@ class SimpleMockController(BaseMockController):
         return super().telemetry_record(tai)
 
 
-#: ts_mtrotator constants: maximum velocity (deg/s) and acceleration (deg/s^2) (spec §3.11).
+#: ts_mtrotator constants: the hard maxima of CONFIG_VEL (deg/s) and CONFIG_ACCEL (deg/s^2)
+#: (``lsst-ts/ts_mtrotator@v1.3.1: python/lsst/ts/mtrotator/constants.py``; the same values at
+#: ``@v0.18.0``, generation A).
 ROTATOR_MAX_VELOCITY = 3.5
 ROTATOR_MAX_ACCEL = 1.0
+
+
+class _Segment:
+    """Constant acceleration ``a`` from ``(t0, p0, v0)`` until ``t1``."""
+
+    __slots__ = ("a", "p0", "t0", "t1", "v0")
+
+    def __init__(self, t0: float, t1: float, p0: float, v0: float, a: float) -> None:
+        self.t0, self.t1, self.p0, self.v0, self.a = t0, t1, p0, v0, a
+
+    def at(self, t: float) -> tuple[float, float]:
+        dt = min(max(t - self.t0, 0.0), self.t1 - self.t0)
+        return self.p0 + self.v0 * dt + 0.5 * self.a * dt * dt, self.v0 + self.a * dt
+
+    def end(self) -> tuple[float, float]:
+        return self.at(self.t1)
+
+
+def _rest_to_rest(t0: float, p0: float, target: float, vmax: float,
+                  amax: float) -> list[_Segment]:
+    """Trapezoidal (or triangular) profile from rest at ``p0`` to rest at ``target``."""
+    d = target - p0
+    dist = abs(d)
+    if dist == 0.0:
+        return []
+    s = math.copysign(1.0, d)
+    if dist >= vmax * vmax / amax:  # reaches vmax: accelerate, cruise, brake
+        ta = vmax / amax
+        tc = (dist - vmax * vmax / amax) / vmax
+        vpeak = vmax
+    else:  # triangle
+        vpeak = math.sqrt(amax * dist)
+        ta = vpeak / amax
+        tc = 0.0
+    segs = [_Segment(t0, t0 + ta, p0, 0.0, s * amax)]
+    p1, _ = segs[0].end()
+    if tc > 0:
+        segs.append(_Segment(t0 + ta, t0 + ta + tc, p1, s * vpeak, 0.0))
+        p1, _ = segs[-1].end()
+    segs.append(_Segment(t0 + ta + tc, t0 + 2 * ta + tc, p1, s * vpeak, -s * amax))
+    return segs
 
 
 class RotatorMockController(BaseMockController):
     """Camera rotator mock: point-to-point moves obeying the configured limits (spec §4.1).
 
-    * ``POSITION_SET angle`` (ENABLED, STATIONARY) stores the target; outside
-      ``[lower_pos_limit, upper_pos_limit]`` it is refused.
-    * ``SET_ENABLED_SUBSTATE MOVE_POINT_TO_POINT`` starts the move; the ack's duration is the
-      time a trapezoidal profile needs.
+    Behaviour taken from ``lsst-ts/ts_mtrotator@v1.3.1: python/lsst/ts/mtrotator/
+    mock_controller.py`` (generation D) and ``@v0.18.0`` (generation A):
+
+    * ``POSITION_SET angle`` needs ENABLED and STATIONARY (upstream ``assert_stationary``);
+      it stores the target (``set_pos`` in telemetry). Any other command that runs clears it
+      (upstream ``end_run_command``), so ``MOVE_POINT_TO_POINT`` must follow it directly.
+      labbridge also refuses an angle outside ``[lower_pos_limit, upper_pos_limit]`` here
+      (upstream's mock refuses it when the move starts).
+    * ``SET_ENABLED_SUBSTATE MOVE_POINT_TO_POINT`` starts a trapezoidal move at
+      ``velocity_limit`` / ``accel_limit``; the ACK's duration is the planned time; the move
+      ends exactly at the target with zero velocity.
     * ``SET_ENABLED_SUBSTATE STOP`` brakes at ``accel_limit`` (CONTROLLED_STOPPING, then
-      STATIONARY).
-    * ``CONFIG_VEL v`` / ``CONFIG_ACCEL a`` change the limits within the hard maxima.
+      STATIONARY exactly where the braking curve ends).
+    * ``CONFIG_VEL v`` / ``CONFIG_ACCEL a`` need ENABLED and STATIONARY and
+      ``0 < v <= 3.5``, ``0 < a <= 1.0`` (the CSC's constants); ``CONFIG_JERK``,
+      ``CONFIG_ACCEL_EMERGENCY``, ``CONFIG_JERK_EMERGENCY`` (gen D) need a positive value.
+      Each re-sends CONFIG before its ACK.
+    * ``SET_STATE FAULT`` (param1 = 8, gen D, hexrotcomm >= 1.1.0) and the gen-A ``FAULT``
+      command go to FAULT.
     * ``|velocity| <= velocity_limit`` and ``|acceleration| <= accel_limit`` always hold.
     """
 
@@ -308,20 +408,20 @@ class RotatorMockController(BaseMockController):
                  config: Mapping[str, Any] | None = None, telemetry_interval: float = 0.02,
                  initial_state: ControllerState | None = None,
                  initial_position: float = 0.0) -> None:
+        self.position = float(initial_position)
         self.velocity = 0.0
+        self.accel = 0.0
         self.target: float | None = None
         self.set_pos: float | None = None
+        self._plan: list[_Segment] = []
         super().__init__(name, generation, config=config, telemetry_interval=telemetry_interval,
                          initial_state=initial_state)
-        self.position = float(initial_position)
+        self.telemetry["set_pos"] = math.nan  # as upstream: no position set yet
         self._last_motion = (self.position, 0.0)
-        self.max_velocity = max(ROTATOR_MAX_VELOCITY, self.config["velocity_limit"],
-                                self.config["max_velocity_limit"])
-        self.max_accel = max(ROTATOR_MAX_ACCEL, self.config["accel_limit"])
         self._publish_motion()
 
     def default_config(self) -> Mapping[str, Any]:
-        return {
+        cfg = {
             "velocity_limit": ROTATOR_MAX_VELOCITY,
             "accel_limit": ROTATOR_MAX_ACCEL,
             "pos_error_threshold": 0.1,
@@ -336,22 +436,43 @@ class RotatorMockController(BaseMockController):
             "max_velocity_limit": ROTATOR_MAX_VELOCITY,
             "drives_enabled": False,
         }
+        # Generation A (ts_mtrotator@v0.18.0): only the first eight fields exist.
+        return {k: v for k, v in cfg.items() if k in self.spec.config.names}
 
     def extra_commands(self) -> dict[int | tuple[int, int], Handler]:
         c = self.spec.codes
         sub = self._substate_code
-        return {
+        P = RotatorEnabledSubstateParam
+        out: dict[int | tuple[int, int], Handler] = {
             int(c["POSITION_SET"]): self._do_position_set,
-            (sub, RotatorEnabledSubstateParam.MOVE_POINT_TO_POINT): self._do_move_ptp,
-            (sub, RotatorEnabledSubstateParam.STOP): self._do_stop,
+            (sub, P.MOVE_POINT_TO_POINT): self._do_move_ptp,
+            (sub, P.STOP): self._do_stop,
+            (sub, P.CONSTANT_VELOCITY): self._unsupported("CONSTANT_VELOCITY"),
+            int(c["SET_CONSTANT_VEL"]): self._unsupported("SET_CONSTANT_VEL"),
             int(c["CONFIG_VEL"]): self._do_config_vel,
             int(c["CONFIG_ACCEL"]): self._do_config_accel,
-            int(c["FAULT"]): self._do_fault,
         }
+        if self.generation is Generation.D:
+            # ts_mtrotator >= v1.1.0: the CSC's fault command is SET_STATE FAULT (param1 = 8);
+            # code 0x8001 is still in the enum but has no handler (upstream NO_ACKs it).
+            out[(self._set_state_code, SetStateParam.FAULT)] = self._do_fault
+            out[int(c["CONFIG_JERK"])] = self._positive_config("jerk limit", None)
+            out[int(c["CONFIG_ACCEL_EMERGENCY"])] = self._positive_config(
+                "emergency accel limit", "emergency_accel_limit")
+            out[int(c["CONFIG_JERK_EMERGENCY"])] = self._positive_config(
+                "emergency jerk limit", "emergency_jerk_limit")
+        else:
+            out[int(c["FAULT"])] = self._do_fault  # ts_mtrotator@v0.18.0 do_fault
+        return out
 
     # -- commands ---------------------------------------------------------------------------
+    def end_command(self, handler: Handler) -> None:
+        if handler != self._do_position_set:
+            self.set_pos = None
+            self.telemetry["set_pos"] = math.nan
+
     def _do_position_set(self, params: tuple[float, ...]) -> None:
-        self.assert_state(ControllerState.ENABLED)
+        self.assert_stationary()
         angle = params[0]
         lo, hi = self.config["lower_pos_limit"], self.config["upper_pos_limit"]
         if not (math.isfinite(angle) and lo <= angle <= hi):
@@ -362,61 +483,111 @@ class RotatorMockController(BaseMockController):
     def _do_move_ptp(self, params: tuple[float, ...]) -> float:
         self.assert_state(ControllerState.ENABLED)
         if self.set_pos is None:
-            raise CommandError("no position set: send POSITION_SET first")
-        self.target = self.set_pos
-        self.set_pos = None
+            raise CommandError("Must call POSITION_SET before MOVE_POINT_TO_POINT")
+        t0 = self._now()
+        target = self.set_pos
+        self._plan = _rest_to_rest(t0, self.position, target, self.config["velocity_limit"],
+                                   self.config["accel_limit"])
+        self.target = target
         self.telemetry["enabled_substate"] = float(EnabledSubstate.MOVING_POINT_TO_POINT)
         self.telemetry["flags_pt2pt_move_complete"] = 0.0
+        self.telemetry["flags_move_success"] = 0.0
         self.telemetry["flags_new_pt2pt_command"] = 1.0
-        return self.move_duration(self.target - self.position)
+        if not self._plan:
+            self._arrive()
+            return 0.0
+        self._publish_motion()
+        return self._plan[-1].t1 - t0
 
     def _do_stop(self, params: tuple[float, ...]) -> float:
         self.assert_state(ControllerState.ENABLED)
-        a = self.config["accel_limit"]
         v = self.velocity
-        self.target = self.position + math.copysign(v * v / (2 * a), v) if v else self.position
+        if v == 0.0:
+            self._plan = []
+            if self.target is not None:
+                self.target = self.position
+                self._arrive()
+            return 0.0
+        a = self.config["accel_limit"]
+        t0 = self._now()
+        seg = _Segment(t0, t0 + abs(v) / a, self.position, v, -math.copysign(a, v))
+        self._plan = [seg]
+        self.target = seg.end()[0]
         self.telemetry["enabled_substate"] = float(EnabledSubstate.CONTROLLED_STOPPING)
-        return float(abs(v) / a)
+        self._publish_motion()
+        return seg.t1 - t0
 
     def _do_config_vel(self, params: tuple[float, ...]) -> None:
+        self.assert_stationary()
         v = params[0]
-        if not 0 < v <= self.max_velocity:
-            raise CommandError(f"velocity {v:g} not in range (0, {self.max_velocity:g}]")
+        if not 0 < v <= ROTATOR_MAX_VELOCITY:
+            raise CommandError(f"velocity limit {v:g} not in range "
+                               f"(0, {ROTATOR_MAX_VELOCITY:g}]")
         self.config["velocity_limit"] = v
         self.config_changed()
 
     def _do_config_accel(self, params: tuple[float, ...]) -> None:
+        self.assert_stationary()
         a = params[0]
-        if not 0 < a <= self.max_accel:
-            raise CommandError(f"acceleration {a:g} not in range (0, {self.max_accel:g}]")
+        if not 0 < a <= ROTATOR_MAX_ACCEL:
+            raise CommandError(f"accel limit {a:g} not in range "
+                               f"(0, {ROTATOR_MAX_ACCEL:g}]")
         self.config["accel_limit"] = a
         self.config_changed()
+
+    def _positive_config(self, what: str, field: str | None) -> Handler:
+        def handler(params: tuple[float, ...]) -> None:
+            self.assert_stationary()
+            value = params[0]
+            if not value > 0:  # NaN too
+                raise CommandError(f"Requested {what} {value:g} <= 0")
+            if field is not None:
+                self.config[field] = value
+            self.config_changed()  # upstream writes CONFIG even for the jerk limit
+
+        return handler
+
+    @staticmethod
+    def _unsupported(what: str) -> Handler:
+        def handler(params: tuple[float, ...]) -> None:
+            raise CommandError(f"The mock controller does not support {what}")
+
+        return handler
 
     def _do_fault(self, params: tuple[float, ...]) -> None:
         self.fault("FAULT command")
 
     def on_state_change(self, state: ControllerState) -> None:
-        if state != ControllerState.ENABLED:
-            self.velocity = 0.0
+        if state != ControllerState.ENABLED:  # not a controlled stop: halt where it is
+            self.velocity = self.accel = 0.0
             self.target = None
             self.set_pos = None
+            self._plan = []
+            if "set_pos" in self.telemetry:
+                self.telemetry["set_pos"] = math.nan
+            self._publish_motion()
 
     # -- physics ------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self._last_tai if self._last_tai is not None else 0.0
+
     def move_duration(self, distance: float) -> float:
         """Time of a trapezoidal (or triangular) profile from rest to rest."""
-        d = abs(distance)
-        v, a = self.config["velocity_limit"], self.config["accel_limit"]
-        if d <= v * v / a:
-            return 2 * math.sqrt(d / a)
-        return float(d / v + v / a)
+        segs = _rest_to_rest(0.0, 0.0, distance, self.config["velocity_limit"],
+                             self.config["accel_limit"])
+        return segs[-1].t1 if segs else 0.0
 
     def update(self, tai: float, dt: float) -> None:
-        if self.target is not None:
-            steps = max(1, math.ceil(dt / _MAX_STEP))
-            h = dt / steps
-            for _ in range(steps):
-                if self._step(h):
+        plan = self._plan
+        if plan:
+            while plan and tai >= plan[0].t1:
+                if len(plan) == 1:
+                    self._arrive()
                     break
+                plan.pop(0)
+            else:
+                self.position, self.velocity = plan[0].at(tai)
+                self.accel = plan[0].a
         self._publish_motion()
         motion = (self.position, self.velocity)
         if motion != self._last_motion:
@@ -424,37 +595,17 @@ class RotatorMockController(BaseMockController):
             self._last_motion = motion
             self.emit("motion", {"position": self.position, "velocity": self.velocity})
 
-    def _step(self, h: float) -> bool:
-        """One integration step; True when the target is reached."""
-        assert self.target is not None
-        vmax, a = self.config["velocity_limit"], self.config["accel_limit"]
-        d = self.target - self.position
-        v = self.velocity
-        if abs(d) < 1e-9 and abs(v) <= a * h:
-            self._arrive()
-            return True
-        v_des = math.copysign(min(vmax, math.sqrt(2 * a * abs(d))), d)
-        v_new = v + max(-a * h, min(a * h, v_des - v))
-        new_pos = self.position + 0.5 * (v + v_new) * h
-        if (d > 0 and new_pos >= self.target) or (d < 0 and new_pos <= self.target):
-            if abs(v_new) <= 2 * a * h:
-                self._arrive()
-                return True
-            new_pos = self.target
-        self.position = new_pos
-        self.velocity = v_new
-        self.telemetry["demand_accel"] = (v_new - v) / h
-        return False
-
     def _arrive(self) -> None:
+        """The move (or stop) is over: exactly at the target, at rest."""
         assert self.target is not None
         self.position = self.target
-        self.velocity = 0.0
+        self.velocity = self.accel = 0.0
         self.target = None
-        self.telemetry["demand_accel"] = 0.0
+        self._plan = []
         self.telemetry["enabled_substate"] = float(EnabledSubstate.STATIONARY)
         self.telemetry["flags_pt2pt_move_complete"] = 1.0
         self.telemetry["flags_move_success"] = 1.0
+        self._publish_motion()
         self.emit("position", self.position)
 
     def _publish_motion(self) -> None:
@@ -462,13 +613,20 @@ class RotatorMockController(BaseMockController):
         t["current_pos"] = self.position
         t["demand_pos"] = self.position if self.target is None else self.target
         t["demand_vel"] = self.velocity
+        t["demand_accel"] = self.accel
         t["rotator_fb"] = self.position
         t["current_vel_ch_a_fb"] = t["current_vel_ch_b_fb"] = self.velocity
-        moving = self.target is not None
         status = int(ApplicationStatus.DDS_COMMAND_SOURCE)
-        if not moving:
+        if self.target is None:
             status |= int(ApplicationStatus.MOVE_COMPLETE)
         t["application_status"] = status
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "velocity": self.velocity, "target": self.target}
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        # ts_mtrotator works in degrees (spec §3.11); position is announced on arrival
+        return {**super().signals(),
+                "position": {"units": "deg", "quantity": "angle", "on_change": True},
+                "velocity": {"units": "deg/s", "trend": False},
+                "target": {"units": "deg", "trend": False}}

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from labbridge.access import Role
 from labbridge.devices.base import Change, Device
 from labbridge.devices.camera import Camera
 from labbridge.devices.furnace import Furnace
@@ -75,7 +76,9 @@ class RecordSpec:
 
     ``rtype`` is one of ai, ao, bi, bo, mbbi, longin, stringin, long_stringin, ndarray
     (an NTNDArray served over pvAccess only). ``lock`` names a bi record (by suffix): while it
-    reads 1, EPICS access security gives the record no write access (ADR 0151).
+    reads 1, EPICS access security gives the record no write access (ADR 0151). ``needs`` is
+    the role a client's write needs (ADR 0154): every record of the face actuates or sets a
+    setpoint (operator); a lock or configuration record would say admin.
     """
 
     suffix: str
@@ -84,6 +87,7 @@ class RecordSpec:
     writable: bool = False
     lock: str | None = None
     doc: str = ""
+    needs: Role = Role.OPERATOR
 
 
 def pv_part(name: str) -> str:
@@ -136,7 +140,10 @@ class Binding:
         return self.state()
 
     async def write(self, suffix: str, value: Any, requester: str | None) -> str | None:
-        """Apply a client's write through the device; None when done, else why not."""
+        """Apply a client's write through the device; None when done, else why not.
+
+        ``requester`` is the client's address, as other links pass theirs (the valve bank's
+        owner check compares it)."""
         return f"{suffix} is read-only"
 
     # Devices that only produce data when read (the spectrometer's integrations) tell the

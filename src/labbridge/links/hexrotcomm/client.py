@@ -51,6 +51,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     ErrorCode,
     Generation,
 )
+from labbridge.protocol.hexrotcomm.tai import current_tai
 from labbridge.transport.one_client import configure_socket
 from labbridge.transport.tcp import abort_discarding
 
@@ -127,7 +128,8 @@ class CommandTelemetryClient:
         self.telemetry: Any = None
         self.fault_reason: str | None = None
         self.error_code: ErrorCode | None = None
-        #: Header TAI minus local clock, from the last telemetry frame of a read (spec §3.7).
+        #: Header TAI minus local TAI, from the last telemetry frame of a read (spec §3.7; the
+        #: rotator CSC's ``clockOffset``, ts_mtrotator@v1.3.1 rotator_csc.telemetry_callback).
         self.clock_offset: float | None = None
         self.late_statuses = 0
         self.ignored_statuses = 0
@@ -387,7 +389,7 @@ class CommandTelemetryClient:
         """After a read: keep the last telemetry, wake waiters, estimate the clock offset."""
         self.telemetry = frame
         h = frame.header
-        self.clock_offset = h.tai_sec + h.tai_nsec * 1e-9 - time.time()
+        self.clock_offset = h.tai_sec + h.tai_nsec * 1e-9 - current_tai()
         if self._telemetry_waiters:
             for fut in self._telemetry_waiters:
                 if not fut.done():

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from labbridge.devices.base import Device
 from labbridge.links.hexrotcomm.client import CommandTelemetryClient
-from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER, CommandRejected, LinkFault
 from labbridge.links.hexrotcomm.server_a import CommandTelemetryServer
 from labbridge.protocol.hexrotcomm.devices import RotatorEnabledSubstateParam
 from labbridge.protocol.hexrotcomm.framing import WireProfile
@@ -55,7 +55,8 @@ from labbridge.protocol.hexrotcomm.structs import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CommandRejected", "HexrotController", "LimitError", "LinkFault", "StateError"]
+__all__ = ["CommandRejected", "HexapodController", "HexrotController", "LimitError", "LinkFault",
+           "StateError"]
 
 
 class LimitError(ValueError):
@@ -90,6 +91,7 @@ class HexrotController(Device):
         move_pause: float = 0.2,
         state_telemetry_frames: int = 5,
         autoconnect: bool = True,
+        replace_idle_after: float | None = REPLACE_IDLE_AFTER,
     ) -> None:
         super().__init__(name)
         self.profile = profile
@@ -103,6 +105,8 @@ class HexrotController(Device):
         self.move_pause = move_pause
         self.state_telemetry_frames = state_telemetry_frames
         self.autoconnect = autoconnect
+        #: Gen A (we listen): a new controller connection replaces one idle this long.
+        self.replace_idle_after = replace_idle_after
         self.link: CommandTelemetryClient | CommandTelemetryServer | None = None
         self.error_code: ErrorCode | None = None
         self.fault_reason: str | None = None
@@ -146,7 +150,8 @@ class HexrotController(Device):
         srv = CommandTelemetryServer(self.profile, self.host, self.port,
                                      on_config=self._on_config,
                                      on_telemetry=self._on_telemetry,
-                                     on_connect=self._on_connect)
+                                     on_connect=self._on_connect,
+                                     replace_idle_after=self.replace_idle_after)
         await srv.start()
         self.port = srv.port
         self.link = srv
@@ -213,15 +218,14 @@ class HexrotController(Device):
         self.emit("config", config._asdict())
 
     def _on_telemetry(self, tel: Any) -> None:
-        f = self._fields
         state = _as_state(tel.state)
         self._check_field("state", state is not None, tel.state)
-        substate = _as_int(tel.enabled_substate)
+        substate = telemetry_int(tel.enabled_substate)
         self._check_field("enabled_substate", substate is not None, tel.enabled_substate)
         self._emit_if_changed("state", self._state_name(tel.state))
         self._emit_if_changed("enabled_substate", substate)
-        self._emit_if_changed("position", getattr(tel, f.position_field))
-        self._emit_if_changed("demand_position", getattr(tel, f.demand_field))
+        self._emit_if_changed("position", self.position_of(tel))
+        self._emit_if_changed("demand_position", self.demand_of(tel))
         if hasattr(tel, "demand_vel"):
             self._emit_if_changed("velocity", tel.demand_vel)
         self._emit_if_changed("application_status", int(tel.application_status))
@@ -340,7 +344,7 @@ class HexrotController(Device):
                 return
             if self.state == S.OFFLINE:
                 if (hasattr(self.telemetry, "offline_substate")
-                        and _as_int(self.telemetry.offline_substate)
+                        and telemetry_int(self.telemetry.offline_substate)
                         != OfflineSubstate.AVAILABLE):
                     raise StateError("controller is OFFLINE but not AVAILABLE (PUBLISH_ONLY): "
                                      "only its GUI can release it")
@@ -376,7 +380,7 @@ class HexrotController(Device):
                 await self.wait_state(S.STANDBY)
 
     # -- limits ------------------------------------------------------------------------------------
-    def check_position(self, position: float) -> None:
+    def check_position(self, position: Any) -> None:
         """Raise :class:`LimitError` naming the limit if ``position`` is out of the CONFIG range."""
         cfg = self.config
         if cfg is None:
@@ -408,7 +412,38 @@ class HexrotController(Device):
                              name)
 
     # -- motion -----------------------------------------------------------------------------------
-    async def move(self, position: float, *, wait: bool = True, tolerance: float = 1e-3,
+    # -- device shape (a subclass changes these for a 6-axis hexapod) --------------------------
+    def position_of(self, tel: Any) -> Any:
+        """The measured position in a telemetry frame (the ``position`` signal)."""
+        return getattr(tel, self._fields.position_field)
+
+    def demand_of(self, tel: Any) -> Any:
+        """The commanded/demand position in a telemetry frame."""
+        return getattr(tel, self._fields.demand_field)
+
+    def position_params(self, position: Any) -> list[float]:
+        """POSITION_SET (or MOVE) parameters for ``position``."""
+        return [float(position)]
+
+    def arrived(self, tel: Any, position: Any, tolerance: float) -> bool:
+        return bool(abs(self.position_of(tel) - position) <= tolerance)
+
+    def status_fields(self) -> dict[str, Any]:
+        """Position, demand and limits for a status report (``labbridge rotator status``)."""
+        tel, cfg, f = self.telemetry, self.config, self._fields
+        out: dict[str, Any] = {}
+        if tel is not None:
+            out["position"] = self.position_of(tel)
+            out["demand_position"] = self.demand_of(tel)
+            out["enabled_substate"] = telemetry_int(tel.enabled_substate)
+        if cfg is not None:
+            out["limits"] = {f.lower_limit_field: getattr(cfg, f.lower_limit_field),
+                             f.upper_limit_field: getattr(cfg, f.upper_limit_field),
+                             f.velocity_limit_field: getattr(cfg, f.velocity_limit_field)}
+        return out
+
+    # -- motion -----------------------------------------------------------------------------------
+    async def move(self, position: Any, *, wait: bool = True, tolerance: float = 1e-3,
                    timeout: float | None = None) -> float | None:
         """Move to ``position`` after checking the limits locally; optionally wait to arrive.
 
@@ -419,34 +454,42 @@ class HexrotController(Device):
             self.check_position(position)
             if self.state != ControllerState.ENABLED:
                 raise StateError(f"state is {self._state_label()}; must be ENABLED to move")
+            # As the rotator CSC's do_move (ts_mtrotator@v1.3.1 rotator_csc.py): the
+            # controller refuses POSITION_SET unless STATIONARY (spec §11).
+            substate = telemetry_int(self.telemetry.enabled_substate)
+            if substate != EnabledSubstate.STATIONARY:
+                name = (EnabledSubstate(substate).name if substate in _SUBSTATES
+                        else f"UNKNOWN({self.telemetry.enabled_substate})")
+                raise StateError(f"enabled substate is {name}; must be STATIONARY to move "
+                                 "(stop first)")
+            params = self.position_params(position)
             if "POSITION_SET" in self._codes.__members__:
-                await self.send("POSITION_SET", [position])
+                await self.send("POSITION_SET", params)
                 if self.move_pause > 0:  # the real controller needs time (spec §3.11)
                     await asyncio.sleep(self.move_pause)
                 duration = await self.send("SET_ENABLED_SUBSTATE",
                                            [RotatorEnabledSubstateParam.MOVE_POINT_TO_POINT])
             else:
-                duration = await self.send("MOVE", [position])
+                duration = await self.send("MOVE", params)
         if wait:
             limit = timeout if timeout is not None else 10.0 + 2 * (duration or 0.0) + (
                 self._estimate(position) if duration is None else 0.0)
             await self.wait_arrival(position, tolerance, limit)
         return duration
 
-    def _estimate(self, position: float) -> float:
+    def _estimate(self, position: Any) -> float:
         cfg, tel = self.config, self.telemetry
         vel = getattr(cfg, self._fields.velocity_limit_field, 0.0) or 0.0
         here = getattr(tel, self._fields.position_field, position)
         return abs(position - here) / vel * 2 + 1.0 if vel > 0 else 30.0
 
-    async def wait_arrival(self, position: float, tolerance: float, timeout: float) -> None:
+    async def wait_arrival(self, position: Any, tolerance: float, timeout: float) -> None:
         link = self._require_link()
-        f = self._fields
         async with asyncio.timeout(timeout):
             while True:
                 tel = await link.next_telemetry()
-                if (abs(getattr(tel, f.position_field) - position) <= tolerance
-                        and _as_int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
+                if (self.arrived(tel, position, tolerance)
+                        and telemetry_int(tel.enabled_substate) == EnabledSubstate.STATIONARY):
                     return
 
     async def stop_motion(self) -> float | None:
@@ -458,7 +501,7 @@ class HexrotController(Device):
     async def wait_stationary(self, timeout: float = 30.0) -> None:
         link = self._require_link()
         async with asyncio.timeout(timeout):
-            while _as_int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
+            while telemetry_int(self.telemetry.enabled_substate) != EnabledSubstate.STATIONARY:
                 await link.next_telemetry()
 
     async def configure_velocity(self, velocity: float) -> float | None:
@@ -466,11 +509,84 @@ class HexrotController(Device):
         return await self.send("CONFIG_VEL", [velocity])
 
 
+class HexapodController(HexrotController):
+    """A hexapod controller seen from the CSC side (generation D; ts_mthexapod).
+
+    A position is six values ``(x, y, z, u, v, w)``: micrometres and degrees. ``move`` checks
+    it against the CONFIG's ``pos_limits`` (maxXY, minZ, maxZ, maxUV, minW, maxW) like
+    ``ts_mthexapod: utils.check_position``, then sends POSITION_SET with the six values and
+    SET_ENABLED_SUBSTATE MOVE_POINT_TO_POINT (the CSC pauses 0.1 s between them, spec §3.11).
+    The ``position`` signal is ``measured_xyz + measured_uvw`` (6 values), ``demand_position``
+    the controller's ``commanded_pos``.
+    """
+
+    kind: ClassVar[str] = "hexrot_controller"
+
+    def __init__(self, *args: Any, move_pause: float = 0.1, **kw: Any) -> None:
+        super().__init__(*args, move_pause=move_pause, **kw)
+
+    def position_of(self, tel: Any) -> list[float]:
+        return [*tel.measured_xyz, *tel.measured_uvw]
+
+    def demand_of(self, tel: Any) -> list[float]:
+        return list(tel.commanded_pos)
+
+    def position_params(self, position: Any) -> list[float]:
+        return [float(v) for v in position]
+
+    def arrived(self, tel: Any, position: Any, tolerance: float) -> bool:
+        return all(abs(a - b) <= tolerance
+                   for a, b in zip(self.position_of(tel), position, strict=True))
+
+    def check_position(self, position: Any) -> None:
+        cfg = self.config
+        if cfg is None:
+            raise StateError("no CONFIG received yet: limits unknown, command refused")
+        values = list(position)
+        if len(values) != 6:
+            raise LimitError(f"a hexapod position has 6 values (x y z u v w), got "
+                             f"{len(values)}", "position")
+        if not all(math.isfinite(v) for v in values):
+            raise LimitError(f"position {values} has a value that is not a finite number",
+                             "position")
+        max_xy, min_z, max_z, max_uv, min_w, max_w = cfg.pos_limits
+        for axis, value, lo, hi, unit in (
+                ("x", values[0], -max_xy, max_xy, "um"), ("y", values[1], -max_xy, max_xy, "um"),
+                ("z", values[2], min_z, max_z, "um"), ("u", values[3], -max_uv, max_uv, "deg"),
+                ("v", values[4], -max_uv, max_uv, "deg"), ("w", values[5], min_w, max_w, "deg")):
+            if not lo <= value <= hi:
+                raise LimitError(f"{axis} = {value:g} {unit} is outside [{lo:g}, {hi:g}] "
+                                 "(pos_limits from the controller's CONFIG); not sent",
+                                 "pos_limits")
+
+    def _estimate(self, position: Any) -> float:
+        return 60.0  # the ACK carries the duration in generation D
+
+    def status_fields(self) -> dict[str, Any]:
+        tel, cfg = self.telemetry, self.config
+        out: dict[str, Any] = {}
+        if tel is not None:
+            out["position"] = self.position_of(tel)
+            out["demand_position"] = self.demand_of(tel)
+            out["enabled_substate"] = telemetry_int(tel.enabled_substate)
+        if cfg is not None:
+            out["limits"] = dict(zip(("maxXY", "minZ", "maxZ", "maxUV", "minW", "maxW"),
+                                     cfg.pos_limits, strict=True))
+            out["pivot"] = list(cfg.pivot)
+            out["max_velocity_strut"] = cfg.max_velocity_strut
+        return out
+
+    def check_velocity(self, velocity: float) -> None:
+        raise StateError("hexapod velocity limits take four values (xy, uv, z, w): send "
+                         "CONFIG_VEL with send()")
+
+
 _UNSET: Any = object()
 _STATES = frozenset(int(s) for s in ControllerState)
+_SUBSTATES = frozenset(int(s) for s in EnabledSubstate)
 
 
-def _as_int(value: Any) -> int | None:
+def telemetry_int(value: Any) -> int | None:
     """A telemetry f64 as an int, or None when it is not one (NaN, +-inf, a fraction)."""
     try:
         f = float(value)
@@ -481,5 +597,5 @@ def _as_int(value: Any) -> int | None:
 
 def _as_state(value: Any) -> ControllerState | None:
     """A telemetry state value as a :class:`ControllerState`, or None if it is none."""
-    n = _as_int(value)
+    n = telemetry_int(value)
     return ControllerState(n) if n is not None and n in _STATES else None

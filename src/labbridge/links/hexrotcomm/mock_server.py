@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.hexrotcomm.framing import CommandDecoder, FrameKind, WireProfile
 from labbridge.protocol.hexrotcomm.structs import (
@@ -34,12 +34,28 @@ from labbridge.protocol.hexrotcomm.structs import (
     CommandStatusCode,
     Generation,
 )
+from labbridge.protocol.hexrotcomm.tai import current_tai
 from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configure_socket
 
 log = logging.getLogger(__name__)
 
 #: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
 CONNECT_RETRY_INTERVAL = 0.1
+
+
+def execute_command(mock: BaseMockController, code: int, params: tuple[float, ...],
+                    tai: float, peer: str | None) -> float:
+    """The one place where a command from the network becomes a device action.
+
+    Both generations come through here with the peer's address (``host:port``) and the TAI
+    time of arrival; returns the expected duration or raises :class:`CommandError` (the
+    reason), which gen D answers with NO_ACK and gen A only logs.
+    """
+    try:
+        return mock.handle_command(code, params, tai)
+    except CommandError as exc:
+        log.info("%s: command %#x from %s refused: %s", mock.name, code, peer, exc)
+        raise
 
 
 class _FrameWriter:
@@ -60,7 +76,7 @@ class _FrameWriter:
     def encode(self, kind: FrameKind, payload: Any) -> bytes:
         n = self.counters[kind]
         self.counters[kind] = (n + 1) & 0xFFFFFFFF
-        return self.profile.encode_frame(kind, payload, n, time.time())
+        return self.profile.encode_frame(kind, payload, n, current_tai())
 
     def encode_config(self, mock: BaseMockController) -> bytes:
         self.config_sent = mock.config_version
@@ -105,6 +121,7 @@ class _MockProtocol(asyncio.Protocol):
         self.can_write.set()
         self.tel_task: asyncio.Task[None] | None = None
         self.out: _FrameWriter | None = None
+        self.paused_once = False  # one log line per connection, not per pause
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop: own classes
@@ -151,10 +168,22 @@ class _MockProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        # The CSC does not read what we write: stop reading its commands too, so that the
+        # replies to them cannot pile up (issue 13: backpressure on every write path).
         self.can_write.clear()
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.owner.reading_paused += 1
+        if not self.paused_once:
+            self.paused_once = True
+            log.info("%s: the CSC at %s does not read its replies; reading paused until it "
+                     "does", self.owner.mock.name, self.owner.peer)
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.can_write.set()
@@ -166,14 +195,20 @@ class MockControllerServer:
     """Generation-D mock controller: a one-client TCP server around a mock backend."""
 
     def __init__(self, mock: BaseMockController, host: str = "127.0.0.1", port: int = 0,
-                 *, profile: WireProfile | None = None) -> None:
+                 *, profile: WireProfile | None = None,
+                 replace_idle_after: float | None = REPLACE_IDLE_AFTER) -> None:
         if mock.generation is not Generation.D:
             raise ValueError("MockControllerServer serves generation D; use "
                              "MockControllerClient for generation A")
         self.mock = mock
         self.profile = profile or WireProfile.make(mock.spec, Generation.D)
-        self.server = OneClientServer(f"MockController-{mock.name}", host, port,
-                                      protocol_factory=lambda: _MockProtocol(self), log=log)
+        #: A new CSC replaces one that has sent nothing for this long (None: never).
+        self.server = OneClientServer(
+            f"MockController-{mock.name}", host, port,
+            protocol_factory=lambda: _MockProtocol(self), log=log,
+            replace_idle_after=replace_idle_after)
+        #: Times reading from a CSC was paused because it did not read its replies.
+        self.reading_paused = 0
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set False to simulate a controller that never sends CONFIG (spec §3.10).
         self.send_config = True
@@ -199,23 +234,30 @@ class MockControllerServer:
                 await t
 
     def _reply(self, cmd: Any, out: _FrameWriter) -> bytes:
-        """COMMAND_STATUS for one command (plus CONFIG when the command changed it)."""
-        now = time.time()
+        """COMMAND_STATUS for one command, preceded by CONFIG when the command changed it."""
+        now = current_tai()
         if cmd[0] not in (COMMANDER_GUI, COMMANDER_CSC):
             return self.profile.encode_status(
                 cmd[1], CommandStatusCode.NO_ACK, 0.0,
                 "Unrecognized commander; must be one of GUI or CSC", now)
         version = self.mock.config_version
         try:
-            duration = self.mock.handle_command(cmd[2], cmd[3:])
+            duration = execute_command(self.mock, cmd[2], cmd[3:], now, self.peer)
         except CommandError as exc:
-            log.info("%s: command %#x refused: %s", self.mock.name, cmd[2], exc)
             return self.profile.encode_status(cmd[1], CommandStatusCode.NO_ACK, 0.0, str(exc),
                                               now)
         reply = self.profile.encode_status(cmd[1], CommandStatusCode.ACK, duration, "", now)
-        if self.mock.config_version != version:  # ENABLE_DRIVES re-sends CONFIG (§3.10)
-            reply += out.encode_config(self.mock)
+        if self.mock.config_version != version:
+            # ENABLE_DRIVES, CONFIG_VEL, ...: upstream's handler writes CONFIG, then the ACK
+            # goes out (ts_hexrotcomm@v1.3.7 base_mock_controller.do_enable_drives and
+            # read_and_dispatch; ts_mtrotator@v1.3.1 mock_controller.do_config_vel).
+            reply = out.encode_config(self.mock) + reply
         return reply
+
+    @property
+    def peer(self) -> str | None:
+        """Address of the connected CSC (host:port), if any."""
+        return self.server.peer
 
 
 class MockControllerClient:
@@ -300,12 +342,15 @@ class MockControllerClient:
         self.command_connections += 1
         self.command_connected.set()
         decoder = CommandDecoder(self.profile)
+        peer = writer.get_extra_info("peername")
+        peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
             while data := await reader.read(READ_CHUNK):
                 decoder.receive_data(data)
                 while (cmd := decoder.next_event()) is not NEED_DATA:
                     try:
-                        self.mock.handle_command(cmd.code, tuple(cmd)[3:])
+                        execute_command(self.mock, cmd.code, tuple(cmd)[3:], current_tai(),
+                                        peer_name)
                     except CommandError as exc:
                         # Generation A: no feedback exists; the real controller was silent.
                         log.warning("%s: command %#x refused (no feedback in generation A):"

@@ -4,7 +4,8 @@ It polls as the real one does -- states every ``state_freq`` ticks, locks every 
 owners every ``owner_freq``, the state checksum every ``checksum_freq``, one tick =
 ``update_period`` seconds -- but each query runs on its own period (no cumulative sleeps, no
 wrap at 100), a checksum mismatch resynchronises at once, and three failed polls in a row
-report the node unreachable.
+report the node unreachable -- at once when the node's host refuses the connection (the
+node is not running): the backoff while a node is down slows the retries, never the verdict.
 
 Pushed changes (the telemetry bus, issue 4) are applied the moment they arrive through
 :meth:`StatusMonitor.push`; while pushes keep coming the state/lock/owner polls pause and only
@@ -17,17 +18,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from labbridge.links.pychron.client import PychronClientError
+from labbridge.links.pychron.client import PychronClientError, TlsRefused
 from labbridge.links.pychron.remote import RemoteValves
 from labbridge.protocol.base import ProtocolError
 
 log = logging.getLogger(__name__)
+
+#: Retry delay before the verdict (seconds): failed polls are repeated quickly until
+#: ``unreachable_after`` of them have failed, then backed off (from one tick up to 30 s).
+QUICK_RETRY = 0.1
+MAX_BACKOFF = 30.0
+#: Connection errors that mean "nothing runs there" -- no point in waiting for more polls.
+_DEFINITE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def definitely_down(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the node is not there at all: the
+    connection was refused, or there is no route to its host; or that it will not talk to us
+    (it refused our TLS certificate: asking again will not change that)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError | TlsRefused) or (
+                isinstance(e, OSError) and e.errno in _DEFINITE):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +100,15 @@ class StatusMonitor:
         self.valves: dict[str, ValveView] = {}
         self.status = "starting"
         self.failures = 0
+        #: Why the latest poll failed ("" after a good one).
+        self.last_error = ""
         self.polls = 0
         self.resyncs = 0
         self.checksum_mismatches = 0
         self.pushes = 0
+        #: Failed polls since the node was declared unreachable (drives the backoff).
+        self.down_polls = 0
+        self._bad_reply_logged = False
         self._last_push: float | None = None
         self._due: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -203,24 +232,36 @@ class StatusMonitor:
                         self._due[what] = self.clock() + self.periods[what]
                         if self._resync_requested:
                             break
-                self.failures = 0
-                self._set_status("ok")
             except (PychronClientError, ProtocolError, ValueError) as exc:
                 # A reply that cannot be parsed (bad CRC, malformed state/owner word:
                 # ChecksumMismatch, WordError) is a failed poll like a lost one, not the end
                 # of the monitor.
                 self.failures += 1
-                if not isinstance(exc, PychronClientError):
+                self.last_error = str(exc)
+                if not isinstance(exc, PychronClientError) and not self._bad_reply_logged:
+                    self._bad_reply_logged = True  # once per outage, not once per poll
                     log.warning("%s: bad reply to a poll: %r; resynchronising", self.remote,
                                 exc)
-                if self.failures >= self.unreachable_after:
-                    self._set_status("node_unreachable", str(exc))
                 self._resync_requested = True
+                if self.status == "node_unreachable":
+                    self.down_polls += 1
+                elif definitely_down(exc) or self.failures >= self.unreachable_after:
+                    self._set_status("node_unreachable", str(exc))
+                else:
+                    # not sure yet: poll again soon, the verdict must not wait for a backoff
+                    await self._sleep_or_wake(QUICK_RETRY)
+                    continue
                 # Exponential backoff while the node is down (from one tick up to 30 s), so a
                 # dead node is not hammered; request_resync() still wakes the loop at once.
-                delay = min(30.0, min(self.periods.values()) * (2 ** min(self.failures - 1, 8)))
+                delay = min(MAX_BACKOFF,
+                            min(self.periods.values()) * (2 ** min(self.down_polls, 8)))
                 await self._sleep_or_wake(delay)
                 continue
+            self.failures = 0
+            self.down_polls = 0
+            self.last_error = ""
+            self._bad_reply_logged = False
+            self._set_status("ok")
             if self._resync_requested:
                 continue
             await self._sleep_or_wake(max(0.0, min(self._due.values()) - self.clock()))

@@ -18,6 +18,12 @@ Settings travel both ways (issue 14 items 1 and 3): ``Infos`` on connect and ``I
 setting of the device changes afterwards, in the real XML format
 (:mod:`labbridge.protocol.pymodaq.settings_xml`); ``set_info``, ``Infos``, ``Info_xml`` and
 ``Info`` from the server are applied to the device through ``set_setting(name, value)``.
+
+Trust (issue 12, docs/adr/0171): the client executes the commands of the one server its node
+file names; that file is where the trust comes from. It connects to that host and port only
+(nothing the server sends can change them), and with ``ssl`` it also proves itself with its
+certificate and checks that the server's certificate comes from the site CA (and, by default,
+names that host).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,6 +107,10 @@ def reduce_to_dim(arrays: list[np.ndarray], dim: str) -> list[np.ndarray]:
     return arrays
 
 
+def _why(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+
+
 def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in settings.items():
@@ -128,11 +139,19 @@ class PyMoDAQClient:
                  backoff: Backoff | None = None, max_message: int = 256 * 1024 * 1024,
                  send_quit: bool = True, max_queue: int = 64,
                  position_interval: float | None = 0.1,
-                 message_timeout: float | None = 60.0) -> None:
+                 message_timeout: float | None = 60.0,
+                 ssl: ssl.SSLContext | None = None,
+                 handshake_timeout: float = 10.0, source: str | None = None) -> None:
         self.device = device
         self.client_type = client_type_of(device)
-        self.host = host
-        self.port = port
+        self._host = host
+        self._port = port
+        #: TLS client context (``labbridge.transport.tls.client_context``), or None.
+        self.tls = ssl
+        self.handshake_timeout = handshake_timeout
+        #: Local address to connect from (a computer with several networks: the server's
+        #: access rules see this address), or None for the system's choice.
+        self.source = source
         self.name = name
         self.generation = generation
         self.dialect = dialect
@@ -163,6 +182,15 @@ class PyMoDAQClient:
         #: Most commands ever waiting at once (statistics; at most ``max_queue``).
         self.max_queued = 0
 
+    @property
+    def host(self) -> str:
+        """The server's host, as configured (fixed: the client connects nowhere else)."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is None:
@@ -184,7 +212,8 @@ class PyMoDAQClient:
                 await t
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
 
     @property
     def queued(self) -> int:
@@ -195,25 +224,29 @@ class PyMoDAQClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         failing = False
+        #: The last connection ended before the server sent anything (a refusal looks so).
+        dropped = False
         while not self._stopping:
             queue: asyncio.Queue[object] = asyncio.Queue()
             self._queue = queue
             try:
                 _, stream = await loop.create_connection(
-                    functools.partial(self._make_stream, queue), self.host, self.port)
-            except OSError as exc:
+                    functools.partial(self._make_stream, queue), self._host, self._port,
+                    local_addr=None if self.source is None else (self.source, 0),
+                    **self._tls_args())
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 delay = self.backoff.next()
                 if not failing:  # one line per state change, not per attempt
                     log.info("%s: cannot connect to %s:%d (%s); retrying with backoff",
-                             self.name, self.host, self.port, exc.strerror or exc)
+                             self.name, self.host, self.port, _why(exc))
                     failing = True
                 else:
                     log.debug("%s: still cannot connect (%s); next try in %.2f s", self.name,
-                              exc.strerror or exc, delay)
+                              _why(exc), delay)
                 await asyncio.sleep(delay)
                 continue
             failing = False
-            self.backoff.reset()
+            since = loop.time()
             self.connections += 1
             self.stream = stream
             worker = loop.create_task(self._worker(stream, queue), name=f"{self.name}-worker")
@@ -226,8 +259,10 @@ class PyMoDAQClient:
                 else:
                     unsubscribe = self._watch_settings(stream)
                     self.connected.set()
-                    log.info("%s: connected to %s:%d as %s (%s)", self.name, self.host,
-                             self.port, self.client_type.value, self.generation.name)
+                    log.log(logging.DEBUG if dropped else logging.INFO,
+                            "%s: connected to %s:%d as %s (%s)%s", self.name, self.host,
+                            self.port, self.client_type.value, self.generation.name,
+                            " over TLS" if self.tls is not None else "")
                 self.last_close_reason = await stream.wait_closed()
             finally:
                 self.connected.clear()
@@ -244,10 +279,29 @@ class PyMoDAQClient:
                     stream.close()
             if self._stopping:
                 break
+            # Back off from a server that drops us at once (a refusal): only a connection
+            # that carried something, or lasted, resets the delay.
+            useful = stream.messages_received > 0
+            if useful or loop.time() - since >= self.backoff.maximum:
+                self.backoff.reset()
             delay = self.backoff.next()
-            log.info("%s: server went away (%s); reconnecting in %.2f s", self.name,
-                     self.last_close_reason or "closed", delay)
+            if useful or not dropped:
+                log.log(logging.INFO if useful else logging.WARNING,
+                        "%s: server went away (%s)%s; reconnecting in %.2f s", self.name,
+                        self.last_close_reason or "closed",
+                        "" if useful else " before sending anything: if this repeats, it "
+                        "refuses this client, and its log says why (docs/security.md)", delay)
+            else:  # the same again: one line per state change, not per attempt
+                log.debug("%s: dropped again (%s); reconnecting in %.2f s", self.name,
+                          self.last_close_reason or "closed", delay)
+            dropped = not useful
             await asyncio.sleep(delay)
+
+    def _tls_args(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        return {"ssl": self.tls, "ssl_handshake_timeout": self.handshake_timeout,
+                "server_hostname": self._host}
 
     def _make_stream(self, queue: asyncio.Queue[object]) -> PyMoDAQStream:
         def on_message(stream: PyMoDAQStream, msg: object) -> None:

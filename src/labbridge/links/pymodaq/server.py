@@ -15,18 +15,35 @@ One client per type: a second ``ACTUATOR`` replaces the first (§7.3 [lb]). Ever
 timeout and only one request per device is in flight (the ``BUSY`` state of §7.3);
 ``stop_motion`` goes out at once even during a move. Replies are matched by exact message type
 (§9 #7). A remote device whose client is gone raises :class:`RemoteUnavailable`.
+
+Access (issue 12, docs/adr/0171): a PyMoDAQ connection exists only to register a hardware
+module, which needs the ``operator`` role, so the node's gate judges every connection as it
+opens (by source address, or by the client certificate's identity over TLS) and again where it
+registers (:meth:`ServerSession._register`, the one place where a connection becomes the
+node's remote actuator or detector). A refused peer is dropped with a TCP reset and nothing
+else: the protocol has no refusal message, and a reset is what stops a real PyMoDAQ client
+(a clean close makes it spin). Registrations, replacements and refusals are audited. What the
+node itself asks a remote module to do (a move requested on the web page, by a script) was
+checked where that request entered the node, not here.
+
+TLS (optional, labbridge at both ends): the server does the handshake itself after the accept
+(``loop.start_tls``), so a handshake that fails (no client certificate, another CA's, a plain
+PyMoDAQ client) is audited and logged like any other refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import numpy as np
 
+from labbridge.access import DONE, AccessDenied, Action, Gate, Principal
+from labbridge.access import Role as Access
 from labbridge.devices.base import Device
 from labbridge.links.pymodaq.stream import PyMoDAQStream
 from labbridge.protocol.pymodaq._wire import ReceiveBudget
@@ -62,6 +79,7 @@ from labbridge.protocol.pymodaq.settings_xml import (
     parse_settings,
 )
 from labbridge.transport.tcp import TcpServer
+from labbridge.transport.tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +126,8 @@ class _RemoteModule(Device):
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until a client of this type is registered."""
-        await asyncio.wait_for(self._attached.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._attached.wait()
 
     def _attach(self, session: ServerSession) -> None:
         old = self.session
@@ -171,7 +190,8 @@ class _RemoteModule(Device):
     async def _await_reply(self, fut: asyncio.Future[Any], reply: type,
                            timeout: float | None) -> Any:
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             # A late reply would be taken for the next request's: this connection's state is
             # unknown from now on, so drop it (the client reconnects).
@@ -472,6 +492,8 @@ class ServerSession:
     def __init__(self, server: PyMoDAQServer) -> None:
         self.server = server
         self.module: _RemoteModule | None = None
+        #: Who this connection is, for the node's gate (set when it opens).
+        self.principal: Principal | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self.stream = PyMoDAQStream(
             Role.SERVER, on_message=self._on_message, on_close=self._on_close,
@@ -486,6 +508,11 @@ class ServerSession:
         return self.module is not None and self.module.session is self
 
     def _on_open(self, stream: PyMoDAQStream) -> None:
+        # Access first: a peer that may not register a module gets no slot and evicts nobody.
+        refused = self.server._authorize(self)
+        if refused is not None:
+            stream.reset(refused)
+            return
         refused = self.server._admit(self)
         if refused is not None:
             stream.fail(refused)
@@ -499,25 +526,51 @@ class ServerSession:
                 f"timeout: no client type within {self.server.hello_timeout:g} s")
 
     def _on_message(self, stream: PyMoDAQStream, msg: object) -> None:
-        """The one place where what a client sends (from ``stream.peer``) reaches a device:
-        its registration as the remote actuator or detector, then its messages."""
+        """What a client sends (from ``stream.peer``): its registration as the remote actuator
+        or detector, then its messages, which only the registered connection may deliver."""
         if isinstance(msg, Hello):
-            if self._hello_timer is not None:
-                self._hello_timer.cancel()
-                self._hello_timer = None
-            self.module = self.server.module_for(msg.client_type)
-            log.info("%s: %s registered from %s (%s)", self.server.name,
-                     msg.client_type.value, stream.peer,
-                     stream.generation.name if stream.generation else "?")
-            self.module._attach(self)
+            self._register(stream, msg)
         elif isinstance(msg, Quit):
             log.info("%s: client %s quit", self.server.name, stream.peer)
             stream.close(self.server.close_grace)
         elif isinstance(msg, Unknown):
             log.warning("%s: ignoring unknown command %r from %s", self.server.name, msg.name,
                         stream.peer)
-        elif self.module is not None:
+        elif self.registered:
+            assert self.module is not None
             self.module.handle(msg)
+
+    def _register(self, stream: PyMoDAQStream, msg: Hello) -> None:
+        """The one place where a connection becomes the node's remote actuator or detector
+        (replacing the current one): the gate checks the operator role, and audits it."""
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        server = self.server
+        if self.module is not None:
+            # The real server reads the client type once; a later one is an unknown command.
+            log.warning("%s: %s from %s, already registered as %s, ignored", server.name,
+                        msg.client_type.value, stream.peer, self.module.client_type.value)
+            return
+        module = server.module_for(msg.client_type)
+        old = module.session if module.connected and module.session is not self else None
+        gen = stream.generation.name if stream.generation else "?"
+        detail = f"{msg.client_type.value} ({gen})"
+        if old is not None:
+            detail += f", replacing {old.stream.peer}"
+        assert self.principal is not None
+        action = Action(Access.OPERATOR, "replace" if old is not None else "register",
+                        module.name, detail)
+        try:
+            role = server.gate.check(self.principal, action)
+        except AccessDenied as exc:
+            stream.reset(f"refused: {exc.reason}")
+            return
+        self.module = module
+        log.info("%s: %s registered from %s (%s)", server.name, msg.client_type.value,
+                 stream.peer, gen)
+        module._attach(self)
+        server.gate.record(self.principal, action, DONE, role=role)
 
     def _on_close(self, stream: PyMoDAQStream, reason: str | None) -> None:
         if self._hello_timer is not None:
@@ -536,6 +589,146 @@ class ServerSession:
         self.module = None
 
 
+class _TlsAccept(asyncio.BufferedProtocol):
+    """A TLS connection until its handshake is done (ADR 0171).
+
+    ``TcpServer`` accepts plain TCP and tracks this protocol; it hands the connection to
+    ``loop.start_tls`` (client certificate required) and, if the handshake fails, has the
+    server audit the refusal with the reason. Once it succeeds the session's stream gets the
+    TLS transport, and the decrypted bytes go straight into the stream's buffers through this
+    protocol. Two hand-overs are bounded and ordered:
+
+    * bytes read before ``start_tls`` took the transport (uvloop starts reading as soon as
+      ``connection_made`` returns, whatever it asked) are the start of the handshake: they go
+      to the TLS protocol before it begins (:meth:`_hand_over`, scheduled to run right after
+      ``start_tls``'s synchronous part);
+    * decrypted bytes that come with the end of the handshake, before the stream is open, are
+      held and given to it as soon as it is.
+    """
+
+    _PRE_LIMIT = 64 * 1024
+    _EARLY_LIMIT = 1024 * 1024
+
+    def __init__(self, server: PyMoDAQServer, session: ServerSession,
+                 context: ssl.SSLContext) -> None:
+        self.server = server
+        self.stream = session.stream
+        self.context = context
+        self.raw: asyncio.Transport | None = None
+        self.host = "?"
+        self.task: asyncio.Task[asyncio.Transport | None] | None = None
+        #: "raw" until start_tls has the transport, "tls" during the handshake, then "open".
+        self.state = "raw"
+        self._scratch = bytearray(64 * 1024)
+        self._pre = bytearray()
+        self._early = bytearray()
+        self._early_eof = False
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = self.raw = cast(asyncio.Transport, transport)
+        peer = raw.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+        raw.pause_reading()
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(loop.start_tls(
+            raw, self, self.context, server_side=True,
+            ssl_handshake_timeout=self.server.hello_timeout or 60.0))
+        # FIFO: runs right after the task's first step, in which start_tls swapped in its
+        # TLS protocol and scheduled that protocol's start.
+        loop.call_soon(self._hand_over)
+        self.task.add_done_callback(self._handshake_done)
+
+    def _hand_over(self) -> None:
+        raw = self.raw
+        if raw is None or self.state != "raw":
+            return
+        tls = raw.get_protocol()
+        if tls is self:  # start_tls failed before taking the transport
+            return
+        self.state = "tls"
+        if self._pre:
+            _feed(cast(asyncio.BufferedProtocol, tls), bytes(self._pre))
+            self._pre = bytearray()
+
+    def _handshake_done(self, task: asyncio.Task[asyncio.Transport | None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        raw = self.raw
+        if exc is not None:
+            self.server._handshake_failed(self.host, exc)
+            if raw is not None:
+                raw.abort()
+            # asyncio does not tell the application protocol about a connection lost during
+            # the handshake; TcpServer learns it from us (its slot is freed).
+            self.connection_lost(exc if isinstance(exc, Exception) else None)
+            return
+        tls = task.result()
+        if tls is None or self._lost:
+            return
+        self.state = "open"
+        self.stream.connection_made(tls)
+        if self._early and self.stream.transport is not None:
+            data, self._early = bytes(self._early), bytearray()
+            _feed(self.stream, data)
+        if self._early_eof and self.stream.transport is not None:
+            self.stream.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.state == "open":
+            return self.stream.get_buffer(sizehint)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.state == "open":
+            self.stream.buffer_updated(nbytes)
+            return
+        held, limit = ((self._pre, self._PRE_LIMIT) if self.state == "raw"
+                       else (self._early, self._EARLY_LIMIT))
+        held += self._scratch[:nbytes]
+        if len(held) > limit and self.raw is not None:
+            self.raw.abort()
+
+    def eof_received(self) -> bool:
+        if self.state == "open":
+            return self.stream.eof_received()
+        self._early_eof = True
+        return self.state == "tls"  # before TLS: let the transport close
+
+    def pause_writing(self) -> None:
+        if self.state == "open":
+            self.stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.state == "open":
+            self.stream.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.state == "open":
+            self.stream.connection_lost(exc)
+
+
+def _feed(proto: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``data`` to a buffered protocol as if it had been received."""
+    view = memoryview(data)
+    while view:
+        buf = memoryview(proto.get_buffer(len(view)))
+        n = min(len(buf), len(view))
+        if n == 0:
+            return
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+        if isinstance(proto, PyMoDAQStream) and proto.transport is None:
+            return  # the stream failed on these bytes
+
+
 class PyMoDAQServer:
     """The TCPServer plugin's role as a labbridge service (one port, both client types).
 
@@ -546,6 +739,11 @@ class PyMoDAQServer:
     client. Evictions are logged. Memory: ``max_buffered`` bytes of unfinished messages for all
     connections together (:class:`~labbridge.protocol.pymodaq._wire.ReceiveBudget`), each
     message complete within ``message_timeout`` seconds of its first byte.
+
+    Access: ``gate`` is the node's :class:`~labbridge.access.Gate` (default: this machine
+    only). ``ssl``: a server context (``labbridge.transport.tls.server_context``, client
+    certificates required) makes the port TLS only; the client certificate's common name is
+    the peer's identity (``security.identities.<name>.cert``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6341, *, name: str = "pymodaq-server",
@@ -555,8 +753,13 @@ class PyMoDAQServer:
                  hello_timeout: float | None = 10.0, max_per_address: int = 4,
                  message_timeout: float | None = 60.0,
                  max_buffered: int | None = None,
-                 max_write_buffer: int | None = None, close_grace: float = 5.0) -> None:
+                 max_write_buffer: int | None = None, close_grace: float = 5.0,
+                 gate: Gate | None = None, ssl: ssl.SSLContext | None = None) -> None:
         self.name = name
+        #: The node's access gate: who may register a module here.
+        self.gate = gate if gate is not None else Gate()
+        #: TLS server context (None: plain TCP, as real PyMoDAQ peers need).
+        self.tls = ssl
         self.host = host
         self.requested_port = port
         self.actuator = actuator or RemoteActuator("remote_actuator")
@@ -604,8 +807,50 @@ class PyMoDAQServer:
 
     def _factory(self) -> asyncio.Protocol:
         self.accepted += 1
+        session = ServerSession(self)
+        if self.tls is not None:
+            return cast(asyncio.Protocol, _TlsAccept(self, session, self.tls))
         # A BufferedProtocol: TcpServer only wraps connection_made / connection_lost.
-        return cast(asyncio.Protocol, ServerSession(self).stream)
+        return cast(asyncio.Protocol, session.stream)
+
+    @property
+    def transport_name(self) -> str:
+        return "tls" if self.tls is not None else "tcp"
+
+    def _authorize(self, session: ServerSession) -> str | None:
+        """Who the new connection is, and None if it may register a module, or why not (the
+        gate has audited the refusal). A PyMoDAQ connection exists only to register a module,
+        so a peer below ``operator`` is refused as it connects."""
+        stream = session.stream
+        action = Action(Access.OPERATOR, "connect", self.name,
+                        "a PyMoDAQ connection registers a remote module")
+        identity = None
+        if self.tls is not None:
+            cn = peer_common_name(stream.transport)
+            ident = None if cn is None else self.gate.policy.identity_for_cert(cn)
+            if ident is None:
+                session.principal = Principal(stream.host, self.name, "tls")
+                why = ("no client certificate" if cn is None else
+                       f"certificate {cn!r} is the cert of no identity in security.identities")
+                return f"refused: {self.gate.refuse(session.principal, action, why).reason}"
+            identity = ident.name
+        session.principal = Principal(stream.host, self.name, self.transport_name, identity)
+        try:
+            self.gate.check(session.principal, action)
+        except AccessDenied as exc:
+            return f"refused: {exc.reason}"
+        return None
+
+    def _handshake_failed(self, host: str, exc: BaseException) -> None:
+        """A TLS handshake that failed: audited and logged as a refusal."""
+        if self._stopping:
+            return
+        text = str(exc) or type(exc).__name__
+        if "WRONG_VERSION_NUMBER" in text or "HTTP_REQUEST" in text:
+            text += " (a plain TCP peer, e.g. a real PyMoDAQ module, on this TLS-only port?)"
+        self.gate.refuse(Principal(host, self.name, "tls"),
+                         Action(Access.OPERATOR, "connect", self.name, "TLS handshake"),
+                         f"TLS handshake failed: {text}")
 
     def _admit(self, newcomer: ServerSession) -> str | None:
         """Make room for ``newcomer`` (evicting the longest idle or stalled unregistered
@@ -655,7 +900,8 @@ class PyMoDAQServer:
             s.stream.close()  # flush what is queued, then close (clean, not an error)
         for s in list(self._sessions):
             try:
-                await asyncio.wait_for(s.stream.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await s.stream.wait_closed()
             except TimeoutError:
                 s.stream.fail("server stopping: peer does not read")
         await self.tcp.stop()

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -300,6 +301,19 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
         self._finish(reason)
+
+    def reset(self, reason: str) -> None:
+        """Refuse the peer: drop the connection with a TCP reset (RST), not a FIN.
+
+        The real PyMoDAQ client (every generation, up to 5.x: ``Socket.check_received_length``
+        never tests ``recv() == b""``) spins at 100 % CPU for ever on a clean EOF; a reset makes
+        its next send or receive raise instead, which ends its connection (ADR 0171)."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.fail(reason)
 
     def close(self, grace: float | None = 5.0) -> None:
         """Close after what is queued for the peer is written; a peer that does not take it

@@ -29,6 +29,7 @@ DEVICE_FAMILIES: dict[str, str] = {
     "hexrot_controller": _P + "hexrotcomm",
     "hexrot_rotator_mock": _P + "hexrotcomm",
     "hexrot_simple_mock": _P + "hexrotcomm",
+    "hexrot_hexapod_mock": _P + "hexrotcomm",
 }
 
 #: Service kind -> family module.

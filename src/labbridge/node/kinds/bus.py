@@ -26,6 +26,7 @@ from typing import Any
 from labbridge.bus.dashboard import DashboardClient, DashboardError, DashboardServer
 from labbridge.bus.device_publisher import DevicePublisher
 from labbridge.bus.notifier import Notifier
+from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.recorder import Recorder
 from labbridge.bus.sockets import Address, BusError, normalize_endpoint
 from labbridge.devices.base import Device
@@ -36,6 +37,7 @@ from labbridge.protocol.telemetry.dashboard_config import (
     parse_dashboard_config,
     parse_dashboard_xml,
 )
+from labbridge.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,16 @@ def _devices(sec: Section, ctx: NodeContext) -> list[Device]:
 
 
 class NotifierService:
-    """A Notifier plus the DevicePublisher that puts every device change on it."""
+    """A Notifier plus the DevicePublisher that puts every device change on it, and the
+    devices' metadata every ``meta_period`` seconds (0: never)."""
 
-    def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None) -> None:
+    def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None,
+                 meta_period: float = 10.0) -> None:
         self.name = name
         self.notifier = notifier
         self.device_publisher = publisher
+        self.meta_period = meta_period
+        self._meta_task: asyncio.Task[None] | None = None
 
     @property
     def pub_url(self) -> str:
@@ -79,8 +85,17 @@ class NotifierService:
         await self.notifier.start()
         if self.device_publisher is not None:
             self.device_publisher.start()
+            if self.meta_period > 0 and self._meta_task is None:
+                self._meta_task = asyncio.create_task(
+                    self.device_publisher.meta_loop(self.meta_period),
+                    name=f"{self.name}-meta")
 
     async def stop(self) -> None:
+        task, self._meta_task = self._meta_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.device_publisher is not None:
             self.device_publisher.stop()
         await self.notifier.stop()
@@ -95,15 +110,20 @@ def _notifier(sec: Section, ctx: NodeContext) -> NotifierService:
     rep_port = sec.get_port("rep_port", None)
     heartbeat = sec.get_float("heartbeat", 2.0, min=0.0)
     legacy = sec.get_bool("legacy", True)
+    name = sec.get_str("name", "notifier")
     n = Notifier(_host(sec, ctx), port, rep_port, node=ctx.node_name, legacy=legacy,
                  heartbeat=heartbeat or None, source=ctx.node_name,
-                 sndhwm=sec.get_int("sndhwm", 100_000, min=1))
+                 sndhwm=sec.get_int("sndhwm", 100_000, min=1),
+                 max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS,
+                                               min=1),
+                 name=f"notifier {name!r}")
     pub = None
     if sec.get_bool("publish_devices", True):
         pub = DevicePublisher(n, ctx.node_name, _devices(sec, ctx), legacy=legacy)
     else:
         sec.get_list("devices", None)
-    return NotifierService(sec.get_str("name", "notifier"), n, pub)
+    meta_period = sec.get_float("meta_period", 10.0, min=0.0, max=86400.0)
+    return NotifierService(name, n, pub, meta_period)
 
 
 class DashboardServerService:
@@ -162,15 +182,18 @@ def _dashboard_server(sec: Section, ctx: NodeContext) -> DashboardServerService:
         raise ConfigError(exc.reason, file=str(path), line=exc.line,
                           field=exc.field or None) from None
     port = sec.get_port("port", None)
+    name = sec.get_str("name", "dashboard")
     try:
         server = DashboardServer(
             config, node=ctx.node_name, devices=ctx.devices, remote=_remote_reader(sec, ctx),
             host=_host(sec, ctx), port=port, rep_port=sec.get_port("rep_port", None),
             heartbeat=sec.get_float("heartbeat", 2.0, min=0.01),
-            legacy=sec.get_bool("legacy", True), name=sec.get_str("name", "dashboard"))
+            legacy=sec.get_bool("legacy", True),
+            max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS, min=1),
+            name=f"dashboard_server {name!r}")
     except DashboardError as exc:
         raise sec.error("config", str(exc)) from None
-    return DashboardServerService(sec.get_str("name", "dashboard"), server)
+    return DashboardServerService(name, server)
 
 
 class RecorderService:
@@ -206,8 +229,24 @@ class RecorderService:
             await self.recorder.stop()
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(service=self.name, protocol="zmq-sub", role="connect",
-                         path=str(self.path), purpose=f"records {', '.join(self.connect)}")]
+        """One ``connect`` endpoint per subscribed publisher (what a firewall must allow),
+        and the SQLite file as a ``file`` endpoint."""
+        out = []
+        for c in self.connect:
+            svc = self.ctx.services.get(c)
+            if svc is not None:  # a publisher of this node: its (configured) PUB endpoint
+                pub = next((e for e in svc.endpoints() if e.protocol == "zmq-pub"), None)
+                host, port = (pub.host, pub.port) if pub is not None else (None, None)
+                purpose = f"records {c} of this node"
+            else:
+                h, _, p = normalize_endpoint(c).removeprefix("tcp://").rpartition(":")
+                host, port, purpose = h.strip("[]") or None, int(p) if p.isdigit() else None, \
+                    "records this publisher"
+            out.append(Endpoint(service=self.name, protocol="zmq-sub", host=host, port=port,
+                                role="connect", purpose=purpose))
+        out.append(Endpoint(service=self.name, protocol="sqlite", path=str(self.path),
+                            role="file", purpose="the recording"))
+        return out
 
 
 @register_service("recorder")
@@ -235,30 +274,45 @@ def _recorder(sec: Section, ctx: NodeContext) -> RecorderService:
 class DashboardClientService:
     """Follows a remote dashboard. The server may come up after this node: connecting is
     retried in the background (0.5 s doubling to 10 s) instead of failing the node;
-    ``client.connected`` is set once it succeeds."""
+    ``client.connected`` is set once it succeeds. One log line when it cannot connect, one
+    when it finally does -- never one per attempt (ADR 0121)."""
 
     def __init__(self, name: str, client: DashboardClient) -> None:
         self.name = name
         self.client = client
         self._task: asyncio.Task[None] | None = None
         self.attempts = 0
+        #: The endpoint is malformed: retrying cannot help (the error, logged once).
+        self.failed: str | None = None
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
 
     async def _connect(self) -> None:
-        delay = 0.5
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        failing = False
         while True:
             self.attempts += 1
             try:
                 await self.client.connect()
-                return
-            except (DashboardError, TimeoutError, BusError) as exc:
-                log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
+            except BusError as exc:  # ZeroMQ refuses the endpoint itself
+                self.failed = str(exc)
+                log.error("%s: %s", self.name, exc)
                 await self.client.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                return
+            except (DashboardError, TimeoutError) as exc:
+                if not failing:
+                    failing = True
+                    log.warning("%s: %s; retrying in the background (every %g s at most)",
+                                self.name, exc or "no reply", backoff.maximum)
+                await self.client.close()
+            else:
+                if failing:
+                    log.info("%s: connected to %s after %d attempts", self.name,
+                             self.client.pub_url, self.attempts)
+                return
+            await asyncio.sleep(backoff.next())
 
     async def stop(self) -> None:
         task, self._task = self._task, None

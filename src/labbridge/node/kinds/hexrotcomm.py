@@ -3,21 +3,27 @@
 Node file shapes (every field read through Section getters)::
 
     devices:
-      - kind: hexrot_rotator_mock        # or hexrot_simple_mock
+      - kind: hexrot_rotator_mock        # or hexrot_simple_mock, hexrot_hexapod_mock
         name: rotator
         generation: D                    # A (seed 003) or D (real system today)
         telemetry_hz: 50                 # rotator default 50, simple default 10
         initial_position: 0.0            # rotator only
         config: {velocity_limit: 3.5, accel_limit: 1.0, upper_pos_limit: 90}
+      - kind: hexrot_hexapod_mock        # generation D only
+        name: hexapod
+        index: camera                    # camera (SAL index 1) or m2 (2)
+        telemetry_hz: 10
+        config: {max_velocity_strut: 500, pos_limits: [11400, -13100, 13100, 0.36, -0.1, 0.1]}
       - kind: hexrot_controller          # the CSC-side model of a (remote) controller
         name: rot
-        device: rotator                  # rotator or simple
+        device: rotator                  # rotator, simple or hexapod (D only)
         generation: D
         host: 127.0.0.1                  # D: the controller's address; A: where we listen
         port: 5570                       # A: telemetry port P, commands on P+1
         connect_timeout: 10
         config_timeout: 10
         enable_drives_delay: 1.0
+        replace_idle_after: 5            # A: a new controller connection replaces an idle one
 
     services:
       - kind: hexrot_mock_controller     # the socket side of a mock device
@@ -25,18 +31,22 @@ Node file shapes (every field read through Section getters)::
         host: 127.0.0.1                  # D: listen here; A: the CSC to connect to
         port: 5570                       # D: listen port (0 = any); A: CSC telemetry port P
         command_port: 5571               # A only; default P+1
+        replace_idle_after: 5            # D: a new CSC replaces one silent this long (s)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from labbridge.devices.hexrot.hexapod import HEXAPODS, HexapodMockController
 from labbridge.devices.hexrot.mock import (
     BaseMockController,
     RotatorMockController,
     SimpleMockController,
 )
-from labbridge.links.hexrotcomm.controller import HexrotController
+from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
+from labbridge.links.hexrotcomm.controller import HexapodController, HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
@@ -48,20 +58,39 @@ _GENERATIONS = ("A", "D")
 
 
 def _mock_config(sec: Section, cls: type[BaseMockController], generation: str) -> dict[str, Any]:
-    layout = device_spec(cls.device_name, generation).config
+    try:
+        layout = device_spec(cls.device_name, generation).config
+    except ValueError as exc:
+        raise sec.error("generation", str(exc)) from None
+    types = {name: ftype for name, ftype, _, _ in layout.fields}
     cfg = sec.get_mapping("config", {})
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         if key not in layout.names:
             raise sec.error("config", f"{layout.name} has no field {key!r} (fields: "
                             f"{', '.join(layout.names)})")
-        if key == "drives_enabled":
+        ftype = types[key]
+        if ftype == "bool":
             if not isinstance(value, bool):
                 raise sec.error("config", f"{key}: expected true or false")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise sec.error("config", f"{key}: expected a number, got {value!r}")
-        out[key] = value if isinstance(value, bool) else float(value)
+            out[key] = value
+        elif "[" in ftype:  # an array such as f64[6]
+            n = int(ftype.split("[", 1)[1].rstrip("]"))
+            if (not isinstance(value, list) or len(value) != n
+                    or not all(_is_number(v) for v in value)):
+                raise sec.error("config", f"{key}: expected a list of {n} numbers, got "
+                                f"{value!r}")
+            out[key] = tuple(float(v) for v in value)
+        else:
+            if not _is_number(value):
+                raise sec.error("config", f"{key}: expected a number, got {value!r}")
+            out[key] = float(value)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value))
 
 
 @register_device("hexrot_rotator_mock")
@@ -83,21 +112,37 @@ def _simple_mock(sec: Section, ctx: NodeContext) -> SimpleMockController:
                                 telemetry_interval=1.0 / hz)
 
 
+@register_device("hexrot_hexapod_mock")
+def _hexapod_mock(sec: Section, ctx: NodeContext) -> HexapodMockController:
+    gen = sec.get_choice("generation", _GENERATIONS, "D")  # A: refused with the reason
+    hz = sec.get_float("telemetry_hz", 10.0, min=0.1, max=1000.0)
+    return HexapodMockController(sec.get_str("name"), gen,
+                                 index=sec.get_choice("index", tuple(HEXAPODS), "camera"),
+                                 config=_mock_config(sec, HexapodMockController, gen),
+                                 telemetry_interval=1.0 / hz)
+
+
 @register_device("hexrot_controller")
 def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
     gen = sec.get_choice("generation", _GENERATIONS, "D")
-    device = sec.get_choice("device", ("rotator", "simple"), "rotator")
-    profile = WireProfile.make(device_spec(device, gen), gen,
+    device = sec.get_choice("device", ("rotator", "simple", "hexapod"), "rotator")
+    try:
+        spec = device_spec(device, gen)
+    except ValueError as exc:
+        raise sec.error("generation", str(exc)) from None
+    profile = WireProfile.make(spec, gen,
                                header_size=int(sec.get_choice("gen_a_header", ("24", "36"),
                                                               "24")))
-    return HexrotController(
+    cls = HexapodController if device == "hexapod" else HexrotController
+    return cls(
         sec.get_str("name"), profile, ctx.host_override or sec.get_str("host", "127.0.0.1"),
         sec.get_port("port"),
         connect_timeout=sec.get_float("connect_timeout", 10.0, min=0.01),
         config_timeout=sec.get_float("config_timeout", 10.0, min=0.01),
         ack_timeout=sec.get_float("ack_timeout", 5.0, min=0.01),
         enable_drives_delay=sec.get_float("enable_drives_delay", 1.0, min=0.0),
-        move_pause=sec.get_float("move_pause", 0.2, min=0.0),
+        move_pause=sec.get_float("move_pause", 0.1 if device == "hexapod" else 0.2, min=0.0),
+        replace_idle_after=sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01),
     )
 
 
@@ -105,17 +150,20 @@ class MockControllerService:
     """Runs the socket side of a mock device: gen D server, or gen A client to a CSC."""
 
     def __init__(self, mock: BaseMockController, host: str, port: int,
-                 command_port: int | None) -> None:
+                 command_port: int | None,
+                 replace_idle_after: float = REPLACE_IDLE_AFTER) -> None:
         self.name = "hexrot_mock_controller"
         self.mock = mock
         self.host = host
         self.port = port
         self.command_port = command_port
+        self.replace_idle_after = replace_idle_after
         self.side: MockControllerServer | MockControllerClient | None = None
 
     async def start(self) -> None:
         if self.mock.generation is Generation.D:
-            self.side = MockControllerServer(self.mock, self.host, self.port)
+            self.side = MockControllerServer(self.mock, self.host, self.port,
+                                             replace_idle_after=self.replace_idle_after)
         else:
             self.side = MockControllerClient(self.mock, self.host, self.port, self.command_port)
         await self.side.start()
@@ -126,8 +174,10 @@ class MockControllerService:
             self.side = None
 
     def endpoints(self) -> list[Endpoint]:
-        if isinstance(self.side, MockControllerServer):
-            return [Endpoint(self.name, "tcp", self.host, self.side.port, role="listen",
+        # By generation, not by what runs: `labbridge ports` asks before start (issue 15 #6).
+        if self.mock.generation is Generation.D:
+            port = self.side.port if self.side is not None else self.port
+            return [Endpoint(self.name, "tcp", self.host, port, role="listen",
                              purpose=f"hexrotcomm generation D controller "
                                      f"({self.mock.spec.name} mock)")]
         cmd = self.command_port if self.command_port is not None else self.port + 1
@@ -144,7 +194,7 @@ def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
     mock = ctx.device(sec, "device")
     if not isinstance(mock, BaseMockController):
         raise sec.error("device", f"device {mock.name!r} is a {mock.kind}, expected a "
-                        "hexrot_rotator_mock or hexrot_simple_mock")
+                        "hexrot_rotator_mock, hexrot_simple_mock or hexrot_hexapod_mock")
     host = ctx.host_override or sec.get_str("host", "127.0.0.1")
     port = sec.get_port("port")
     if ctx.port_override is not None and mock.generation is Generation.D:
@@ -154,4 +204,9 @@ def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
         raise sec.error("command_port", "generation D uses one socket; remove command_port")
     if mock.generation is Generation.A and port == 0:
         raise sec.error("port", "generation A connects to the CSC: give its telemetry port")
-    return MockControllerService(mock, host, port, cmd_port)
+    if mock.generation is Generation.A and "replace_idle_after" in sec:
+        raise sec.error("replace_idle_after", "generation A: the mock connects to the CSC; "
+                        "set replace_idle_after on the side that listens")
+    return MockControllerService(
+        mock, host, port, cmd_port,
+        sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01))

@@ -24,19 +24,30 @@ Node file shapes (every field read through Section getters)::
         hello_timeout: 10               # seconds a connection has to send its client type
         message_timeout: 60             # seconds from a message's first byte to its last
         max_buffered_mb: 512            # unfinished-message bytes of all connections together
+        tls: {cert: keys/main.crt, key: keys/main.pem, ca: keys/ca.crt}   # optional: TLS only,
+                                        # client certificates required (labbridge clients)
       - kind: pymodaq_client           # the distant computer (ACTUATOR / GRABBER)
         device: cam
         server: 192.168.1.10:6341       # required: there is no default address (spec §9 #16)
+        source: 192.168.1.20            # optional: the local address to connect from
         generation: g3                  # g1 (default, seed) or g3 (PyMoDAQ 5.0/5.1)
         g1_dialect: "1.6"               # 1.6 (seed) or 2.1 (PyMoDAQ 2.1 to 3.x)
         reconnect: {initial: 0.2, maximum: 5.0}
         message_timeout: 60             # seconds from a message's first byte to its last
         max_queue: 64                   # commands waiting; beyond, reading pauses
         position_interval: 0.1          # s between position reports during a move (null: off)
+        tls: {cert: keys/cam.crt, key: keys/cam.pem, ca: keys/ca.crt,   # optional
+              check_host: true}         # the server's certificate must name its host
+
+Access (docs/security.md, ADR 0171): the server hands the node's gate to its link; who may
+register a module is in the node file's ``security`` section (the ``operator`` role, by source
+address, or by certificate over TLS).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from typing import Any
 
 from labbridge.devices.camera import Camera, SimCameraBackend
@@ -47,6 +58,7 @@ from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
 from labbridge.protocol.pymodaq.messages import Dialect, Generation
 from labbridge.transport.backoff import Backoff
+from labbridge.transport.tls import TlsConfigError, client_context, server_context
 
 _DIALECTS = {"1.6": Dialect.G1A, "2.1": Dialect.G1B}
 
@@ -69,8 +81,10 @@ def _camera(sec: Section, ctx: NodeContext) -> Camera:
         sigma=sec.get_float("sigma", 20.0, min=0.1), noise=sec.get_float("noise", 10.0, min=0),
         seed=sec.get_int("seed", 0))
     b.check_no_unknown()
+    publish = sec.get_float("publish_period", 0.0, min=0.0, max=86400.0)
     return Camera(sec.get_str("name"), backend, units=sec.get_str("units", "counts"),
-                  exposure_ms=sec.get_float("exposure_ms", 10.0, min=0))
+                  exposure_ms=sec.get_float("exposure_ms", 10.0, min=0),
+                  publish_period=publish or None)
 
 
 @register_device("stage")
@@ -98,7 +112,17 @@ class PyMoDAQServerService:
 
     def __init__(self, server: PyMoDAQServer) -> None:
         self.server = server
-        self.name = server.name
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        # The node names the service; the link's log lines and the audit trail's ``via``
+        # use the same name.
+        self.server.name = value
+        self.server.tcp.name = value
 
     async def start(self) -> None:
         await self.server.start()
@@ -107,9 +131,10 @@ class PyMoDAQServerService:
         await self.server.stop()
 
     def endpoints(self) -> list[Endpoint]:
+        tls = ", TLS with client certificates" if self.server.tls is not None else ""
         return [Endpoint(self.name, "tcp", self.server.host,
                          self.server.port or self.server.requested_port,
-                         purpose="pymodaq remote modules (ACTUATOR, GRABBER)")]
+                         purpose=f"pymodaq remote modules (ACTUATOR, GRABBER{tls})")]
 
 
 class PyMoDAQClientService:
@@ -117,7 +142,14 @@ class PyMoDAQClientService:
 
     def __init__(self, client: PyMoDAQClient) -> None:
         self.client = client
-        self.name = client.name
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.client.name = value
 
     async def start(self) -> None:
         await self.client.start()
@@ -128,7 +160,8 @@ class PyMoDAQClientService:
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(self.name, "tcp", self.client.host, self.client.port, role="connect",
                          purpose=f"pymodaq {self.client.client_type.value} client "
-                                 f"({self.client.generation.value})")]
+                                 f"({self.client.generation.value}"
+                                 f"{', TLS' if self.client.tls is not None else ''})")]
 
 
 def _position_interval(sec: Section) -> float | None:
@@ -146,6 +179,43 @@ def _new_device_name(sec: Section, ctx: NodeContext, key: str, default: str) -> 
     if name in ctx.devices:
         raise sec.error(key, f"a device named {name!r} already exists on this node")
     return name
+
+
+def _tls(sec: Section, ctx: NodeContext, *, server: bool) -> ssl.SSLContext | None:
+    """The optional ``tls: {cert, key, ca}`` of a PyMoDAQ service (both ends labbridge).
+
+    Paths are relative to the node file. A missing or unusable file is a one-line error
+    naming the file and the node file's line."""
+    t = sec.get_section("tls", None)
+    if t is None:
+        return None
+    paths = {}
+    for key in ("cert", "key", "ca"):
+        path = ctx.resolve_path(t.get_str(key))
+        if not path.is_file():
+            raise t.error(key, f"cannot read {path}: no such file (`labbridge keys tls-ca` and "
+                          "`labbridge keys tls-cert NAME` make them; docs/security.md)")
+        paths[key] = path
+    check_host = t.get_bool("check_host", True) if not server else True
+    t.check_no_unknown()
+    try:
+        if server:
+            return server_context(paths["cert"], paths["key"], paths["ca"])
+        return client_context(paths["ca"], paths["cert"], paths["key"],
+                              check_hostname=check_host)
+    except TlsConfigError as exc:
+        raise t.error(None, str(exc)) from None
+
+
+def _source(sec: Section) -> str | None:
+    text: str | None = sec.get_str("source", None)
+    if text is not None:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise sec.error("source", f"expected an IP address of this computer, got {text!r}"
+                            ) from None
+    return text
 
 
 @register_service("pymodaq_server")
@@ -172,7 +242,8 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
         hello_timeout=sec.get_float("hello_timeout", 10.0, min=0.001),
         message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
         max_buffered=int(sec.get_float("max_buffered_mb", 2 * _max_message(sec) / 1024 / 1024,
-                                       min=1.0, max=1 << 20) * 1024 * 1024))
+                                       min=1.0, max=1 << 20) * 1024 * 1024),
+        gate=ctx.gate, ssl=_tls(sec, ctx, server=True))
     ctx.devices[actuator.name] = actuator
     ctx.devices[detector.name] = detector
     return PyMoDAQServerService(server)
@@ -200,5 +271,6 @@ def _client(sec: Section, ctx: NodeContext) -> Any:
         backoff=backoff, max_message=_max_message(sec),
         message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
         max_queue=sec.get_int("max_queue", 64, min=1, max=1 << 16),
-        position_interval=_position_interval(sec))
+        position_interval=_position_interval(sec), ssl=_tls(sec, ctx, server=False),
+        source=_source(sec))
     return PyMoDAQClientService(client)

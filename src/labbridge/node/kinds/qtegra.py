@@ -76,7 +76,8 @@ def _make_spectrometer(sec: Section, ctx: NodeContext) -> Spectrometer:
         magnet_dac=sec.get_float("magnet_dac", 0.0, min=0.0, max=10.0),
         settle=sec.get_float("settle", 0.05, min=0.0, max=60.0),
         seconds_per_dac=sec.get_float("seconds_per_dac", 0.2, min=0.0, max=60.0),
-        valves=valves, parameters=params)
+        valves=valves, parameters=params,
+        poll_period=sec.get_float("poll_period", 0.0, min=0.0, max=86400.0) or None)
 
 
 @register_service("qtegra_server")

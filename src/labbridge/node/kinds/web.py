@@ -21,13 +21,20 @@ Example (a dashboard node watching two other nodes)::
         history_minutes: 10
         cameras:                   # devices of THIS node that can grab(): a camera, or the
           - {device: remote_detector, every: 1}   # remote_detector of a pymodaq_server
-        layout:                    # optional valve schematic hints, per node
+        schematic:                 # optional: the extraction line as drawn, per node
           valve-controller:
-            A: {x: 0, y: 0, to: [B]}
-            B: {x: 1, y: 0}
+            valves: {A: [1, 0], B: [2, 0], C: [2, 1]}   # [x, y] in grid units
+            gauges: {IG: [3, 0]}                         # a gauge (or device.signal)
+            parts: {laser: [0, 0], pump: [3, 1]}         # labelled boxes (volumes, pumps)
+            pipes: [[laser, A, B, IG], [B, C, pump]]     # lines through named items
+        units: {legacy-node.: torr}        # units where no device metadata says them
+        alarms:                    # an event with this level when a value is out of limits
+          - {topic: valve-controller.gauges.IG, above: 1.0e-6, level: warning}
+        node_limits: {rotator: {stale_after: 30}}   # per-node health thresholds
 
 A ``command_servers`` entry may name a ``pychron_command_server`` of this node instead of a
-URL (``{node: me, service: command-server}``), and ``recorder`` may name a ``recorder``
+URL (``{node: me, service: command-server}``), and may hold ``tls: {ca, cert, key}`` when
+that server speaks TLS (docs/security.md); and ``recorder`` may name a ``recorder``
 service of this node. Valve banks on this node contribute their own ``layout`` hints.
 
 Layering (ADR 0070): this module is the one place under ``labbridge.node`` that imports the web
@@ -48,10 +55,14 @@ except ModuleNotFoundError as exc:  # reported by the registry as a family not i
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.devices.valves import ValveBank
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.protocol.telemetry.envelope import make_topic
-from labbridge.web.app import CameraSource, WebConfig, WebDashboard
+from labbridge.web.app import AlarmRule, CameraSource, WebConfig, WebDashboard
 from labbridge.web.control import CommandTarget
+
+#: Largest schematic: items per node and names per pipe.
+MAX_SCHEMATIC_ITEMS = 200
 
 
 class WebDashboardService:
@@ -97,8 +108,8 @@ def _hostport(sec: Section, key: str, text: str) -> tuple[str, int]:
 class _ServiceTarget(CommandTarget):
     """A command server of this node, whose port is known only once it listens."""
 
-    def __init__(self, node: str, service: Any, timeout: float) -> None:
-        super().__init__(node, "127.0.0.1", 0, timeout)
+    def __init__(self, node: str, service: Any, timeout: float, tls: Any = None) -> None:
+        super().__init__(node, "127.0.0.1", 0, timeout, tls=tls)
         self.service = service
 
     def remote(self) -> Any:
@@ -123,16 +134,17 @@ def _command_servers(sec: Section, ctx: NodeContext) -> list[CommandTarget]:
         if (svc_name is None) == (url is None):
             raise s.error("url", "give either url: HOST:PORT or service: <name of a "
                                  "command server on this node>")
+        tls = tls_section(s, ctx, server=False)
         if svc_name is not None:
             svc = ctx.services.get(svc_name)
             if svc is None or not hasattr(svc, "port"):
                 raise s.error("service", f"no command server named {svc_name!r} declared "
                                          "before the dashboard on this node")
-            out.append(_ServiceTarget(node, svc, timeout))
+            out.append(_ServiceTarget(node, svc, timeout, tls))
         else:
             assert url is not None
             host, port = _hostport(s, "url", url)
-            out.append(CommandTarget(node, host, port, timeout))
+            out.append(CommandTarget(node, host, port, timeout, tls=tls))
         s.check_no_unknown()
     return out
 
@@ -159,6 +171,88 @@ def _layout(sec: Section, ctx: NodeContext) -> dict[str, dict[str, dict[str, Any
             entry["to"] = [str(t) for t in to]
             hint.check_no_unknown()
             out.setdefault(str(node), {})[str(valve)] = entry
+    return out
+
+
+def _position(sec: Section, key: str, value: Any) -> list[float]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(c, int | float) and not isinstance(c, bool)
+                       and math.isfinite(c) and abs(c) <= 1000 for c in value)):
+        raise sec.error(key, f"expected a position [x, y] (numbers), got {value!r}")
+    return [float(value[0]), float(value[1])]
+
+
+def _schematic(sec: Section) -> dict[str, dict[str, Any]]:
+    """``schematic: {node: {valves, gauges, parts: {name: [x, y]}, pipes: [[name...]]}}``:
+    every name in a pipe must be placed in the same node's entry."""
+    raw = sec.get_section("schematic", None)
+    out: dict[str, dict[str, Any]] = {}
+    if raw is None:
+        return out
+    for node in list(raw):
+        entry = raw.get_section(node)
+        placed: dict[str, dict[str, list[float]]] = {}
+        for kind in ("valves", "gauges", "parts"):
+            group = entry.get_section(kind, None)
+            placed[kind] = {}
+            if group is None:
+                continue
+            for name in list(group):
+                placed[kind][str(name)] = _position(group, name, group.get_list(name))
+        names = {n for g in placed.values() for n in g}
+        if len(names) > MAX_SCHEMATIC_ITEMS:
+            raise entry.error(None, f"at most {MAX_SCHEMATIC_ITEMS} items per node")
+        pipes: list[list[str]] = []
+        for i, pipe in enumerate(entry.get_list("pipes", [])):
+            if not isinstance(pipe, list) or len(pipe) < 2:
+                raise entry.error("pipes", f"pipe {i} must list at least two names")
+            unknown = [str(n) for n in pipe if str(n) not in names]
+            if unknown:
+                raise entry.error("pipes", f"pipe {i} goes through {', '.join(unknown)}, "
+                                           "placed nowhere in valves, gauges or parts")
+            pipes.append([str(n) for n in pipe[:MAX_SCHEMATIC_ITEMS]])
+        entry.check_no_unknown()
+        out[str(node)] = {**placed, "pipes": pipes}
+    return out
+
+
+def _alarms(sec: Section) -> list[AlarmRule]:
+    out = []
+    for a in sec.get_sections("alarms", []):
+        rule = AlarmRule(topic=a.get_str("topic"),
+                         level=a.get_choice("level", ("warning", "critical", "info"), "warning"),
+                         above=a.get_float("above", None), below=a.get_float("below", None))
+        if rule.above is None and rule.below is None:
+            raise a.error("above", "give above: and/or below: (the limits)")
+        a.check_no_unknown()
+        out.append(rule)
+    return out
+
+
+def _node_limits(sec: Section, stale: float) -> dict[str, dict[str, float]]:
+    raw = sec.get_section("node_limits", None)
+    out: dict[str, dict[str, float]] = {}
+    if raw is None:
+        return out
+    for node in list(raw):
+        lim = raw.get_section(node)
+        s = lim.get_float("stale_after", stale, min=0.05, max=86400.0)
+        entry = {"stale_after": s}
+        d = lim.get_float("disconnect_after", None, min=s, max=864000.0)
+        if d is not None:
+            entry["disconnect_after"] = d
+        lim.check_no_unknown()
+        out[str(node)] = entry
+    return out
+
+
+def _units(sec: Section) -> dict[str, str]:
+    raw = sec.get_mapping("units", None) or {}
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise sec.error("units", f"units of {k!r} must be text, got {v!r}")
+        out[str(k)] = v
     return out
 
 
@@ -212,6 +306,7 @@ def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
         host=str(ctx.host_override or sec.get_str("host", "127.0.0.1")),
         port=sec.get_port("port", 8080),
         title=sec.get_str("title", ctx.node_name),
+        node=ctx.node_name,
         subscribe=subscribe,
         topics=[str(t) for t in sec.get_list("topics", [""])],
         command_servers=_command_servers(sec, ctx),
@@ -219,10 +314,19 @@ def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
         recorder=_recorder(sec, ctx),
         stale_after=stale,
         disconnect_after=sec.get_float("disconnect_after", None, min=stale, max=864000.0),
+        node_limits=_node_limits(sec, stale),
         history_minutes=sec.get_float("history_minutes", 10.0, min=0.1, max=7 * 24 * 60.0),
         push_interval=sec.get_float("push_interval", 0.05, min=0.005, max=5.0),
         max_clients=sec.get_int("max_clients", 64, min=1, max=10_000),
+        max_per_address=sec.get_int("max_per_address", 16, min=1, max=10_000),
+        ping_interval=sec.get_float("ping_interval", 10.0, min=0.1, max=3600.0),
+        hello_timeout=sec.get_float("hello_timeout", 5.0, min=0.1, max=600.0),
+        client_bytes=int(sec.get_float("client_buffer_mb", 4.0, min=0.01, max=1024.0)
+                         * 1024 * 1024),
         layout=_layout(sec, ctx),
+        schematic=_schematic(sec),
+        units=_units(sec),
+        alarms=_alarms(sec),
         hide=[str(h) for h in sec.get_list("hide", [])],
         cameras=_cameras(sec, ctx),
     )

@@ -6,6 +6,7 @@ client) and generation D (the real system today: one two-way socket, command ack
 
 from labbridge.protocol.hexrotcomm.devices import (
     DEVICES,
+    HEXAPOD,
     HEXAPOD_CONFIG,
     HEXAPOD_TELEMETRY,
     ROTATOR,
@@ -16,6 +17,7 @@ from labbridge.protocol.hexrotcomm.devices import (
     SIMPLE_TELEMETRY,
     DeviceSpec,
     HexapodCommandCode,
+    HexapodEnabledSubstateParam,
     RotatorCommandCode,
     RotatorEnabledSubstateParam,
     SimpleCommandCode,
@@ -60,6 +62,7 @@ __all__ = [
     "HEADER",
     "HEADER_A24",
     "HEADER_A36",
+    "HEXAPOD",
     "HEXAPOD_CONFIG",
     "HEXAPOD_TELEMETRY",
     "ROTATOR",
@@ -87,6 +90,7 @@ __all__ = [
     "HeaderA24",
     "HeaderA36",
     "HexapodCommandCode",
+    "HexapodEnabledSubstateParam",
     "Layout",
     "LayoutError",
     "RotatorCommandCode",

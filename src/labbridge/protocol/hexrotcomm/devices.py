@@ -88,6 +88,8 @@ class HexapodCommandCode(enum.IntEnum):
 
 
 class HexapodEnabledSubstateParam(enum.IntEnum):
+    """``param1`` of the hexapod's SET_ENABLED_SUBSTATE (ts_mthexapod@v1.8.0 enums.py)."""
+
     ENABLED_INVALID = 0
     MOVE_POINT_TO_POINT = 1
     STOP = 3
@@ -165,6 +167,49 @@ ROTATOR_TELEMETRY = Layout(
             "flags_no_new_track_cmd_error")],
     ],
     size=396,
+)
+
+# -- MTRotator, generation A (ts_mtrotator v0.18.0 with ts_hexrotcomm v0.22.0, spec §11) -----
+# Transcribed from ``lsst-ts/ts_mtrotator@v0.18.0: python/lsst/ts/mtrotator/structs.py``
+# (``Config`` FRAME_ID 0x2, ``Telemetry`` FRAME_ID 0x0; controller ts_rotator_controller 1.2.2).
+ROTATOR_CONFIG_A = Layout(
+    "MTRotator.ConfigA",
+    [(n, "f64") for n in (
+        "velocity_limit", "accel_limit", "pos_error_threshold", "upper_pos_limit",
+        "lower_pos_limit", "following_error_threshold", "track_success_pos_threshold",
+        "tracking_lost_timeout")],
+    size=64,
+)
+
+ROTATOR_TELEMETRY_A = Layout(
+    "MTRotator.TelemetryA",
+    [
+        ("biss_motor_encoder_axis_a", "u32"), ("biss_motor_encoder_axis_b", "u32"),
+        ("biss_linear_encoder_axis_a", "u32"), ("biss_linear_encoder_axis_b", "u32"),
+        ("status_word_drive0", "u16"), ("status_word_drive0_axis_b", "u16"),
+        ("latching_fault_status_register", "u16"),
+        ("latching_fault_status_register_axis_b", "u16"),
+        ("input_pin_states", "i32"),
+        ("motor_torque_axis_a", "i16"), ("motor_torque_axis_b", "i16"),
+        ("copley_fault_status_register", "u32[2]"),
+        ("application_status", "u32"),
+        *[(n, "f64") for n in (
+            "mjd", "mjd_frac",
+            "demand_jerk", "demand_accel", "demand_vel", "demand_pos", "track_mode", "state",
+            "enabled_substate", "offline_substate", "test_state", "cmd_ch_ab",
+            "rate_cmd_ch_a", "rate_cmd_ch_b", "ch_a_fb", "ch_b_fb", "rotator_fb",
+            "current_vel_ch_a_fb", "current_vel_ch_b_fb", "motor_encoder_ch_a",
+            "motor_encoder_ch_b", "linear_encoder_ch_a", "linear_encoder_ch_b", "current_pos",
+            "motor_pos_rad_ch_a", "motor_pos_rad_ch_b", "motor_current_axis_a",
+            "motor_current_axis_b", "motor_initi_offset_a", "motor_initi_offset_b",
+            "flags_initialization_complete", "flags_slew_complete",
+            "flags_pt2pt_move_complete", "flags_new_pt2pt_command", "flags_stop_complete",
+            "flags_following_error", "flags_move_success", "flags_tracking_success",
+            "flags_position_feedback_fault", "flags_tracking_lost",
+            "rotator_odometer", "time_sync", "received_command", "set_pos",
+            "flags_no_new_track_cmd_error")],
+    ],
+    size=404,
 )
 
 # -- MTHexapod (spec §4.2) ---------------------------------------------------------------------
@@ -257,37 +302,52 @@ ROTATOR = DeviceSpec(
     demand_field="demand_pos",
 )
 
-#: Generation-A rotator profile. The spec gives the gen-A rotator structs' sizes (64 / 404
-#: bytes) but not their layouts, so this profile carries the current 97 / 396-byte structs in
-#: gen-A framing (labbridge-defined, ADR 0043); only the command codes are the gen-A ones.
-ROTATOR_A = replace(ROTATOR, codes=RotatorCommandCodeA)
+#: Generation-A rotator profile: the last real gen-A layouts (ts_mtrotator v0.18.0 with
+#: ts_hexrotcomm v0.22.0: Config 64 bytes, frame id 0x2; Telemetry 404 bytes, frame id 0x0;
+#: controller ts_rotator_controller 1.2.2), the gen-A command codes (ADR 0043).
+ROTATOR_A = replace(ROTATOR, config=ROTATOR_CONFIG_A, telemetry=ROTATOR_TELEMETRY_A,
+                    codes=RotatorCommandCodeA)
+
+#: MTHexapod, generation D (ts_mthexapod@v1.8.0 structs.py / enums.py). Positions are six
+#: values x, y, z (um), u, v, w (deg); the limit "fields" name the config array that holds
+#: them (``pos_limits``: maxXY, minZ, maxZ, maxUV, minW, maxW) and the client-side model
+#: (``HexapodController``) reads it as such.
+HEXAPOD = DeviceSpec(
+    name="hexapod",
+    config=HEXAPOD_CONFIG,
+    telemetry=HEXAPOD_TELEMETRY,
+    codes=HexapodCommandCode,
+    sync_pattern=0x5555,
+    config_frame_id_a=0x2,
+    telemetry_frame_id_a=0x0,
+    lower_limit_field="pos_limits",
+    upper_limit_field="pos_limits",
+    velocity_limit_field="max_velocity_strut",
+    position_field="measured_xyz",
+    demand_field="commanded_pos",
+    unit="um, deg",
+)
 
 _BY_GENERATION: dict[tuple[str, Generation], DeviceSpec] = {
     ("simple", Generation.D): SIMPLE,
     ("simple", Generation.A): SIMPLE_A,
     ("rotator", Generation.D): ROTATOR,
     ("rotator", Generation.A): ROTATOR_A,
+    ("hexapod", Generation.D): HEXAPOD,
 }
 
-DEVICES: dict[str, DeviceSpec] = {"simple": SIMPLE, "rotator": ROTATOR}
+DEVICES: dict[str, DeviceSpec] = {"simple": SIMPLE, "rotator": ROTATOR, "hexapod": HEXAPOD}
 
 
 def device_spec(name: str, generation: Generation | str) -> DeviceSpec:
-    """The device profile of ``name`` ("simple", "rotator") for one generation."""
+    """The device profile of ``name`` ("simple", "rotator", "hexapod") for one generation."""
+    gen = Generation(generation)
     try:
-        return _BY_GENERATION[(name, Generation(generation))]
+        return _BY_GENERATION[(name, gen)]
     except KeyError:
         known = sorted({n for n, _ in _BY_GENERATION})
+        if name in known:
+            raise ValueError(f"device {name!r} exists in generation D only: its generation-A "
+                             "structs are not transcribed (docs/hexrotcomm.md)") from None
         raise ValueError(f"unknown device {name!r} (known: {', '.join(known)})") from None
 
-
-#: Gen-A frame-id presets (spec §5.4 Decision): name -> (config frame id, telemetry frame id).
-FRAME_ID_PRESETS_A: dict[str, tuple[int, int]] = {
-    "rotator-2021-09": (0x2, 0x0),
-    "rotator-2020": (0x19, 0x5),
-    "camhex-2021-09": (0x2, 0x0),
-    "m2hex-2021-09": (0x2, 0x0),
-    "camhex-2020": (0x1B, 0x7),
-    "m2hex-2020": (0x1C, 0x8),
-    "simple": (0x19, 0x5),
-}

@@ -21,6 +21,15 @@ count of bytes.
 :class:`FrameDecoder` decodes every complete frame of a received chunk in one pass over one
 memoryview and queues them; only the start of one frame is ever buffered (and never more than
 ``max_buffer``): the next chunk first completes it, then is decoded in place.
+
+A frame whose real size differs from the profile's (another firmware's struct) cannot be seen
+in the frame itself: only the header that follows it lands at the wrong place. So a frame is
+handed out only once it is *confirmed*: the bytes after it form a valid header (known frame id,
+``tai_nsec`` in range, ``tai_sec`` within a day of the previous header's). Generation A
+(``strict``) waits for that next header; generation D also accepts a frame that ends exactly
+where the received data ends (the controller writes one frame per call, and a command status
+must not wait for the next telemetry frame). A frame followed by an invalid header is dropped,
+never handed out: the error says what was found (ADR 0042 amendment).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     FrameId,
     Generation,
 )
+from labbridge.protocol.hexrotcomm.tai import utc_from_tai
 
 #: Default bound of a decoder's buffer: far above one frame (<= 36 + 648 bytes) plus one
 #: 64 KiB read, so only a peer that sends garbage faster than we decode can reach it.
@@ -66,6 +76,9 @@ _EMPTY_REASON = b"\0" * COMMAND_STATUS_REASON_LEN
 _RUN_MIN = 8
 #: Unix epoch (1970-01-01) as a Modified Julian Date.
 _MJD_UNIX_EPOCH = 40587
+#: Largest step of ``tai_sec`` between two consecutive timed headers of one stream; a larger
+#: one means the "header" is not one (a frame of another size came before it).
+MAX_TIME_STEP = 86400
 
 
 class FrameKind(enum.Enum):
@@ -175,13 +188,18 @@ class WireProfile:
 
     # -- encoding (controller side) ---------------------------------------------------------
     def encode_header(self, frame_id: int, counter: int, tai: float) -> bytes:
-        sec, nsec = split_time(tai)
+        """Header for a frame sent at TAI ``tai`` (Unix seconds). Gen D and A-24 carry TAI
+        (spec §3.7, §5.2); A-36 (v0.1-v0.18) carried UTC ``tv_sec``/``tv_nsec`` and MJD."""
         if self.generation is Generation.D:
+            sec, nsec = split_time(tai)
             return HEADER.encode((frame_id, counter & 0xFFFFFFFF, sec, nsec))
         if self.header is HEADER_A24:
+            sec, nsec = split_time(tai)
             return HEADER_A24.encode((self.sync_pattern, frame_id, counter & 0xFFFFFFFF, sec,
                                       nsec))
-        days, rem = divmod(tai, 86400.0)
+        utc = utc_from_tai(tai)
+        sec, nsec = split_time(utc)
+        days, rem = divmod(utc, 86400.0)
         return HEADER_A36.encode((self.sync_pattern, frame_id, counter & 0xFFFFFFFF,
                                   int(days) + _MJD_UNIX_EPOCH, rem / 86400.0, sec, nsec))
 
@@ -218,10 +236,6 @@ class WireProfile:
     def encode_command(self, command: Any) -> bytes:
         return self.command.encode(command)
 
-    @property
-    def max_payload(self) -> int:
-        return max(layout.size for _, layout in self.frames.values())
-
 
 class FrameDecoder:
     """controller -> CSC stream: ``receive_data(bytes)``, ``next_event() -> Frame|NEED_DATA``.
@@ -235,8 +249,11 @@ class FrameDecoder:
     * ``too_large``: more than ``max_buffer`` bytes held.
     """
 
-    def __init__(self, profile: WireProfile, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+    def __init__(self, profile: WireProfile, max_buffer: int = DEFAULT_MAX_BUFFER,
+                 *, strict: bool | None = None) -> None:
         self.profile = profile
+        #: Hand out a frame only when the next header confirms it (default: generation A).
+        self.strict = profile.generation is Generation.A if strict is None else strict
         self._buf = ReceiveBuffer(max_buffer)
         # Decoded frames not yet handed out: single frames and lazy runs (iterators that
         # build one Frame per step from a private copy of the run's bytes).
@@ -244,24 +261,31 @@ class FrameDecoder:
         self._segments: deque[tuple[FrameKind | None, Iterable[Frame]]] = deque()
         self._current: Iterator[Frame] | None = None
         self._error: ProtocolError | None = None
+        #: The last decoded frame, waiting for the header after it (see the module docstring).
+        self._held: Frame | None = None
+        #: tai_sec of the last timed header seen (None before the first).
+        self._last_sec: int | None = None
         hdr = profile.header
         self._hsize = hdr.size
+        self._hunpack = hdr.struct.unpack_from
         # frame_id: u32 at offset 0 (gen D) or u16 at offset 2 (gen A); read alone first.
         fid_index = hdr.names.index("frame_id")
         self._fid_unpack = struct.Struct("<I" if fid_index == 0 else "<2xH").unpack_from
         self._nsec_index = hdr.names.index("tai_nsec")
+        self._sec_index = hdr.names.index("tai_sec")
         # Per frame id: kind, frame class, unpack of header+payload, total size, whether to
         # check the header time, flat indices of bools to validate.
         self._frames: dict[int, tuple[FrameKind, type[Frame], Any, int, bool,
                                       tuple[int, ...]]] = {}
         # Runs of frames of one id are checked with numpy (strided views of the frame id,
-        # tai_nsec and bool bytes) and unpacked by struct.iter_unpack: no Python bytecode per
-        # frame (ADR 0041).
+        # tai_sec, tai_nsec and bool bytes) and unpacked by struct.iter_unpack: no Python
+        # bytecode per frame (ADR 0041).
         self._runs: dict[int, tuple[Any, Any, tuple[int, ...]]] = {}
         hoff = {f[0]: f[2] for f in hdr.fields}
         self._fid_off = hoff["frame_id"]
         self._fid_dtype = "<u4" if fid_index == 0 else "<u2"
         self._nsec_off = hoff["tai_nsec"]
+        self._sec_off = hoff["tai_sec"]
         for fid, (kind, layout) in profile.frames.items():
             full = struct.Struct(hdr.struct.format + layout.struct.format.lstrip("<"))
             cls = frame_class(kind, hdr, layout)
@@ -273,6 +297,8 @@ class FrameDecoder:
             self._runs[fid] = (full.iter_unpack, functools.partial(tuple.__new__, cls),
                                bool_offsets)
         self.frames_decoded = 0
+        #: Frames decoded but never handed out because the header after them was invalid.
+        self.frames_dropped = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Take received bytes. Whole frames are decoded now; only a partial frame is kept.
@@ -293,7 +319,7 @@ class FrameDecoder:
                     self._segments.append((frame.kind, (frame,)))
                     return
             rest = view[start:] if start else view
-            pos = self._decode_from(rest, isinstance(data, bytes))
+            pos = self._decode_from(rest, isinstance(data, bytes), True)
             if pos < len(rest) and self._error is None:
                 self._buf.append(rest[pos:])  # the start of the next frame
         finally:
@@ -316,6 +342,14 @@ class FrameDecoder:
         head = buf.view()
         try:
             entry = self._frames.get(self._fid_unpack(head, 0)[0])
+            if entry is not None and len(buf) < entry[3] and self._held is not None:
+                # The header after the held frame is complete: it confirms it, or not.
+                try:
+                    self._check_header(head, 0, entry[4])
+                except ProtocolError as exc:
+                    self._fail(exc, None)
+                    return len(view)
+                self._release_held()
         finally:
             head.release()
         if entry is not None:
@@ -324,15 +358,16 @@ class FrameDecoder:
             taken += more
             if len(buf) < entry[3]:
                 return taken
-        self._decode_all()  # the one whole frame held, or the unknown frame id's error
+        self._decode_all(taken == len(view))  # the one whole frame held, or the error
         return taken
 
     def decode_single(self, data: bytes | bytearray | memoryview) -> Frame | None:
         """``data`` decoded at once when it is exactly one frame that needs no checks (a
         command status: the acknowledgement path) and nothing is held or queued; else None,
         and ``receive_data`` must be used."""
-        if (len(data) < self._hsize or self._buf or self._segments
-                or self._current is not None or self._error is not None):
+        if (self.strict or len(data) < self._hsize or self._buf or self._segments
+                or self._held is not None or self._current is not None
+                or self._error is not None):
             return None
         entry = self._frames.get(self._fid_unpack(data, 0)[0])
         if entry is None or entry[3] != len(data) or entry[4] or entry[5]:
@@ -344,6 +379,11 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def held(self) -> bool:
+        """Whether a decoded frame waits for the header after it."""
+        return self._held is not None
 
     def next_event(self) -> Frame | _NeedData:
         while True:
@@ -358,43 +398,22 @@ class FrameDecoder:
                 continue
             if self._error is not None:
                 raise self._error
-            self._decode_all()
+            self._decode_all(True)
             if not self._segments:
                 if self._error is not None:
                     raise self._error
                 return NEED_DATA
 
-    def next_events(self) -> Iterator[Frame]:
-        """Every frame decodable now, as an iterator (the batch form of :meth:`next_event`).
-
-        Frames of a run are built as the iterator is consumed (the run's bytes were copied, so
-        ``receive_data`` may be called at any time). An exhausted iterator that yielded nothing
-        means NEED_DATA. Frames decoded before an error come first; the error is raised by the
-        next call.
-        """
-        if (self._current is None and not self._segments and self._error is None
-                and len(self._buf) >= self._hsize):
-            self._decode_all()
-        parts: list[Iterable[Frame]] = []
-        if self._current is not None:
-            parts.append(self._current)
-            self._current = None
-        parts.extend(f for _, f in self._segments)
-        self._segments = deque()
-        if parts:
-            return itertools.chain.from_iterable(parts)
-        if self._error is not None:
-            raise self._error
-        return iter(())
-
     def next_runs(self) -> list[tuple[FrameKind | None, Iterable[Frame]]]:
-        """Like :meth:`next_events`, grouped: ``(kind, frames)`` where every frame of the
+        """Every frame decodable now, grouped: ``(kind, frames)`` where every frame of the
         group has that kind, or ``(None, frames)`` for a mixed group. Lets a consumer handle a
-        run of telemetry without looking at each frame's kind. Empty list: NEED_DATA.
+        run of telemetry without looking at each frame's kind. Frames of a run are built as
+        the group is consumed. Empty list: NEED_DATA. Frames confirmed before an error come
+        first; the error is raised by the next call.
         """
         if (self._current is None and not self._segments and self._error is None
                 and len(self._buf) >= self._hsize):
-            self._decode_all()
+            self._decode_all(True)
         out: list[tuple[FrameKind | None, Iterable[Frame]]] = []
         if self._current is not None:
             out.append((None, self._current))
@@ -405,17 +424,58 @@ class FrameDecoder:
             raise self._error
         return out
 
-    def _decode_all(self) -> None:
+    def _decode_all(self, at_end: bool) -> None:
         view = self._buf.view()
         try:
-            pos = self._decode_from(view, False)
+            pos = self._decode_from(view, False, at_end)
         finally:
             view.release()
         self._buf.skip(pos)
 
-    def _decode_from(self, view: memoryview, immutable: bool) -> int:
-        """Queue every whole frame in ``view``; return the bytes consumed.
+    # -- confirmation ------------------------------------------------------------------------
+    def _release_held(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._segments.append((held.kind, (held,)))
 
+    def _fail(self, exc: ProtocolError, singles: list[Frame] | None) -> None:
+        """A header was invalid: the frame before it is not handed out; the stream is dead."""
+        if singles:
+            singles.pop()
+            self.frames_dropped += 1
+        elif self._held is not None:
+            self._held = None
+            self.frames_dropped += 1
+        self._error = exc
+
+    def _check_header(self, view: memoryview, pos: int, check_time: bool) -> None:
+        """Time checks of the (known-id) header at ``pos``; ProtocolError if it is no header."""
+        if not check_time:
+            return
+        h = self._hunpack(view, pos)
+        self._check_time(h[self._sec_index], h[self._nsec_index], view, pos)
+
+    def _check_time(self, sec: int, nsec: int, view: memoryview, pos: int) -> None:
+        if not 0 <= nsec < _NSEC:
+            raise ProtocolError(
+                f"corrupt header: tai_nsec={nsec} out of range "
+                f"(header {bytes(view[pos:pos + self._hsize]).hex()})",
+                kind="bad_header", fatal=True)
+        last = self._last_sec
+        if last is not None and abs(sec - last) > MAX_TIME_STEP:
+            raise ProtocolError(
+                f"corrupt header: tai_sec={sec} is {sec - last:+d} s from the previous header's "
+                f"(header {bytes(view[pos:pos + self._hsize]).hex()}); the frame before it was "
+                f"probably not the size this profile expects ({self.profile.device.name}, "
+                f"generation {self.profile.generation.value})",
+                kind="bad_header", fatal=True)
+        self._last_sec = sec
+
+    def _decode_from(self, view: memoryview, immutable: bool, at_end: bool) -> int:
+        """Queue every whole, confirmed frame in ``view``; return the bytes consumed.
+
+        ``at_end``: the view ends where the received data ends (for the gen-D exact-end rule).
         Hot path (telemetry at up to hundreds of kHz): locals, one unpack and one
         tuple.__new__ per frame, runs unpacked in C. ``immutable``: ``view`` is over bytes, so
         a run may keep referring to it instead of copying.
@@ -429,7 +489,9 @@ class FrameDecoder:
         append = singles.append
         fid_unpack = self._fid_unpack
         nidx = self._nsec_index
+        sidx = self._sec_index
         new = tuple.__new__
+        segments = self._segments
         try:
             while n - pos >= hsize:
                 fid = fid_unpack(view, pos)[0]
@@ -441,30 +503,32 @@ class FrameDecoder:
                         kind="unknown_frame_id", fatal=True)
                 kind, cls, unpack, size, check_time, bools = entry
                 if n - pos < size:
+                    # A partial frame: its header still confirms the frame before it.
+                    self._check_header(view, pos, check_time)
                     break
                 k = (n - pos) // size
                 if k >= _RUN_MIN:
-                    k = self._run_length(view, pos, k, fid, size, check_time)
-                    if k:
+                    # The last frame of the run is left to the one-frame path, so that the
+                    # header after it is checked before it is handed out.
+                    k = self._run_length(view, pos, k, fid, size, check_time) - 1
+                    if k > 0:
                         iter_unpack, maker, _ = self._runs[fid]
                         end = pos + k * size
+                        self._release_held()
                         if singles:
-                            self._segments.append((None, singles))
+                            segments.append((None, singles))
                             singles = []
                             append = singles.append
                         # Immutable source: refer to it; else a private copy, so the buffer may
                         # change while the run is consumed.
                         run = view[pos:end] if immutable else bytes(view[pos:end])
-                        self._segments.append((kind, map(maker, iter_unpack(run))))
+                        segments.append((kind, map(maker, iter_unpack(run))))
                         pos = end
                         count += k
                         continue
                 t = unpack(view, pos)
-                if check_time and not 0 <= t[nidx] < _NSEC:
-                    raise ProtocolError(
-                        f"corrupt header: tai_nsec={t[nidx]} out of range "
-                        f"(header {bytes(view[pos:pos + hsize]).hex()})",
-                        kind="bad_header", fatal=True)
+                if check_time:
+                    self._check_time(t[sidx], t[nidx], view, pos)
                 for i in bools:
                     if t[i] > 1:
                         raise ProtocolError(
@@ -474,10 +538,24 @@ class FrameDecoder:
                 pos += size
                 count += 1
         except ProtocolError as exc:
-            self._error = exc
-        if singles:
-            self._segments.append((None, singles))
+            self._fail(exc, singles)
         self.frames_decoded += count
+        if (self._error is None and pos > 0) or n - pos >= hsize:
+            self._release_held()  # the first header of the view was valid
+        if singles:
+            # The last frame is confirmed by a header after it; else it waits for one
+            # (generation D: or by ending exactly where the received data ends).
+            rem = n - pos
+            if self._error is None and (rem >= hsize or (rem == 0 and at_end
+                                                         and not self.strict)):
+                segments.append((None, singles))
+            else:
+                if self._error is None:
+                    self._held = singles.pop()
+                if singles:
+                    segments.append((None, singles))
+        elif self._error is None and n - pos == 0 and at_end and not self.strict:
+            self._release_held()
         return pos
 
     def _run_length(self, view: memoryview, pos: int, k: int, fid: int, size: int,
@@ -491,9 +569,13 @@ class FrameDecoder:
         bad = np.flatnonzero(ids != fid)
         if bad.size:
             k = int(bad[0])
+        sec = None
         if k and check_time:
             nsec = np.ndarray((k,), "<i8", view, pos + self._nsec_off, (size,))
-            bad = np.flatnonzero((nsec < 0) | (nsec >= _NSEC))
+            sec = np.ndarray((k,), "<i8", view, pos + self._sec_off, (size,))
+            first = sec[0] if self._last_sec is None else self._last_sec
+            step = np.abs(np.diff(sec, prepend=first))
+            bad = np.flatnonzero((nsec < 0) | (nsec >= _NSEC) | (step > MAX_TIME_STEP))
             if bad.size:
                 k = int(bad[0])
         for off in self._runs[fid][2]:
@@ -503,16 +585,26 @@ class FrameDecoder:
             bad = np.flatnonzero(flags > 1)
             if bad.size:
                 k = int(bad[0])
+        if sec is not None and k > 1:
+            # The caller hands out k - 1 frames: the last of them sets the reference time.
+            self._last_sec = int(sec[k - 2])
         return k
 
     def eof(self) -> None:
-        """The peer closed: a partial frame left over means the stream was truncated."""
-        if self._buf and self._error is None:
+        """The peer closed: a partial frame left over means the stream was truncated.
+
+        A frame held for confirmation is handed out when the stream ends right after it.
+        """
+        if self._error is not None:
+            return
+        if self._buf:
             held = len(self._buf)
-            self._error = ProtocolError(
+            self._fail(ProtocolError(
                 f"stream truncated: {held} byte(s) of an incomplete frame at end of stream",
-                kind="truncated", fatal=True)
+                kind="truncated", fatal=True), None)
+            assert self._error is not None
             raise self._error
+        self._release_held()
 
 
 class CommandDecoder:

@@ -286,8 +286,13 @@ class Layout:
         return self._new(self._group(t))
 
     def encode(self, rec: Any) -> bytes:
-        """Encode a record of this layout."""
-        if self.flat or self.plain:
+        """Encode a record of this layout (a record of another layout is a TypeError)."""
+        if self.flat:
+            if not isinstance(rec, self.record):
+                raise TypeError(f"{self.name}.encode() needs a {self.name} record, got "
+                                f"{type(rec).__name__}")
+            return self.struct.pack(*rec)
+        if self.plain:
             return self.struct.pack(*rec)
         return self.struct.pack(*self._flatten(rec._asdict()))
 
@@ -299,9 +304,6 @@ class Layout:
         if not self.flat:
             return self._new(values.get(n, d) for n, d in self._defaults.items())
         return self._new(self._flatten(values))
-
-    def from_mapping(self, values: Mapping[str, Any]) -> Any:
-        return self.make(**values)
 
     def _flatten(self, values: Mapping[str, Any]) -> list[Any]:
         out: list[Any] = []

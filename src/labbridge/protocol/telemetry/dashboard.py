@@ -35,8 +35,6 @@ from labbridge.protocol.telemetry.dashboard_config import (
 from labbridge.protocol.telemetry.envelope import make_topic
 from labbridge.protocol.telemetry.expr import compile_test
 
-HEARTBEAT_STATES: Final = ("stopped", "config_error", "configured", "polling")
-
 
 @dataclass(frozen=True, slots=True)
 class DashboardEvent:

@@ -253,14 +253,6 @@ class EnvelopeEncoder:
         self.last_seq = seq
         return [slot[0], payload, encode_meta(enc, self.publisher, seq, ts, arr)]
 
-    def encode_json(self, topic: str, value: Any, ts: float) -> list[bytes]:
-        """JSON whatever the value's type (``default`` conversions apply)."""
-        slot = self._slot(topic)
-        payload = dumps_compact(value)
-        seq = slot[1] = slot[1] + 1
-        self.last_seq = seq
-        return [slot[0], payload, _pack_meta(MAGIC, VERSION, 1, self.publisher, seq, ts, 0, 0)]
-
 
 # -- decoding -------------------------------------------------------------------------------
 _unpack_meta: Final = META.unpack

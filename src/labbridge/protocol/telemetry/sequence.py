@@ -70,7 +70,3 @@ class SequenceTracker:
 
     def last_seq(self, publisher: int, topic: str) -> int | None:
         return self._last.get((publisher, topic))
-
-    def forget(self) -> None:
-        """Drop every stream (after a reconnect, for instance)."""
-        self._last.clear()
