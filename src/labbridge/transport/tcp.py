@@ -60,7 +60,8 @@ def abort_discarding(transport: asyncio.BaseTransport) -> None:
     lost; ADR 0161). SO_LINGER with a zero timeout makes the close discard them and reset
     the connection instead.
     """
-    sock = transport.get_extra_info("socket")
+    info = getattr(transport, "get_extra_info", None)
+    sock = info("socket") if info is not None else None
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
