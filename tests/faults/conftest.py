@@ -228,18 +228,18 @@ async def start_node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 # -- observing our own process ---------------------------------------------------------------
 class LogEvent(logging.Handler):
-    """An asyncio.Event set when a log record of ``logger`` contains ``text``."""
+    """An asyncio.Event set when a log record of ``logger`` matches ``pattern`` (re.search)."""
 
-    def __init__(self, logger: str, text: str) -> None:
+    def __init__(self, logger: str, pattern: str) -> None:
         super().__init__(logging.DEBUG)
-        self.text = text
+        self.pattern = re.compile(pattern)
         self.event = asyncio.Event()
         self.at: float | None = None
         self.logger = logging.getLogger(logger)
         self._old_level = self.logger.level
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage() and not self.event.is_set():
+        if self.pattern.search(record.getMessage()) and not self.event.is_set():
             self.at = time.monotonic()
             self.event.set()
 
@@ -267,7 +267,9 @@ def unsent(ip: str, port: int) -> list[str]:
     left = []
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[2].isdigit() and int(parts[2]) > 0:
+        # (a connection being opened counts its SYN in Send-Q: no data of ours)
+        if len(parts) >= 3 and parts[0] != "SYN-SENT" and parts[2].isdigit() \
+                and int(parts[2]) > 0:
             left.append(line.strip())
     return left
 

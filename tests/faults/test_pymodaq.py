@@ -17,7 +17,9 @@ import time
 import numpy as np
 import pytest
 
+from labbridge.access import Role
 from labbridge.links.pymodaq.server import PyMoDAQServer, RemoteDetector
+from tests.access_helpers import gate_for
 from tests.faults.conftest import elapsed
 
 pytestmark = pytest.mark.faults
@@ -40,7 +42,9 @@ services:
 async def test_reset_during_frame_transfer(netns, start_node, outcome):
     out = outcome("pymodaq-reset-during-frame")
     det = RemoteDetector("remote_detector", timeout=20.0)
-    server = PyMoDAQServer(netns.host_ip, 0, detector=det, hello_timeout=5.0)
+    # The main computer lets the camera's computer (the namespace) register a module.
+    server = PyMoDAQServer(netns.host_ip, 0, detector=det, hello_timeout=5.0,
+                           gate=gate_for(f"{netns.ns_ip}/32", role=Role.OPERATOR))
     await server.start()
     assert server.port is not None
     try:
