@@ -51,10 +51,14 @@ def _where(lab: DemoLab) -> list[str]:
                      "EPICS_CA_AUTO_ADDR_LIST=NO")
         lines.append(f"        export EPICS_PVA_ADDR_LIST='{ep['EPICS_PVA_ADDR_LIST']}' "
                      "EPICS_PVA_AUTO_ADDR_LIST=NO")
-    web = next((s for c in lab.components.values() for s in c.info.get("services", [])
-                if s.get("protocol") == "http"), None)
+    web, login = next(((s, c.info.get("login_url")) for c in lab.components.values()
+                       for s in c.info.get("services", []) if s.get("protocol") == "http"),
+                      (None, None))
     if web:
         lines.append(f"  web dashboard: http://{web['host']}:{web['port']}/")
+        if login:  # issue 12: printed once, works once (the node file keeps its hash only)
+            lines.append(f"  log in once as operator: http://{web['host']}:{web['port']}"
+                         f"{login}")
     else:
         lines.append("  web dashboard: not in this installation yet")
     return lines

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -40,6 +41,25 @@ def _with_epics(cfg: dict[str, Any]) -> dict[str, Any]:
     svc = {"kind": "epics_ioc", "name": "epics", "prefix": EPICS_PREFIX, "host": "127.0.0.1",
            "ca_port": 0, "pva_port": 0, "pva_udp_port": 0}
     return {**cfg, "services": [*cfg.get("services", []), svc]}
+
+
+def _with_web_login(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Give a node with a web dashboard its one-time login (issue 12): an operator identity
+    ``demo`` and a random single-use link token, kept in the node file only as its hash;
+    ``info["login_url"]`` gets the link for the demo to print once. Loopback keeps the
+    default roles (on the page, a visitor without a login is an observer)."""
+    web = [s for s in cfg.get("services", []) if s.get("kind") == "web_dashboard"]
+    if not web:
+        return cfg
+    from labbridge.access import hash_secret
+
+    token = secrets.token_urlsafe(32)
+    svc = {**web[0], "one_time_logins": {"demo": hash_secret(token, kind="token")}}
+    info["login_url"] = f"/login?once={token}"
+    services = [svc if s is web[0] else s for s in cfg["services"]]
+    security = {"addresses": {"admin": ["127.0.0.0/8", "::1"]},
+                "identities": {"demo": {"role": "operator"}}}
+    return {**cfg, "security": security, "services": services}
 
 
 #: Every node of the demo publishes its devices on a notifier, metadata (units) every 2 s.
@@ -227,7 +247,7 @@ class Lab:
         return tmp
 
     async def _start_one(self, c: Component) -> None:
-        cfg = _with_epics(c.build(self.components))
+        cfg = _with_web_login(_with_epics(c.build(self.components)), c.info)
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ready = self.workdir / f"{c.key}.ready.json"

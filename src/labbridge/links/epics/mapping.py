@@ -48,7 +48,11 @@ from labbridge.devices.base import Change, Device
 from labbridge.devices.camera import Camera
 from labbridge.devices.furnace import Furnace
 from labbridge.devices.gauges import GaugeController
-from labbridge.devices.hexrot.mock import BaseMockController, RotatorMockController
+from labbridge.devices.hexrot.mock import (
+    BaseMockController,
+    RotatorMockController,
+    SimpleMockController,
+)
 from labbridge.devices.laser import Laser, LaserError
 from labbridge.devices.spectrometer import Spectrometer, SpectrometerError
 from labbridge.devices.stage import Stage
@@ -522,7 +526,9 @@ BINDINGS: list[tuple[type[Device], Callable[[Any], Binding]]] = [
     (Spectrometer, SpectrometerBinding),
     (Camera, CameraBinding),
     (Stage, StageBinding),
-    (BaseMockController, RotatorBinding),
+    # Scalar-position controllers only: a hexapod's pose has six axes (not served yet).
+    (RotatorMockController, RotatorBinding),
+    (SimpleMockController, RotatorBinding),
 ]
 
 
