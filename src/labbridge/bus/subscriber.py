@@ -42,6 +42,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from labbridge.bus import sockets
+from labbridge.bus.auth import ClientKeys, apply_client, keys_of
 from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.telemetry import legacy
 from labbridge.protocol.telemetry.envelope import Encoding, decode, decode_meta
@@ -107,6 +108,8 @@ class Link:
         "aliases",
         "attempts",
         "backoff",
+        "keys",
+        "refused",
         "logged_down",
         "reason",
         "state",
@@ -115,8 +118,12 @@ class Link:
         "url",
     )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keys: ClientKeys | None = None) -> None:
         self.url = url
+        #: The Curve keys for this endpoint (None: plain ZeroMQ).
+        self.keys = keys
+        #: The publisher refused us (our key, our address, or the mechanism).
+        self.refused = False
         #: "connecting" (first attempt), "up" (handshake done), "down" (retrying)
         self.state = "connecting"
         self.up_since = 0.0
@@ -140,9 +147,13 @@ class Subscriber:
                  ctx: zmq.asyncio.Context | None = None, rcvhwm: int = 100_000,
                  max_batch: int = 256, accept_legacy: bool = True,
                  decode_payloads: bool = True, max_message: int = 256 * 1024 * 1024,
-                 clock: Callable[[], float] = time.time, name: str = "subscriber") -> None:
-        self.endpoints = [sockets.normalize_endpoint(e) for e in
-                          ([connect] if isinstance(connect, str) else list(connect))]
+                 clock: Callable[[], float] = time.time, name: str = "subscriber",
+                 curve: ClientKeys | None = None) -> None:
+        given = [connect] if isinstance(connect, str) else list(connect)
+        self.endpoints = [sockets.normalize_endpoint(e) for e in given]
+        #: Curve keys per endpoint: a SecureEndpoint's own, else ``curve`` (ADR 0127).
+        self.keys: dict[str, ClientKeys | None] = {
+            url: keys_of(e) or curve for url, e in zip(self.endpoints, given, strict=True)}
         self.topics = list(topics)
         self._ctx = ctx
         self.rcvhwm = rcvhwm
@@ -211,7 +222,8 @@ class Subscriber:
     async def start(self) -> None:
         if self._task is not None:
             return
-        links = {url: Link(url) for url in self.endpoints}
+        links = {url: Link(url, self.keys.get(url)) for url in self.endpoints}
+        secure = any(link.keys is not None for link in links.values())
         await self._resolve_aliases(links)
         ctx = self._ctx or sockets.context()
         sock = ctx.socket(zmq.SUB)
@@ -228,6 +240,8 @@ class Subscriber:
             for t in self.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8"))
             for ep in self.endpoints:
+                if secure:  # the mechanism is taken at connect time, per endpoint
+                    apply_client(sock, links[ep].keys)
                 sockets.connect(sock, ep, self.name)
         except BaseException:
             mon.close()
@@ -353,8 +367,10 @@ class Subscriber:
             link.state = "up"
             link.up_since = now
             link.reason = ""
+            link.refused = False
         elif kind & _HANDSHAKE_FAILED:
-            link.reason = _handshake_reason(kind, value)
+            link.reason = _handshake_reason(kind, value, link.keys is not None)
+            link.refused = _refused(kind, value)
         elif kind == zmq.EVENT_CONNECT_RETRIED:
             # ZeroMQ itself retries a connection that could not be made (refused,
             # unreachable), with the backoff set by sockets.set_reconnect
@@ -384,6 +400,9 @@ class Subscriber:
             # up for a moment only: the same episode goes on (no new line), backing off
             self._log_down(link, "%s: connection to %s lost%s; reconnecting", self.name,
                            link.url, f" ({link.reason})" if link.reason else "")
+        elif link.refused:
+            self._log_down(link, "%s: %s %s; retrying every %g s at most", self.name,
+                           link.url, link.reason, sockets.RECONNECT_MAX)
         else:
             self._log_down(link, "%s: %s accepted the connection but then %s: is it a ZeroMQ "
                                  "publisher (a notifier or dashboard PUB port)? retrying every "
@@ -408,6 +427,8 @@ class Subscriber:
         link.attempts += 1
         self.reconnects += 1
         try:
+            if any(lk.keys is not None for lk in self.links.values()):
+                apply_client(sock, link.keys)
             sock.connect(link.url)
         except zmq.ZMQError as exc:  # cannot happen for an endpoint that connected before
             log.warning("%s: cannot reconnect to %s: %s", self.name, link.url, exc.strerror)
@@ -522,9 +543,25 @@ class Subscriber:
                     fut.set_result((topic, payload, meta))
 
 
-def _handshake_reason(kind: int, value: Any) -> str:
+def _refused(kind: int, value: Any) -> bool:
+    """Whether a failed handshake is a refusal (credentials, mechanism), not a stranger."""
+    return kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
+        kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and int(value or 0) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+
+
+def _handshake_reason(kind: int, value: Any, curve: bool = False) -> str:
     if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"refused our credentials (status {value})"
+        if curve:
+            return (f"refused our Curve key (status {value}): its node must list our public "
+                    "key as the curve_key of an identity with a role (security.identities)")
+        return (f"refused us (status {value}): its node gives this address no role "
+                "(security.addresses), or it wants Curve keys")
     if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if int(value or 0) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if curve:
+                return "does not use Curve: leave out the server and client keys"
+            return ("uses Curve encryption: give its public key and a key pair of ours "
+                    "(server_key and client_key, or --server-key and --client-key)")
         return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
     return "closed it during the ZeroMQ handshake"
