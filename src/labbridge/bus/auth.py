@@ -36,7 +36,7 @@ import os
 import re
 import stat
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,7 @@ class SocketAuth:
         #: Connections accepted on a Curve socket (fd -> peer address, None when already
         #: gone when we looked), to name a peer that came without a key.
         self._accepted: dict[int, str | None] = {}
-        self._mismatches = 0
+        self._failures: deque[int] = deque()
         self._watch: asyncio.Task[None] | None = None
         self._mon: sockets.Monitor | None = None
         self.admitted = 0
@@ -246,6 +246,11 @@ class SocketAuth:
     @property
     def mechanism(self) -> str:
         return "curve" if self.curve is not None else "null"
+
+    @property
+    def mechanism_transport(self) -> str:
+        """The principal's transport on this socket (``curve`` or plain ``tcp``)."""
+        return "curve" if self.curve is not None else "tcp"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def apply(self, sock: zmq.asyncio.Socket) -> None:
@@ -287,7 +292,7 @@ class SocketAuth:
         if mechanism == b"NULL" and self.curve is None:
             principal = Principal(address, self.via, "tcp")
             return self._judge(principal, (address, ""), None)
-        return self._refuse(Principal(address, self.via, "tcp"),
+        return self._refuse(Principal(address, self.via, self.mechanism_transport),
                             (address, mechanism.decode("ascii", "replace")),
                             f"{mechanism.decode('ascii', 'replace')} is not what this socket "
                             f"speaks ({self.mechanism})")
@@ -353,10 +358,11 @@ class SocketAuth:
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
     def on_event(self, kind: int, value: int, peer: Any = None) -> None:
-        """One event of the socket (from its monitor): a handshake that failed on the
-        mechanism (a client with no key on a Curve socket) is audited as a refusal, naming
-        the peer of the connection that then ends. ``peer``: the address of an accepted
-        connection if the caller already looked it up."""
+        """One event of the socket (from its monitor). On a Curve socket a handshake that
+        fails before the ZAP handler could judge it -- a client with no key (the mechanisms
+        differ) or with a wrong server key (the client's first message does not decrypt) --
+        is audited as a refusal, naming the peer of the connection that ends next.
+        ``peer``: the address of an accepted connection if the caller already looked."""
         if self.curve is None:
             return
         if kind == zmq.EVENT_ACCEPTED:
@@ -366,19 +372,18 @@ class SocketAuth:
             if len(self._accepted) > 4 * MAX_REMEMBERED:  # fds we never saw end
                 self._accepted.pop(next(iter(self._accepted)))
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                self._mismatches += 1
+            if len(self._failures) < MAX_REMEMBERED:
+                self._failures.append(value)
         elif kind == zmq.EVENT_DISCONNECTED:
-            address = self._accepted.pop(value, None)
-            if self._mismatches:
+            address = self._accepted.pop(value, None) or "unknown"
+            if self._failures:
                 # libzmq raises the failure and then the end of the same connection, from
                 # one I/O thread: the next end is that connection's
-                self._mismatches -= 1
-                self._refuse(Principal(address or "unknown", self.via, "tcp"),
-                             (address or "unknown", "NULL"),
-                             "connected without a Curve key; this bus socket admits Curve "
-                             "clients only (give the client server_key and client_key, or "
-                             "--server-key and --client-key)")
+                code = self._failures.popleft()
+                what, reason = _FAILURES.get(code, ("handshake", ""))
+                if not reason:
+                    reason = f"the Curve handshake failed (ZMTP error {code:#x})"
+                self._refuse(Principal(address, self.via, "curve"), (address, what), reason)
 
     def watch(self, sock: zmq.asyncio.Socket) -> None:
         """Follow ``sock``'s events for :meth:`on_event` (for sockets that have no monitor of
@@ -402,6 +407,18 @@ class SocketAuth:
                 self.on_event(int(event["event"]), int(event["value"]))
             except Exception:
                 log.exception("%s: handshake event failed", self.via)
+
+
+#: Handshake failures of a Curve socket that no ZAP request saw: (kind, audit reason).
+_FAILURES: dict[int, tuple[str, str]] = {
+    int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): (
+        "NULL", "connected without a Curve key; this bus socket admits Curve clients only "
+                "(give the client server_key and client_key, or --server-key and "
+                "--client-key)"),
+    int(zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC): (
+        "server-key", "the Curve handshake did not decrypt: the client's server_key is not "
+                      "this node's public key"),
+}
 
 
 def _host(peer: Any) -> str | None:

@@ -109,9 +109,9 @@ class Link:
         "attempts",
         "backoff",
         "keys",
-        "refused",
         "logged_down",
         "reason",
+        "refused",
         "state",
         "timer",
         "up_since",
@@ -370,7 +370,7 @@ class Subscriber:
             link.refused = False
         elif kind & _HANDSHAKE_FAILED:
             link.reason = _handshake_reason(kind, value, link.keys is not None)
-            link.refused = _refused(kind, value)
+            link.refused = _refused(kind, value, link.keys is not None)
         elif kind == zmq.EVENT_CONNECT_RETRIED:
             # ZeroMQ itself retries a connection that could not be made (refused,
             # unreachable), with the backoff set by sockets.set_reconnect
@@ -389,6 +389,10 @@ class Subscriber:
 
     def _lost(self, link: Link, now: float) -> None:
         was = link.state
+        if was != "up" and link.keys is not None and not link.reason:
+            # a Curve server closes a handshake it cannot decrypt without a word
+            link.reason = _CURVE_CLOSED
+            link.refused = True
         healthy = was == "up" and now - link.up_since >= HEALTHY_AFTER
         if healthy:
             # a connection that had been working: a new episode (one line), fast retries
@@ -543,9 +547,9 @@ class Subscriber:
                     fut.set_result((topic, payload, meta))
 
 
-def _refused(kind: int, value: Any) -> bool:
+def _refused(kind: int, value: Any, curve: bool = False) -> bool:
     """Whether a failed handshake is a refusal (credentials, mechanism), not a stranger."""
-    return kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
+    return curve or kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
         kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
         and int(value or 0) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 
@@ -563,5 +567,12 @@ def _handshake_reason(kind: int, value: Any, curve: bool = False) -> str:
                 return "does not use Curve: leave out the server and client keys"
             return ("uses Curve encryption: give its public key and a key pair of ours "
                     "(server_key and client_key, or --server-key and --client-key)")
-        return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
+        if not curve:
+            return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
+    if curve:
+        return _CURVE_CLOSED
     return "closed it during the ZeroMQ handshake"
+
+
+_CURVE_CLOSED = ("closed our Curve handshake: is server_key (--server-key) the public key of "
+                 "that node?")
