@@ -270,14 +270,19 @@ class SocketAuth:
         if self._server is not None:
             self._server.ensure()
 
-    def release(self) -> None:
-        """Forget the socket (after closing it): its domain leaves the ZAP handler."""
+    def unwatch(self) -> None:
+        """Stop following the socket's events; call *before* closing the socket (a monitor
+        left on a closed socket blocks ZeroMQ's I/O thread: ADR 0126)."""
         task, self._watch = self._watch, None
         if task is not None:
             task.cancel()
         if self._mon is not None:
             self._mon.close()
             self._mon = None
+
+    def release(self) -> None:
+        """Forget the socket (after closing it): its domain leaves the ZAP handler."""
+        self.unwatch()
         if self._server is not None:
             self._server.remove(self)
             self._server = None
@@ -429,15 +434,21 @@ def _host(peer: Any) -> str | None:
 
 # -- the ZAP handler --------------------------------------------------------------------------
 class _ZapServer:
-    """The ZAP handler of one ZeroMQ context: a REP socket on :data:`ZAP_ENDPOINT`, served by
-    a task on the asyncio loop. It lives while some socket of the context uses it."""
+    """The ZAP handler of one ZeroMQ context: a REP socket on :data:`ZAP_ENDPOINT`, read on
+    the asyncio loop through its file descriptor (``loop.add_reader``; no thread).
+
+    It is bound once and stays bound while the context lives: libzmq frees an inproc address
+    only when its reaper thread gets to the closed socket, so closing and binding again (a
+    node stopped and another started, each test on its own loop) would race it. With no bus
+    socket left, nothing sends it requests; an unknown domain is refused.
+    """
 
     def __init__(self, ctx: zmq.Context[Any]) -> None:
         self.ctx = ctx
         self.guards: dict[bytes, SocketAuth] = {}
-        self.sock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket[bytes] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[None] | None = None
+        self._fd: int | None = None
         self.requests = 0
 
     def add(self, guard: SocketAuth) -> None:
@@ -451,22 +462,11 @@ class _ZapServer:
     def remove(self, guard: SocketAuth) -> None:
         if self.guards.get(guard.domain) is guard:
             del self.guards[guard.domain]
-        if not self.guards:
-            self.close()
 
     def ensure(self) -> None:
-        """Bind the handler if needed and serve it on the running loop (if one runs)."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if self.sock is not None and loop is not None and self.loop is not None \
-                and self.loop is not loop:
-            self.close()  # the socket of a loop that has ended: start over on this one
+        """Bind the handler if needed, and read it on the running loop (if one runs)."""
         if self.sock is None:
-            actx = self.ctx if isinstance(self.ctx, zmq.asyncio.Context) \
-                else zmq.asyncio.Context.shadow(self.ctx.underlying)
-            sock = actx.socket(zmq.REP)
+            sock: zmq.Socket[bytes] = zmq.Context.shadow(self.ctx.underlying).socket(zmq.REP)
             sock.setsockopt(zmq.LINGER, 0)
             try:
                 sock.bind(ZAP_ENDPOINT)
@@ -476,42 +476,49 @@ class _ZapServer:
                     f"cannot start the bus's access checks: {ZAP_ENDPOINT}: {exc.strerror} "
                     "(another ZAP handler runs in this process's ZeroMQ context)") from None
             self.sock = sock
-            self.loop = None
-        if loop is not None and (self.task is None or self.task.done()):
-            self.loop = loop
-            self.task = loop.create_task(self._serve(self.sock), name="bus-zap")
+            self._fd = int(sock.getsockopt(zmq.FD))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # the first start() inside a loop attaches it
+        if self.loop is loop:
+            return
+        old, self.loop = self.loop, loop
+        assert self._fd is not None
+        if old is not None and not old.is_closed():
+            with contextlib.suppress(Exception):
+                old.remove_reader(self._fd)
+        loop.add_reader(self._fd, self._drain)
+        loop.call_soon(self._drain)  # what came while no loop watched
 
-    def close(self) -> None:
-        task, self.task = self.task, None
-        if task is not None and not task.done():
-            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs it
-                task.cancel()
-        sockets.close(self.sock)
-        self.sock = None
-        self.loop = None
-
-    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                if sock.closed or exc.errno == zmq.ETERM:
+    def _drain(self) -> None:
+        """Answer every queued request (ZeroMQ's descriptor signals edges: read until the
+        socket says there is nothing more), a bounded batch per turn of the loop."""
+        sock = self.sock
+        if sock is None or sock.closed:
+            return
+        try:
+            for _ in range(256):
+                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     return
-                log.warning("bus access checks: receive failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                reply = self.answer(frames)
-            except Exception:  # a reply must always go back, or the REP socket wedges
-                log.exception("bus access checks failed on a request")
-                reply = [b"1.0", frames[1] if len(frames) > 1 else b"", b"500",
-                         b"internal error", b"", b""]
-            try:
-                await sock.send_multipart(reply)
-            except zmq.ZMQError as exc:
-                if sock.closed or exc.errno == zmq.ETERM:
-                    return
-                log.warning("bus access checks: reply failed: %s", exc)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                try:
+                    reply = self.answer(frames)
+                except Exception:  # a reply must always go back, or the REP socket wedges
+                    log.exception("bus access checks failed on a request")
+                    reply = [b"1.0", frames[1] if len(frames) > 1 else b"", b"500",
+                             b"internal error", b"", b""]
+                sock.send_multipart(reply, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.ETERM or sock.closed:
+                if self.loop is not None and not self.loop.is_closed() \
+                        and self._fd is not None:
+                    with contextlib.suppress(Exception):
+                        self.loop.remove_reader(self._fd)
+                return
+            log.warning("bus access checks: %s", exc)
+        if self.loop is not None:  # more is waiting: after the rest of the loop had a turn
+            self.loop.call_soon(self._drain)
 
     def answer(self, frames: list[bytes]) -> list[bytes]:
         """The ZAP reply (RFC 27) to one request."""

@@ -142,6 +142,7 @@ class Notifier:
             auth.start()
             auth.watch(rep)
         except BaseException:
+            auth.unwatch()
             rep.close(linger=0)
             auth.release()
             self.publisher.close()
@@ -162,9 +163,11 @@ class Notifier:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.rep_auth is not None:  # its monitor goes before the socket (ADR 0126)
+            self.rep_auth.unwatch()
         sockets.close(self._rep)
         self._rep = None
-        if self.rep_auth is not None:  # after the socket (ADR 0127)
+        if self.rep_auth is not None:  # the ZAP domain after the socket (ADR 0127)
             self.rep_auth.release()
             self.rep_auth = None
         self.publisher.close()
