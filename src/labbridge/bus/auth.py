@@ -206,6 +206,31 @@ def read_secret_key(path: str | Path) -> CurveKeyPair:
     return CurveKeyPair(public, secret, str(p))
 
 
+def _create(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the first byte (never readable by others on the
+    way); an existing file is an error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, text.encode("ascii"))
+    finally:
+        os.close(fd)
+    os.chmod(path, mode)  # the umask may have taken bits away
+
+
+def write_key_pair(directory: Path, name: str) -> CurveKeyPair:
+    """A new key pair as ``labbridge keys curve`` writes it: ``NAME.key_secret`` (mode 600)
+    and ``NAME.key`` (the public key) in ``directory`` (created with mode 700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pair = CurveKeyPair.generate()
+    pub, sec = pair.public.decode("ascii"), pair.secret.decode("ascii")
+    secret_path = directory / f"{name}.key_secret"
+    _create(secret_path, f"# labbridge CurveZMQ SECRET key of {name}: keep it private\n"
+                         f'public-key = "{pub}"\nsecret-key = "{sec}"\n', 0o600)
+    _create(directory / f"{name}.key", f"# labbridge CurveZMQ public key of {name}\n"
+                                        f'public-key = "{pub}"\n', 0o644)
+    return CurveKeyPair(pair.public, pair.secret, str(secret_path))
+
+
 # -- the server side -------------------------------------------------------------------------
 def _z85(raw: bytes) -> str:
     return zmq.utils.z85.encode(raw).decode("ascii") if len(raw) == 32 else raw.hex()

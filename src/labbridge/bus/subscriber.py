@@ -409,9 +409,10 @@ class Subscriber:
                            link.url, link.reason, sockets.RECONNECT_MAX)
         else:
             self._log_down(link, "%s: %s accepted the connection but then %s: is it a ZeroMQ "
-                                 "publisher (a notifier or dashboard PUB port)? retrying every "
-                                 "%g s at most", self.name, link.url,
-                           link.reason or "closed it", sockets.RECONNECT_MAX)
+                                 "publisher (a notifier or dashboard PUB port), and does it "
+                                 "want Curve keys (server_key and client_key, or --server-key "
+                                 "and --client-key)? retrying every %g s at most", self.name,
+                           link.url, link.reason or "closed it", sockets.RECONNECT_MAX)
         link.state = "down"
         sock = self._sock
         if sock is None or sock.closed:
