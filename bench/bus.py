@@ -31,7 +31,10 @@ Curve (issue 12; ADR 0127), in the same run as the plain path it is compared wit
                  requests per round).
 
 ``curve_vs_plain`` = {``pubsub_msgs_per_s``: bus_json / bus_curve (time per message with
-Curve over without), ``rep_round_trip``: rep_rtt_curve / rep_rtt_plain}; 1.0 = no overhead.
+Curve over without), ``rep_round_trip``: rep_rtt_curve / rep_rtt_plain, and the same two as
+CPU time of this process per message / round trip (``pubsub_cpu``, ``rep_round_trip_cpu``:
+every thread, libzmq's I/O thread with its encryption included; less moved by other
+processes' load than wall-clock figures)}; 1.0 = no overhead.
 
 Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
 Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
@@ -94,7 +97,13 @@ def curve_setup() -> tuple[Gate, CurveKeyPair, ClientKeys]:
     return Gate(policy, node="bench"), server, ClientKeys(server.public, client)
 
 
-async def bus_rate(n: int, value: Any, curve: bool = False) -> float:
+#: CPU seconds of this process (every thread: ours and libzmq's I/O thread) per message or
+#: round trip, per variant: unlike wall-clock rates, barely moved by other processes' load.
+CPU: dict[str, list[float]] = {"bus_json": [], "bus_curve": [], "rtt_plain": [],
+                               "rtt_curve": []}
+
+
+async def bus_rate(n: int, value: Any, curve: bool = False, cpu: str = "") -> float:
     gate, server, client = curve_setup() if curve else (None, None, None)
     pub = Publisher(port=0, sndhwm=0, gate=gate, curve=server)
     pub.open()
@@ -113,6 +122,7 @@ async def bus_rate(n: int, value: Any, curve: bool = False) -> float:
     try:
         await _join(sub, lambda: pub.publish("bench.warm.up", 0))
         t0 = time.perf_counter()
+        c0 = time.process_time()
         publish = pub.publish
         for i in range(n):
             publish(TOPIC, value)
@@ -120,6 +130,8 @@ async def bus_rate(n: int, value: Any, curve: bool = False) -> float:
                 await asyncio.sleep(0)
         await asyncio.wait_for(done.wait(), 60)
         dt = time.perf_counter() - t0  # all n arrived (unlimited high-water marks): no loss
+        if cpu:
+            CPU[cpu].append((time.process_time() - c0) / n)
     finally:
         await sub.stop()
         pub.close()
@@ -293,14 +305,18 @@ async def rep_rtt(n: int, curve: bool) -> float:
     apply_client(req, client)
     req.connect(notifier.rep_url)
     samples = []
+    c0 = 0.0
     try:
         for i in range(n + 50):  # the first 50 warm up (handshake, caches)
+            if i == 50:
+                c0 = time.process_time()
             t0 = time.perf_counter()
             await req.send(b"ping")
             reply = await asyncio.wait_for(req.recv(), 10)
             if i >= 50:
                 samples.append(time.perf_counter() - t0)
             assert reply == b"echo", reply
+        CPU["rtt_curve" if curve else "rtt_plain"].append((time.process_time() - c0) / n)
     finally:
         req.close(linger=0)
         await notifier.stop()
@@ -322,14 +338,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rtts: dict[str, list[float]] = {"plain": [], "curve": []}
     for _ in range(args.rounds):
         rates["raw_zmq"].append(await raw_rate(n, drain=False))
-        rates["bus_json"].append(await bus_rate(n, JSON_VALUE))
-        rates["bus_curve"].append(await bus_rate(n, JSON_VALUE, curve=True))
+        rates["bus_json"].append(await bus_rate(n, JSON_VALUE, cpu="bus_json"))
+        rates["bus_curve"].append(await bus_rate(n, JSON_VALUE, curve=True, cpu="bus_curve"))
         rates["raw_zmq_drain"].append(await raw_rate(n, drain=True))
         rates["bus_bytes"].append(await bus_rate(n, RAW))
         rtts["plain"].append(await rep_rtt(args.rtt_samples, curve=False))
         rtts["curve"].append(await rep_rtt(args.rtt_samples, curve=True))
     med = {k: statistics.median(v) for k, v in rates.items()}
     rtt = {k: statistics.median(v) for k, v in rtts.items()}
+    cpu = {k: statistics.median(v) for k, v in CPU.items()}
     json_enc, json_dec = envelope_us(JSON_VALUE, n, args.rounds)
     bytes_enc, bytes_dec = envelope_us(RAW, n, args.rounds)
     lat = await latency(args.latency_samples)
@@ -350,9 +367,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "bus_curve_msgs_per_s": round(med["bus_curve"]),
         "rep_rtt_plain_us": round(rtt["plain"] * 1e6, 1),
         "rep_rtt_curve_us": round(rtt["curve"] * 1e6, 1),
+        "cpu_us_per_msg_plain": round(cpu["bus_json"] * 1e6, 2),
+        "cpu_us_per_msg_curve": round(cpu["bus_curve"] * 1e6, 2),
+        "cpu_us_per_round_trip_plain": round(cpu["rtt_plain"] * 1e6, 1),
+        "cpu_us_per_round_trip_curve": round(cpu["rtt_curve"] * 1e6, 1),
         "curve_vs_plain": {
             "pubsub_msgs_per_s": round(med["bus_json"] / med["bus_curve"], 3),
             "rep_round_trip": round(rtt["curve"] / rtt["plain"], 3),
+            "pubsub_cpu": round(cpu["bus_curve"] / cpu["bus_json"], 3),
+            "rep_round_trip_cpu": round(cpu["rtt_curve"] / cpu["rtt_plain"], 3),
         },
         "envelope_json_encode_us": round(json_enc, 2),
         "envelope_json_decode_us": round(json_dec, 2),
