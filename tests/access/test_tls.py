@@ -95,3 +95,19 @@ def test_missing_files_are_one_line_errors(site, tmp_path):
         server_context(d / "node.crt", d / "alice.pem", d / "ca.crt")  # key of another cert
     with pytest.raises(TlsConfigError, match="needs its key"):
         client_context(d / "ca.crt", d / "alice.crt")
+
+
+async def test_a_client_certificate_cannot_pass_for_a_node(site):
+    """`keys tls-cert NAME` without --host is a client's certificate: a server presenting it
+    is refused by our clients (no server use, no address)."""
+    d, _ = site
+    server, port, _names = await _serve_once(
+        server_context(d / "alice.crt", d / "alice.pem", d / "ca.crt",
+                       require_client_cert=False))
+    try:
+        with pytest.raises(ssl.SSLError):
+            await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context(d / "ca.crt")), 5)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -11,7 +11,7 @@ from labbridge.bus.notifier import Notifier
 from labbridge.bus.publisher import Publisher
 from labbridge.bus.sockets import BusError
 from labbridge.bus.subscriber import Subscriber
-from labbridge.node.node import build_node
+from labbridge.node.node import StartError, build_node
 
 
 def one_line(exc: BaseException) -> str:
@@ -85,9 +85,11 @@ async def test_node_with_a_taken_notifier_port_fails_with_the_service_name(tmp_p
         cfg.write_text(f"node: lab\nservices:\n  - {{kind: notifier, name: bus, "
                        f"host: 127.0.0.1, port: {holder.port}}}\n")
         node = build_node(cfg)
-        with pytest.raises(BusError) as info:
+        with pytest.raises(StartError) as info:  # the node names itself and the service
             await node.start()
     finally:
         holder.close()
-    text = one_line(info.value)
+    assert isinstance(info.value.cause, BusError)
+    text = one_line(info.value.cause)
     assert text.startswith(f"notifier 'bus' PUB: cannot listen on tcp://127.0.0.1:{holder.port}")
+    assert str(info.value).startswith("cannot start node lab: service bus: notifier 'bus' PUB")

@@ -29,7 +29,7 @@ from labbridge.bus.publisher import Publisher
 from labbridge.bus.recorder import NOT_STORED, Recorder, RecorderError, RecordStore
 from labbridge.bus.sockets import BusError
 from labbridge.cli import main
-from labbridge.node.node import build_node
+from labbridge.node.node import StartError, build_node
 from tests.bus.helpers import until_joined
 
 REC_LOGGER = "labbridge.bus.recorder"
@@ -249,7 +249,8 @@ async def test_node_recorder_in_a_readonly_state_directory(tmp_path, readonly_di
                    "  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0}\n"
                    "  - {kind: recorder, name: rec, connect: [bus], path: bus.sqlite}\n")
     node = build_node(cfg, state_dir=readonly_dir)
-    with pytest.raises(BusError) as info:
+    with pytest.raises(StartError) as info:  # the node names itself and the service
         await node.start()
+    assert isinstance(info.value.cause, BusError)
     text = one_line(str(info.value))
     assert str(readonly_dir / "bus.sqlite") in text

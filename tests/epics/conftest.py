@@ -9,6 +9,7 @@ environment is set here before the first use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -96,11 +97,12 @@ class Lab:
                                     "EPICS_PVA_AUTO_ADDR_LIST": "NO"}, useenv=False)
 
 
-@pytest.fixture(scope="session")
-def epics_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tmp = tmp_path_factory.mktemp("epics-lab")
+@contextlib.contextmanager
+def serve_node(node: dict[str, Any], tmp: Path) -> Iterator[Lab]:
+    """Run ``node`` as ``labbridge serve`` (its log at info level in tmp/node.log) until the
+    block ends; yields the running :class:`Lab`."""
     cfg = tmp / "node.yaml"
-    cfg.write_text(yaml.safe_dump(NODE, sort_keys=False))
+    cfg.write_text(yaml.safe_dump(node, sort_keys=False))
     ready = tmp / "ready.json"
     log = tmp / "node.log"
     # The node's output goes to a file (EPICS prints to stdout; an unread pipe would fill).
@@ -122,7 +124,6 @@ def epics_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             time.sleep(0.02)
         lab = Lab(json.loads(ready.read_text()), tmp)
         lab.log = log
-        os.environ.update(lab.env())
         yield lab
     finally:
         if proc.poll() is None:
@@ -132,6 +133,13 @@ def epics_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def epics_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with serve_node(NODE, tmp_path_factory.mktemp("epics-lab")) as lab:
+        os.environ.update(lab.env())
+        yield lab
 
 
 @pytest.fixture(scope="session")

@@ -69,9 +69,9 @@ async def test_initial_config_and_telemetry_then_counters():
         seen = []
         orig = h.server._reply
 
-        def spy(command, out):
+        def spy(command, out, *who):
             seen.append(command)
-            return orig(command, out)
+            return orig(command, out, *who)
 
         h.server._reply = spy
         await c.run_command(cmd(C.SET_STATE, SetStateParam.ENABLE))

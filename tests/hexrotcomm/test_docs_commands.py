@@ -10,7 +10,6 @@ example runs as a script against the served mock, with the same port replacement
 
 from __future__ import annotations
 
-import logging
 import re
 import shlex
 import subprocess
@@ -28,19 +27,6 @@ DOC = REPO / "docs" / "hexrotcomm.md"
 TEXT = DOC.read_text()
 SH_BLOCKS = re.findall(r"```sh\n(.*?)```", TEXT, re.S)
 PY_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() replaces the root logger's handlers and level: put them back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def _calls(block: str) -> tuple[list[str], list[tuple[list[str], int]]]:
@@ -89,9 +75,8 @@ def test_generation_d_blocks(tmp_path, capsys, index, doc_port):
 
 def test_generation_a_block(tmp_path, capsys):
     serve, calls = _calls(SH_BLOCKS[1])
-    assert "generation: A in the node file" in SH_BLOCKS[1]
     cfg = yaml.safe_load((REPO / serve[2]).read_text())
-    cfg["devices"][0]["generation"] = "A"  # as the document says
+    assert cfg["devices"][0]["generation"] == "A"
     port = _free_port_pair()
     cfg["services"][0]["port"] = port
     node = NodeProc(tmp_path, cfg, log_level="warning")
@@ -122,3 +107,77 @@ def test_python_example_and_ports(tmp_path, capsys, monkeypatch):
     finally:
         rc = node.stop()
     assert rc == 0, "\n".join(node.lines[-20:])
+
+
+BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", TEXT, re.S)
+
+
+def test_tls_recipe(tmp_path, capsys, monkeypatch):
+    """The TLS block of "Access and TLS" as written, in a fresh directory holding the two
+    example node files: the keys commands, the mock served (on a free port instead of 5570),
+    the rotator calls with their documented exit codes and output, and the CSC node; the
+    mock's audit names the certificate as the document says."""
+    assert len(BASH_BLOCKS) == 1
+    lines = BASH_BLOCKS[0].splitlines()
+    examples = tmp_path / "examples" / "hexrot-tls"
+    examples.mkdir(parents=True)
+    for name in ("rotator-mock.yaml", "rotator-csc.yaml"):
+        (examples / name).write_text((REPO / "examples" / "hexrot-tls" / name).read_text())
+    monkeypatch.chdir(tmp_path)  # the document runs at the top of the repository
+    mock: NodeProc | None = None
+    port = 0
+    try:
+        for i, ln in enumerate(lines):
+            if not ln.strip() or ln.startswith("#"):
+                continue
+            argv = shlex.split(ln, comments=True)
+            assert argv[0] == "labbridge", ln
+            if argv[1] == "keys":
+                assert main(["--log-level", "error", *argv[1:]]) == 0, ln
+                continue
+            if argv[1] == "serve" and "rotator-mock" in argv[2]:
+                # NodeProc serves its own copy of the file, next to the original.
+                cfg = yaml.safe_load((tmp_path / argv[2]).read_text())
+                mock = NodeProc(examples, cfg, "--port", "0", log_level="info")
+                port = mock.ready()["services"][0]["port"]
+                continue
+            if argv[1] == "serve":  # the CSC node, pointed at the mock's port
+                text = (tmp_path / argv[2]).read_text().replace("port: 5570", f"port: {port}")
+                (examples / "csc").mkdir()
+                assert mock is not None
+                served = mock.count("connected")
+                csc = NodeProc(examples / "csc", yaml.safe_load(
+                    text.replace("../../keys", "../../../keys")), log_level="info")
+                try:
+                    csc.ready()
+                    # The mock serves it: the handshake and the gate let the CSC in.
+                    assert "client 127.0.0.1:" in mock.wait_line("connected", n=served + 1)
+                finally:
+                    assert csc.stop() == 0, "\n".join(csc.lines[-20:])
+                assert not any("FAULT" in x for x in csc.lines), "\n".join(csc.lines[-20:])
+                continue
+            expected = 1 if "[exit 1]" in ln else 3 if "[exit 3]" in ln else 0
+            args = [a.replace(":5570", f":{port}") for a in argv[1:]]
+            code = main(["--log-level", "error", *args])
+            out = capsys.readouterr()
+            assert code == expected, (ln, out.out[-400:], out.err[-400:])
+            # "# -> TEXT" on the next line: a line of stderr; "-> ..." on the line: stdout.
+            for x in lines[i + 1:i + 2]:
+                if x.startswith("# -> "):
+                    want = x[len("# -> "):].replace(":5570", f":{port}")
+                    assert want in out.err.splitlines(), (want, out.err)
+            if '-> ..."state": "ENABLED"...' in ln:
+                assert '"state": "ENABLED"' in out.out, out.out
+        assert mock is not None
+        line = mock.wait_line("done: SET_STATE")
+        assert ("done: SET_STATE rotator (ENABLE) by csc@127.0.0.1 as operator via "
+                "rotator-controller/tls") in line
+        assert ("done: SET_STATE rotator (ENABLE) by csc@127.0.0.1 as operator via "
+                "rotator-controller/tls") in TEXT.replace("\n", " ")
+        refused = mock.wait_line("refused: SET_ENABLED_SUBSTATE")
+        assert "by olivia@127.0.0.1 as observer" in refused
+        assert mock.alive
+    finally:
+        if mock is not None:
+            rc = mock.stop()
+            assert rc == 0, "\n".join(mock.lines[-20:])

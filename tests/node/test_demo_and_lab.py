@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import io
 import json
+import logging
+import os
 import signal
 import subprocess
 import time
 
 import pytest
+from rich.console import Console
+from rich.live import Live
 
+from labbridge.cli import setup_logging
+from labbridge.cli.common import logs_above
 from labbridge.node.lab import Lab, ScriptError
 from labbridge.node.node import build_node
 from tests.cli_helpers import labbridge_cmd, port_of, serving
 from tests.conftest import REPO
 
 
+def _demo_env(tmp_path):
+    """The demo makes its folder in the temporary directory: a private one per test."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    return tmp, {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.timeout(300)  # a whole lab of eight processes; 20-60 s on a loaded machine
 def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     ready = tmp_path / "demo.json"
+    tmp, env = _demo_env(tmp_path)
     r = subprocess.run(labbridge_cmd("--log-level", "warning", "demo", "--exit-after-sequence",
                                      "--no-progress", "--ready-file", str(ready)),
-                       capture_output=True, text=True, timeout=240, cwd=REPO)
+                       capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert list(tmp.iterdir()) == [], "the demo left its folder behind"
     out = r.stdout
     assert "extraction sequence complete" in out
     for step in ("open F", "close F", "furnace setpoint 600 C", "wait for furnace 600",
@@ -32,9 +50,81 @@ def test_demo_runs_the_extraction_and_exits_cleanly(tmp_path):
     assert {"valve-controller", "furnace-controller", "spectrometer", "rotator",
             "pymodaq-camera", "data-reduction", "dashboard"} <= set(info["nodes"])
     assert "web dashboard: http://127.0.0.1:" in out
+    if importlib.util.find_spec("softioc") is not None:  # the lab's PVs (docs/epics.md)
+        assert "EPICS: prefix LAB (" in out and "export EPICS_CA_ADDR_LIST=" in out
+        assert {"LAB:valves:A", "LAB:gauges:IG", "LAB:furnace:SETPOINT", "LAB:argus:AX",
+                "LAB:rotator:STATE", "LAB:camera:IMAGE"} <= set(info["epics"]["pvs"])
     for note in info["left_out"].values():
         assert "not available" in note
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_demo_stops_the_lab_when_a_node_dies(tmp_path):
+    """A node that dies after start: one line naming it and its log, the whole lab stopped,
+    exit code 1, the folder (with the logs) kept."""
+    ready = tmp_path / "demo.json"
+    tmp, env = _demo_env(tmp_path)
+    proc = subprocess.Popen(labbridge_cmd("--log-level", "warning", "demo", "--no-sequence",
+                                          "--no-progress", "--ready-file", str(ready)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():  # the demo's readiness event (a child process)
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the demo did not come up"
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        victim = info["nodes"]["furnace-controller"]["pid"]
+        others = [n["pid"] for k, n in info["nodes"].items() if k != "furnace-controller"]
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert any(ln.startswith("labbridge demo: furnace controller (furPi) was killed by "
+                             "SIGKILL while the lab was running; stopping the lab (log: ")
+               for ln in lines), err
+    assert "lab stopped" in out
+    kept = [p for p in tmp.iterdir()]
+    assert len(kept) == 1 and (kept[0] / "furnace-controller.log").exists()
+    for pid in others:  # every other node was stopped with it
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture
+def root_logging():
+    """Put the root logger's handlers and level back after a test that sets them up."""
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in saved:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_logs_go_above_a_live_display(capsys, root_logging):
+    """While a rich Live display is up, a log record is printed through its console (above
+    the display), not written to stderr underneath it."""
+    setup_logging("info")
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with logs_above(console), Live("TABLE", console=console, auto_refresh=False) as live:
+        logging.getLogger("labbridge.test").warning("a node said something")
+        live.update("TABLE 2", refresh=True)
+    logging.getLogger("labbridge.test").warning("after the display")
+    err = capsys.readouterr().err
+    assert "a node said something" in buf.getvalue()
+    assert "a node said something" not in err
+    assert "after the display" in err  # the handlers are back
 
 
 def _acquisition(tmp_path, port: int):

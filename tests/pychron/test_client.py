@@ -160,7 +160,8 @@ async def test_remote_valves_uncertain_when_state_disagrees():
     async with running_server(ValveCommands([bank])) as server:
         class LosingClient(PychronClient):
             async def _ask_once(self, request, timeout):
-                if request.startswith("Open"):
+                # braced: RemoteValves asks in the JSON form {"command": "Open", ...}
+                if request.startswith(("Open", '{"command": "Open"')):
                     raise NoReply("lost before it reached the node")
                 return await super()._ask_once(request, timeout)
 

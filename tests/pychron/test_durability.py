@@ -4,6 +4,7 @@ before its reply goes out, so killing the node right after the reply loses nothi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -86,7 +87,8 @@ async def test_open_returns_only_once_the_file_holds_the_change(tmp_path: Path):
         await bank.stop()
 
 
-async def test_a_change_that_cannot_be_saved_is_not_acknowledged(tmp_path: Path):
+async def test_a_change_that_cannot_be_saved_is_not_acknowledged(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be")
     bank = ValveBank("valves", [ValveConfig("A")], SimValveBackend(),
@@ -100,6 +102,11 @@ async def test_a_change_that_cannot_be_saved_is_not_acknowledged(tmp_path: Path)
         assert reply.startswith(b"ERROR 002 : func call problem: err= change made but not "
                                 b"saved: state file ")
         assert b"not written" in reply
+        # The node log says so in one line (what failed and why), never with a traceback.
+        lines = [r for r in caplog.records if r.name == "labbridge.links.pychron.dispatch"]
+        assert [r.getMessage()[:len("Open A failed: change made but not saved")]
+                for r in lines] == ["Open A failed: change made but not saved"]
+        assert not [r for r in caplog.records if r.exc_info]
         reply, _ = await ask_like_pychron(server.port, b"Lock A\r")
         assert reply.startswith(b"ERROR 002")
         # Both changes were made (in memory) but not acknowledged; once the directory is

@@ -76,7 +76,8 @@ services:
 
 def make_site(d: Path, *names: str, ca: bool = True) -> Path:
     """A site CA in ``d`` (as `labbridge keys tls-ca` makes it) and certificates for
-    ``names`` (as `labbridge keys tls-cert NAME` does; valid for 127.0.0.1)."""
+    ``names`` (as `labbridge keys tls-cert NAME --host 127.0.0.1` does: each can serve on
+    127.0.0.1 and act as a client)."""
     from labbridge.cli import _tls
 
     d.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def make_site(d: Path, *names: str, ca: bool = True) -> Path:
         (d / "ca.crt").write_text(cert)
         (d / "ca.pem").write_text(key)
     for name in names:
-        cert, key = _tls.make_cert(name, [], 30, (d / "ca.crt").read_bytes(),
+        cert, key = _tls.make_cert(name, ["127.0.0.1"], 30, (d / "ca.crt").read_bytes(),
                                    (d / "ca.pem").read_bytes())
         (d / f"{name}.crt").write_text(cert)
         (d / f"{name}.pem").write_text(key)

@@ -77,3 +77,17 @@ async def chromium(profile: Path, viewport: dict[str, int] = LAPTOP) -> AsyncIte
 def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+async def log_in(page: Any, user: str, password: str) -> None:
+    """Log in through the page's own form (the "Log in" button, unless the form is already
+    up), and wait until the reloaded page knows who it is and is live again."""
+    from playwright.async_api import expect
+
+    if not await page.locator("#login").is_visible():
+        await page.locator("#login-open").click()
+    await page.locator("#login-user").fill(user)
+    await page.locator("#login-password").fill(password)
+    await page.locator("#login-submit").click()
+    await expect(page.locator("#who")).to_have_attribute("data-identity", user)
+    await expect(page.locator("#conn")).to_have_attribute("data-conn", "open")

@@ -10,6 +10,11 @@ well under a second of test time, and disconnected (nothing at all) after 2 s; d
 metadata (units) is repeated every 0.3 s. Valve D may not open while A is open (an
 interlock); the ion gauge above 1e-7 torr is a critical alarm; the valve node's line is
 drawn from the dashboard's ``schematic``.
+
+The dashboard node's ``security`` section (issue 12): 127.0.0.1 is admin and 127.0.0.2 an
+observer (so a visitor without a login is an observer on the page from either), 127.0.0.3 has
+no role; five failed logins a minute per address; and three identities: ``olivia`` (operator, password),
+``oscar`` (observer, password) and ``robot`` (operator, API token).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from labbridge.access import hash_secret
 from labbridge.devices.furnace import Furnace
 from labbridge.devices.valves import ValveBank
 from labbridge.links.pychron.server import PychronCommandServer
@@ -73,8 +81,18 @@ services:
   - {kind: notifier, name: bus, host: 127.0.0.1, port: 0, heartbeat: 0.1, meta_period: 0.3}
 """
 
+OPERATOR = ("olivia", "olivia's long password")
+OBSERVER = ("oscar", "oscar's long password")
+TOKEN = "robot-token-0123456789-abcdefghijklmnop"
+
 WEB_NODE = """
 node: dashboard
+security:
+  addresses: {{admin: [127.0.0.1], observer: [127.0.0.2]}}    # 127.0.0.3: nobody
+  identities:
+    olivia: {{role: operator, password: "{olivia}"}}
+    oscar: {{role: observer, password: "{oscar}"}}
+    robot: {{role: operator, token: "{robot}"}}
 devices:
   - {{kind: camera, name: cam, width: 960, height: 720, dtype: uint16, sigma: 60,
      backend: {{kind: sim}}}}
@@ -95,6 +113,7 @@ services:
     recorder: {recorder}
     cameras: [{{device: cam, every: 0.2}}]
     ping_interval: 1
+    login_attempts_per_minute: 5
     alarms:
       - {{topic: valve-controller.gauges.IG, above: 1.0e-7, level: critical}}
     schematic:
@@ -138,6 +157,11 @@ class Lab:
     def url(self) -> str:
         return self.web.url
 
+    @property
+    def gate(self) -> Any:
+        """The dashboard node's gate (its audit trail: ``gate.recent``)."""
+        return self.web_node.ctx.gate
+
     def cmd_port(self, node: Node) -> int:
         svc = _service(node, "cmd")
         assert isinstance(svc, PychronCommandServer) and svc.port
@@ -172,7 +196,7 @@ async def start_lab(tmp: Path, *, control: bool = True,
             valve_dash=_service(valves, "dash").pub_url,
             furnace_bus=_service(furnace, "bus").pub_url,
             valve_cmd=_service(valves, "cmd").port, furnace_cmd=_service(furnace, "cmd").port,
-            recorder=str(rec.path))
+            recorder=str(rec.path), **_hashes())
         (tmp / "web.yaml").write_text(text)
         web = build_node(tmp / "web.yaml")
         await web.start()
@@ -181,3 +205,30 @@ async def start_lab(tmp: Path, *, control: bool = True,
             await n.stop()
         raise
     return Lab(valves, furnace, web)
+
+
+_HASHES: dict[str, str] = {}
+
+
+def _hashes() -> dict[str, str]:
+    """The identities' hashes (scrypt is slow on purpose: made once per test run)."""
+    if not _HASHES:
+        _HASHES.update(olivia=hash_secret(OPERATOR[1]), oscar=hash_secret(OBSERVER[1]),
+                       robot=hash_secret(TOKEN, kind="token"))
+    return _HASHES
+
+
+def http_session(url: str, **kw: Any) -> aiohttp.ClientSession:
+    """A client that keeps the dashboard's cookie (aiohttp's default jar drops cookies of
+    IP-address hosts such as 127.0.0.1)."""
+    return aiohttp.ClientSession(url, cookie_jar=aiohttp.CookieJar(unsafe=True), **kw)
+
+
+async def login(http: aiohttp.ClientSession, user: str, password: str) -> dict[str, str]:
+    """Log ``http`` in; returns the headers its state-changing requests need (the CSRF
+    token)."""
+    r = await http.post("/api/login", json={"user": user, "password": password})
+    assert r.status == 200, await r.text()
+    me = await (await http.get("/api/session")).json()
+    assert me["identity"] == user and me["csrf"]
+    return {"X-CSRF-Token": me["csrf"]}

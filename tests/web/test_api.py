@@ -13,7 +13,7 @@ import pytest
 
 from labbridge.links.pychron.client import PychronClient
 from labbridge.links.pychron.remote import RemoteValves
-from tests.web.lab import start_lab
+from tests.web.lab import OPERATOR, http_session, login, start_lab
 
 
 @pytest.fixture
@@ -143,38 +143,42 @@ async def test_control_is_off_by_default_and_every_attempt_is_logged(viewer, cap
 
 async def test_control_requests_bad_and_good(lab, caplog):
     caplog.set_level(logging.INFO, logger="labbridge.web.app")
-    async with aiohttp.ClientSession(lab.url) as http:
+    async with http_session(lab.url) as http:
+        csrf = await login(http, *OPERATOR)
         url = "/api/control/valve"
-        r = await http.post(url, data="node=x", headers={"Content-Type": "text/plain"})
+        r = await http.post(url, data="node=x", headers={"Content-Type": "text/plain", **csrf})
         assert r.status == 415
-        r = await http.post(url, data="{not json", headers={"Content-Type": "application/json"})
+        r = await http.post(url, data="{not json",
+                            headers={"Content-Type": "application/json", **csrf})
         assert r.status == 400
-        r = await http.post(url, json={"node": "valve-controller"})
+        r = await http.post(url, json={"node": "valve-controller"}, headers=csrf)
         assert r.status == 400 and "action" in (await r.json())["error"]
         r = await http.post(url, json={"node": "valve-controller", "valve": "A",
                                        "action": "open"},
-                            headers={"Origin": "http://evil.example"})
+                            headers={"Origin": "http://evil.example", **csrf})
         assert r.status == 403 and lab.bank.is_open("A") is False
-        r = await http.post(url, data="x" * 10_000, headers={"Content-Type": "application/json"})
+        r = await http.post(url, data="x" * 10_000,
+                            headers={"Content-Type": "application/json", **csrf})
         assert r.status == 413
-        r = await http.post(url, json={"node": "nowhere", "valve": "A", "action": "open"})
+        r = await http.post(url, json={"node": "nowhere", "valve": "A", "action": "open"},
+                            headers=csrf)
         body = await r.json()
         assert body["outcome"] == "refused" and "no command server" in body["reason"]
         r = await http.post(url, json={"node": "valve-controller", "valve": "Z",
-                                       "action": "open"})
+                                       "action": "open"}, headers=csrf)
         body = await r.json()
         assert body["outcome"] == "refused" and "ERROR" in body["reason"]
         r = await http.post(url, json={"node": "valve-controller", "valve": "A",
-                                       "action": "open"})
+                                       "action": "open"}, headers=csrf)
         assert (await r.json())["outcome"] == "done" and lab.bank.is_open("A") is True
         r = await http.post("/api/control/setpoint",
                             json={"node": "furnace-controller", "device": "furnace",
-                                  "value": 99999})
+                                  "value": 99999}, headers=csrf)
         body = await r.json()
         assert body["outcome"] == "refused" and "ERROR" in body["reason"]
         r = await http.post("/api/control/setpoint",
                             json={"node": "furnace-controller", "device": "furnace",
-                                  "value": "hot"})
+                                  "value": "hot"}, headers=csrf)
         assert r.status == 400
     logged = [rec.getMessage() for rec in caplog.records if "control from" in rec.getMessage()]
     assert len(logged) == 4  # the four requests that reached a decision

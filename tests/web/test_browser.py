@@ -24,8 +24,8 @@ from labbridge.devices.furnace import WatchdogConfig
 from labbridge.links.pychron.client import ErrorReply, PychronClient
 from labbridge.links.pychron.remote import ActuationError, RemoteValves
 from labbridge.protocol.telemetry.envelope import Encoding
-from tests.web.browser import LAPTOP, PHONE, Console, artifact, chromium
-from tests.web.lab import start_lab
+from tests.web.browser import LAPTOP, PHONE, Console, artifact, chromium, log_in
+from tests.web.lab import OPERATOR, start_lab
 
 pytestmark = pytest.mark.browser
 
@@ -66,8 +66,10 @@ async def open_page(ctx, url):
 
 @pytest.fixture
 async def page(browser, lab):
-    """The dashboard loaded and live; asserts no console errors when the test ends."""
+    """The dashboard loaded and live, its operator logged in through the page's form;
+    asserts no console errors when the test ends."""
     page, console = await open_page(browser, lab.url)
+    await log_in(page, *OPERATOR)
     yield page
     await page.close()
     assert console.errors == [], "\n".join(console.errors)
@@ -490,9 +492,12 @@ async def test_control_on_a_locked_valve_shows_the_refusal(lab, page):
     await expect(result).to_contain_text("software-locked")
     await expect(valve(page, "B")).to_have_attribute("data-state", "closed")
     assert lab.bank.is_open("B") is False
-    # The refusal is in the event log with the client's address.
-    entry = page.locator('#events li[data-level="refused"]').first
-    await expect(entry).to_contain_text(re.compile(r"open valve-controller/B from 127\.0\.0\.1:\d+"))
+    # The refusal is in the event log (the gate's audit trail) with the user's name.
+    entry = page.locator('#events li[data-kind="audit"][data-outcome="failed"]').first
+    await expect(entry).to_have_attribute("data-who", "olivia@127.0.0.1")
+    await expect(entry).to_have_attribute("data-level", "warning")
+    await expect(entry).to_contain_text("failed: open valve-controller/B by olivia@127.0.0.1 "
+                                        "as operator via web/web: valve B is software-locked")
     await page.screenshot(path=artifact("locked-refusal-laptop.png"), full_page=True)
 
     # Cancelling the confirmation sends nothing.

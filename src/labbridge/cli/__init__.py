@@ -8,8 +8,10 @@ pay for the imports of every other command, which matters when the demo starts e
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,6 +63,16 @@ class _LazyGroup(click.Group):
             command = super().get_command(ctx, cmd_name)
         return command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else \
+                f"the commands are: {', '.join(self.list_commands(ctx))}"
+            ctx.fail(f"no such command '{name}'; {hint}")
+        return super().resolve_command(ctx, args)
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -96,21 +108,65 @@ def cli(log_level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    Every failure a user can cause ends here as ONE line on stderr naming the cause and what to
+    do, with a non-zero exit code: usage errors (a mistyped command or option: 2), clean
+    command errors (1), and, as a last resort, an unexpected exception (1; the traceback only
+    with ``LABBRIDGE_TRACEBACK=1``).
+    """
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="labbridge",
                  standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "labbridge"
+        click.echo(f"Error: {_one_line(exc.format_message())} (see '{where} --help')",
+                   err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if os.environ.get("LABBRIDGE_TRACEBACK"):
+            raise
+        if _is_user_error(exc):  # a command that did not catch it itself
+            logging.getLogger("labbridge.cli").debug("error", exc_info=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
+            return 1
+        if isinstance(exc, OSError):  # a port in use, an address not here, a file...
+            from labbridge.node.node import start_hint
+
+            logging.getLogger("labbridge.cli").debug("error", exc_info=True)
+            hint = start_hint(exc)
+            click.echo(f"Error: {_one_line(exc.strerror or str(exc))}"
+                       + (f"; {hint}" if hint else ""), err=True)
+            return 1
+        logging.getLogger("labbridge.cli").debug("unexpected error", exc_info=True)
+        click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))}; "
+                   "this is a bug in labbridge, please report it (LABBRIDGE_TRACEBACK=1 "
+                   "shows the traceback)", err=True)
+        return 1
     return 0
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """A node that cannot start or a configuration mistake: the message says it all."""
+    node = sys.modules.get("labbridge.node.node")
+    config = sys.modules.get("labbridge.node.config")
+    kinds = tuple(k for k in (getattr(node, "StartError", None),
+                              getattr(config, "ConfigError", None)) if k is not None)
+    return bool(kinds) and isinstance(exc, kinds)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import signal
 import sys
 import time
@@ -12,11 +14,11 @@ from typing import Any
 import click
 from rich.console import Console
 
-from labbridge.cli.common import run_async
+from labbridge.cli.common import fail_on_start_error, logs_above, run_async
 from labbridge.cli.run import render
 from labbridge.devices.state_file import write_json_atomic
 from labbridge.node.demo import Lab as DemoLab
-from labbridge.node.demo import new_workdir
+from labbridge.node.demo import last_log_line, new_workdir
 from labbridge.node.demo_keys import watch_args
 from labbridge.node.demo_sequence import extraction
 from labbridge.node.lab import Lab, ScriptError, Step
@@ -27,7 +29,8 @@ def _where(lab: DemoLab) -> list[str]:
     lines = []
     for key, c in lab.components.items():
         eps = ", ".join(f"{s['protocol']} {s.get('host', '')}:{s.get('port')}"
-                        for s in c.info.get("services", []) if s.get("port"))
+                        for s in c.info.get("services", [])
+                        if s.get("port") and s.get("role", "listen") == "listen")
         lines.append(f"  {key:<20} {eps}")
     vc = lab.components.get("valve-controller")
     if vc:
@@ -50,54 +53,86 @@ def _where(lab: DemoLab) -> list[str]:
                      "EPICS_CA_AUTO_ADDR_LIST=NO")
         lines.append(f"        export EPICS_PVA_ADDR_LIST='{ep['EPICS_PVA_ADDR_LIST']}' "
                      "EPICS_PVA_AUTO_ADDR_LIST=NO")
-    web = next((s for c in lab.components.values() for s in c.info.get("services", [])
-                if s.get("protocol") == "http"), None)
+    web, login = next(((s, c.info.get("login_url")) for c in lab.components.values()
+                       for s in c.info.get("services", []) if s.get("protocol") == "http"),
+                      (None, None))
     if web:
         lines.append(f"  web dashboard: http://{web['host']}:{web['port']}/")
+        if login:  # issue 12: printed once, works once (the node file keeps its hash only)
+            lines.append(f"  log in once as operator: http://{web['host']}:{web['port']}"
+                         f"{login}")
     else:
         lines.append("  web dashboard: not in this installation yet")
     return lines
 
 
 @click.command()
-@click.option("--ready-file", type=click.Path(dir_okay=False),
-              help="Write JSON with every node's endpoints once the lab is up.")
+@click.option("--ready-file", type=click.Path(dir_okay=False), envvar="LABBRIDGE_READY_FILE",
+              help="Write JSON with every node's endpoints once the lab is up. Default: "
+                   "$LABBRIDGE_READY_FILE.")
 @click.option("--exit-after-sequence", is_flag=True,
               help="Stop the lab and exit when the extraction sequence is done.")
 @click.option("--no-sequence", is_flag=True, help="Start the lab but run no sequence.")
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live display.")
 @click.option("--temperature", type=float, default=600.0, show_default=True,
               help="Furnace temperature of the extraction (degrees C).")
+@click.option("--keep", is_flag=True,
+              help="Keep the lab's folder (node files, logs, state) after it stops; it is "
+                   "kept anyway when something failed.")
 def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
-         no_progress: bool, temperature: float) -> None:
-    """Start a whole simulated lab on loopback, run an extraction, keep it up until Ctrl-C."""
+         no_progress: bool, temperature: float, keep: bool) -> None:
+    """Start a whole simulated lab on loopback, run an extraction, keep it up until Ctrl-C.
+
+    Ctrl-C (or SIGTERM) stops it: exit code 0. A node that dies while the lab runs is
+    reported in one line and the whole lab is stopped (exit code 1; its log is kept).
+    """
     console = Console()
     plain = no_progress or not console.is_terminal
 
-    async def _main() -> int:
+    async def _main(workdir: Path) -> int:
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        workdir = new_workdir()
         lab = DemoLab(workdir)
         click.echo(f"labbridge demo: starting a simulated lab in {workdir}")
         code = 0
         node = None
         clients: list[Any] = []
+        died: asyncio.Future[Any] | None = None
+        stopper = asyncio.ensure_future(stop.wait())
+
+        async def until_stopped(*tasks: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+            watched = {stopper, *tasks, *([died] if died is not None else [])}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            return done
+
+        def report_death() -> int:
+            assert died is not None
+            c = died.result()
+            rc = c.proc.returncode
+            how = (f"was killed by {signal.Signals(-rc).name}" if rc < 0
+                   else f"exited with code {rc}")
+            last = last_log_line(c)
+            click.echo(f"labbridge demo: {c.title} {how} while the lab was running; stopping "
+                       f"the lab (log: {c.info.get('log')}"
+                       + (f"; last line: {last}" if last else "") + ")", err=True)
+            return 1
+
         try:
             starting = asyncio.ensure_future(lab.start(
                 on_ready=lambda c: click.echo(f"  ready: {c.title}")))
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({starting, stopper},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if starting not in done:
+            if starting not in await until_stopped(starting):
                 starting.cancel()
                 click.echo("interrupted while starting")
-                return 130
-            stopper.cancel()
-            starting.result()
+                return 0
+            try:
+                starting.result()
+            except RuntimeError as exc:  # a node exited or was not ready in time
+                click.echo(f"labbridge demo: {exc}", err=True)
+                return 1
+            died = asyncio.ensure_future(lab.first_exit())
             for c in lab.left_out:
                 click.echo(f"  left out: {c.title}: {c.note}")
             click.echo(f"lab up in {time.monotonic() - t0:.1f} s")
@@ -114,7 +149,11 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                 await node.start()
                 from labbridge.cli.run import wait_ready
 
-                await wait_ready(node, 10)
+                try:
+                    await wait_ready(node, 10)
+                except ScriptError as exc:
+                    click.echo(f"labbridge demo: {exc}", err=True)
+                    return 1
                 holder: list[Lab] = []
                 shown: dict[str, Any] = {}
 
@@ -147,10 +186,7 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                 click.echo("running the extraction sequence: pump, isolate, heat, expand, "
                            "measure, pump out")
                 seq = asyncio.ensure_future(_run(acq, temperature, console, plain, shown))
-                stopper = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({seq, stopper},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
+                done = await until_stopped(seq)
                 if seq in done:
                     try:
                         seq.result()
@@ -160,13 +196,23 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                         code = 1
                 else:
                     seq.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ScriptError):
+                        await seq
+                    if died in done:
+                        return report_death()
                     click.echo("interrupted during the sequence")
-                    return 130
+                    return 0
+            if died.done():
+                return report_death()
             if not exit_after_sequence:
                 click.echo("the lab keeps running; Ctrl-C to stop")
-                await stop.wait()
+                if died in await until_stopped():
+                    return report_death()
             return code
         finally:
+            stopper.cancel()
+            if died is not None:
+                died.cancel()
             for c in clients:
                 await c.close()
             if node is not None:
@@ -174,7 +220,18 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
             await lab.stop()
             click.echo("lab stopped")
 
-    sys.exit(run_async(_main()))
+    workdir = new_workdir()
+    code = 1
+    try:
+        with fail_on_start_error("acquisition"):
+            code = run_async(_main(workdir))
+    finally:
+        if code == 0 and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            click.echo(f"the lab's folder (node files, logs, state) is kept: {workdir}",
+                       err=code != 0)
+    sys.exit(code)
 
 
 async def _run(acq: Lab, temperature: float, console: Console, plain: bool,
@@ -184,7 +241,8 @@ async def _run(acq: Lab, temperature: float, console: Console, plain: bool,
         return
     from rich.live import Live
 
-    with Live(render(acq, "extraction"), console=console, auto_refresh=False) as live:
+    with logs_above(console), \
+            Live(render(acq, "extraction"), console=console, auto_refresh=False) as live:
         shown["live"] = live
         await extraction(acq, temperature=temperature)
         live.update(render(acq, "extraction"), refresh=True)

@@ -149,7 +149,8 @@ def tls_ca(directory: str, name: str, days: int) -> None:
 @click.option("--dir", "directory", default="keys", show_default=True,
               help="The directory holding ca.crt and ca.pem; NAME.crt and NAME.pem go here.")
 @click.option("--host", "hosts", multiple=True,
-              help="An IP address or DNS name the certificate is valid for (repeatable).")
+              help="A node's certificate: an IP address or DNS name clients reach it at "
+                   "(repeatable). Without --host the certificate is a client's only.")
 @click.option("--days", type=click.IntRange(1, 36500), default=825, show_default=True)
 def tls_cert(name: str, directory: str, hosts: tuple[str, ...], days: int) -> None:
     """A certificate for NAME (a node or a client), signed by the site CA."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from labbridge.cli.common import fail_on_config_error, node_file
 from labbridge.node.config import ConfigError, load_yaml
 from labbridge.node.node import build_node
 from labbridge.node.seed import (
@@ -15,6 +16,7 @@ from labbridge.node.seed import (
     load_initialization,
     load_server_file,
 )
+from labbridge.transport.endpoint import Endpoint
 
 
 def check_one(path: Path) -> str:
@@ -52,12 +54,17 @@ def check_one(path: Path) -> str:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 def check(paths: tuple[str, ...]) -> None:
     """Validate configuration files: node files, initialization.xml, device and server YAML,
-    dashboard.yaml. Errors name the file, the line and the field."""
+    dashboard.yaml. Errors name the file, the line and the field (one line per bad file)."""
     failed = 0
     for p in paths:
+        if not Path(p).is_file():
+            failed += 1
+            what = "is a directory" if Path(p).is_dir() else "no such file"
+            click.echo(f"error: {p}: {what}; check the path", err=True)
+            continue
         try:
             summary = check_one(Path(p))
         except ConfigError as exc:
@@ -70,14 +77,13 @@ def check(paths: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ports(config: str, as_json: bool) -> None:
     """What the node in CONFIG listens on and connects to (for firewall rules)."""
-    try:
+    node_file(config)
+    with fail_on_config_error():
         node = build_node(config)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
     eps = node.endpoints()
     if as_json:
         import json
@@ -85,16 +91,25 @@ def ports(config: str, as_json: bool) -> None:
         click.echo(json.dumps([e.to_json() for e in eps], indent=2))
         return
     click.echo(f"node {node.name}")
-    for role in ("listen", "connect"):
+    headings = {"listen": "listens on:", "connect": "connects to:", "file": "writes:"}
+    for role in (*headings, *sorted({e.role for e in eps} - set(headings))):
         rows = [e for e in eps if e.role == role]
         if not rows:
             continue
-        click.echo(f"  {role}s on:" if role == "listen" else "  connects to:")
+        click.echo(f"  {headings.get(role, role + ':')}")
         for e in rows:
-            where = e.path if e.path else f"{e.host}:{e.port}"
             proto = e.protocol.upper() if e.protocol in ("tcp", "udp") else e.protocol
-            click.echo(f"    {proto:<8} {where:<24} {e.service}"
+            click.echo(f"    {proto:<8} {_where(e):<24} {e.service}"
                        + (f"  ({e.purpose})" if e.purpose else ""))
+
+
+def _where(e: Endpoint) -> str:
+    """host:port of a network endpoint (a ``tcp://`` URL counts), else its path."""
+    if e.port is not None or e.host is not None:
+        return f"{e.host or '*'}:{e.port if e.port is not None else '?'}"
+    if e.path and e.path.startswith("tcp://"):
+        return e.path.removeprefix("tcp://")
+    return e.path or "?"
 
 
 def register(group: click.Group) -> None:

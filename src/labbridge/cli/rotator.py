@@ -11,6 +11,10 @@ degrees.
 
 Every action prints one JSON object (the controller's status after the action) on stdout.
 Exit codes: 0 done; 1 refused (NO_ACK, local limit check, wrong state); 2 usage; 3 link error.
+
+``--tls-ca CA --tls-cert CERT --tls-key KEY`` (generation D): talk TLS to a labbridge mock
+whose node file has a ``tls`` section; CERT's name is the identity the mock's node gives a
+role (docs/hexrotcomm.md, "Access and TLS"). A real controller speaks plain TCP only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import click
 
 from labbridge.cli.common import parse_hostport, run_async
+from labbridge.cli.pychron import tls_context, tls_options
 from labbridge.links.hexrotcomm.common import CommandRejected, LinkFault
 from labbridge.links.hexrotcomm.controller import (
     HexapodController,
@@ -115,19 +120,24 @@ def _finish(ctrl: HexrotController, action: str, target: Any, wait: bool,
               help="move/stop: wait until the rotator is stationary.")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True,
               help="move: arrival tolerance (deg).")
+@tls_options
 def rotator(target: str, action: str, angle: float | None, generation: str, device: str,
             timeout: float, enable_delay: float, move_pause: float, wait: bool,
-            tolerance: float) -> None:
+            tolerance: float, tls_ca: str | None, tls_cert: str | None,
+            tls_key: str | None) -> None:
     """Drive a hexapod/rotator-style controller at TARGET (HOST:PORT)."""
     host, port = parse_hostport(target)
     if action == "move" and angle is None:
         raise click.UsageError("move needs an ANGLE")
     if action != "move" and angle is not None:
         raise click.UsageError(f"{action} takes no ANGLE")
+    tls = tls_context(tls_ca, tls_cert, tls_key)
+    if tls is not None and generation == "A":
+        raise click.UsageError("--tls-* is for generation D (we connect to a labbridge mock)")
     profile = WireProfile.make(device_spec(device, generation), generation)
     ctrl = HexrotController("rotator", profile, host, port, connect_timeout=timeout,
                             config_timeout=timeout, enable_drives_delay=enable_delay,
-                            move_pause=move_pause, autoconnect=True)
+                            move_pause=move_pause, autoconnect=True, ssl=tls)
     _finish(ctrl, action, angle, wait, tolerance)
 
 
@@ -145,8 +155,10 @@ def rotator(target: str, action: str, angle: float | None, generation: str, devi
               help="move/stop: wait until the hexapod is stationary.")
 @click.option("--tolerance", type=float, default=0.01, show_default=True,
               help="move: arrival tolerance (um and deg).")
+@tls_options
 def hexapod(target: str, action: str, position: tuple[float, ...], timeout: float,
-            enable_delay: float, move_pause: float, wait: bool, tolerance: float) -> None:
+            enable_delay: float, move_pause: float, wait: bool, tolerance: float,
+            tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """Drive a hexapod controller at TARGET (HOST:PORT), generation D.
 
     move takes six values: X Y Z (micrometres) U V W (degrees).
@@ -156,10 +168,11 @@ def hexapod(target: str, action: str, position: tuple[float, ...], timeout: floa
         raise click.UsageError(f"move needs six values X Y Z U V W, got {len(position)}")
     if action != "move" and position:
         raise click.UsageError(f"{action} takes no position")
+    tls = tls_context(tls_ca, tls_cert, tls_key)
     profile = WireProfile.make(device_spec("hexapod", "D"), "D")
     ctrl = HexapodController("hexapod", profile, host, port, connect_timeout=timeout,
                              config_timeout=timeout, enable_drives_delay=enable_delay,
-                             move_pause=move_pause, autoconnect=True)
+                             move_pause=move_pause, autoconnect=True, ssl=tls)
     _finish(ctrl, action, list(position) if position else None, wait, tolerance)
 
 

@@ -15,7 +15,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from labbridge.cli.common import fail_on_config_error, run_async
+from labbridge.cli.common import (
+    fail_on_config_error,
+    fail_on_start_error,
+    logs_above,
+    node_file,
+    run_async,
+)
 from labbridge.node.lab import Lab, ScriptError, Step, run_script_main
 from labbridge.node.node import Node, build_node
 
@@ -57,14 +63,18 @@ def render(lab: Lab, title: str) -> Group:
 
 async def wait_ready(node: Node, timeout: float) -> None:
     """Wait until every remote manager has read its node once (or time out, and say so)."""
-    monitors = [s.monitor for s in node.services if hasattr(s, "monitor")]
-    if not monitors:
+    services: list[Any] = [s for s in node.services if hasattr(s, "monitor")]
+    if not services:
         return
     try:
-        await asyncio.wait_for(asyncio.gather(*(m.wait_synced() for m in monitors)), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: 3.11 can lose a cancellation
+            await asyncio.gather(*(s.monitor.wait_synced() for s in services))
     except TimeoutError:
-        down = [str(m.remote) for m in monitors if not m._synced.is_set()]
-        raise ScriptError(f"not reachable within {timeout:g} s: {', '.join(down)}") from None
+        down = [f"{s.name} at {s.client.host}:{s.client.port}" for s in services
+                if not s.monitor._synced.is_set()]
+        raise ScriptError(f"no answer within {timeout:g} s from {', '.join(down)}: start "
+                          "that node first (labbridge serve FILE) or fix its host and port in "
+                          f"{node.source or 'the lab file'}") from None
 
 
 async def run_script(node: Node, main: Any, *, console: Console | None, title: str,
@@ -81,8 +91,8 @@ async def run_script(node: Node, main: Any, *, console: Console | None, title: s
 
         lab = Lab(node, on_step=on_step)
         holder.append(lab)
-        if live:
-            with live:
+        if live is not None and console is not None:
+            with logs_above(console), live:
                 await run_script_main(main, lab)
                 live.update(render(lab, title), refresh=True)
         else:
@@ -94,13 +104,14 @@ async def run_script(node: Node, main: Any, *, console: Console | None, title: s
 
 @click.command("run")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
-@click.option("--lab", "lab_config", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--lab", "lab_config", required=True, type=click.Path(),
               help="The acquisition node file (remote managers of the lab's nodes).")
 @click.option("--no-progress", is_flag=True, help="Plain log lines instead of a live display.")
 @click.option("--ready-timeout", type=float, default=10.0, show_default=True)
 def run_cmd(script: str, lab_config: str, no_progress: bool, ready_timeout: float) -> None:
     """Run SCRIPT.py's main(lab) against the lab described by --lab."""
     main = load_script(Path(script))
+    node_file(lab_config)
     with fail_on_config_error():
         node = build_node(lab_config)
     console = None if no_progress else Console()
@@ -126,7 +137,8 @@ def run_cmd(script: str, lab_config: str, no_progress: bool, ready_timeout: floa
                                 ready_timeout=ready_timeout)
 
     try:
-        code = run_async(_main())
+        with fail_on_start_error(node.name):
+            code = run_async(_main())
     except ScriptError as exc:
         click.echo(f"script failed: {exc}", err=True)
         sys.exit(1)

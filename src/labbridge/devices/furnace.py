@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -379,9 +379,3 @@ class Furnace(Device):
                 "output": {"units": "%", "quantity": "output"},
                 "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
                 "watchdog": {"event": True}, "dump": {"event": True}}
-
-
-def with_params(model: FurnaceModel, **changes: Any) -> FurnaceModel:
-    """A fresh model like ``model`` with some parameters changed (configuration helper)."""
-    return FurnaceModel(replace(model.params, **changes), model.gains,
-                        ramp_rate=model.ramp_rate)

@@ -73,7 +73,8 @@ class SimStageBackend:
             if frac >= 1.0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.STEP)
+                async with asyncio.timeout(self.STEP):
+                    await self._stop.wait()
         return self.position
 
     async def stop(self) -> float:

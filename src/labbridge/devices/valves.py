@@ -308,7 +308,8 @@ class ValveBank(Device):
         address = v.cfg.backend_address
         level = target != v.cfg.inverted_logic
         try:
-            await asyncio.wait_for(self.backend.set_output(address, level), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self.backend.set_output(address, level)
         except (BackendError, OSError, TimeoutError) as exc:
             reason = _hardware_reason(exc, self.timeout)
             await self._resync_after_failure(v)
@@ -316,7 +317,8 @@ class ValveBank(Device):
         if v.cfg.settling_time:
             await self._sleep(v.cfg.settling_time)
         try:
-            level_back = await asyncio.wait_for(self.backend.read_output(address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level_back = await self.backend.read_output(address)
         except (BackendError, OSError, TimeoutError) as exc:
             # Actuated but unconfirmed: we cannot tell where it is; report, keep memory.
             reason = _hardware_reason(exc, self.timeout)
@@ -336,8 +338,8 @@ class ValveBank(Device):
     async def _resync_after_failure(self, v: _Valve) -> None:
         """After a failed write, believe the hardware if it can tell us where the valve is."""
         try:
-            level = await asyncio.wait_for(
-                self.backend.read_output(v.cfg.backend_address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level = await self.backend.read_output(v.cfg.backend_address)
         except (BackendError, OSError, TimeoutError):
             return
         if level is not None:
@@ -355,8 +357,8 @@ class ValveBank(Device):
         if not v.cfg.query_state or v.cfg.kind is SwitchKind.MANUAL:
             return v.state
         try:
-            level = await asyncio.wait_for(
-                self.backend.read_output(v.cfg.backend_address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                level = await self.backend.read_output(v.cfg.backend_address)
         except (BackendError, OSError, TimeoutError) as exc:
             log.warning("%s: indicator of %s unreadable (%s); reporting the last known state",
                         self.name, name, _hardware_reason(exc, self.timeout))
@@ -427,8 +429,8 @@ class ValveBank(Device):
             if v.cfg.kind is SwitchKind.MANUAL:
                 continue
             try:
-                level = await asyncio.wait_for(
-                    self.backend.read_output(v.cfg.backend_address), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    level = await self.backend.read_output(v.cfg.backend_address)
             except (BackendError, OSError, TimeoutError) as exc:
                 log.warning("%s: cannot read %s at start (%s); using the saved state",
                             self.name, v.cfg.name, _hardware_reason(exc, self.timeout))

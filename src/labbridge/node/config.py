@@ -8,6 +8,7 @@ a stack trace. Factories for devices and services read their settings through
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 from collections.abc import Iterator, Mapping
@@ -295,4 +296,6 @@ class Section(Mapping[str, Any]):
     def check_no_unknown(self, allowed_extra: tuple[str, ...] = ()) -> None:
         extra = [k for k in self.unknown_keys() if k not in allowed_extra]
         if extra:
-            raise self.error(extra[0], f"unknown field {extra[0]!r}")
+            close = difflib.get_close_matches(extra[0], sorted(self._used), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.error(extra[0], f"unknown field {extra[0]!r}{hint}")

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from labbridge.node import kinds
 from labbridge.node.demo_keys import secure_demo_bus
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
 #: Record-name prefix of every demo node's EPICS IOC (docs/epics.md).
 EPICS_PREFIX = "LAB"
 
@@ -41,6 +42,25 @@ def _with_epics(cfg: dict[str, Any]) -> dict[str, Any]:
     svc = {"kind": "epics_ioc", "name": "epics", "prefix": EPICS_PREFIX, "host": "127.0.0.1",
            "ca_port": 0, "pva_port": 0, "pva_udp_port": 0}
     return {**cfg, "services": [*cfg.get("services", []), svc]}
+
+
+def _with_web_login(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Give a node with a web dashboard its one-time login (issue 12): an operator identity
+    ``demo`` and a random single-use link token, kept in the node file only as its hash;
+    ``info["login_url"]`` gets the link for the demo to print once. Loopback keeps the
+    default roles (on the page, a visitor without a login is an observer)."""
+    web = [s for s in cfg.get("services", []) if s.get("kind") == "web_dashboard"]
+    if not web:
+        return cfg
+    from labbridge.access import hash_secret
+
+    token = secrets.token_urlsafe(32)
+    svc = {**web[0], "one_time_logins": {"demo": hash_secret(token, kind="token")}}
+    info["login_url"] = f"/login?once={token}"
+    services = [svc if s is web[0] else s for s in cfg["services"]]
+    security = {"addresses": {"admin": ["127.0.0.0/8", "::1"]},
+                "identities": {"demo": {"role": "operator"}}}
+    return {**cfg, "security": security, "services": services}
 
 
 #: Every node of the demo publishes its devices on a notifier, metadata (units) every 2 s.
@@ -62,6 +82,8 @@ class Component:
 
     def endpoint(self, protocol: str, service: str | None = None) -> tuple[str, int] | None:
         for s in self.info.get("services", []):
+            if s.get("role", "listen") != "listen":
+                continue  # where it connects to is another node's endpoint
             if s.get("protocol") == protocol and (service is None or s["service"] == service):
                 host = str(s.get("host") or "127.0.0.1")
                 return ("127.0.0.1" if host in ("0.0.0.0", "*") else host), int(s["port"])
@@ -195,8 +217,12 @@ COMPONENTS: list[Component] = [
               _pymodaq_main),
     Component("pymodaq-camera", "PyMoDAQ camera (GRABBER client)",
               ("camera", "pymodaq_client"), _camera, after=("pymodaq-main",)),
+    # The recorder and the dashboard subscribe to the notifiers of the nodes ready before
+    # them: their `after` names every node they are to hear (components start as soon as
+    # their `after` are ready, not in waves).
     Component("data-reduction", "data reduction (recorder to SQLite)", ("recorder",),
-              _recorder, after=("valve-controller", "furnace-controller")),
+              _recorder, after=("valve-controller", "furnace-controller", "spectrometer",
+                                "rotator")),
     Component("dashboard", "web dashboard", ("web_dashboard",), _web,
               after=("valve-controller", "furnace-controller", "data-reduction",
                      "spectrometer", "rotator", "pymodaq-camera")),
@@ -216,8 +242,13 @@ class Lab:
         self.components: dict[str, Component] = {}
         self.left_out: list[Component] = []
 
+    def _tmp(self) -> Path:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return tmp
+
     async def _start_one(self, c: Component) -> None:
-        cfg = _with_epics(c.build(self.components))
+        cfg = _with_web_login(_with_epics(c.build(self.components)), c.info)
         cfg = secure_demo_bus(cfg, self.workdir, self.components)  # Curve on the bus
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -228,7 +259,8 @@ class Lab:
             sys.executable, "-m", "labbridge", "--log-level", self.log_level, "serve",
             str(path), "--ready-file", str(ready), "--state-dir", c.info["state_dir"],
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # Whatever a node puts in the temporary directory goes with the lab's folder.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self._tmp())})
         c.info["log"] = str(self.workdir / f"{c.key}.log")
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -255,19 +287,37 @@ class Lab:
                 c.note = f"not available in this installation (missing: {', '.join(missing)})"
                 self.left_out.append(c)
         keys = {c.key for c in pending}
-        while pending:
-            wave = [c for c in pending
-                    if all(a in self.components or a not in keys for a in c.after)]
-            if not wave:
+        # Each component starts as soon as the ones it needs are ready (not in waves): a
+        # node with an EPICS IOC takes about a second longer to start (EPICS base's own
+        # iocInit waits 0.5 s), and nothing that does not need it should wait for it.
+        done_keys: set[str] = set()
+        order = list(pending)
+        while order:
+            free = [c for c in order if all(a in done_keys or a not in keys for a in c.after)]
+            if not free:
                 raise RuntimeError("demo components depend on each other in a cycle")
-            results = await asyncio.gather(*(self._start_one(c) for c in wave),
-                                           return_exceptions=True)
-            for c, r in zip(wave, results, strict=True):
-                pending.remove(c)
-                if isinstance(r, BaseException):
-                    raise r
-                if on_ready:
-                    on_ready(c)
+            for c in free:
+                order.remove(c)
+                done_keys.add(c.key)
+        ready = {c.key: asyncio.Event() for c in pending}
+
+        async def start_when_ready(c: Component) -> None:
+            for a in c.after:
+                if a in ready:
+                    await ready[a].wait()
+            await self._start_one(c)
+            if on_ready:
+                on_ready(c)
+            ready[c.key].set()
+
+        tasks = [asyncio.ensure_future(start_when_ready(c)) for c in pending]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def stop(self) -> None:
         procs = [c.proc for c in self.components.values() if c.proc is not None]
@@ -278,7 +328,8 @@ class Lab:
                     c.proc.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                await asyncio.wait_for(p.wait(), 10)
+                async with asyncio.timeout(10):  # not wait_for: 3.11 can lose a cancellation
+                    await p.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
@@ -289,6 +340,20 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
                 await c.proc.wait()
+
+    async def first_exit(self) -> Component:
+        """Wait until a node of the running lab exits (it should not before :meth:`stop`);
+        return it."""
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.components.values()
+                 if c.proc is not None}
+        if not waits:
+            await asyncio.Event().wait()  # nothing can die: wait for cancellation
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[next(iter(done))]
+        finally:
+            for t in waits:
+                t.cancel()
 
     def acquisition_config(self) -> dict[str, Any]:
         valves = self.components["valve-controller"]
@@ -326,3 +391,19 @@ class Lab:
 
 def new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="labbridge-demo-"))
+
+
+def last_log_line(c: Component) -> str:
+    """The last non-empty line of a node's log ("" when there is none), for one-line
+    reports."""
+    log = c.info.get("log")
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")

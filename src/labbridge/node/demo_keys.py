@@ -48,7 +48,8 @@ def bus_servers(components: Mapping[str, Any]) -> dict[str, str]:
     for key, comp in components.items():
         info = getattr(comp, "info", None) or {}
         for s in info.get("services", []):
-            if s.get("protocol") in BUS_PROTOCOLS and s.get("port"):
+            if s.get("protocol") in BUS_PROTOCOLS and s.get("port") \
+                    and s.get("role", "listen") == "listen":
                 host = str(s.get("host") or "127.0.0.1")
                 host = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
                 out[f"tcp://{host}:{int(s['port'])}"] = key

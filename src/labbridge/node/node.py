@@ -17,6 +17,7 @@ process id and every endpoint (service, protocol, host, port).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import re
@@ -41,6 +42,44 @@ from labbridge.node.security import is_loopback_host, parse_security
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+
+
+class StartError(Exception):
+    """A device or service of a node could not start: a port in use, an address this machine
+    does not have, a bus endpoint that cannot be bound...
+
+    ``str()`` is one line: which node, which part, why, and what to do about it.
+    """
+
+    def __init__(self, node: str, what: str, cause: BaseException) -> None:
+        self.node = node
+        self.what = what
+        self.cause = cause
+        text_ = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        reason = " ".join(text_.split()) or type(cause).__name__
+        name = what.partition(" ")[2]
+        if name and reason.startswith(f"{name}: "):  # "command-server: TCP port ..."
+            reason = reason[len(name) + 2:]
+        text = f"cannot start node {node}: {what}: {reason}" if what else \
+            f"cannot start node {node}: {reason}"
+        hint = start_hint(cause)
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+
+def start_hint(exc: BaseException) -> str:
+    """What a user can do about a start failure ("" when there is nothing general to say)."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower()
+    if code == errno.EADDRINUSE or "already in use" in text:
+        return ("another program (or another labbridge node) holds that port: stop it, or "
+                "change port: in the node file (--port for the command server); "
+                "labbridge ports FILE lists the node's ports")
+    if code == errno.EADDRNOTAVAIL or "cannot assign requested address" in text:
+        return ("that address is not one of this machine's: use --host 127.0.0.1 (or this "
+                "machine's own address), or fix host: in the node file")
+    if code == errno.EACCES or "permission denied" in text:
+        return "ports below 1024 need root: choose a port of 1024 or more"
+    return ""
 
 
 class Node:
@@ -69,17 +108,24 @@ class Node:
         return out
 
     async def start(self) -> None:
+        """Start devices, then services; on a failure stop what started and raise
+        :class:`StartError` naming the part that failed (the cause is chained)."""
+        what = ""
         try:
             for dev in self.devices:
+                what = f"device {dev.name}"
                 await dev.start()
                 self._started_devices.append(dev)
             for svc in self.services:
+                what = f"service {svc.name}"
                 await svc.start()
                 self._started_services.append(svc)
                 log.info("service %s started: %s", svc.name,
                          ", ".join(_fmt_ep(e) for e in svc.endpoints()) or "no endpoints")
-        except BaseException:
+        except BaseException as exc:
             await self.stop()
+            if isinstance(exc, Exception) and not isinstance(exc, StartError):
+                raise StartError(self.name, what, exc) from exc
             raise
 
     async def stop(self) -> None:
@@ -166,6 +212,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         if dname in ctx.devices:
             raise sec.error("name", f"duplicate device name {dname!r}")
         dev = factory(sec, ctx)
+        _consume_overridden(sec, ctx)
         sec.check_no_unknown()
         ctx.devices[dname] = dev
         devices.append(dev)
@@ -189,6 +236,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             svc._kind = kind  # type: ignore[attr-defined]
         except AttributeError:  # slotted services
             pass
+        _consume_overridden(sec, ctx)
         sec.check_no_unknown()
         _check_ports(sec, svc, listening)
         warnings.extend(_exposure(sec, svc, ctx))
@@ -224,6 +272,14 @@ def _exposure(sec: Section, svc: Service, ctx: NodeContext) -> list[str]:
                    f"the node has {why}: only this machine may use it; add "
                    "security.addresses (docs/security.md)")
     return out
+
+
+def _consume_overridden(sec: Section, ctx: NodeContext) -> None:
+    """``--host`` replaces every ``host`` of the file; a factory that takes the override
+    without reading the key (``ctx.host_override or sec.get_str("host")``) must not make the
+    key look unknown. It is still checked for its type, so a typo stays an error."""
+    if ctx.host_override and "host" in sec:
+        sec.get_str("host", None)
 
 
 #: initialization.xml plugins that need a service of this kind on the node.

@@ -28,6 +28,11 @@ Semantics (spec §6.2, numbered as there):
 10. :meth:`close` closes the client then the listening socket (each step time-limited);
     idempotent; :attr:`done_task` resolves.
 13. ``TCP_NODELAY`` and keepalive are set on every accepted socket.
+14. ``ssl`` (an :class:`ssl.SSLContext`) serves TLS; a peer that fails the handshake never
+    reaches the server. ``admit(transport, replacing)`` is asked about every connection
+    before it is served (``replacing``: it would replace the silent client, rule 3) and
+    returns None to accept it or the reason to refuse it: the newcomer is closed (logged,
+    :attr:`rejected_count` +1) and the current client is kept (issue 12: access).
 
 Two ways to serve the client: ``handler(reader, writer)`` (asyncio streams, one task per
 client) or ``protocol_factory()`` (an :class:`asyncio.Protocol` per client, called straight
@@ -42,6 +47,7 @@ import contextlib
 import inspect
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import Awaitable, Callable
 
 from labbridge.transport.tcp import configure_socket
@@ -49,6 +55,8 @@ from labbridge.transport.tcp import configure_socket
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
 ConnectCallback = Callable[["OneClientServer"], Awaitable[None]]
+#: ``admit(transport, replacing)`` -> None to serve the newcomer, or why it is refused.
+Admit = Callable[[asyncio.BaseTransport, bool], "str | None"]
 
 #: Time limit of each closing step (spec §6.1 ``CLOSE_WAIT_TIME``).
 CLOSE_WAIT_TIME = 5.0
@@ -74,6 +82,8 @@ class OneClientServer:
         log: logging.Logger | None = None,
         replace_idle_after: float | None = None,
         clock: Callable[[], float] | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        admit: Admit | None = None,
     ) -> None:
         if connect_callback is not None and not inspect.iscoroutinefunction(connect_callback):
             raise TypeError("connect_callback must be a coroutine function")
@@ -108,6 +118,8 @@ class OneClientServer:
         #: Seconds of silence after which a newcomer replaces the current client (None: never).
         self.replace_idle_after = replace_idle_after
         self._clock = clock or asyncio.get_running_loop().time
+        self.ssl = ssl
+        self._admit = admit
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,12 +129,12 @@ class OneClientServer:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
                 lambda: _Gate(self), self.host, self.port, family=self.family,
-                reuse_address=True)
+                reuse_address=True, ssl=self.ssl)
         else:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
                 lambda: _StreamGate(self), self.host, self.port, family=self.family,
-                reuse_address=True)
+                reuse_address=True, ssl=self.ssl)
         socks = self._server.sockets
         if len(socks) == 1:
             self.port = socks[0].getsockname()[1]
@@ -221,6 +233,21 @@ class OneClientServer:
         silent = self._clock() - last_rx
         return silent if silent >= self.replace_idle_after else None
 
+    def _admitted(self, transport: asyncio.BaseTransport, peer: str, replacing: bool) -> bool:
+        """Rule 14: ask ``admit``; log and count a refusal."""
+        if self._admit is None:
+            return True
+        reason = self._admit(transport, replacing)
+        if reason is None:
+            return True
+        self.rejected_count += 1
+        if replacing:
+            self.log.warning("%s: %s may not replace the silent client %s; refusing it: %s",
+                             self.name, peer, self.peer, reason)
+        else:
+            self.log.warning("%s: refusing connection from %s: %s", self.name, peer, reason)
+        return False
+
     def _log_replacement(self, newcomer: str, silent: float) -> None:
         self.replaced_count += 1
         self.log.warning("%s: client %s sent nothing for %.1f s (limit %.1f s); replacing it "
@@ -233,10 +260,15 @@ class OneClientServer:
         if self._closing:
             await _close_writer(writer)
             return
+        silent = None
         if self.connected:
             current = self._writer
             gate = current.transport.get_protocol() if current is not None else None
             silent = self._silence(getattr(gate, "last_rx", None))
+        if not self._admitted(writer.transport, peer, silent is not None):
+            await _close_writer(writer)
+            return
+        if self.connected:
             if silent is None:
                 self.rejected_count += 1
                 self.log.warning("%s: rejecting connection from %s; a client is already "
@@ -318,9 +350,14 @@ class OneClientServer:
         peer = _peer_name(gate.transport)
         if self._closing:
             return False
+        silent = None
         if self.connected:
             assert self._gate is not None
             silent = self._silence(self._gate.last_rx)
+        if not self._admitted(gate.transport, peer, silent is not None):
+            return False
+        if self.connected:
+            assert self._gate is not None
             if silent is None:
                 self.rejected_count += 1
                 self.log.warning("%s: rejecting connection from %s; a client is already "

@@ -6,6 +6,11 @@ support and the bound port afterwards, TCP_NODELAY and keepalive, fair slots (a
 idle or stalled longest when full, a budget of buffered bytes), tracking of live connections
 so :meth:`TcpServer.stop` closes them all, and a clear error naming the port when it is
 already in use (Pychron only logged it, spec 17 #20).
+
+With ``ssl`` (a server context from :mod:`labbridge.transport.tls`) the port speaks TLS: each
+accepted connection is admitted into the slots first, then its handshake runs
+(:class:`~labbridge.transport.tls.TlsAccept`: deadline from the first byte, one report per
+failure), and the protocol sees only the TLS transport.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.transport.endpoint import Endpoint
 from labbridge.transport.slots import Slot, SlotTable
+from labbridge.transport.tls import HandshakeFailed, TlsAccept
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +69,27 @@ class TcpServer:
     progress through it, which makes it evictable when idle; one that has none is never
     evicted (a full server refuses newcomers instead). ``max_per_address`` defaults to no cap
     below ``max_connections``.
+
+    TLS (``ssl``): a connection in its handshake holds a slot but makes no progress, so it is
+    the first to be evicted when the server is full; the handshake must be complete within
+    ``handshake_timeout`` of its first byte, and the first byte come within
+    ``first_byte_timeout``. A failed handshake is reported once: ``on_handshake_failed(host,
+    reason)``, or one warning line.
     """
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1",
                  port: int = 0, *, name: str = "tcp", max_connections: int = 1024,
                  max_per_address: int | None = None, max_buffered: int | None = None,
-                 backlog: int = 128) -> None:
+                 backlog: int = 128, ssl: _ssl.SSLContext | None = None,
+                 handshake_timeout: float = 10.0, first_byte_timeout: float = 30.0,
+                 on_handshake_failed: HandshakeFailed | None = None) -> None:
         self._factory = protocol_factory
+        self.ssl = ssl
+        self.handshake_timeout = handshake_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.on_handshake_failed = on_handshake_failed
+        self._handshakes: set[asyncio.Future[Any]] = set()
+        self._stopping = False
         self.host = host
         self.requested_port = port
         self.name = name
@@ -95,8 +116,24 @@ class TcpServer:
     def evicted(self) -> int:
         return self.slots.evicted
 
+    def _handshake_failed(self, host: str, reason: str) -> None:
+        if self._stopping:
+            return
+        if self.on_handshake_failed is None:
+            log.warning("%s: TLS handshake with %s failed: %s", self.name, host, reason)
+            return
+        try:
+            self.on_handshake_failed(host, reason)
+        except Exception:
+            log.exception("%s: reporting a failed TLS handshake failed", self.name)
+
     def _make_protocol(self) -> asyncio.Protocol:
         proto = self._factory()
+        if self.ssl is not None:
+            proto = TlsAccept(proto, self.ssl, handshake_timeout=self.handshake_timeout,
+                              first_byte_timeout=self.first_byte_timeout,
+                              on_failure=self._handshake_failed, name=self.name,
+                              tasks=self._handshakes)
         server = self
         orig_made = proto.connection_made
         orig_lost = proto.connection_lost
@@ -151,15 +188,19 @@ class TcpServer:
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self._stopping = False
 
     async def stop(self) -> None:
         if self._server is None:
             return
+        self._stopping = True
         self._server.close()
         for t in list(self._conns):
             abort = getattr(t, "abort", None)
             (abort or t.close)()
         self._conns.clear()
+        if self._handshakes:  # handshakes cut short by the aborts above end at once
+            await asyncio.wait(set(self._handshakes), timeout=2.0)
         try:
             await asyncio.wait_for(self._server.wait_closed(), 2.0)
         except TimeoutError:  # pragma: no cover
@@ -250,6 +291,8 @@ class TcpUdpServer:
     tracked task: :meth:`stop` cancels those still running, and at most
     ``max_pending_datagrams`` run at once (further datagrams are refused meanwhile). A handler that raises (at once or
     in its task) is logged and answered with ``failure_reply`` when one is given.
+
+    ``ssl`` makes the TCP port speak TLS (see :class:`TcpServer`); UDP stays plain.
     """
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol],
@@ -257,13 +300,19 @@ class TcpUdpServer:
                  udp: bool = False, udp_port: int | None = None, name: str = "server",
                  purpose: str = "", max_connections: int = 1024,
                  max_per_address: int | None = None, max_buffered: int | None = None,
-                 failure_reply: bytes | None = None, max_pending_datagrams: int = 1024) -> None:
+                 failure_reply: bytes | None = None, max_pending_datagrams: int = 1024,
+                 ssl: _ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
+                 first_byte_timeout: float = 30.0,
+                 on_handshake_failed: HandshakeFailed | None = None) -> None:
         self.host = host
         self.name = name
         self.purpose = purpose
         self.tcp = TcpServer(protocol_factory, host, port, name=name,
                              max_connections=max_connections, max_per_address=max_per_address,
-                             max_buffered=max_buffered)
+                             max_buffered=max_buffered, ssl=ssl,
+                             handshake_timeout=handshake_timeout,
+                             first_byte_timeout=first_byte_timeout,
+                             on_handshake_failed=on_handshake_failed)
         self._datagram_handler = datagram
         self._failure_reply = failure_reply
         self.udp_wanted = udp or udp_port is not None

@@ -12,6 +12,10 @@ HTTP (JSON unless said otherwise):
 
 =========================================  ================================================
 ``GET /``                                   the page (static/index.html); assets under /static/
+``GET /api/session``                        who you are: identity, role, CSRF token
+``POST /api/login``                         ``{"user","password"}`` or ``{"token"}``: a session
+``POST /api/logout``                        end the session
+``GET /login?once=TOKEN``                   a one-time login link (then the page)
 ``GET /api/config``                         title, control on/off, thresholds, window,
                                             schematic, alarm limits
 ``GET /api/nodes``                          node health: status, heartbeat age, real gaps
@@ -33,10 +37,19 @@ reconnects and gets a fresh snapshot) rather than letting memory grow, and the s
 fair: a connection that is not a page (never says hello) or has gone idle gives its slot to
 a newcomer.
 
+Access (issue 12; ADR 0134; docs/web.md "Log in"): every request's ``Host`` must be an
+allowed name (DNS rebinding), a browser's ``Origin`` on a POST or the WebSocket must be the
+page's own, and a visitor is a :class:`~labbridge.access.Principal` of the node's gate
+(``transport="web"``, the identity of a login or a token). Without a login the page is
+read-only whatever the address (at most observer: a browser on this machine can be driven by
+any page it has open). Reads need observer; every state-changing request carries the
+session's CSRF token.
+
 Control is off unless the config turns it on; every control request -- allowed, refused or
 rejected because control is off -- goes through :meth:`WebDashboard._control` (the one place
-where a network request becomes a device action), is logged with the client's address and
-added to the event log.
+where a network request becomes a device action: the gate checks and audits it there), and
+is logged with the client's address and user. The events panel shows the audit trail: this
+node's gate in-process and other nodes' ``<node>.audit`` topics on the bus.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ import contextlib
 import json
 import logging
 import math
+import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,11 +71,24 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, AuditEvent, Gate, Principal, Role
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.png import encode_gray, stretch_to_8bit
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
+from labbridge.web.auth import (
+    CSRF_HEADER,
+    HostRules,
+    LoginLimiter,
+    OneTimeLogins,
+    Session,
+    Sessions,
+    clean,
+    csrf_ok,
+    split_host,
+    tls_context,
+)
 from labbridge.web.control import REFUSED, CommandTarget, ControlResult, Controls
 from labbridge.web.history import RecorderHistory
 from labbridge.web.pages import EVICT, REFUSE, Page, Slots
@@ -69,7 +97,8 @@ from labbridge.web.state import AlarmRule, LabState, split_topic, timestamp
 log = logging.getLogger(__name__)
 
 #: What a node kind may take from here (ADR 0070: the web face's one entry point for node).
-__all__ = ["AlarmRule", "CameraSource", "WebConfig", "WebDashboard", "png_gray"]
+__all__ = ["AlarmRule", "CameraSource", "WebConfig", "WebDashboard", "png_gray", "split_host",
+           "tls_context"]
 
 STATIC = Path(__file__).parent / "static"
 
@@ -85,6 +114,19 @@ CLOSE_SLOW = 1013  # try again later: it reconnects at once to a fresh snapshot
 CLOSE_EVICTED = 4001  # its slot went to a newcomer: it waits before reconnecting
 CLOSE_NO_HELLO = 4002
 CLOSE_FLOOD = 1008
+CLOSE_SESSION = 4003  # the page's session ended (logout, expiry): it asks who it is again
+#: Identical refusals without credentials (a foreign Host, Origin, no login) from one
+#: address are audited once per this many seconds (a flood must not flood the audit trail).
+QUIET_SECONDS = 10.0
+#: Longest password or token looked at (the scrypt cost grows with it).
+MAX_SECRET = 1024
+#: Password checks waiting at once, all addresses together; more get 503 (scrypt is slow on
+#: purpose: a burst must not queue minutes of work).
+MAX_LOGINS_WAITING = 16
+#: What the page may load and where it may connect: only itself. No framing (clickjacking).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+       "form-action 'self'; object-src 'none'")
 
 
 @dataclass
@@ -137,6 +179,22 @@ class WebConfig:
     #: Topics (or prefixes ending in '.') not to plot.
     hide: list[str] = field(default_factory=list)
     cameras: list[CameraSource] = field(default_factory=list)
+    #: Names (or addresses) the page may be asked for besides loopback and ``host``.
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Whole origins (``https://lab.example.org``) of pages served through another address.
+    allowed_origins: list[str] = field(default_factory=list)
+    #: Serve the page over HTTPS with this context (:func:`tls_context`).
+    ssl_context: ssl.SSLContext | None = None
+    #: A session ends this long after its last deliberate use, and this long after login.
+    session_idle: float = 3600.0
+    session_lifetime: float = 12 * 3600.0
+    max_sessions: int = 256
+    #: Failed logins per minute from one address before logins from it are refused.
+    login_attempts: int = 10
+    #: ``{identity: "sha256$..."}``: login links that work once.
+    one_time_logins: dict[str, str] = field(default_factory=dict)
+    #: Where used one-time links are remembered (a restart does not revive them).
+    used_logins_file: Path | None = None
 
     @property
     def disconnect(self) -> float:
@@ -151,15 +209,47 @@ class WebConfig:
         return out
 
 
+@dataclass(frozen=True)
+class Visitor:
+    """Who sent a request: the gate's principal, its role on this page, and how it proved
+    an identity (its session, or a Bearer token), if it did."""
+
+    principal: Principal
+    role: Role
+    session: Session | None = None
+    how: str = ""
+
+    @property
+    def identity(self) -> str | None:
+        return self.principal.identity
+
+
 class WebDashboard:
     """See the module docstring."""
 
     def __init__(self, config: WebConfig, *, name: str = "web",
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 resolve: Callable[[str], str] | None = None) -> None:
+                 resolve: Callable[[str], str] | None = None,
+                 gate: Gate | None = None) -> None:
         self.config = config
         self.name = name
+        #: The node's gate: roles, checks and the audit trail (docs/adr/0100).
+        self.gate = gate if gate is not None else Gate(node=config.node)
+        self.sessions = Sessions(max_sessions=config.max_sessions, idle=config.session_idle,
+                                 lifetime=config.session_lifetime)
+        self.limiter = LoginLimiter(attempts=config.login_attempts, window=60.0)
+        self.one_time = OneTimeLogins(config.one_time_logins, config.used_logins_file)
+        self.hosts = HostRules.build(config.host, config.allowed_hosts, config.allowed_origins)
+        self.cookie_name = "labbridge"
+        self._quiet: dict[tuple[str, str, str], float] = {}
+        self.quieted = 0
+        self._password_checks = asyncio.Semaphore(2)
+        self._logins_waiting = 0
+        self._remove_sink: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._own_audit = f"{self.gate.node}.audit" if self.gate.node else ""
         self.clock = clock
         self.monotonic = monotonic
         #: Turns a ``subscribe`` entry into a ZeroMQ URL at start (service names -> URLs).
@@ -203,12 +293,20 @@ class WebDashboard:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.config.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         self.state.started = self.clock()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.hosts = HostRules.build(self.config.host, self.config.allowed_hosts,
+                                     self.config.allowed_origins)
+        for ev in list(self.gate.recent):  # what this node's gate saw before the page started
+            self._show_audit(ev.to_json())
+        self._remove_sink = self.gate.add_sink(self._on_audit)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{self.name}-history")
         try:
@@ -221,11 +319,16 @@ class WebDashboard:
                 self.subscribers.append(sub)
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = web.TCPSite(runner, self.config.host, self.config.port,
+                               ssl_context=self.config.ssl_context)
             await site.start()
             self._runner = runner
             addrs = runner.addresses
             self.port = int(addrs[0][1]) if addrs else self.config.port
+            # Cookies are not kept apart by port: one name per dashboard of this machine.
+            # With TLS, the __Host- prefix makes the browser insist on Secure and Path=/.
+            self.cookie_name = (("__Host-" if self.config.ssl_context is not None else "")
+                                + f"labbridge-{self.port}")
         except BaseException:
             await self.stop()
             raise
@@ -245,8 +348,17 @@ class WebDashboard:
                                                    name=f"{self.name}-resync"))
         log.info("%s: dashboard at %s (control %s)", self.name, self.url,
                  "ON" if self.config.control else "off")
+        if split_host(self.config.host) is not None and self.config.host in ("0.0.0.0", "::") \
+                and not self.config.allowed_hosts:
+            log.warning("%s: listening on %s, but only loopback names are allowed hosts: a "
+                        "browser on another computer is refused (421) until allowed_hosts "
+                        "lists the name or address it uses for this machine", self.name,
+                        self.config.host)
 
     async def stop(self) -> None:
+        if self._remove_sink is not None:
+            self._remove_sink()
+            self._remove_sink = None
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -292,6 +404,8 @@ class WebDashboard:
     def _listener(self, source: str) -> Callable[[str, Any, MessageMeta], None]:
         def on_message(topic: str, payload: Any, meta: MessageMeta) -> None:
             if meta.legacy:  # the envelope form carries the same news
+                return
+            if topic == self._own_audit:  # this node's gate is heard in-process
                 return
             # a source clock that says NaN (or 1e300) must not reach the page: receive time
             ts = timestamp(meta.ts, meta.received)
@@ -349,6 +463,10 @@ class WebDashboard:
                 self._broadcast(_dumps({"type": "health", "now": self.clock(),
                                         "nodes": self.nodes_json()}))
             self._close_silent_newcomers()
+            for ended in self.sessions.expire(self.monotonic()):
+                log.info("%s: the session of %s ended (idle or too old)", self.name,
+                         ended.identity)
+                self._end_pages(ended.id, "session ended: log in again")
             await asyncio.sleep(period)
 
     async def _resync_loop(self) -> None:
@@ -482,8 +600,13 @@ class WebDashboard:
 
     # -- HTTP ----------------------------------------------------------------------------
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+        app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._index)
+        app.router.add_get("/login", self._login_page)
+        app.router.add_get("/api/session", self._api_session)
+        app.router.add_post("/api/login", self._api_login)
+        app.router.add_post("/api/logout", self._api_logout)
         app.router.add_get("/api/config", self._api_config)
         app.router.add_get("/api/nodes", self._api_nodes)
         app.router.add_get("/api/devices", self._api_devices)
@@ -500,6 +623,290 @@ class WebDashboard:
         return web.FileResponse(STATIC / "index.html",
                                 headers={"Cache-Control": "no-cache"})
 
+    # -- access (issue 12; ADR 0134) -----------------------------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        """Every request, the WebSocket's included: its Host must be an allowed name."""
+        host = request.headers.get("Host")
+        if not self.hosts.host_allowed(host):
+            self._refuse_quietly(self._anonymous(request),
+                                 Action(Role.OBSERVER, "request", clean(request.path)),
+                                 f"Host {clean(host)!r} is not an allowed name of this "
+                                 "dashboard (allowed_hosts)")
+            return _error(421, f"this dashboard does not answer to the name {clean(host)!r}: "
+                               "list it in allowed_hosts of its web_dashboard service")
+        return await handler(request)
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        h = response.headers
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("Content-Security-Policy", CSP)
+        if request.path.startswith("/api/") or request.path == "/login":
+            h.setdefault("Cache-Control", "no-store")
+
+    def _anonymous(self, request: web.Request) -> Principal:
+        return Principal(_peer(request)[1], self.name, "web")
+
+    def _visitor(self, request: web.Request) -> Visitor | web.Response:
+        """Who asks: a Bearer token's identity, else the session's, else the address (at
+        most observer on a web page). A wrong token is a 401 (audited), never a downgrade."""
+        address = _peer(request)[1]
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, token = auth.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                return _unauthorized("use Authorization: Bearer <token> (or log in)")
+            action = Action(Role.OBSERVER, "login", "token")
+            refusal = self._limited(request, action)
+            if refusal is not None:
+                return refusal
+            ident = (self.gate.policy.check_token(token) if len(token) <= MAX_SECRET
+                     else None)
+            if ident is None:
+                self.limiter.failed(address, self.monotonic())
+                self.gate.refuse(self._anonymous(request), action, "unknown token")
+                return _unauthorized("unknown token")
+            p = Principal(address, self.name, "web", ident.name)
+            return Visitor(p, self.gate.role_of(p), None, "token")
+        s = self.sessions.get(request.cookies.get(self.cookie_name), self.monotonic())
+        if s is not None:
+            p = Principal(address, self.name, "web", s.identity)
+            return Visitor(p, self.gate.role_of(p), s, "session")
+        anon = self._anonymous(request)
+        return Visitor(anon, min(self.gate.role_of(anon), Role.OBSERVER))
+
+    def _reader(self, request: web.Request) -> Visitor | web.Response:
+        """The visitor if it may read the dashboard (observer), else a 401 (audited)."""
+        v = self._visitor(request)
+        if isinstance(v, web.Response) or v.role >= Role.OBSERVER:
+            return v
+        self._refuse_quietly(v.principal, Action(Role.OBSERVER, "read", clean(request.path)),
+                             f"{v.principal.who} may not see this dashboard without a login")
+        return _unauthorized("log in to see this dashboard")
+
+    def _refuse_quietly(self, principal: Principal, action: Action, reason: str) -> None:
+        """Audit a refusal made here (no credentials, wrong Host, Origin or CSRF token); the
+        same one from the same address at most once per QUIET_SECONDS."""
+        now = self.monotonic()
+        key = (principal.address, action.verb, reason)
+        last = self._quiet.get(key)
+        if last is not None and now - last < QUIET_SECONDS:
+            self.quieted += 1
+            return
+        if len(self._quiet) >= 1024:
+            self._quiet = {k: t for k, t in self._quiet.items() if now - t < QUIET_SECONDS}
+            if len(self._quiet) >= 1024:
+                self._quiet.clear()
+        self._quiet[key] = now
+        self.gate.refuse(principal, action, reason)
+
+    def _limited(self, request: web.Request, action: Action) -> web.Response | None:
+        """A 429 when the address has failed to log in too often (audited once)."""
+        address = _peer(request)[1]
+        wait, first = self.limiter.blocked(address, self.monotonic())
+        if not wait:
+            return None
+        if first:
+            self.gate.refuse(self._anonymous(request), action,
+                             f"too many failed logins from {address}: refused for "
+                             f"{wait:.0f} s")
+        return web.json_response({"error": f"too many failed logins; try again in "
+                                           f"{math.ceil(wait)} s"}, status=429,
+                                 headers={"Retry-After": str(math.ceil(wait))})
+
+    def _foreign(self, request: web.Request, action: Action) -> web.Response | None:
+        """A 403 (audited) when a browser says the request comes from another page."""
+        origin = request.headers.get("Origin")
+        if origin is None or self.hosts.origin_allowed(origin, request.headers.get("Host")):
+            return None
+        s = self.sessions.get(request.cookies.get(self.cookie_name), self.monotonic())
+        p = self._anonymous(request)
+        if s is not None:  # name the user whose browser was used
+            p = Principal(p.address, self.name, "web", s.identity)
+        self._refuse_quietly(p, action, f"sent by a page of another site ({clean(origin)})")
+        return _error(403, "requests from other sites' pages are refused")
+
+    def _csrf(self, request: web.Request, v: Visitor, action: Action) -> web.Response | None:
+        """A 403 (audited) when a session's state-changing request lacks its CSRF token."""
+        if v.session is None or csrf_ok(v.session, request.headers.get(CSRF_HEADER)):
+            return None
+        self._refuse_quietly(v.principal, action, "missing or wrong CSRF token")
+        return _error(403, f"missing or wrong CSRF token ({CSRF_HEADER}): reload the page")
+
+    def you(self, v: Visitor) -> dict[str, Any]:
+        """What a page may know about its visitor."""
+        return {"identity": v.identity, "role": v.role.label,
+                "can_control": self.config.control and v.role >= Role.OPERATOR}
+
+    async def _api_session(self, request: web.Request) -> web.Response:
+        v = self._visitor(request)
+        if isinstance(v, web.Response):
+            return v
+        if v.session is not None:  # a page load is a deliberate use
+            self.sessions.touch(v.session, self.monotonic())
+        policy = self.gate.policy
+        return web.json_response({
+            **self.you(v), "title": self.config.title,
+            "csrf": v.session.csrf if v.session is not None else None,
+            "expired": v.how == "" and bool(request.cookies.get(self.cookie_name)),
+            "login": any(i.password or i.token for i in policy.identities.values()),
+            "tls": self.config.ssl_context is not None})
+
+    def _cookie(self, resp: web.StreamResponse, session: Session | None) -> None:
+        secure = self.config.ssl_context is not None
+        if session is None:
+            resp.del_cookie(self.cookie_name, path="/", secure=secure, httponly=True,
+                            samesite="Strict")
+        else:
+            resp.set_cookie(self.cookie_name, session.id, path="/", secure=secure,
+                            httponly=True, samesite="Strict",
+                            max_age=int(self.config.session_lifetime))
+
+    def _start_session(self, request: web.Request, identity: str, how: str) -> Session:
+        address = _peer(request)[1]
+        old = self.sessions.end(request.cookies.get(self.cookie_name) or "")
+        if old is not None:
+            self._end_pages(old.id, "logged in again")
+        s, evicted = self.sessions.create(identity, address, how, self.monotonic())
+        for e in evicted:
+            log.info("%s: the session of %s ends: %d sessions at most", self.name, e.identity,
+                     self.sessions.max_sessions)
+            self._end_pages(e.id, "too many sessions: log in again")
+        role = self.gate.role_of(Principal(address, self.name, "web", identity))
+        log.info("%s: %s logged in from %s (%s, by %s)", self.name, identity, address,
+                 role.label, how)
+        self.push(self.state.add_event("info", self.gate.node or self.name,
+                                       f"{identity} logged in from {address} as {role.label}",
+                                       self.clock(), kind="session", who=identity))
+        return s
+
+    async def _api_login(self, request: web.Request) -> web.Response:
+        """``{"user", "password"}`` or ``{"token"}`` -> a session cookie, or 401 (audited
+        with the name, never the password) / 429 after too many failures."""
+        refusal = self._foreign(request, Action(Role.OBSERVER, "login", ""))
+        if refusal is not None:
+            return refusal
+        body = await self._read_json(request, ())
+        if isinstance(body, web.Response):
+            return body
+        user, password, token = body.get("user"), body.get("password"), body.get("token")
+        if token is not None:
+            if not isinstance(token, str):
+                return _error(400, 'send {"user": ..., "password": ...} or {"token": ...}')
+            action = Action(Role.OBSERVER, "login", "token")
+        elif isinstance(user, str) and isinstance(password, str):
+            action = Action(Role.OBSERVER, "login", clean(user, 64))
+        else:
+            return _error(400, 'send {"user": ..., "password": ...} or {"token": ...}')
+        refusal = self._limited(request, action)
+        if refusal is not None:
+            return refusal
+        policy = self.gate.policy
+        address = _peer(request)[1]
+        if token is not None:
+            ident = policy.check_token(token) if len(token) <= MAX_SECRET else None
+            how, why = "token", "unknown token"
+            if ident is None:
+                self.limiter.failed(address, self.monotonic())
+        else:
+            assert isinstance(user, str) and isinstance(password, str)
+            if self._logins_waiting >= MAX_LOGINS_WAITING:
+                return web.json_response({"error": "too many logins at once; try again"},
+                                         status=503, headers={"Retry-After": "1"})
+            # Counted before the check, so that a burst from one address cannot queue more
+            # checks than it may fail; taken back if the password is right.
+            self.limiter.failed(address, self.monotonic())
+            ident = None
+            if len(password) <= MAX_SECRET and len(user) <= 256:
+                self._logins_waiting += 1
+                try:
+                    async with self._password_checks:  # scrypt: off the loop, two at a time
+                        ident = await asyncio.get_running_loop().run_in_executor(
+                            None, policy.check_password, user, password)
+                finally:
+                    self._logins_waiting -= 1
+            if ident is not None:
+                self.limiter.forgive(address)
+            how, why = "password", "wrong user name or password"
+        if ident is None:
+            self.gate.refuse(self._anonymous(request), action, why)
+            return _unauthorized(why)
+        s = self._start_session(request, ident.name, how)
+        resp = web.json_response({"ok": True, "identity": ident.name,
+                                  "role": ident.role.label})
+        self._cookie(resp, s)
+        return resp
+
+    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        """``/login``: the page (it opens its login form); ``/login?once=TOKEN``: a one-time
+        login link, then the page (``/login#used`` when the link is used up or wrong)."""
+        token = request.query.get("once")
+        if token is None:
+            return await self._index(request)
+        action = Action(Role.OBSERVER, "login", "one-time link")
+        refusal = self._limited(request, action)
+        if refusal is not None:
+            return refusal
+        ident = self.one_time.take(token) if len(token) <= MAX_SECRET else None
+        if ident is None:
+            self.limiter.failed(_peer(request)[1], self.monotonic())
+            self.gate.refuse(self._anonymous(request), action,
+                             "one-time login link already used or unknown")
+            return _see_other("/login#used")
+        s = self._start_session(request, ident, "link")
+        resp = _see_other("/")
+        self._cookie(resp, s)
+        return resp
+
+    async def _api_logout(self, request: web.Request) -> web.Response:
+        action = Action(Role.OBSERVER, "logout", "")
+        refusal = self._foreign(request, action)
+        if refusal is not None:
+            return refusal
+        v = self._visitor(request)
+        if isinstance(v, web.Response):
+            return v
+        refusal = self._csrf(request, v, action)
+        if refusal is not None:
+            return refusal
+        if v.session is not None:
+            self.sessions.end(v.session.id)
+            self._end_pages(v.session.id, "logged out")
+            log.info("%s: %s logged out (%s)", self.name, v.session.identity,
+                     v.principal.address)
+            self.push(self.state.add_event("info", self.gate.node or self.name,
+                                           f"{v.session.identity} logged out",
+                                           self.clock(), kind="session",
+                                           who=v.session.identity))
+        resp = web.json_response({"ok": True})
+        self._cookie(resp, None)
+        return resp
+
+    def _end_pages(self, sid: str, reason: str) -> None:
+        for page in list(self.pages):
+            if page.session == sid:
+                self._drop(page, CLOSE_SESSION, reason)
+
+    # -- the audit trail on the page -------------------------------------------------------
+    def _on_audit(self, event: AuditEvent) -> None:
+        """The gate's sink: may be called from another thread (an EPICS IOC's)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._show_audit(event.to_json())
+        else:
+            loop.call_soon_threadsafe(self._show_audit, event.to_json())
+
+    def _show_audit(self, event: dict[str, Any]) -> None:
+        node = str(event.get("node") or self.gate.node or self.name)
+        self.push_all(self.state.on_audit(node, event, self.clock()))
+
     def config_json(self) -> dict[str, Any]:
         c = self.config
         return {"title": c.title, "node": c.node, "control": c.control,
@@ -512,9 +919,15 @@ class WebDashboard:
                             "below": a.below} for a in c.alarms]}
 
     async def _api_config(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         return web.json_response(self.config_json(), dumps=_dumps)
 
     async def _api_nodes(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         return web.json_response({"now": self.clock(), "nodes": self.nodes_json()},
                                  dumps=_dumps)
 
@@ -522,9 +935,15 @@ class WebDashboard:
         return self.state.devices()
 
     async def _api_devices(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         return web.json_response(self.devices_json(), dumps=_dumps)
 
     async def _api_history(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         topic = request.query.get("topic", "")
         try:
             minutes = float(request.query.get("minutes", self.config.history_minutes))
@@ -540,9 +959,15 @@ class WebDashboard:
         return web.json_response(await self.history(topic, minutes, max_points), dumps=_dumps)
 
     async def _api_events(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         return web.json_response({"events": list(self.state.events)}, dumps=_dumps)
 
     async def _api_frame(self, request: web.Request) -> web.Response:
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         topic = request.query.get("topic", "")
         frame = self.state.frames.get(topic)
         if frame is None:
@@ -558,8 +983,9 @@ class WebDashboard:
                                      "X-Frame-Count": str(frame.count)})
 
     # -- WebSocket -----------------------------------------------------------------------
-    def hello(self) -> dict[str, Any]:
+    def hello(self, you: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"type": "hello", "now": self.clock(), "config": self.config_json(),
+                "you": you or {},
                 "nodes": self.nodes_json(), "devices": self.devices_json(),
                 "events": list(self.state.events)[-HELLO_EVENTS:]}
 
@@ -583,12 +1009,19 @@ class WebDashboard:
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         peer, address = _peer(request)
+        refusal = self._foreign(request, Action(Role.OBSERVER, "watch", "/ws"))
+        if refusal is not None:
+            return refusal
+        who = self._reader(request)
+        if isinstance(who, web.Response):
+            return who
         refusal = self._admit(address, peer)
         if refusal is not None:
             return refusal
         now = self.monotonic()
         page = Page(peer, address, now, max_bytes=self.config.client_bytes,
-                    max_messages=self.config.client_queue, transport=request.transport)
+                    max_messages=self.config.client_queue, transport=request.transport,
+                    session=who.session.id if who.session is not None else None)
         self.pages.add(page)  # the slot is taken before the first await
         self._touch_pages()
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
@@ -596,7 +1029,7 @@ class WebDashboard:
         try:
             await ws.prepare(request)
             page.ws = ws
-            page.offer(_dumps(self.hello()), first=True)
+            page.offer(_dumps(self.hello(self.you(who))), first=True)
             sender = asyncio.create_task(self._send_loop(page), name=f"{self.name}-ws-send")
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
@@ -678,74 +1111,105 @@ class WebDashboard:
                 self._drop(page, CLOSE_NO_HELLO, "say hello first")
 
     # -- control -------------------------------------------------------------------------
-    async def _read_control(self, request: web.Request,
-                            fields: tuple[str, ...]) -> dict[str, Any] | web.Response:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.host:
-            return _error(403, "cross-origin control requests are refused")
+    async def _read_json(self, request: web.Request,
+                         fields: tuple[str, ...]) -> dict[str, Any] | web.Response:
         if request.content_type != "application/json":
             return _error(415, "send JSON (Content-Type: application/json)")
         try:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"a control request is at most {MAX_BODY} bytes")
+            return _error(413, f"a request is at most {MAX_BODY} bytes")
         except (ValueError, web.HTTPException):
             return _error(400, "the body is not JSON")
         if not isinstance(body, dict) or any(f not in body for f in fields):
             return _error(400, f"expected a JSON object with {', '.join(fields)}")
         return body
 
-    async def _control(self, request: web.Request, action: str, target: str,
-                       act: Callable[[], Awaitable[ControlResult]]) -> web.Response:
-        """THE place where a network request becomes a device action: every control
-        request passes here with the client's address (where an access check belongs),
-        is refused when control is off, and is logged and audited either way."""
-        if not self.config.control:
-            res = ControlResult(REFUSED, action, target, "control is off on this dashboard "
-                                "(control: true in its node file)")
-            resp = self._audit(request, res)
-            resp.set_status(403)
-            return resp
-        return self._audit(request, await act())
+    async def _read_control(self, request: web.Request, fields: tuple[str, ...]
+                            ) -> tuple[Visitor, dict[str, Any]] | web.Response:
+        """The checks every control request passes before its body is read: the Origin,
+        who asks (401 for nobody), the session's CSRF token."""
+        action = Action(Role.OPERATOR, "control", clean(request.path))
+        refusal = self._foreign(request, action)
+        if refusal is not None:
+            return refusal
+        v = self._reader(request)
+        if isinstance(v, web.Response):
+            return v
+        refusal = self._csrf(request, v, action)
+        if refusal is not None:
+            return refusal
+        if v.session is not None:
+            self.sessions.touch(v.session, self.monotonic())
+        body = await self._read_json(request, fields)
+        if isinstance(body, web.Response):
+            return body
+        return v, body
 
-    def _audit(self, request: web.Request, result: ControlResult) -> web.Response:
+    async def _control(self, request: web.Request, v: Visitor, action: str, target: str,
+                       act: Callable[[], Awaitable[ControlResult]],
+                       detail: str = "") -> web.Response:
+        """THE place where a network request becomes a device action: the gate checks the
+        visitor's role (operator) and audits the outcome with the user's name; refused when
+        control is off or nobody logged in (audited too), and logged either way."""
+        what = Action(Role.OPERATOR, action, target, detail)
+        reason = ""
+        if not self.config.control:
+            reason = "control is off on this dashboard (control: true in its node file)"
+        elif v.identity is None:
+            reason = (f"{action} needs the operator role; without a login the web page is "
+                      f"read-only for {v.principal.address}: log in")
+        if reason:
+            self._refuse_quietly(v.principal, what, reason)
+            return self._answer(request, v, ControlResult(REFUSED, action, target, reason),
+                                403)
+        try:
+            role = self.gate.check(v.principal, what)
+        except AccessDenied as exc:
+            return self._answer(request, v, ControlResult(REFUSED, action, target,
+                                                          exc.reason), 403)
+        result = await act()
+        self.gate.record(v.principal, what, DONE if result.ok else FAILED, result.reason,
+                         role)
+        return self._answer(request, v, result)
+
+    def _answer(self, request: web.Request, v: Visitor, result: ControlResult,
+                status: int = 200) -> web.Response:
         peer, _ = _peer(request)
-        entry = {"client": peer, **result.to_json(), "ts": self.clock()}
+        entry = {"client": peer, "user": v.identity, **result.to_json(), "ts": self.clock()}
         self.control_log.append(entry)
         if len(self.control_log) > 1000:
             del self.control_log[:500]
-        log.info("%s: control from %s: %s %s -> %s%s", self.name, peer, result.action,
-                 result.target, result.outcome, f" ({result.reason})" if result.reason else "")
-        level = "control" if result.ok else "refused"
-        text = f"{result.action} {result.target} from {peer}: {result.outcome}"
-        if result.reason:
-            text += f" -- {result.reason}"
-        node = result.target.split("/", 1)[0]
-        self.push(self.state.add_event(level, node, text, entry["ts"], kind="control",
-                                       client=peer))
-        # A refusal is a well-formed answer, not a failed request: 200 with the outcome in
-        # the body (ADR 0072); 4xx/5xx are kept for malformed or disallowed requests.
-        return web.json_response(result.to_json())
+        log.info("%s: control from %s (%s): %s %s -> %s%s", self.name, peer,
+                 v.identity or "not logged in", result.action, result.target, result.outcome,
+                 f" ({result.reason})" if result.reason else "")
+        # The event on the page is the gate's audit event (_on_audit). A node's refusal is a
+        # well-formed answer, not a failed request: 200 with the outcome in the body
+        # (ADR 0072); 4xx are for malformed or disallowed requests.
+        return web.json_response(result.to_json(), status=status)
 
     async def _control_valve(self, request: web.Request) -> web.Response:
-        body = await self._read_control(request, ("node", "valve", "action"))
-        if isinstance(body, web.Response):
-            return body
+        got = await self._read_control(request, ("node", "valve", "action"))
+        if isinstance(got, web.Response):
+            return got
+        v, body = got
         node, valve, action = str(body["node"]), str(body["valve"]), str(body["action"])
-        return await self._control(request, action, f"{node}/{valve}",
+        return await self._control(request, v, clean(action, 32), clean(f"{node}/{valve}"),
                                    lambda: self.controls.valve(node, valve, action))
 
     async def _control_setpoint(self, request: web.Request) -> web.Response:
-        body = await self._read_control(request, ("node", "value"))
-        if isinstance(body, web.Response):
-            return body
+        got = await self._read_control(request, ("node", "value"))
+        if isinstance(got, web.Response):
+            return got
+        v, body = got
         node, device = str(body["node"]), str(body.get("device") or "")
         try:
             value = float(body["value"])
         except (TypeError, ValueError):
             return _error(400, "value must be a number")
-        return await self._control(request, "setpoint", f"{node}/{device}",
-                                   lambda: self.controls.setpoint(node, device, value))
+        return await self._control(request, v, "setpoint", clean(f"{node}/{device}"),
+                                   lambda: self.controls.setpoint(node, device, value),
+                                   detail=f"{value:g}")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -770,6 +1234,15 @@ def _page_message(data: str) -> str | None:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _unauthorized(message: str) -> web.Response:
+    return web.json_response({"error": message, "login": True}, status=401,
+                             headers={"WWW-Authenticate": 'Bearer realm="labbridge"'})
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _json_default(obj: Any) -> Any:

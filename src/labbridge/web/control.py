@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,13 @@ class CommandTarget:
     port: int
     timeout: float = 3.0
     client: PychronClient | None = None
+    #: TLS client context when the node's command server speaks TLS (docs/security.md).
+    tls: ssl.SSLContext | None = None
 
     def remote(self) -> RemoteValves:
         if self.client is None:
-            self.client = PychronClient(self.host, self.port, timeout=self.timeout, retries=1)
+            self.client = PychronClient(self.host, self.port, timeout=self.timeout, retries=1,
+                                        ssl=self.tls)
         return RemoteValves(self.client)
 
     async def close(self) -> None:

@@ -47,6 +47,8 @@ class Page:
     ws: Any = None
     transport: Any = None
     proven: bool = False
+    #: The id of the login session the page was opened with (closed when it ends).
+    session: str | None = None
     last_heard: float | None = None
     #: When the send in progress started (None: idle sender).
     sending_since: float | None = None

@@ -73,6 +73,10 @@ PRESSURE_UNITS = frozenset({"torr", "mbar", "bar", "pa", "hpa", "kpa", "psi", "a
 #: Signals that are never plotted or shown as values.
 META_SIGNAL = "meta"
 REFUSED_SIGNAL = "event.refused"
+#: ``<node>.audit``: one event of a node's audit trail (AuditEvent.to_json(), issue 12).
+AUDIT_DEVICE = "audit"
+#: Audit outcomes and the level of their event: refusals and failures are warnings.
+AUDIT_LEVELS = {"done": "control", "failed": "warning", "refused": "warning"}
 
 
 @overload
@@ -324,7 +328,8 @@ def is_plain_signal(topic: str) -> bool:
     """False for topics that are never series: heartbeats, dashboard events, metadata and
     refusal events."""
     _, device, signal = split_topic(topic)
-    if (device, signal) in (("notifier", "heartbeat"), ("dashboard", "event.heartbeat")):
+    if (device, signal) in (("notifier", "heartbeat"), ("dashboard", "event.heartbeat"),
+                            (AUDIT_DEVICE, "")):
         return False
     if device == "dashboard" and signal.startswith("event."):
         return False
@@ -518,6 +523,8 @@ class LabState:
         if (device, signal) in (("notifier", "heartbeat"), ("dashboard", "event.heartbeat")):
             n.last_heartbeat = rx
             return []
+        if device == AUDIT_DEVICE and not signal:
+            return self.on_audit(node_name, value, ts)
         if device == "dashboard" and signal.startswith("event."):
             kind = signal[len("event."):]
             level = EVENT_LEVELS.get(kind)
@@ -780,6 +787,30 @@ class LabState:
         shape = tuple(int(x) for x in getattr(array, "shape", ()))
         self.frames[topic] = Frame(topic, ts, downsample(array), count, shape)
         return [self.frames[topic].to_json()]
+
+    def on_audit(self, node: str, value: Any, ts: float) -> list[dict[str, Any]]:
+        """One audit event (``AuditEvent.to_json()``) as an event of the log: who did or
+        was refused what, and why. Anything else on an audit topic is ignored."""
+        if not isinstance(value, dict) or value.get("outcome") not in AUDIT_LEVELS:
+            self.ignored += 1
+            return []
+        outcome = str(value["outcome"])
+        f = {k: _text(value.get(k), 200) for k in ("verb", "target", "detail", "who", "role",
+                                                    "via", "transport", "reason")}
+        what = f"{f['verb']} {f['target']}".strip() or "?"
+        if f["detail"]:
+            what += f" ({f['detail']})"
+        text = f"{outcome}: {what} by {f['who'] or '?'}"
+        if f["role"]:
+            text += f" as {f['role']}"
+        if f["via"] or f["transport"]:
+            text += f" via {f['via'] or '?'}/{f['transport'] or '?'}"
+        if f["reason"]:
+            text += f": {f['reason']}"
+        return [self.add_event(AUDIT_LEVELS[outcome], node, text,
+                               timestamp(value.get("ts"), ts), kind="audit", outcome=outcome,
+                               who=f["who"], verb=f["verb"], target=f["target"],
+                               reason=f["reason"])]
 
     def add_event(self, level: str, node: str, text: str, ts: float,
                   **extra: Any) -> dict[str, Any]:

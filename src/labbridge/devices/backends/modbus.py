@@ -98,7 +98,8 @@ class ModbusCoilBackend(ValveBackend):
         client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout,
                                       retries=0, reconnect_delay=0)
         try:
-            ok = await asyncio.wait_for(client.connect(), self.timeout + 0.5)
+            async with asyncio.timeout(self.timeout + 0.5):
+                ok = await client.connect()
         except (TimeoutError, OSError) as exc:
             ok = False
             log.debug("%s: connect failed: %s", self.where, exc)
@@ -114,8 +115,8 @@ class ModbusCoilBackend(ValveBackend):
         async with self._io:
             client = await self._ensure_connected()
             try:
-                rr = await asyncio.wait_for(
-                    getattr(client, method)(*args, device_id=self.unit), self.timeout + 0.5)
+                async with asyncio.timeout(self.timeout + 0.5):
+                    rr = await getattr(client, method)(*args, device_id=self.unit)
             except (TimeoutError, ModbusException, OSError) as exc:
                 self._drop()
                 raise BackendError(f"{self.where}: {what} failed: "

@@ -9,7 +9,10 @@ softioc's documented builder API, and why (ADR 0151):
   (registered with libCom's ``errSymbolAdd``) is the refusal reason, which QSRV sends to a
   pvAccess client as the put's error message.
 * ``asSetFilename`` (dbCore) loads the access-security file before ``iocInit``;
-  ``asTrapWriteRegisterListener`` (libCom) tells the face which client writes.
+  ``asCheckClientIP`` (libCom) makes EPICS judge and report a CA client by its socket's
+  address, not by the host name the client claims; ``asActive`` (libCom) tells whether the
+  file was loaded; ``asTrapWriteRegisterListener`` (libCom) tells the face which client
+  writes (ADR 0154).
 """
 
 from __future__ import annotations
@@ -151,7 +154,13 @@ _Listener = ctypes.CFUNCTYPE(None, ctypes.POINTER(_TrapMessage), ctypes.c_int)
 
 
 def trap_writes(peers: dict[int, str]) -> Any:
-    """Remember, per server thread, who is writing (``user@host``) while a put runs.
+    """Remember, per server thread, which client host is writing while a put runs.
+
+    The host is the client's socket address: RSRV sets it from the socket when
+    ``asCheckClientIP`` is on (and then ignores the client's HOST_NAME message), QSRV always
+    does (pvxs ``ioc/credentials.cpp``). The user name is what the client claims and is not
+    used. The entry is dropped when the put ends (``after``): a thread that processes a
+    record with no put of its own under way finds no client and the write is refused.
 
     Keyed by OS thread id, not a ``threading.local``: EPICS's server threads are not Python
     threads, and each ctypes callback in such a thread gets a fresh Python thread state.
@@ -160,17 +169,30 @@ def trap_writes(peers: dict[int, str]) -> Any:
     def listener(msg: Any, after: int) -> None:
         ident = threading.get_ident()
         if after:
-            return  # the next write of this thread overwrites the entry
-        m = msg.contents
-        user = (m.userid or b"").decode("utf-8", "replace")
-        host = (m.hostid or b"").decode("utf-8", "replace")
-        peers[ident] = f"{user}@{host}"
+            peers.pop(ident, None)
+            return
+        peers[ident] = (msg.contents.hostid or b"").decode("ascii", "replace")
 
     cb = _Listener(listener)
     Com.asTrapWriteRegisterListener.argtypes = [_Listener]
     Com.asTrapWriteRegisterListener.restype = ctypes.c_void_p
     Com.asTrapWriteRegisterListener(cb)
     return cb  # the caller keeps it alive
+
+
+def check_client_ip() -> None:
+    """Judge CA clients by their socket address (EPICS base ``asCheckClientIP = 1``): host
+    access groups are resolved to addresses when the file loads, and a client's HOST_NAME
+    claim is ignored. Must be set before ``iocInit`` loads the access file."""
+    flag = ctypes.c_int.in_dll(Com, "asCheckClientIP")
+    flag.value = 1
+    if flag.value != 1:
+        raise RuntimeError("cannot set EPICS asCheckClientIP")
+
+
+def access_security_active() -> bool:
+    """Whether the access file loaded (EPICS grants everything when it did not)."""
+    return bool(ctypes.c_int.in_dll(Com, "asActive").value)
 
 
 def ioc_init(loop: asyncio.AbstractEventLoop) -> None:

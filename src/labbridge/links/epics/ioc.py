@@ -17,29 +17,40 @@ node's one asyncio loop and are never touched from those threads. Two paths cros
   with ``run_coroutine_threadsafe`` and waits for its answer (bounded by ``write_timeout``).
   The loop never waits for EPICS, so this cannot deadlock.
 
-Refusals (ADR 0151): a write the device refuses leaves the record's value as it was, raises a
-WRITE/MAJOR alarm on the record, stores the reason in ``<device>:LAST_ERROR`` and fails the
-put with that reason as a pvAccess error message. A software-locked valve has no write access
-at all (EPICS access security follows the ``_LOCK`` record), which both protocols report as an
-error before anything is written.
+Access (ADR 0154): every write passes the node's gate in :meth:`EpicsIoc._write`, as the
+client's socket address (EPICS ``asCheckClientIP``: a host name a CA client claims is never
+believed, a user name it claims is never an identity). In front of the gate, EPICS access
+security generated from the same policy (:mod:`labbridge.links.epics.acf`) gives a client
+without the role a read-only channel (or none at all), so CA and PVA clients get EPICS's own
+"no write access" error at once.
+
+Refusals (ADR 0151): a write the gate or the device refuses leaves the record's value as it
+was, raises a WRITE/MAJOR alarm on the record, stores the reason in ``<device>:LAST_ERROR``
+and fails the put with that reason as a pvAccess error message. A software-locked valve has no
+write access at all (EPICS access security follows the ``_LOCK`` record), which both
+protocols report as an error before anything is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.devices.base import Change, Device
+from labbridge.links.epics.acf import AccessFile, access_file, group_name
 from labbridge.links.epics.mapping import (
     MAX_REASON,
     Binding,
@@ -157,9 +168,12 @@ class _Record:
 class EpicsIoc:
     """Service ``epics_ioc``: every device of the node as records of one embedded IOC."""
 
-    def __init__(self, name: str, devices: list[Device], settings: IocSettings) -> None:
+    def __init__(self, name: str, devices: list[Device], settings: IocSettings,
+                 gate: Gate | None = None) -> None:
         self.name = name
         self.settings = settings
+        #: The node's access gate: every client write passes it (ADR 0154).
+        self.gate = gate if gate is not None else Gate()
         self.bindings: list[Binding] = []
         self.skipped: list[str] = []
         for dev in devices:
@@ -182,9 +196,14 @@ class EpicsIoc:
         self._unsubscribe: list[Callable[[], None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._poster = _Poster(self._apply_out)
-        #: Who writes, per EPICS server thread id (filled by the access-security trap).
+        #: Which client host writes, per EPICS server thread id, while its put runs (filled
+        #: by the access-security trap; the socket's address, see ADR 0154).
         self._peers: dict[int, str] = {}
+        self.access: AccessFile | None = None
+        self._acf_path: Path | None = None
         self._image_server: Any = None
+        self._image_provider: Any = None
+        self._read_refused: dict[str, float] = {}
         self._ports: dict[str, int] = {}
         self._trap: Any = None
         self.writes = 0
@@ -238,6 +257,10 @@ class EpicsIoc:
             "EPICS_PVA_ADDR_LIST": " ".join(f"{host}:{p}" for p in pva_udp),
             "pvs": self.pv_names(),
             "skipped_devices": self.skipped,
+            # The EPICS access security file made from the node's policy, and what it could
+            # not express (docs/epics.md, "Who may write").
+            "access_file": str(self._acf_path) if self._acf_path else None,
+            "access_notes": list(self.access.notes) if self.access else [],
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -329,7 +352,10 @@ class EpicsIoc:
         sio.ensure_loaded()
         workdir = Path(tempfile.mkdtemp(prefix="labbridge-ioc-"))
         sio.set_prefix(self.settings.prefix)
-        acf_groups: list[tuple[str, str]] = []
+        # Access security groups: read-only records stay in DEFAULT; a writable record is in
+        # the group of the role its writes need, a valve also follows its own _LOCK record.
+        groups: dict[str, tuple[Role, str | None]] = {}
+        locks = 0
         for rec in self.records.values():
             spec = rec.spec
             if spec.rtype == "ndarray":
@@ -339,27 +365,39 @@ class EpicsIoc:
                 rec.code, rec.message = sio.register_refusal()
                 fields = dict(spec.fields)
                 if spec.lock is not None:
-                    group = f"LB_{len(acf_groups)}"
-                    acf_groups.append((group, self._pv(spec.lock)))
-                    fields["ASG"] = group
+                    group = group_name(spec.needs, locks)
+                    locks += 1
+                    groups[group] = (spec.needs, self._pv(spec.lock))
+                else:
+                    group = group_name(spec.needs)
+                    groups[group] = (spec.needs, None)
+                fields["ASG"] = group
                 rec.obj = sio.make_out(spec.rtype, spec.suffix, fields, initial,
                                        self._validator(rec), rec.code)
             else:
                 rec.obj = sio.make_in(spec.rtype, spec.suffix, spec.fields, initial)
         sio.load_database()
-        acf = workdir / "labbridge.acf"
-        acf.write_text(_acf(acf_groups))
-        sio.set_access_file(acf)
+        self.access = access_file(self.gate.policy, groups, self.gate.node)
+        for note in self.access.notes:
+            log.warning("EPICS IOC %s: %s", self.name, note)
+        self._acf_path = workdir / "labbridge.acf"
+        self._acf_path.write_text(self.access.text)
+        sio.set_access_file(self._acf_path)
+        sio.check_client_ip()
         self._trap = sio.trap_writes(self._peers)
         assert self._loop is not None
         sio.ioc_init(self._loop)
+        if not sio.access_security_active():
+            # EPICS grants everything without its access file: never serve like that.
+            raise RuntimeError(f"EPICS did not load the access file {self._acf_path} (see "
+                               "the IOC's messages above)")
         images = {r.name: r for r in self.records.values() if r.spec.rtype == "ndarray"}
         if images:
             self._start_image_server(images)
 
     def _start_image_server(self, images: dict[str, _Record]) -> None:
         from p4p.nt import NTNDArray
-        from p4p.server import Server
+        from p4p.server import DynamicProvider, Server
         from p4p.server.thread import SharedPV
 
         s = self.settings
@@ -374,11 +412,39 @@ class EpicsIoc:
             if host in _LOOPBACK:
                 conf.update(EPICS_PVAS_BEACON_ADDR_LIST=host,
                             EPICS_PVAS_AUTO_BEACON_ADDR_LIST="NO")
-        self._image_server = Server(providers=[{n: r.obj for n, r in images.items()}],
-                                    conf=conf, useenv=False)
+        handler = _ImageChannels({n: r.obj for n, r in images.items()}, self._may_read)
+        # Kept: the server holds only p4p's C++ source, and a collected provider
+        # disconnects its handler (every search then goes unanswered).
+        self._image_provider = DynamicProvider(f"{self.name}-images", handler)
+        self._image_server = Server(providers=[self._image_provider], conf=conf, useenv=False)
         actual = self._image_server.conf()
         self._ports["image"] = int(actual["EPICS_PVAS_SERVER_PORT"])
         self._ports["image_udp"] = int(actual["EPICS_PVAS_BROADCAST_PORT"])
+
+    def _may_read(self, name: str, peer: str) -> bool:
+        """pvxs thread: whether the client at ``peer`` (``host:port``) may read ``name`` (the
+        NTNDArray server has no EPICS access security of its own). A refusal is audited on
+        the loop."""
+        principal = Principal(address=_client_address(_peer_host(peer)), via=self.name,
+                              transport="epics")
+        if self.gate.may(principal, Role.OBSERVER):
+            return True
+        # pvxs clients retry a refused channel about once a second: one audit line per
+        # client address and minute is enough (bounded: the table is cleared when large).
+        now = time.monotonic()
+        last = self._read_refused.get(principal.address)
+        if last is not None and now - last < 60.0:
+            return False
+        if len(self._read_refused) > 1000:
+            self._read_refused.clear()
+        self._read_refused[principal.address] = now
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            action = Action(Role.OBSERVER, "get", name)
+            reason = f"{principal.who} has no access to node {self.gate.node or 'here'}"
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.gate.refuse, principal, action, reason)
+        return False
 
     # -- device -> records ------------------------------------------------------------------
     def _listener(self, b: Binding) -> Callable[[Change], None]:
@@ -465,17 +531,28 @@ class EpicsIoc:
             return f"{rec.name}: {exc}"
 
     async def _write(self, rec: _Record, value: Any, peer: str | None) -> str | None:
-        """Every client write of every record passes here, on the loop (the access gate's
-        place: ``peer`` is the CA/PVA client as ``user@host``)."""
-        if isinstance(value, float) and not math.isfinite(value):
-            reason: str | None = f"{rec.name}: {value!r} is not a number"
+        """Every client write of every record passes here, on the loop: the node's gate,
+        then the device. ``peer`` is the client's socket address as EPICS reports it (None
+        when no put of a client is under way in the writing thread). Returns the refusal
+        reason, or None when the device did it."""
+        principal = Principal(address=_client_address(peer), via=self.name, transport="epics")
+        action = Action(rec.spec.needs, "put", rec.name, f"value {value}")
+        self.writes += 1
+        reason: str | None
+        if peer is None:
+            # EPICS processed the record outside a client's put (nothing of the face does
+            # that): with no client to judge, nothing is written.
+            reason = self.gate.refuse(principal, action, "the IOC cannot tell which client "
+                                      "is writing; write refused").reason
         else:
             try:
-                reason = await rec.binding.write(rec.spec.suffix, value, peer)
-            except Exception as exc:  # a device error is a refusal, never a dead IOC thread
-                log.exception("EPICS: write %s=%r failed", rec.name, value)
-                reason = f"{rec.name}: {type(exc).__name__}: {exc}"
-        self.writes += 1
+                role = self.gate.check(principal, action)
+            except AccessDenied as exc:
+                reason = exc.reason
+            else:
+                reason = await self._device_write(rec, value, principal.address)
+                self.gate.record(principal, action, DONE if reason is None else FAILED,
+                                 reason or "", role)
         if reason is not None:
             self.refusals += 1
             log.warning("EPICS: write %s=%r from %s refused: %s", rec.name, value,
@@ -486,15 +563,48 @@ class EpicsIoc:
             self._show(rec.binding, rec.binding.state())
         return reason
 
+    async def _device_write(self, rec: _Record, value: Any, requester: str) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{rec.name}: {value!r} is not a number"
+        try:
+            return await rec.binding.write(rec.spec.suffix, value, requester)
+        except Exception as exc:  # a device error is a refusal, never a dead IOC thread
+            log.exception("EPICS: write %s=%r failed", rec.name, value)
+            return f"{rec.name}: {type(exc).__name__}: {exc}"
 
-def _acf(groups: list[tuple[str, str]]) -> str:
-    """Access security: everyone reads and writes, except a locked valve (INPA = its _LOCK
-    record, write allowed while it reads 0). TRAPWRITE lets the face learn who writes."""
-    out = ["ASG(DEFAULT) {", "    RULE(1, READ)", "    RULE(1, WRITE, TRAPWRITE)", "}"]
-    for group, lock_pv in groups:
-        out += [f"ASG({group}) {{", f'    INPA("{lock_pv}")', "    RULE(1, READ)",
-                "    RULE(1, WRITE, TRAPWRITE) {", '        CALC("A=0")', "    }", "}"]
-    return "\n".join(out) + "\n"
+
+class _ImageChannels:
+    """p4p handler of the NTNDArray server: a channel only for clients with a role."""
+
+    def __init__(self, pvs: dict[str, Any], may_read: Callable[[str, str], bool]) -> None:
+        self._pvs = pvs
+        self._may_read = may_read
+
+    def testChannel(self, name: str) -> bool:  # p4p's handler API
+        return name in self._pvs
+
+    def makeChannel(self, name: str, peer: str) -> Any:  # p4p's handler API
+        if name not in self._pvs or not self._may_read(name, peer):
+            return None
+        return self._pvs[name]
+
+
+def _peer_host(peer: str) -> str:
+    """``a.b.c.d:port`` or ``[v6]:port`` (pvxs's peer names) without the port."""
+    if peer.startswith("[") or peer.count(":") == 1:
+        return peer.rsplit(":", 1)[0]
+    return peer
+
+
+def _client_address(host: str | None) -> str:
+    """The principal's address from the host EPICS reports: RSRV gives ``a.b.c.d`` (with
+    ``asCheckClientIP``), QSRV ``a.b.c.d`` or ``[v6]``. Anything else stays as it is and
+    gets no role (the policy only gives roles to IP addresses)."""
+    if host is None:
+        return "unknown"
+    if host.startswith("[") and "]" in host:
+        return host[1:host.index("]")]
+    return host
 
 
 def _in_value(rtype: str, value: Any) -> Any:

@@ -43,11 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from labbridge.access import Role
 from labbridge.devices.base import Change, Device
 from labbridge.devices.camera import Camera
 from labbridge.devices.furnace import Furnace
 from labbridge.devices.gauges import GaugeController
-from labbridge.devices.hexrot.mock import BaseMockController, RotatorMockController
+from labbridge.devices.hexrot.mock import (
+    BaseMockController,
+    RotatorMockController,
+    SimpleMockController,
+)
 from labbridge.devices.laser import Laser, LaserError
 from labbridge.devices.spectrometer import Spectrometer, SpectrometerError
 from labbridge.devices.stage import Stage
@@ -75,7 +80,9 @@ class RecordSpec:
 
     ``rtype`` is one of ai, ao, bi, bo, mbbi, longin, stringin, long_stringin, ndarray
     (an NTNDArray served over pvAccess only). ``lock`` names a bi record (by suffix): while it
-    reads 1, EPICS access security gives the record no write access (ADR 0151).
+    reads 1, EPICS access security gives the record no write access (ADR 0151). ``needs`` is
+    the role a client's write needs (ADR 0154): every record of the face actuates or sets a
+    setpoint (operator); a lock or configuration record would say admin.
     """
 
     suffix: str
@@ -84,6 +91,7 @@ class RecordSpec:
     writable: bool = False
     lock: str | None = None
     doc: str = ""
+    needs: Role = Role.OPERATOR
 
 
 def pv_part(name: str) -> str:
@@ -136,7 +144,10 @@ class Binding:
         return self.state()
 
     async def write(self, suffix: str, value: Any, requester: str | None) -> str | None:
-        """Apply a client's write through the device; None when done, else why not."""
+        """Apply a client's write through the device; None when done, else why not.
+
+        ``requester`` is the client's address, as other links pass theirs (the valve bank's
+        owner check compares it)."""
         return f"{suffix} is read-only"
 
     # Devices that only produce data when read (the spectrometer's integrations) tell the
@@ -515,7 +526,9 @@ BINDINGS: list[tuple[type[Device], Callable[[Any], Binding]]] = [
     (Spectrometer, SpectrometerBinding),
     (Camera, CameraBinding),
     (Stage, StageBinding),
-    (BaseMockController, RotatorBinding),
+    # Scalar-position controllers only: a hexapod's pose has six axes (not served yet).
+    (RotatorMockController, RotatorBinding),
+    (SimpleMockController, RotatorBinding),
 ]
 
 

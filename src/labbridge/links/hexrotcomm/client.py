@@ -21,7 +21,15 @@ Reading is an :class:`asyncio.Protocol`: frames are decoded and dispatched insid
 ``data_received`` with no task hop, so a status resolves the waiting command directly and
 telemetry at hundreds of kHz costs only the decoding (ADR 0044). Callbacks may be plain
 functions (called inline) or coroutine functions (run as tasks); their exceptions are logged
-and never break the link.
+and never break the link. Coroutine telemetry callbacks run as tasks, at most
+:data:`MAX_CALLBACK_TASKS` at a time: while that many are still running, further telemetry is
+not handed to the callback (counted in ``callbacks_dropped``, one log line when dropping starts
+and one when it stops), so a slow callback cannot pile up tasks without bound.
+
+The client trusts the address its caller (the node file) gives; with ``ssl`` (a client context
+from :func:`labbridge.transport.tls.client_context`) it talks TLS and the controller's
+certificate must chain to the site's CA (and name the host, if the context checks host
+names): for a labbridge mock at the other end only, a real controller speaks plain TCP.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -57,6 +66,8 @@ CONFIG_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 #: Most statuses of timed-out commands remembered to recognise late answers (spec §9 #11).
 _LATE_MEMORY = 64
+#: Most coroutine telemetry callbacks running at once; more telemetry is not handed over.
+MAX_CALLBACK_TASKS = 8
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -99,6 +110,7 @@ class CommandTelemetryClient:
         on_telemetry: Callback | None = None,
         on_connect: Callback | None = None,
         log: logging.Logger | None = None,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if profile.generation is not Generation.D:
             raise ValueError("CommandTelemetryClient speaks generation D only")
@@ -112,6 +124,7 @@ class CommandTelemetryClient:
         self.on_telemetry = on_telemetry
         self.on_connect = on_connect
         self.log = log or logging.getLogger(__name__)
+        self.ssl = ssl
         #: Last CONFIG payload record.
         self.config: Any = None
         #: Last TELEMETRY frame: every telemetry field as an attribute, plus ``header`` and
@@ -150,6 +163,10 @@ class CommandTelemetryClient:
         self._configured: asyncio.Future[None] = self._loop.create_future()
         self._telemetry_waiters: list[asyncio.Future[Any]] = []
         self._cb_tasks: set[asyncio.Task[Any]] = set()
+        #: Telemetry frames not handed to a coroutine callback (too many still running).
+        self.callbacks_dropped = 0
+        self._tel_tasks = 0
+        self._dropping = False
         self.closed = asyncio.Event()
 
     # -- connection -------------------------------------------------------------------------
@@ -169,7 +186,7 @@ class CommandTelemetryClient:
         try:
             transport, _ = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _ClientProtocol(self), self.host,
-                                             self.port),
+                                             self.port, ssl=self.ssl),
                 self.connect_timeout)
         except TimeoutError:
             self.closed.set()
@@ -253,12 +270,36 @@ class CommandTelemetryClient:
         if res is not None:
             self._keep(res)
 
-    def _keep(self, res: Any) -> None:
-        """A callback returned a coroutine: run it as a tracked task."""
-        if asyncio.iscoroutine(res):
-            task = self._loop.create_task(res)
-            self._cb_tasks.add(task)
-            task.add_done_callback(self._cb_done)
+    def _keep(self, res: Any, telemetry: bool = False) -> None:
+        """A callback returned a coroutine: run it as a tracked task.
+
+        Telemetry callbacks are bounded (:data:`MAX_CALLBACK_TASKS` running at once); the
+        rare config and connect callbacks always run.
+        """
+        if not asyncio.iscoroutine(res):
+            return
+        if telemetry:
+            if self._tel_tasks >= MAX_CALLBACK_TASKS:
+                res.close()  # never started: no "never awaited" warning
+                self.callbacks_dropped += 1
+                if not self._dropping:
+                    self._dropping = True
+                    self.log.warning("telemetry callback: %d still running; later telemetry "
+                                     "is not handed to it until they finish",
+                                     MAX_CALLBACK_TASKS)
+                return
+            self._tel_tasks += 1
+            if self._dropping and self._tel_tasks <= MAX_CALLBACK_TASKS // 2:
+                self._dropping = False
+                self.log.info("telemetry callback keeps up again (%d frames were not handed "
+                              "to it)", self.callbacks_dropped)
+        task = self._loop.create_task(res)
+        self._cb_tasks.add(task)
+        task.add_done_callback(self._tel_done if telemetry else self._cb_done)
+
+    def _tel_done(self, task: asyncio.Task[Any]) -> None:
+        self._tel_tasks -= 1
+        self._cb_done(task)
 
     def _cb_done(self, task: asyncio.Task[Any]) -> None:
         self._cb_tasks.discard(task)
@@ -314,7 +355,7 @@ class CommandTelemetryClient:
                 for last in it:
                     res = cb(last)
                     if res is not None:
-                        self._keep(res)
+                        self._keep(res, telemetry=True)
                 return last
             except Exception:  # a raising callback must not break the link (spec §3.8)
                 self.log.exception("telemetry callback failed")

@@ -26,6 +26,11 @@ integers (NaN, +-inf, a fraction, a state outside :class:`ControllerState`) is t
 ``state`` signal reads ``UNKNOWN(<value>)``, :attr:`HexrotController.state` is None, the
 substate signals carry None, and a warning is logged once per field until a valid value comes
 back. Commands that need a known state then refuse with :class:`StateError`.
+
+Access (issue 12, docs/adr/0183): in generation D this model connects out to the address its
+node file names and trusts it; in generation A it listens, and only a peer with the
+``operator`` role (by address, or by TLS client certificate with ``ssl``) may act as the
+controller. ``ssl`` is a client context (gen D) or a server context (gen A).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl as _ssl
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from labbridge.access import Gate
 from labbridge.devices.base import Device
 from labbridge.links.hexrotcomm.client import CommandTelemetryClient
 from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER, CommandRejected, LinkFault
@@ -91,6 +98,8 @@ class HexrotController(Device):
         state_telemetry_frames: int = 5,
         autoconnect: bool = True,
         replace_idle_after: float | None = REPLACE_IDLE_AFTER,
+        gate: Gate | None = None,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(name)
         self.profile = profile
@@ -105,6 +114,11 @@ class HexrotController(Device):
         self.autoconnect = autoconnect
         #: Gen A (we listen): a new controller connection replaces one idle this long.
         self.replace_idle_after = replace_idle_after
+        #: Gen A: the node's gate decides who may act as the controller.
+        self.gate = gate
+        #: TLS: a client context (gen D) or a server context requiring client certificates
+        #: (gen A); None for plain TCP (a real controller knows nothing else).
+        self.ssl = ssl
         self.link: CommandTelemetryClient | CommandTelemetryServer | None = None
         self.error_code: ErrorCode | None = None
         self.fault_reason: str | None = None
@@ -149,7 +163,8 @@ class HexrotController(Device):
                                      on_config=self._on_config,
                                      on_telemetry=self._on_telemetry,
                                      on_connect=self._on_connect,
-                                     replace_idle_after=self.replace_idle_after)
+                                     replace_idle_after=self.replace_idle_after,
+                                     gate=self.gate, target=self.name, ssl=self.ssl)
         await srv.start()
         self.port = srv.port
         self.link = srv
@@ -166,7 +181,7 @@ class HexrotController(Device):
                 self.profile, self.host, self.port, connect_timeout=self.connect_timeout,
                 config_timeout=self.config_timeout, ack_timeout=self.ack_timeout,
                 on_config=self._on_config, on_telemetry=self._on_telemetry,
-                on_connect=self._on_connect)
+                on_connect=self._on_connect, ssl=self.ssl)
             self.link = client
             try:
                 await client.connect()

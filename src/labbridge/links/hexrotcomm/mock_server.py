@@ -14,6 +14,13 @@ mock speak the real bytes:
 
 Header counters are incremented per frame id (spec §9 quirk 3); gen-A headers carry the
 device's sync pattern (quirk 9).
+
+Access (issue 12, docs/adr/0183): every command passes the node's gate in
+:func:`execute_command`. Generation D: a peer the gate gives no role is refused at connection
+and only an ``operator`` may replace a silent CSC; a command the peer's role does not allow
+gets NO_ACK ``access: observer may not move`` and changes nothing. Generation A: the mock
+connects to the CSC its node file names and trusts it (the commands are still audited).
+Both generations can run over TLS with client certificates (labbridge at both ends).
 """
 
 from __future__ import annotations
@@ -21,11 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.devices.hexrot.mock import BaseMockController, CommandError
-from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
+from labbridge.links.hexrotcomm.common import (
+    REPLACE_IDLE_AFTER,
+    PeerAccess,
+    command_action,
+    refusal_reason,
+)
 from labbridge.protocol.base import NEED_DATA, ProtocolError
 from labbridge.protocol.hexrotcomm.framing import CommandDecoder, FrameKind, WireProfile
 from labbridge.protocol.hexrotcomm.structs import (
@@ -44,18 +58,37 @@ CONNECT_RETRY_INTERVAL = 0.1
 
 
 def execute_command(mock: BaseMockController, code: int, params: tuple[float, ...],
-                    tai: float, peer: str | None) -> float:
+                    tai: float, principal: Principal, gate: Gate, *,
+                    trusted: bool = False) -> float:
     """The one place where a command from the network becomes a device action.
 
-    Both generations come through here with the peer's address (``host:port``) and the TAI
-    time of arrival; returns the expected duration or raises :class:`CommandError` (the
-    reason), which gen D answers with NO_ACK and gen A only logs.
+    Both generations come through here with who sent it and the TAI time of arrival. The
+    node's gate checks the command (``CONFIG_*`` needs ``admin``, every other command
+    ``operator``; ``trusted``: the peer is the CSC the node file told us to connect to, only
+    audited) and audits its outcome. Returns the expected duration or raises
+    :class:`CommandError` (the reason; an access refusal changes nothing), which gen D answers
+    with NO_ACK and gen A only logs.
     """
+    action = command_action(mock.spec, code, params, mock.name)
+    if trusted:
+        role = Role.ADMIN
+    else:
+        try:
+            role = gate.check(principal, action)
+        except AccessDenied as exc:
+            # The gate wrote the log line (logger labbridge.audit, with the whole reason).
+            reason = refusal_reason(exc, params)
+            log.debug("%s: %s from %s refused: %s", mock.name, action.verb, principal.who,
+                      reason)
+            raise CommandError(reason) from None
     try:
-        return mock.handle_command(code, params, tai)
+        duration = mock.handle_command(code, params, tai)
     except CommandError as exc:
-        log.info("%s: command %#x from %s refused: %s", mock.name, code, peer, exc)
+        # One log line per command: the audit line (``failed: ...: <reason>``).
+        gate.record(principal, action, FAILED, str(exc), role)
         raise
+    gate.record(principal, action, DONE, "", role)
+    return duration
 
 
 class _FrameWriter:
@@ -122,9 +155,12 @@ class _MockProtocol(asyncio.Protocol):
         self.tel_task: asyncio.Task[None] | None = None
         self.out: _FrameWriter | None = None
         self.paused_once = False  # one log line per connection, not per pause
+        self.principal = Principal("?", owner.access.via)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop: own classes
+        self.principal = self.owner.access.principal(transport)
+        self.owner._client = self
         self.out = _FrameWriter(self.owner.profile, transport.write,  # type: ignore[attr-defined]
                                 self.can_write.wait)
         if self.owner.send_config:
@@ -145,7 +181,7 @@ class _MockProtocol(asyncio.Protocol):
         if len(data) == self.command_size and not decoder.pending:
             # One whole command and nothing pending: the usual case (one command in flight).
             cmd = tuple.__new__(self.command_record, self.unpack_command(data))
-            self.transport.write(self.owner._reply(cmd, self.out))
+            self.transport.write(self.owner._reply(cmd, self.out, self.principal))
             return
         error: ProtocolError | None = None
         try:
@@ -155,7 +191,7 @@ class _MockProtocol(asyncio.Protocol):
         # Commands decoded before an error are still answered, then the connection closes
         # (close() flushes what was written; an exception here would abort without flushing).
         while (cmd := decoder.next_event()) is not NEED_DATA:
-            self.transport.write(self.owner._reply(cmd, self.out))
+            self.transport.write(self.owner._reply(cmd, self.out, self.principal))
         if error is not None:
             log.warning("%s: closing the connection: %s", self.owner.mock.name, error)
             self.transport.close()
@@ -187,6 +223,8 @@ class _MockProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.can_write.set()
+        if self.owner._client is self:
+            self.owner._client = None
         if self.tel_task is not None:
             self.tel_task.cancel()
 
@@ -196,17 +234,24 @@ class MockControllerServer:
 
     def __init__(self, mock: BaseMockController, host: str = "127.0.0.1", port: int = 0,
                  *, profile: WireProfile | None = None,
-                 replace_idle_after: float | None = REPLACE_IDLE_AFTER) -> None:
+                 replace_idle_after: float | None = REPLACE_IDLE_AFTER,
+                 gate: Gate | None = None, via: str = "hexrot_mock_controller",
+                 ssl: _ssl.SSLContext | None = None) -> None:
         if mock.generation is not Generation.D:
             raise ValueError("MockControllerServer serves generation D; use "
                              "MockControllerClient for generation A")
         self.mock = mock
         self.profile = profile or WireProfile.make(mock.spec, Generation.D)
+        #: Who may connect (observer), replace a silent CSC (operator), command (operator;
+        #: CONFIG_* admin). Without a gate: the default policy (this machine only).
+        self.access = PeerAccess(gate, via, mock.name, connect_role=Role.OBSERVER,
+                                 tls=ssl is not None)
         #: A new CSC replaces one that has sent nothing for this long (None: never).
         self.server = OneClientServer(
             f"MockController-{mock.name}", host, port,
             protocol_factory=lambda: _MockProtocol(self), log=log,
-            replace_idle_after=replace_idle_after)
+            replace_idle_after=replace_idle_after, ssl=ssl, admit=self._admit)
+        self._client: _MockProtocol | None = None
         #: Times reading from a CSC was paused because it did not read its replies.
         self.reading_paused = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -216,6 +261,28 @@ class MockControllerServer:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def _admit(self, transport: asyncio.BaseTransport, replacing: bool) -> str | None:
+        """The one-client server's ``admit``: the gate's rules (:class:`PeerAccess`), plus:
+        a newcomer who may command takes the controller from a client who may only watch,
+        silent or not, so an observer cannot hold the one connection against the CSC (a
+        chatty one would never be silent long enough to be replaced)."""
+        why = self.access.admit(transport, replacing)
+        current = self._client
+        if why is not None or replacing or current is None or current.transport is None:
+            return why
+        gate = self.access.gate
+        if current.transport.is_closing() or gate.role_of(current.principal) >= Role.OPERATOR:
+            return None  # the server refuses the newcomer: a CSC is connected
+        newcomer = self.access.principal(transport)
+        if gate.role_of(newcomer) < Role.OPERATOR:
+            return None
+        log.warning("%s: %s may command the controller; closing the connection of %s, "
+                    "who may only watch", self.mock.name, newcomer.who, current.principal.who)
+        gate.record(newcomer, Action(Role.OPERATOR, "replace client", self.mock.name,
+                                     f"{current.principal.who} may only watch"))
+        current.transport.abort()  # the server then serves the newcomer in its place
+        return None
 
     @property
     def host(self) -> str | None:
@@ -233,7 +300,7 @@ class MockControllerServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    def _reply(self, cmd: Any, out: _FrameWriter) -> bytes:
+    def _reply(self, cmd: Any, out: _FrameWriter, principal: Principal) -> bytes:
         """COMMAND_STATUS for one command, preceded by CONFIG when the command changed it."""
         now = current_tai()
         if cmd[0] not in (COMMANDER_GUI, COMMANDER_CSC):
@@ -242,7 +309,8 @@ class MockControllerServer:
                 "Unrecognized commander; must be one of GUI or CSC", now)
         version = self.mock.config_version
         try:
-            duration = execute_command(self.mock, cmd[2], cmd[3:], now, self.peer)
+            duration = execute_command(self.mock, cmd[2], cmd[3:], now, principal,
+                                       self.access.gate)
         except CommandError as exc:
             return self.profile.encode_status(cmd[1], CommandStatusCode.NO_ACK, 0.0, str(exc),
                                               now)
@@ -265,10 +333,17 @@ class MockControllerClient:
 
     def __init__(self, mock: BaseMockController, host: str, port: int,
                  command_port: int | None = None, *, profile: WireProfile | None = None,
-                 retry_interval: float = CONNECT_RETRY_INTERVAL) -> None:
+                 retry_interval: float = CONNECT_RETRY_INTERVAL, gate: Gate | None = None,
+                 via: str = "hexrot_mock_controller",
+                 ssl: _ssl.SSLContext | None = None) -> None:
         if mock.generation is not Generation.A:
             raise ValueError("MockControllerClient speaks generation A")
         self.mock = mock
+        #: The CSC is the one the node file names: its commands are trusted and audited.
+        self.gate = gate if gate is not None else Gate()
+        self.via = via
+        #: TLS client context (the CSC side then requires our certificate), or None.
+        self.ssl = ssl
         self.profile = profile or WireProfile.make(mock.spec, Generation.A)
         self.host = host
         self.port = port
@@ -304,17 +379,31 @@ class MockControllerClient:
 
     async def _keep_connected(self, port: int, side: Any) -> None:
         """Connect; retry every ``retry_interval``; reconnect after a drop (spec §5.7)."""
+        last_error: str | None = None
         while True:
             try:
-                reader, writer = await asyncio.open_connection(self.host, port)
-            except OSError:
+                reader, writer = await asyncio.open_connection(self.host, port, ssl=self.ssl)
+            except OSError as exc:
+                # One line per kind of failure, not per try (a refused connection is the
+                # normal wait for the CSC; a TLS failure is a certificate problem).
+                why = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, _ssl.SSLError) and why != last_error:
+                    log.warning("%s: TLS with %s:%d failed: %s", self.mock.name, self.host,
+                                port, exc)
+                last_error = why
                 await asyncio.sleep(self.retry_interval)
                 continue
             configure_socket(writer.get_extra_info("socket"))
             try:
                 await side(reader, writer)
+                last_error = None
             except (ConnectionError, OSError) as exc:
-                log.info("%s: connection to port %d lost: %r", self.mock.name, port, exc)
+                # A CSC that refuses us (TLS 1.3 reports a refused certificate only here)
+                # would otherwise log a line per retry.
+                why = repr(exc)
+                if why != last_error:
+                    log.info("%s: connection to port %d lost: %s", self.mock.name, port, why)
+                last_error = why
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -343,14 +432,15 @@ class MockControllerClient:
         self.command_connected.set()
         decoder = CommandDecoder(self.profile)
         peer = writer.get_extra_info("peername")
-        peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        principal = Principal(str(peer[0]) if isinstance(peer, tuple) else str(peer), self.via,
+                              "tls" if self.ssl is not None else "tcp")
         try:
             while data := await reader.read(READ_CHUNK):
                 decoder.receive_data(data)
                 while (cmd := decoder.next_event()) is not NEED_DATA:
                     try:
                         execute_command(self.mock, cmd.code, tuple(cmd)[3:], current_tai(),
-                                        peer_name)
+                                        principal, self.gate, trusted=True)
                     except CommandError as exc:
                         # Generation A: no feedback exists; the real controller was silent.
                         log.warning("%s: command %#x refused (no feedback in generation A):"

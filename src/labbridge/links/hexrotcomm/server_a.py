@@ -10,20 +10,28 @@ message cannot be understood (unknown frame id, corrupt header, bad value, trunc
 the server logs the reason and breaks the *telemetry* connection (the command connection stays
 up); the controller reconnects (seed 003; spec §5.6 Decision). ``port=0`` picks a free P for
 which P+1 is free too, so the controller can still find the command port.
+
+Access (issue 12, docs/adr/0183): whoever connects to P or P+1 acts as the controller (its
+telemetry becomes our state; it reads our commands), so both sockets need the ``operator``
+role from the node's gate, by source address or, with ``ssl``, by TLS client certificate;
+anyone else is refused at connection (logged, audited) and can never replace the controller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from labbridge.access import Gate, Role
 from labbridge.links.hexrotcomm.common import (
     REPLACE_IDLE_AFTER,
     Callback,
     PairedCommandServer,
+    PeerAccess,
     call_callback,
 )
 from labbridge.protocol.base import NEED_DATA, ProtocolError
@@ -51,6 +59,10 @@ class CommandTelemetryServer:
         log: logging.Logger | None = None,
         replace_idle_after: float | None = REPLACE_IDLE_AFTER,
         write_timeout: float = WRITE_TIMEOUT,
+        gate: Gate | None = None,
+        via: str = "hexrot_controller",
+        target: str = "",
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         if profile.generation is not Generation.A:
             raise ValueError("CommandTelemetryServer speaks generation A only")
@@ -68,6 +80,10 @@ class CommandTelemetryServer:
         #: when no telemetry client from the same host is sending.
         self.replace_idle_after = replace_idle_after
         self.write_timeout = write_timeout
+        #: Who may act as the controller: ``operator`` (by address or TLS certificate).
+        self.access = PeerAccess(gate, via, target or "controller", connect_role=Role.OPERATOR,
+                                 tls=ssl is not None)
+        self.ssl = ssl
         self.config: Any = None
         self.telemetry: Any = None
         self.bad_frames = 0
@@ -88,12 +104,13 @@ class CommandTelemetryServer:
             tel = OneClientServer(
                 "Telemetry", self.host, self.port, handler=self._telemetry_handler,
                 connect_callback=self._connection_changed, log=self.log,
-                replace_idle_after=self.replace_idle_after)
+                replace_idle_after=self.replace_idle_after, ssl=self.ssl,
+                admit=self.access.admit)
             await tel.start()
             cmd = PairedCommandServer(
                 "Command", self.host, tel.port + 1,
                 connect_callback=self._connection_changed, log=self.log,
-                stale=self._command_stale)
+                stale=self._command_stale, ssl=self.ssl, admit=self.access.admit)
             try:
                 await cmd.start()
             except OSError:

@@ -13,6 +13,12 @@ Retries: only requests marked idempotent (``Get*``, ``Read``, ``Ping``) are re-s
 timeout or a lost connection. An actuation whose reply is lost raises :class:`ReplyLost`: the
 caller must re-read the state, never re-send (real defect 4: valves actuated twice).
 
+TLS (``ssl=`` a client context from :func:`labbridge.transport.tls.client_context`): TCP
+requests, braced or one-shot, go over TLS to a labbridge command server that has a ``tls``
+section; the client certificate names who we are. A server that refuses our certificate
+raises :class:`TlsRefused` (the request was never read, so it is safe to say so); UDP has no
+TLS.
+
 Reconnecting: after a failed connection attempt the next one waits for an exponentially
 growing delay (``backoff``), however the caller loops, so a dead server is not hammered; the
 client logs once when the server becomes unreachable and once when it is reachable again.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 from collections import deque
 from typing import Any, Literal, cast
 
@@ -31,6 +38,12 @@ from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
 from labbridge.protocol.pychron.messages import format_json_request, parse_error_reply
 from labbridge.transport.backoff import Backoff
 from labbridge.transport.tcp import set_nodelay
+from labbridge.transport.tls import (
+    REFUSED_AT_HANDSHAKE,
+    certificate_refused,
+    connect_failure,
+    handshake_unconfirmed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,11 @@ class PychronClientError(Exception):
 
 class Unreachable(PychronClientError):
     """The server could not be connected to."""
+
+
+class TlsRefused(Unreachable):
+    """The server refused our TLS client certificate (or we refused its certificate): no
+    request was carried out."""
 
 
 class NoReply(PychronClientError):
@@ -96,6 +114,8 @@ class _BracedProtocol(asyncio.Protocol):
         self.closed = self.loop.create_future()
         # Requests issued in one loop iteration go out in one write (one syscall).
         self._out: list[bytes] = []
+        self.replies = 0
+        self.ssl_object: Any = None
 
     def request(self, frame: bytes, timeout: float) -> asyncio.Future[str]:
         fut: asyncio.Future[str] = self.loop.create_future()
@@ -132,6 +152,7 @@ class _BracedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; duck-type them.
         self.transport = cast(asyncio.Transport, transport)
+        self.ssl_object = transport.get_extra_info("ssl_object")
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -140,6 +161,7 @@ class _BracedProtocol(asyncio.Protocol):
             for item in self.framer.drain():
                 if not isinstance(item, str):
                     raise item
+                self.replies += 1
                 if self.waiting:
                     fut, _ = self.waiting.popleft()
                     if not fut.done():
@@ -153,7 +175,11 @@ class _BracedProtocol(asyncio.Protocol):
                 self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("connection closed by the server"))
+        refused = certificate_refused(exc)
+        if refused is None and not self.replies and handshake_unconfirmed(self.ssl_object):
+            refused = REFUSED_AT_HANDSHAKE
+        self._fail(TlsRefused(refused) if refused is not None
+                   else exc or ConnectionResetError("connection closed by the server"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -164,7 +190,7 @@ class _BracedProtocol(asyncio.Protocol):
         while self.waiting:
             fut, _ = self.waiting.popleft()
             if not fut.done():
-                fut.set_exception(exc if isinstance(exc, _Expired)
+                fut.set_exception(exc if isinstance(exc, _Expired | TlsRefused)
                                   else ConnectionResetError(str(exc)))
 
 
@@ -174,9 +200,13 @@ class PychronClient:
     def __init__(self, host: str, port: int, *, framing: FramingName = "braced",
                  udp: bool = False, timeout: float = 2.0, connect_timeout: float | None = None,
                  retries: int = 2, terminator: bytes = b"\r",
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, ssl: _ssl.SSLContext | None = None) -> None:
         if framing not in ("braced", "plain", "json"):
             raise ValueError(f"unknown framing {framing!r}")
+        if ssl is not None and udp:
+            raise ValueError("TLS runs over TCP; UDP requests stay plain")
+        #: The TLS client context (None: plain TCP).
+        self.ssl = ssl
         self.host = host
         self.port = port
         self.framing: FramingName = framing
@@ -199,7 +229,8 @@ class PychronClient:
 
     def __repr__(self) -> str:
         kind = "udp" if self.udp else self.framing
-        return f"<PychronClient {self.host}:{self.port} {kind}>"
+        tls = " tls" if self.ssl is not None else ""
+        return f"<PychronClient {self.host}:{self.port} {kind}{tls}>"
 
     @property
     def connected(self) -> bool:
@@ -277,12 +308,20 @@ class PychronClient:
         if wait > 0:
             await asyncio.sleep(wait)  # backoff after a failed attempt
         self.connect_attempts += 1
+        tls: dict[str, Any] = {}
+        if self.ssl is not None:
+            tls = {"ssl": self.ssl, "ssl_handshake_timeout": self.connect_timeout}
         try:
-            result = await asyncio.wait_for(
-                loop.create_connection(factory, self.host, self.port), self.connect_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+            # that arrives as the connection completes, and the caller (a StatusMonitor
+            # being stopped) would then run on and its stop() never return.
+            async with asyncio.timeout(self.connect_timeout):
+                result = await loop.create_connection(factory, self.host, self.port, **tls)
         except TimeoutError:
             raise self._unreachable(f"connect timed out after {self.connect_timeout} s") \
                 from None
+        except _ssl.SSLError as exc:
+            raise self._unreachable(connect_failure(exc), TlsRefused) from exc
         except OSError as exc:
             raise self._unreachable(f"cannot connect: {exc.strerror or exc}") from exc
         if self._down is not None:
@@ -292,13 +331,13 @@ class PychronClient:
         self._connect_backoff.reset()
         return result
 
-    def _unreachable(self, reason: str) -> Unreachable:
+    def _unreachable(self, reason: str, kind: type[Unreachable] = Unreachable) -> Unreachable:
         self._retry_at = asyncio.get_running_loop().time() + self._connect_backoff.next()
         if self._down is None:
             log.warning("%s: %s; further attempts back off (up to %.1f s apart)", self,
                         reason, self._connect_backoff.maximum)
         self._down = reason
-        return Unreachable(f"{self}: {reason}")
+        return kind(f"{self}: {reason}")
 
     async def _ask_braced(self, request: str, timeout: float) -> str:
         frame = encode_braced(request)
@@ -310,6 +349,10 @@ class PychronClient:
         assert proto is not None and proto.transport is not None
         try:
             return await proto.request(frame, timeout)
+        except TlsRefused as exc:
+            if self._proto is proto:
+                self._proto = None
+            raise self._unreachable(str(exc), TlsRefused) from None
         except _Expired:
             log.warning("%s: no reply to %r within %.1f s; dropping the connection", self,
                         request, timeout)
@@ -321,10 +364,11 @@ class PychronClient:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**22, loop=loop)
         transport, _ = await self._open(lambda: asyncio.StreamReaderProtocol(reader))
+        ssl_object = transport.get_extra_info("ssl_object")
+        chunks: list[bytes] = []
+        size = 0
         try:
             transport.write(payload.encode("utf-8") + self.terminator)
-            chunks: list[bytes] = []
-            size = 0
             async with asyncio.timeout(timeout):
                 while True:
                     chunk = await reader.read(65536)
@@ -337,8 +381,19 @@ class PychronClient:
         except TimeoutError:
             raise NoReply(f"{self}: no reply to {payload!r} within {timeout} s "
                           "(a server-side exception is likely)") from None
+        except OSError as exc:  # a reset, or a TLS alert
+            refused = certificate_refused(exc)
+            if refused is None and not chunks and handshake_unconfirmed(ssl_object):
+                refused = REFUSED_AT_HANDSHAKE
+            if refused is not None:
+                raise self._unreachable(refused, TlsRefused) from None
+            if isinstance(exc, _ssl.SSLError):
+                raise ConnectionResetError(f"{self}: {connect_failure(exc)}") from None
+            raise
         finally:
             transport.close()
+        if not chunks and handshake_unconfirmed(ssl_object):
+            raise self._unreachable(REFUSED_AT_HANDSHAKE, TlsRefused)
         if not chunks:
             raise UnknownCommand(f"{self}: server closed without replying to {payload!r}")
         return b"".join(chunks).decode("utf-8", "replace")
@@ -364,7 +419,8 @@ class PychronClient:
         try:
             transport.sendto(payload.encode("utf-8"))
             try:
-                data = await asyncio.wait_for(got, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see _open
+                    data = await got
             except TimeoutError:
                 raise NoReply(f"{self}: no UDP reply to {payload!r} within {timeout} s") \
                     from None

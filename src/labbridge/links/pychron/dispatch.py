@@ -42,7 +42,8 @@ class Caller:
     :class:`~labbridge.access.Principal` the node's gate judges.
 
     ``framing`` ``"udp"`` marks a datagram (read-only unless the policy says otherwise);
-    ``identity`` is set only when a credential proved it (TLS client certificate).
+    ``identity`` is set only when a credential proved it (TLS client certificate); ``tls``
+    marks a TLS connection (with or without a known identity).
     """
 
     peer: str
@@ -50,12 +51,13 @@ class Caller:
     via: str = "command-server"
     identity: str | None = None
     udp: bool = False
+    tls: bool = False
     principal: Principal = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         transport = ("udp" if self.udp or self.framing == "udp"
-                     else "local" if self.peer == "local"
-                     else "tls" if self.identity is not None else "tcp")
+                     else "tls" if self.tls or self.identity is not None
+                     else "local" if self.peer == "local" else "tcp")
         object.__setattr__(self, "principal", Principal(self.peer, self.via, transport,
                                                         self.identity))
 
@@ -167,7 +169,12 @@ class Dispatcher:
         if isinstance(exc, ValueError | KeyError | TypeError | IndexError):
             log.info("invalid arguments in %r: %s", req.text, exc)
             return error_text(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text)
-        log.exception("handler of %s failed", req.command)
+        if isinstance(exc, OSError):
+            # The environment failed (a state file that cannot be written, a device gone):
+            # one line that says what and why; a traceback would add nothing.
+            log.error("%s failed: %s", req.text[:200], exc)
+        else:
+            log.exception("handler of %s failed", req.command)
         return error_text(ErrorCode.FUNC_CALL, exc, req.arg_text)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from labbridge.links.pychron.client import PychronClientError
+from labbridge.links.pychron.client import PychronClientError, TlsRefused
 from labbridge.links.pychron.remote import RemoteValves
 from labbridge.protocol.base import ProtocolError
 
@@ -41,12 +41,13 @@ _DEFINITE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 def definitely_down(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) says the node is not there at all: the
-    connection was refused, or there is no route to its host."""
+    connection was refused, or there is no route to its host; or that it will not talk to us
+    (it refused our TLS certificate: asking again will not change that)."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError) or (
+        if isinstance(e, ConnectionRefusedError | TlsRefused) or (
                 isinstance(e, OSError) and e.errno in _DEFINITE):
             return True
         e = e.__cause__ or e.__context__
@@ -99,6 +100,8 @@ class StatusMonitor:
         self.valves: dict[str, ValveView] = {}
         self.status = "starting"
         self.failures = 0
+        #: Why the latest poll failed ("" after a good one).
+        self.last_error = ""
         self.polls = 0
         self.resyncs = 0
         self.checksum_mismatches = 0
@@ -234,6 +237,7 @@ class StatusMonitor:
                 # ChecksumMismatch, WordError) is a failed poll like a lost one, not the end
                 # of the monitor.
                 self.failures += 1
+                self.last_error = str(exc)
                 if not isinstance(exc, PychronClientError) and not self._bad_reply_logged:
                     self._bad_reply_logged = True  # once per outage, not once per poll
                     log.warning("%s: bad reply to a poll: %r; resynchronising", self.remote,
@@ -255,6 +259,7 @@ class StatusMonitor:
                 continue
             self.failures = 0
             self.down_polls = 0
+            self.last_error = ""
             self._bad_reply_logged = False
             self._set_status("ok")
             if self._resync_requested:

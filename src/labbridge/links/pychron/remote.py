@@ -20,7 +20,7 @@ from labbridge.links.pychron.client import (
     ReplyLost,
 )
 from labbridge.protocol.pychron.crc import checksums_equal, state_checksum
-from labbridge.protocol.pychron.messages import format_request, to_bool
+from labbridge.protocol.pychron.messages import format_json_request, format_request, to_bool
 from labbridge.protocol.pychron.words import parse_owners_word, parse_state_word
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,18 @@ class RemoteValves:
 
     async def _actuate(self, name: str, target: bool) -> Actuation:
         action = "open" if target else "close"
-        request = format_request("Open" if target else "Close", name)
+        command = "Open" if target else "Close"
+        if not name or name != name.strip():
+            # The real server answers "Open" alone with an actuation error on the valve ''
+            # ("ERROR 015 : Valve  failed to actuate open"): say what is wrong instead.
+            raise ActuationError(f"{action} {name!r}: a valve name is required (no spaces "
+                                 "around it); nothing was sent")
+        if self.client.framing == "braced" and not self.client.udp:
+            # Braced frames are spoken by labbridge nodes only: ask in the JSON form, whose
+            # refusal carries the reason ("... (interlock: B is open)", ADR 0140).
+            request = format_json_request(command, value=name)
+        else:
+            request = format_request(command, name)
         try:
             reply: str | None = await self.client.ask(request, idempotent=False)
         except ReplyLost as exc:

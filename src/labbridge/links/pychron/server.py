@@ -20,6 +20,14 @@ Limits (every buffer has one, issue 13):
   (:mod:`labbridge.transport.slots`) evict the connection idle or stalled longest when full;
 * a connection that sends nothing for ``first_request_timeout`` is closed; a closing
   connection that does not read our last reply is aborted after ``linger``.
+
+TLS (optional, ``ssl=`` a server context: labbridge clients at both ends): the TCP port then
+speaks only TLS and requires a client certificate signed by the site CA; every framing works
+inside. The handshake must be complete within ``frame_timeout`` of its first byte; a failed
+one is refused in the audit trail (one line) and closed. The certificate's common name names
+the identity (``security.identities.<name>.cert``) whose role the node's gate applies; a
+certificate that names no identity gets ``ERROR 013``. UDP stays plain (and read-only unless
+``security.udp_writers``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -47,6 +56,7 @@ from labbridge.protocol.pychron.raw import (
 from labbridge.transport.endpoint import Endpoint
 from labbridge.transport.slots import Slot, per_address
 from labbridge.transport.tcp import TcpUdpServer, peer_host
+from labbridge.transport.tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +137,13 @@ class CommandConnection(asyncio.Protocol):
         self._draining = False
         self._close_after_flush = False
         self._denied = False
+        self._deny_reason = ""  # a refusal decided here (not by the policy): why
         self._paused_by_us = False
         self._paused_by_writer = False
         self._caller: Caller | None = None
+        #: TLS: the connection's identity (from its client certificate), if it has one.
+        self.tls = False
+        self.identity: str | None = None
         # Replies produced in one pass are written with one transport.write (one syscall).
         self._out: list[bytes] = []
         #: Fair-slot reports to the server's slot table (TcpServer sets the real one).
@@ -141,10 +155,24 @@ class CommandConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_host(transport)
         self.slot.measure = self._held
-        if not self.settings.allowed(self.peer):
+        gate = self.dispatcher.gate
+        if transport.get_extra_info("ssl_object") is not None:
+            self.tls = True
+            cn = peer_common_name(transport)
+            ident = None if cn is None else gate.policy.identity_for_cert(cn)
+            if ident is None:
+                self._denied = True
+                self._deny_reason = (f"TLS certificate {cn!r} is the cert of no identity in "
+                                     "security.identities")
+            else:
+                self.identity = ident.name
+        if self._denied:
+            pass  # a certificate that names nobody: refused at its first request
+        elif not self.settings.allowed(self.peer):
             self._denied = True
             log.warning("%s: connection from %s is not on the allow-list", self.name, self.peer)
-        elif not self.dispatcher.gate.may(Principal(self.peer, self.name), Role.OBSERVER):
+        elif not gate.may(Principal(self.peer, self.name, "tls" if self.tls else "tcp",
+                                    self.identity), Role.OBSERVER):
             # No role at all on this node: every request gets ERROR 013 (the gate audits
             # the first one), whatever its framing.
             self._denied = True
@@ -231,7 +259,8 @@ class CommandConnection(asyncio.Protocol):
     # -- modes --------------------------------------------------------------------------------
     def _start_mode(self, mode: Framing) -> None:
         self.mode = mode
-        self._caller = Caller(self.peer, mode.value, via=self.name)
+        self._caller = Caller(self.peer, mode.value, via=self.name, identity=self.identity,
+                              tls=self.tls)
         if mode is Framing.BRACED:
             self._framer = BracedFramer()
         else:
@@ -369,7 +398,9 @@ class CommandConnection(asyncio.Protocol):
         principal = self._caller.principal
         action = Action(Role.OBSERVER, text.split(" ", 1)[0][:40] or "request", "", text[:200])
         gate = self.dispatcher.gate
-        if not self.settings.allowed(self.peer):
+        if self._deny_reason:
+            exc = gate.refuse(principal, action, self._deny_reason)
+        elif not self.settings.allowed(self.peer):
             exc = gate.refuse(principal, action, f"{self.peer} is not on {self.name}'s allow list")
         else:
             try:
@@ -555,17 +586,25 @@ class PychronCommandServer:
 
     def __init__(self, dispatcher: Dispatcher, host: str = "127.0.0.1", port: int = 1061, *,
                  udp: bool = False, udp_port: int | None = None,
-                 settings: ServerSettings | None = None, name: str = "command-server") -> None:
+                 settings: ServerSettings | None = None, name: str = "command-server",
+                 ssl: _ssl.SSLContext | None = None) -> None:
         self.dispatcher = dispatcher
         self.host = host
         self.name = name
         self.settings = settings or ServerSettings()
+        #: The TLS server context (None: plain TCP).
+        self.tls = ssl
+        purpose = ("pychron commands (TLS, client certificates)" if ssl is not None
+                   else "pychron commands")
         self._net = TcpUdpServer(self._new_connection, self._datagram, host, port, udp=udp,
-                                 udp_port=udp_port, name=name, purpose="pychron commands",
+                                 udp_port=udp_port, name=name, purpose=purpose,
                                  max_connections=self.settings.max_connections,
                                  max_per_address=per_address(self.settings.max_connections,
                                                              self.settings.max_per_address),
-                                 max_buffered=self.settings.max_server_buffer)
+                                 max_buffered=self.settings.max_server_buffer, ssl=ssl,
+                                 handshake_timeout=self.settings.frame_timeout,
+                                 first_byte_timeout=self.settings.first_request_timeout,
+                                 on_handshake_failed=self._handshake_failed)
 
     def _new_connection(self) -> asyncio.Protocol:
         return CommandConnection(self.dispatcher, self.settings, self.name)
@@ -591,6 +630,12 @@ class PychronCommandServer:
     def endpoints(self) -> list[Endpoint]:
         """Bound ports once started; the configured ones before (``labbridge ports``)."""
         return self._net.endpoints()
+
+    def _handshake_failed(self, host: str, reason: str) -> None:
+        """A TLS handshake failed: a refusal in the audit trail (its one log line)."""
+        self.dispatcher.gate.refuse(Principal(host, self.name, "tls"),
+                                    Action(Role.OBSERVER, "connect", self.name),
+                                    f"TLS handshake failed: {reason}")
 
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if not self.settings.allowed(host):

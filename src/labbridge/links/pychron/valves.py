@@ -66,10 +66,16 @@ class ValveCommands(CommandSet):
         if bank is None:
             flag = self.flags.get(name)
             if flag is not None and name.endswith("Flag"):
-                # Spec 5: "Open <x>Flag" is "Set <x>Flag 1" (the real one calls a missing
-                # method and never answers).
+                # "Open <x>Flag" is "Set <x>Flag 1" (the real server calls a missing method
+                # and never answers).
                 return flag.set(1 if action == "open" else 0, caller.peer)
             if name == "":
+                if req.is_json:
+                    # No real reply to copy (the real server leaves a JSON request without a
+                    # valve unanswered): the missing-argument error, as for no "value" key.
+                    raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command)
+                # The real plain reply, byte for byte: "ERROR 015 : Valve  failed to actuate
+                # open" (vectors replies.cases; labbridge's clients refuse to send it).
                 raise PychronError(ErrorCode.VALVE_ACTUATION, "", action)
             raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text or name)
         if action == "open":
@@ -82,7 +88,10 @@ class ValveCommands(CommandSet):
             return OK_UNCHANGED
         if result.outcome is Outcome.UNKNOWN:
             raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text or name)
-        raise PychronError(ErrorCode.VALVE_ACTUATION, name, action)
+        # Plain and braced requests get the real reply byte for byte; a JSON request (no
+        # real counterpart for a refusal) also learns why: "... open (interlock: B is open)".
+        raise PychronError(ErrorCode.VALVE_ACTUATION, name, action,
+                           detail=result.reason if req.is_json else "")
 
     @command("Open")
     async def open(self, req: Request, caller: Caller) -> object:

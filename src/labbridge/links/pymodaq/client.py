@@ -212,7 +212,8 @@ class PyMoDAQClient:
                 await t
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
 
     @property
     def queued(self) -> int:

@@ -126,7 +126,8 @@ class _RemoteModule(Device):
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until a client of this type is registered."""
-        await asyncio.wait_for(self._attached.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._attached.wait()
 
     def _attach(self, session: ServerSession) -> None:
         old = self.session
@@ -189,7 +190,8 @@ class _RemoteModule(Device):
     async def _await_reply(self, fut: asyncio.Future[Any], reply: type,
                            timeout: float | None) -> Any:
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             # A late reply would be taken for the next request's: this connection's state is
             # unknown from now on, so drop it (the client reconnects).
@@ -898,7 +900,8 @@ class PyMoDAQServer:
             s.stream.close()  # flush what is queued, then close (clean, not an error)
         for s in list(self._sessions):
             try:
-                await asyncio.wait_for(s.stream.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await s.stream.wait_closed()
             except TimeoutError:
                 s.stream.fail("server stopping: peer does not read")
         await self.tcp.stop()

@@ -15,6 +15,9 @@ Node file shape::
                 update_period: 1}
       bus: tcp://127.0.0.1:5555   # the valve node's notifier: pushed changes, gap detection
       # with Curve: bus: {url: ..., server_key: keys/valves.key, client_key: keys/me.key_secret}
+      tls: {ca: keys/ca.crt, cert: keys/acq.crt, key: keys/acq.pem}   # optional: the node's
+                               # command server has a tls section (docs/security.md);
+                               # check_host: true (default) wants the host in its certificate
 
 It builds a :class:`PychronClient`, :class:`RemoteValves` and a :class:`StatusMonitor`, and adds
 a proxy device (named after the service) to the node so the bus and the web page show the remote
@@ -34,6 +37,7 @@ from labbridge.links.pychron.proxy import RemoteValveBankProxy
 from labbridge.links.pychron.remote import RemoteValves
 from labbridge.node.bus_clients import BusTarget, bus_target
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import NodeContext, register_service
 from labbridge.node.seed import KLASSES, DeviceLink, check_host, load_device_file
 from labbridge.transport.endpoint import Endpoint
@@ -124,8 +128,11 @@ def _remote_manager(sec: Section, ctx: NodeContext) -> RemoteManagerService:
                         f"{link.klass} is a {link.role} manager; remote_manager drives valves "
                         "(use the furnace/laser/spectrometer link kinds for those)")
     framing = sec.get_choice("framing", ("braced", "plain", "json"), "braced")
+    tls = tls_section(sec, ctx, server=False)
+    if tls is not None and link.kind == "UDP":
+        raise sec.error("tls", "TLS runs over TCP; this link is UDP (transport/kind: TCP)")
     client = PychronClient(link.host, link.port, framing=framing, udp=link.kind == "UDP",
-                           timeout=link.timeout)
+                           timeout=link.timeout, ssl=tls)
     mon = sec.get_section("monitor", None)
     monitor_kw: dict[str, Any] = {}
     if mon is not None:

@@ -252,8 +252,24 @@ class RecorderService:
             await self.recorder.stop()
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(service=self.name, protocol="zmq-sub", role="connect",
-                         path=str(self.path), purpose=f"records {', '.join(self.connect)}")]
+        """One ``connect`` endpoint per subscribed publisher (what a firewall must allow),
+        and the SQLite file as a ``file`` endpoint."""
+        out = []
+        for t in self.targets:
+            svc = self.ctx.services.get(t.service) if t.service is not None else None
+            if svc is not None:  # a publisher of this node: its (configured) PUB endpoint
+                pub = next((e for e in svc.endpoints() if e.protocol == "zmq-pub"), None)
+                host, port = (pub.host, pub.port) if pub is not None else (None, None)
+                purpose = f"records {t.service} of this node"
+            else:
+                h, _, p = str(t.url).removeprefix("tcp://").rpartition(":")
+                host, port, purpose = h.strip("[]") or None, int(p) if p.isdigit() else None, \
+                    "records this publisher"
+            out.append(Endpoint(service=self.name, protocol="zmq-sub", host=host, port=port,
+                                role="connect", purpose=purpose))
+        out.append(Endpoint(service=self.name, protocol="sqlite", path=str(self.path),
+                            role="file", purpose="the recording"))
+        return out
 
 
 @register_service("recorder")

@@ -16,7 +16,10 @@ Node file shape (every field optional)::
       gauge_alarms:            # HIGH and HIHI limits (torr) per controller and gauge
         gauges: {IG: [1.0e-6, 1.0e-5]}
 
-One IOC per process (EPICS base initialises one). Needs ``pip install 'labbridge[epics]'``.
+Who may read and write comes from the node's ``security`` section (docs/epics.md, "Who may
+write"): every write passes the node's gate, and the IOC's EPICS access security is made from
+the same policy. One IOC per process (EPICS base initialises one). Needs
+``pip install 'labbridge[epics]'``.
 The records, the threads and the refusals are described in labbridge.links.epics.
 """
 
@@ -76,7 +79,7 @@ def _epics_ioc(sec: Section, ctx: NodeContext) -> EpicsIoc:
         gauge_alarms=_alarms(sec),
     )
     try:
-        ioc = EpicsIoc(sec.get_str("name", "epics"), devices, settings)
+        ioc = EpicsIoc(sec.get_str("name", "epics"), devices, settings, gate=ctx.gate)
     except ValueError as exc:
         raise sec.error("prefix", str(exc)) from None
     if not ioc.records:

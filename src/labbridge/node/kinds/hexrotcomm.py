@@ -24,6 +24,9 @@ Node file shapes (every field read through Section getters)::
         config_timeout: 10
         enable_drives_delay: 1.0
         replace_idle_after: 5            # A: a new controller connection replaces an idle one
+        tls: {cert: csc.crt, key: csc.pem, ca: ca.crt}   # optional: labbridge at both ends
+                                         # (D: check_host: false if the mock's certificate
+                                         #  does not name `host`)
 
     services:
       - kind: hexrot_mock_controller     # the socket side of a mock device
@@ -32,13 +35,24 @@ Node file shapes (every field read through Section getters)::
         port: 5570                       # D: listen port (0 = any); A: CSC telemetry port P
         command_port: 5571               # A only; default P+1
         replace_idle_after: 5            # D: a new CSC replaces one silent this long (s)
+        tls: {cert: mock.crt, key: mock.pem, ca: ca.crt}  # optional: labbridge at both ends
+
+Access (issue 12, docs/adr/0183): whoever listens asks the node's gate (``security``
+section): on a mock (gen D) a peer needs ``observer`` to connect, ``operator`` to command or to
+replace a silent CSC, ``admin`` for ``CONFIG_*``; on the CSC side (gen A) a peer needs
+``operator`` to act as the controller. Whoever connects out trusts the address its node file
+names. ``tls`` (files relative to the node file; made by ``labbridge keys tls-ca`` and ``keys
+tls-cert``) turns on TLS with client certificates at both ends; the peer's certificate name is
+its identity (``security.identities.<name>.cert``). A real controller or CSC cannot use it.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 from typing import Any
 
+from labbridge.access import Gate
 from labbridge.devices.hexrot.hexapod import HEXAPODS, HexapodMockController
 from labbridge.devices.hexrot.mock import (
     BaseMockController,
@@ -49,6 +63,7 @@ from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.links.hexrotcomm.controller import HexapodController, HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
 from labbridge.protocol.hexrotcomm.devices import device_spec
 from labbridge.protocol.hexrotcomm.framing import WireProfile
@@ -86,6 +101,14 @@ def _mock_config(sec: Section, cls: type[BaseMockController], generation: str) -
                 raise sec.error("config", f"{key}: expected a number, got {value!r}")
             out[key] = float(value)
     return out
+
+
+def _tls(sec: Section, ctx: NodeContext, *, server: bool) -> ssl.SSLContext | None:
+    """The ``tls: {cert, key, ca}`` field (a connecting side may add ``check_host: false``) as
+    a server context (client certificates required) or a client context; None when absent. A
+    bad file is a one-line config error naming it. The same section as the Pychron command
+    server's and its clients'."""
+    return tls_section(sec, ctx, server=server)
 
 
 def _is_number(value: Any) -> bool:
@@ -134,6 +157,8 @@ def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
                                header_size=int(sec.get_choice("gen_a_header", ("24", "36"),
                                                               "24")))
     cls = HexapodController if device == "hexapod" else HexrotController
+    # Gen A: we listen for the controller (server context); gen D: we connect to it.
+    tls = _tls(sec, ctx, server=gen == "A")
     return cls(
         sec.get_str("name"), profile, ctx.host_override or sec.get_str("host", "127.0.0.1"),
         sec.get_port("port"),
@@ -143,6 +168,7 @@ def _controller(sec: Section, ctx: NodeContext) -> HexrotController:
         enable_drives_delay=sec.get_float("enable_drives_delay", 1.0, min=0.0),
         move_pause=sec.get_float("move_pause", 0.1 if device == "hexapod" else 0.2, min=0.0),
         replace_idle_after=sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01),
+        gate=ctx.gate, ssl=tls,
     )
 
 
@@ -151,21 +177,26 @@ class MockControllerService:
 
     def __init__(self, mock: BaseMockController, host: str, port: int,
                  command_port: int | None,
-                 replace_idle_after: float = REPLACE_IDLE_AFTER) -> None:
+                 replace_idle_after: float = REPLACE_IDLE_AFTER, *,
+                 gate: Gate | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.name = "hexrot_mock_controller"
         self.mock = mock
         self.host = host
         self.port = port
         self.command_port = command_port
         self.replace_idle_after = replace_idle_after
+        self.gate = gate
+        self.tls = tls
         self.side: MockControllerServer | MockControllerClient | None = None
 
     async def start(self) -> None:
         if self.mock.generation is Generation.D:
             self.side = MockControllerServer(self.mock, self.host, self.port,
-                                             replace_idle_after=self.replace_idle_after)
+                                             replace_idle_after=self.replace_idle_after,
+                                             gate=self.gate, via=self.name, ssl=self.tls)
         else:
-            self.side = MockControllerClient(self.mock, self.host, self.port, self.command_port)
+            self.side = MockControllerClient(self.mock, self.host, self.port, self.command_port,
+                                             gate=self.gate, via=self.name, ssl=self.tls)
         await self.side.start()
 
     async def stop(self) -> None:
@@ -179,7 +210,8 @@ class MockControllerService:
             port = self.side.port if self.side is not None else self.port
             return [Endpoint(self.name, "tcp", self.host, port, role="listen",
                              purpose=f"hexrotcomm generation D controller "
-                                     f"({self.mock.spec.name} mock)")]
+                                     f"({self.mock.spec.name} mock)"
+                                     + (", TLS" if self.tls is not None else ""))]
         cmd = self.command_port if self.command_port is not None else self.port + 1
         return [
             Endpoint(self.name, "tcp", self.host, self.port, role="connect",
@@ -207,6 +239,9 @@ def _mock_service(sec: Section, ctx: NodeContext) -> MockControllerService:
     if mock.generation is Generation.A and "replace_idle_after" in sec:
         raise sec.error("replace_idle_after", "generation A: the mock connects to the CSC; "
                         "set replace_idle_after on the side that listens")
+    # Gen D: the mock listens (server context); gen A: it connects to the CSC.
+    tls = _tls(sec, ctx, server=mock.generation is Generation.D)
     return MockControllerService(
         mock, host, port, cmd_port,
-        sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01))
+        sec.get_float("replace_idle_after", REPLACE_IDLE_AFTER, min=0.01),
+        gate=ctx.gate, tls=tls)

@@ -32,9 +32,19 @@ Example (a dashboard node watching two other nodes)::
         alarms:                    # an event with this level when a value is out of limits
           - {topic: valve-controller.gauges.IG, above: 1.0e-6, level: warning}
         node_limits: {rotator: {stale_after: 30}}   # per-node health thresholds
+        allowed_hosts: [lab-pc.example.org, 192.168.1.30]   # names browsers use for it
+        tls: {cert: keys/web.crt, key: keys/web.pem}        # optional: HTTPS
+        session_idle_minutes: 60   # a login ends after this long unused,
+        session_hours: 12          #   and this long after it was made
+        login_attempts_per_minute: 10   # failed logins from one address
+        one_time_logins: {demo: "sha256$..."}   # login links that work once (labbridge demo)
+
+Who may do what comes from the node's ``security`` section (identities with a password or a
+token, roles by address): docs/web.md "Log in" and docs/security.md.
 
 A ``command_servers`` entry may name a ``pychron_command_server`` of this node instead of a
-URL (``{node: me, service: command-server}``), and ``recorder`` may name a ``recorder``
+URL (``{node: me, service: command-server}``), and may hold ``tls: {ca, cert, key}`` when
+that server speaks TLS (docs/security.md); and ``recorder`` may name a ``recorder``
 service of this node. Valve banks on this node contribute their own ``layout`` hints.
 
 Layering (ADR 0070): this module is the one place under ``labbridge.node`` that imports the web
@@ -52,12 +62,21 @@ try:
 except ModuleNotFoundError as exc:  # reported by the registry as a family not installed
     raise ModuleNotFoundError(f"{exc} (pip install 'labbridge[web]')", name=__name__) from exc
 
+from labbridge.access import check_hash_format
 from labbridge.devices.valves import ValveBank
 from labbridge.node.bus_clients import subscriptions
 from labbridge.node.config import Section
+from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.protocol.telemetry.envelope import make_topic
-from labbridge.web.app import AlarmRule, CameraSource, WebConfig, WebDashboard
+from labbridge.web.app import (
+    AlarmRule,
+    CameraSource,
+    WebConfig,
+    WebDashboard,
+    split_host,
+    tls_context,
+)
 from labbridge.web.control import CommandTarget
 
 #: Largest schematic: items per node and names per pipe.
@@ -85,7 +104,8 @@ class WebDashboardService:
         c = self.dashboard.config
         port = self.dashboard.port if self.dashboard.port is not None else c.port
         out = [Endpoint(service=self.name, protocol="http", host=c.host, port=port,
-                        role="listen", purpose="web dashboard")]
+                        role="listen", purpose="web dashboard"
+                        + (" (HTTPS)" if c.ssl_context is not None else ""))]
         for url in c.subscribe:
             out.append(Endpoint(service=self.name, protocol="zmq-sub", role="connect",
                                 path=url, purpose="bus events for the page"))
@@ -107,8 +127,8 @@ def _hostport(sec: Section, key: str, text: str) -> tuple[str, int]:
 class _ServiceTarget(CommandTarget):
     """A command server of this node, whose port is known only once it listens."""
 
-    def __init__(self, node: str, service: Any, timeout: float) -> None:
-        super().__init__(node, "127.0.0.1", 0, timeout)
+    def __init__(self, node: str, service: Any, timeout: float, tls: Any = None) -> None:
+        super().__init__(node, "127.0.0.1", 0, timeout, tls=tls)
         self.service = service
 
     def remote(self) -> Any:
@@ -133,16 +153,17 @@ def _command_servers(sec: Section, ctx: NodeContext) -> list[CommandTarget]:
         if (svc_name is None) == (url is None):
             raise s.error("url", "give either url: HOST:PORT or service: <name of a "
                                  "command server on this node>")
+        tls = tls_section(s, ctx, server=False)
         if svc_name is not None:
             svc = ctx.services.get(svc_name)
             if svc is None or not hasattr(svc, "port"):
                 raise s.error("service", f"no command server named {svc_name!r} declared "
                                          "before the dashboard on this node")
-            out.append(_ServiceTarget(node, svc, timeout))
+            out.append(_ServiceTarget(node, svc, timeout, tls))
         else:
             assert url is not None
             host, port = _hostport(s, "url", url)
-            out.append(CommandTarget(node, host, port, timeout))
+            out.append(CommandTarget(node, host, port, timeout, tls=tls))
         s.check_no_unknown()
     return out
 
@@ -280,6 +301,57 @@ def _cameras(sec: Section, ctx: NodeContext) -> list[CameraSource]:
     return out
 
 
+def _allowed_hosts(sec: Section) -> list[str]:
+    out = []
+    for h in sec.get_list("allowed_hosts", []):
+        hp = split_host(str(h)) if isinstance(h, str) else None
+        if hp is None or hp[1] is not None:
+            raise sec.error("allowed_hosts", f"expected a host name or address without a "
+                                             f"port, got {h!r}")
+        out.append(hp[0])
+    return out
+
+
+def _allowed_origins(sec: Section) -> list[str]:
+    out = []
+    for o in sec.get_list("allowed_origins", []):
+        text = str(o)
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme not in ("http", "https") or split_host(rest.rstrip("/")) is None:
+            raise sec.error("allowed_origins", f"expected an origin such as "
+                                               f"https://lab.example.org, got {o!r}")
+        out.append(text)
+    return out
+
+
+def _tls(sec: Section, ctx: NodeContext) -> Any:
+    t = sec.get_section("tls", None)
+    if t is None:
+        return None
+    cert, key = ctx.resolve_path(t.get_str("cert")), ctx.resolve_path(t.get_str("key"))
+    t.check_no_unknown()
+    try:
+        return tls_context(cert, key)
+    except ValueError as exc:
+        raise t.error("cert", str(exc)) from None
+
+
+def _one_time_logins(sec: Section, ctx: NodeContext) -> dict[str, str]:
+    raw = sec.get_mapping("one_time_logins", None) or {}
+    identities = ctx.gate.policy.identities
+    out = {}
+    for name, value in raw.items():
+        if str(name) not in identities:
+            raise sec.error("one_time_logins", f"{name!r} is not an identity of this node "
+                                               "(security.identities)")
+        if not isinstance(value, str) or not value.startswith("sha256$") \
+                or check_hash_format(value) is not None:
+            raise sec.error("one_time_logins", f"the link of {name!r} must be a token hash "
+                                               "sha256$<hex> (never the token itself)")
+        out[str(name)] = value
+    return out
+
+
 @register_service("web_dashboard")
 def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
     name = sec.get_str("name", "web")
@@ -314,5 +386,17 @@ def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
         alarms=_alarms(sec),
         hide=[str(h) for h in sec.get_list("hide", [])],
         cameras=_cameras(sec, ctx),
+        allowed_hosts=_allowed_hosts(sec),
+        allowed_origins=_allowed_origins(sec),
+        ssl_context=_tls(sec, ctx),
+        session_idle=sec.get_float("session_idle_minutes", 60.0, min=1.0,
+                                   max=7 * 24 * 60.0) * 60.0,
+        session_lifetime=sec.get_float("session_hours", 12.0, min=0.1, max=24 * 365.0)
+        * 3600.0,
+        max_sessions=sec.get_int("max_sessions", 256, min=1, max=100_000),
+        login_attempts=sec.get_int("login_attempts_per_minute", 10, min=1, max=10_000),
+        one_time_logins=_one_time_logins(sec, ctx),
+        used_logins_file=ctx.state_dir / f"{name}.used-logins.json",
     )
-    return WebDashboardService(name, WebDashboard(config, name=name, resolve=resolve))
+    return WebDashboardService(name, WebDashboard(config, name=name, resolve=resolve,
+                                                  gate=ctx.gate))

@@ -87,11 +87,17 @@ TEMPLATES: Final[dict[ErrorCode, str]] = {
 
 
 class PychronError(Exception):
-    """An error reply: ``ERROR nnn : message``; raise it from a handler to answer with it."""
+    """An error reply: ``ERROR nnn : message``; raise it from a handler to answer with it.
 
-    def __init__(self, code: ErrorCode, *args: object) -> None:
+    ``detail`` (labbridge) is the reason behind the error, appended as ``message (detail)``.
+    Only replies whose form has no byte-exact real counterpart carry it (the reply to a JSON
+    request, ADR 0140); plain and braced requests keep the real text.
+    """
+
+    def __init__(self, code: ErrorCode, *args: object, detail: str = "") -> None:
         self.code = code
         self.args_ = args
+        self.detail = detail
         template = TEMPLATES[code]
         # Templates with fewer placeholders than arguments join the extra ones with spaces
         # (``invalid arguments: Open Z``).
@@ -103,6 +109,8 @@ class PychronError(Exception):
         elif len(args) < n:
             args = (*args, *([""] * (n - len(args))))
         self.message = template.format(*args)
+        if detail:
+            self.message += f" ({detail})"
         super().__init__(self.text)
 
     @property

@@ -12,7 +12,14 @@
  * widgets; a sampled value older than its node's stale limit is greyed and its line stops
  * where the data stopped; only a held value (announced on change) is carried to "now".
  *
- * Test hooks (stable DOM state, no sleeps needed): valves data-state / data-locked /
+ * Access (issue 12): the page first asks /api/session who it is (identity, role, whether it
+ * may control, its CSRF token). Nobody: only the login form. Observer: everything, no
+ * control (nothing clickable; the server refuses anyway). Operator: controls, every POST
+ * with the X-CSRF-Token header. A closed WebSocket with code 4003 means the session ended:
+ * the page asks again who it is.
+ *
+ * Test hooks (stable DOM state, no sleeps needed): #who data-role / data-identity; #login
+ * open with data-required; #login-error text; events data-kind / data-outcome / data-who; valves data-state / data-locked /
  * data-owner / data-stale; nodes data-status / data-missed; legend items data-topic,
  * data-last, data-points, data-first, data-units, data-color, data-stale, data-alarm;
  * readings (.reading) data-topic, data-units, data-stale; schematic gauges data-topic;
@@ -32,6 +39,7 @@ const S = {
   frames: new Map(),      // topic -> frame json
   aliases: new Map(),     // topic -> the series it was merged into
   events: [],
+  me: { identity: null, role: "nobody", can_control: false, csrf: null },
   plots: new Map(),       // plot key -> {el, plot, legend, topics}
   ws: null,
   connected: false,
@@ -78,6 +86,12 @@ function connect() {
     S.connected = false;  // we know nothing now: every widget greys until the next hello
     schedule();
     clearInterval(S.pinger);
+    if (ev.code === 4003) {
+      // Our login session ended (logout in another tab, expiry): who are we now?
+      setConn("closed");
+      sessionEnded();
+      return;
+    }
     if (ev.code === 4001) {
       // Our slot went to a newer page (the dashboard is full): wait before asking again.
       setConn("replaced");
@@ -94,7 +108,7 @@ function setConn(state) {
   const b = $("#conn");
   b.dataset.conn = state;
   b.textContent = { open: "live", connecting: "connecting", closed: "disconnected",
-                    replaced: "replaced by a newer page" }[state];
+                    replaced: "replaced by a newer page", login: "log in to see" }[state];
 }
 
 function handle(msg) {
@@ -127,11 +141,10 @@ function handleItem(it) {
 function onHello(msg) {
   S.offset = msg.now - Date.now() / 1000;
   S.config = msg.config;
+  if (msg.you && msg.you.role) S.me = { ...S.me, ...msg.you };
   document.title = `${msg.config.title} dashboard`;
   $("#title").textContent = msg.config.title;
-  const cm = $("#control-mode");
-  cm.dataset.control = msg.config.control ? "on" : "off";
-  cm.textContent = msg.config.control ? "control ON" : "control off (view only)";
+  renderWho();
   $("#window-label").textContent = `last ${msg.config.history_minutes} min`;
   const d = msg.devices;
   S.valves = new Map(d.valves.map((v) => [v.key, v]));
@@ -292,8 +305,12 @@ function valveText(v) {
   return bits.join(" - ");
 }
 
+function mayControl() {
+  return Boolean(S.config.control && S.me.can_control);
+}
+
 function canControl(v) {
-  return S.config.control && S.config.command_nodes.includes(v.node);
+  return mayControl() && S.config.command_nodes.includes(v.node);
 }
 
 function pressureSeries(node) {
@@ -395,14 +412,16 @@ function showResult(r) {
 
 async function post(path, body) {
   let r;
+  const headers = { "Content-Type": "application/json" };
+  if (S.me.csrf) headers["X-CSRF-Token"] = S.me.csrf;
   try {
-    r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-                            body: JSON.stringify(body) });
+    r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
   } catch (e) {
     return { ok: false, outcome: "error", action: body.action || "setpoint",
              target: body.node, reason: "the dashboard is unreachable" };
   }
   const j = await r.json().catch(() => ({}));
+  if (r.status === 401) sessionEnded();
   if (!("outcome" in j)) {
     return { ok: false, outcome: "error", action: body.action || "setpoint",
              target: body.node, reason: j.error || `HTTP ${r.status}` };
@@ -498,7 +517,7 @@ function renderInstruments() {
                            "data-kind": "value" }));
     }
     if (dl.children.length) box.append(dl);
-    if (S.config.control && S.config.command_nodes.includes(c.node)
+    if (mayControl() && S.config.command_nodes.includes(c.node)
         && c.series.some((s) => s.label === "setpoint")) {
       const input = el("input", { type: "number", step: "any", inputmode: "decimal",
                                   "aria-label": `new setpoint for ${c.device}` });
@@ -689,7 +708,10 @@ function addEvent(e) {
   ol.querySelector(".empty")?.remove();
   S.events.push(e);
   if (S.events.length > 500) S.events.splice(0, S.events.length - 500);
-  const li = el("li", { "data-level": e.level, "data-kind": e.kind || "", "data-node": e.node || "" },
+  const attrs = { "data-level": e.level, "data-kind": e.kind || "", "data-node": e.node || "" };
+  if (e.outcome) attrs["data-outcome"] = e.outcome;
+  if (e.who) attrs["data-who"] = e.who;
+  const li = el("li", attrs,
     el("time", { text: fmtClock(e.ts) }), el("span", { class: "lvl", text: e.level }),
     el("span", { class: "enode", text: `${e.node}: ` }), el("span", { class: "etext", text: e.text }));
   ol.prepend(li);
@@ -702,6 +724,110 @@ function tick() {
   schedule();
 }
 
+// ---------------------------------------------------------------- login
+async function loadSession() {
+  const r = await fetch("/api/session", { cache: "no-store" });
+  const j = await r.json();
+  S.me = { identity: j.identity, role: j.role, can_control: j.can_control, csrf: j.csrf,
+           expired: j.expired };
+  if (j.title) $("#title").textContent = j.title;
+  renderWho();
+  return S.me;
+}
+
+function renderWho() {
+  const b = $("#who");
+  b.dataset.role = S.me.role;
+  b.dataset.identity = S.me.identity || "";
+  b.textContent = S.me.identity ? `${S.me.identity} (${S.me.role})`
+    : S.me.role === "nobody" ? "not logged in" : `not logged in (${S.me.role})`;
+  $("#login-open").hidden = Boolean(S.me.identity);
+  $("#logout").hidden = !S.me.identity;
+  const cm = $("#control-mode");
+  cm.dataset.control = mayControl() ? "on" : "off";
+  cm.textContent = mayControl() ? "control ON"
+    : !S.config.control ? "control off (view only)"
+    : "view only: log in as an operator to control";
+  S.rebuild = true;
+  schedule();
+}
+
+function showLogin(required, note) {
+  const d = $("#login");
+  d.dataset.required = String(required);
+  $("#login-cancel").hidden = required;
+  $("#login-note").textContent = note || (required ? "This dashboard shows nothing without a login." : "");
+  $("main").hidden = required;
+  if (required) {
+    setConn("login");
+    $("#login-open").hidden = true;
+  }
+  if (!d.open) d.showModal();
+  $("#login-user").focus();
+}
+
+function loginError(text) {
+  const e = $("#login-error");
+  e.textContent = text;
+  e.hidden = false;
+}
+
+async function submitLogin(ev) {
+  ev.preventDefault();
+  $("#login-error").hidden = true;
+  const body = { user: $("#login-user").value, password: $("#login-password").value };
+  let r;
+  try {
+    r = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" },
+                                    body: JSON.stringify(body) });
+  } catch (e) {
+    loginError("the dashboard is unreachable");
+    return;
+  }
+  if (r.ok) { location.replace("/"); return; }
+  const j = await r.json().catch(() => ({}));
+  $("#login-password").value = "";
+  loginError(j.error || `HTTP ${r.status}`);
+}
+
+async function logout() {
+  await fetch("/api/logout", { method: "POST", headers: { "X-CSRF-Token": S.me.csrf || "" } })
+    .catch(() => null);
+  location.replace("/");
+}
+
+async function sessionEnded() {
+  let me;
+  try { me = await loadSession(); } catch (e) { setTimeout(sessionEnded, 2000); return; }
+  if (me.role === "nobody") {
+    if (S.ws) { const ws = S.ws; S.ws = null; ws.close(); }
+    showLogin(true, "Your session has ended: log in again.");
+    return;
+  }
+  if (!S.ws || S.ws.readyState !== WebSocket.OPEN) connect();
+}
+
+async function start() {
+  let me;
+  try { me = await loadSession(); } catch (e) { setTimeout(start, 2000); return; }
+  const wanted = location.pathname === "/login";
+  if (wanted || me.role === "nobody") {
+    const note = location.hash === "#used"
+      ? "That one-time login link has been used already (or is wrong)."
+      : me.expired ? "Your session has ended: log in again." : "";
+    if (wanted) history.replaceState(null, "", "/");
+    showLogin(me.role === "nobody", note);
+  }
+  if (me.role !== "nobody") connect();
+}
+
+$("#login-form").addEventListener("submit", submitLogin);
+$("#login-cancel").addEventListener("click", () => $("#login").close());
+$("#login").addEventListener("cancel", (ev) => {
+  if ($("#login").dataset.required === "true") ev.preventDefault();
+});
+$("#login-open").addEventListener("click", () => showLogin(false, ""));
+$("#logout").addEventListener("click", logout);
 window.addEventListener("resize", schedule);
 setInterval(tick, 1000);
-connect();
+start();
