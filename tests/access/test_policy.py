@@ -127,3 +127,61 @@ def test_udp_refusal_says_how_to_fix_it():
 
 def _boom() -> None:
     raise RuntimeError("hardware on fire")
+
+
+def test_repeated_refusals_are_audited_once_a_minute_with_their_count():
+    now = [1000.0]
+    gate = Gate(LAB, node="valves", clock=lambda: now[0])
+    events = []
+    gate.add_sink(events.append)
+    stranger = Principal("10.9.9.9", "mock")
+    for _ in range(50):
+        with pytest.raises(AccessDenied):
+            gate.check(stranger, Action(Role.OPERATOR, "move", "rotator"))
+    assert gate.refusals == 50 and gate.quieted == 49 and len(events) == 1
+    # Another verb, or another peer, is a new kind of refusal: audited at once.
+    with pytest.raises(AccessDenied):
+        gate.check(stranger, Action(Role.OPERATOR, "stop", "rotator"))
+    with pytest.raises(AccessDenied):
+        gate.check(Principal("10.9.9.8", "mock"), Action(Role.OPERATOR, "move", "rotator"))
+    assert len(events) == 3
+    now[0] += Gate.QUIET + 1
+    with pytest.raises(AccessDenied):
+        gate.check(stranger, Action(Role.OPERATOR, "move", "rotator"))
+    assert len(events) == 4 and events[-1].reason.endswith("(and 49 more like it before)")
+
+
+def test_the_quiet_table_is_bounded():
+    gate = Gate(LAB, clock=lambda: 0.0)
+    for i in range(Gate.QUIET_KEYS + 500):
+        gate.refuse(Principal(f"10.1.{i // 250}.{i % 250}"), Action(Role.OBSERVER, "read"), "x")
+    assert len(gate._quiet) == Gate.QUIET_KEYS
+
+
+def test_web_visitors_without_a_login_are_observers_at_most():
+    # Loopback is admin for protocols, but a browser on this machine may be driven by any
+    # page it shows: without a login it only watches.
+    assert Policy.default().role_of(Principal("127.0.0.1", transport="web")) is Role.OBSERVER
+    assert LAB.role_of(Principal("10.0.0.1", transport="web")) is Role.NOBODY
+    assert LAB.role_of(Principal("10.0.0.1", transport="web", identity="alice")) is (
+        Role.OPERATOR)
+
+
+def test_security_events_are_audited():
+    gate = Gate(LAB, node="web")
+    events = []
+    gate.add_sink(events.append)
+    gate.audit(Principal("10.0.0.1", "web", "web", "alice"), "login", "session")
+    assert [(e.verb, e.outcome, e.who, e.role) for e in events] == [
+        ("login", DONE, "alice@10.0.0.1", "operator")]
+
+
+def test_roles_are_remembered_but_never_mixed_up():
+    p = Policy(addresses={Role.OPERATOR: nets("192.168.1.10/32")}, configured=True)
+    for _ in range(3):
+        assert p.role_of(Principal("192.168.1.10")) is Role.OPERATOR
+        assert p.role_of(Principal("192.168.1.10", transport="udp")) is Role.OBSERVER
+        assert p.role_of(Principal("192.168.1.11")) is Role.NOBODY
+    for i in range(5000):  # the memory stays bounded
+        p.role_of(Principal(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}"))
+    assert len(p._cache) <= 4096

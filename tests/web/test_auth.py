@@ -211,7 +211,9 @@ async def test_a_one_time_link_logs_in_once(tmp_path):
             assert (await (await http.get("/api/session")).json())["identity"] is None
             page = await http.get("/login")  # where the page shows its login form
             assert page.status == 200 and "login-form" in await page.text()
-    (ev,) = [e for e in g.recent if e.verb == "login"]
+    (ok,) = [e for e in g.recent if e.verb == "login" and e.outcome == "done"]
+    assert ok.who.startswith("demo@")  # the first use logged in, audited
+    (ev,) = [e for e in g.recent if e.verb == "login" and e.outcome != "done"]
     assert ev.outcome == "refused" and ev.target == "one-time link" and token not in ev.line()
 
 

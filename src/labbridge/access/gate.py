@@ -7,12 +7,17 @@ the peer (the link wraps it in its protocol's own error), and writes every refus
 state change to the audit trail: a line in the node log (logger ``labbridge.audit``) and an
 :class:`~labbridge.access.model.AuditEvent` for each sink (the bus publisher, the web page).
 Reads are checked but not audited.
+
+A peer that repeats a refused request (a misconfigured controller retrying every 0.1 s, a
+script in a loop) is audited once per minute per (who, verb, reason), with the count of
+repeats; every refusal still counts in :attr:`Gate.refusals`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,11 +43,21 @@ T = TypeVar("T")
 class Gate:
     """Access checks and the audit trail of one node."""
 
+    #: Seconds during which repeats of one refusal are counted instead of audited.
+    QUIET = 60.0
+    #: Refusal kinds remembered for that (oldest forgotten first).
+    QUIET_KEYS = 1024
+
     def __init__(self, policy: Policy | None = None, node: str = "",
-                 history: int = 1000) -> None:
+                 history: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy if policy is not None else Policy.default()
         self.node = node
+        self.clock = clock
         self._sinks: list[AuditSink] = []
+        #: (who, via, verb, reason) -> [first audited at, repeats since]
+        self._quiet: OrderedDict[tuple[str, str, str, str], list[float]] = OrderedDict()
+        #: Refusals counted but not written out (repeats within QUIET).
+        self.quieted = 0
         #: The latest audit events (bounded), newest last.
         self.recent: deque[AuditEvent] = deque(maxlen=history)
         self.refusals = 0
@@ -74,16 +89,24 @@ class Gate:
         if role >= action.needs:
             return role
         reason = self._reason(principal, action, role)
-        self.refusals += 1
-        self._emit(principal, action, role, REFUSED, reason)
+        self._refused(principal, action, role, reason)
         raise AccessDenied(principal, action, role, reason)
 
-    def refuse(self, principal: Principal, action: Action, reason: str) -> AccessDenied:
+    def refuse(self, principal: Principal, action: Action, reason: str,
+               role: Role = Role.NOBODY, *, every: bool = False) -> AccessDenied:
         """Audit a refusal decided by a service's own filter (an ``allow:`` list, a bad
-        credential) and return the :class:`AccessDenied` to raise or report."""
-        self.refusals += 1
-        self._emit(principal, action, Role.NOBODY, REFUSED, reason)
-        return AccessDenied(principal, action, Role.NOBODY, reason)
+        credential, a missing CSRF token) and return the :class:`AccessDenied` to raise or
+        report. ``role`` is the principal's role where the filter knows it; ``every`` audits
+        each one, not once a minute (failed logins: the caller limits their rate itself)."""
+        self._refused(principal, action, role, reason, every=every)
+        return AccessDenied(principal, action, role, reason)
+
+    def audit(self, principal: Principal, verb: str, target: str = "", outcome: str = DONE,
+              reason: str = "") -> None:
+        """Audit a security event that is not a device action (a login, a logout, a session
+        ended by the server)."""
+        self._emit(principal, Action(Role.NOBODY, verb, target), self.role_of(principal),
+                   outcome, reason)
 
     def record(self, principal: Principal, action: Action, outcome: str = DONE,
                reason: str = "", role: Role | None = None) -> None:
@@ -121,6 +144,28 @@ class Gate:
         return result
 
     # -- internals -------------------------------------------------------------------------
+    def _refused(self, principal: Principal, action: Action, role: Role, reason: str, *,
+                 every: bool = False) -> None:
+        self.refusals += 1
+        if every:
+            self._emit(principal, action, role, REFUSED, reason)
+            return
+        key = (principal.who, principal.via, action.verb, reason)
+        now = self.clock()
+        entry = self._quiet.get(key)
+        if entry is not None and now - entry[0] < self.QUIET:
+            entry[1] += 1
+            self.quieted += 1
+            return
+        repeats = int(entry[1]) if entry is not None else 0
+        self._quiet[key] = [now, 0]
+        self._quiet.move_to_end(key)
+        while len(self._quiet) > self.QUIET_KEYS:
+            self._quiet.popitem(last=False)
+        if repeats:
+            reason = f"{reason} (and {repeats} more like it before)"
+        self._emit(principal, action, role, REFUSED, reason)
+
     def _reason(self, principal: Principal, action: Action, role: Role) -> str:
         who = principal.who
         if role is Role.NOBODY:
@@ -140,8 +185,8 @@ class Gate:
                            via=principal.via, transport=principal.transport, role=role.label,
                            detail=action.detail, reason=reason)
         self.recent.append(event)
-        level = logging.WARNING if outcome == REFUSED else logging.INFO
-        audit_log.log(level, "%s", event.line())
+        level = logging.WARNING if outcome in (REFUSED, FAILED) else logging.INFO
+        audit_log.log(level, "%s", event)  # formatted only if the level is on
         for sink in tuple(self._sinks):
             try:
                 sink(event)

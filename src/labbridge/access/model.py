@@ -125,6 +125,9 @@ class AuditEvent:
                 "via": self.via, "transport": self.transport, "role": self.role,
                 "detail": self.detail, "reason": self.reason, "ts": self.ts}
 
+    def __str__(self) -> str:
+        return self.line()
+
     def line(self) -> str:
         """The node log's form of this event (one line)."""
         what = f"{self.verb} {self.target}".strip()

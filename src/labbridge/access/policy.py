@@ -77,6 +77,10 @@ class Policy:
     #: True when the node file has a ``security`` section (``labbridge check`` warns
     #: about services listening beyond loopback when it has none).
     configured: bool = False
+    #: Roles already worked out, by (address, transport, identity): the policy never changes
+    #: once built, and parsing an address costs more than the rest of a request's check.
+    _cache: dict[tuple[str, str, str | None], Role] = field(default_factory=dict, repr=False,
+                                                           compare=False)
 
     @classmethod
     def default(cls) -> Policy:
@@ -98,13 +102,30 @@ class Policy:
         return best
 
     def role_of(self, principal: Principal) -> Role:
-        """The role of ``principal``: its identity's if it has one, else its address's."""
+        """The role of ``principal``: its identity's if it has one, else its address's.
+
+        Two transports are capped when no credential proved an identity: UDP at observer
+        (its source can be forged) unless the address is a ``udp_writer``; the web page at
+        observer (a browser on a trusted machine may be driven by any page it shows).
+        """
+        key = (principal.address, principal.transport, principal.identity)
+        role = self._cache.get(key)
+        if role is None:
+            role = self._role_of(principal)
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[key] = role
+        return role
+
+    def _role_of(self, principal: Principal) -> Role:
         if principal.identity is not None:
             ident = self.identities.get(principal.identity)
             return ident.role if ident is not None else Role.NOBODY
         role = self.address_role(principal.address)
         if (principal.transport == "udp" and role > Role.OBSERVER
                 and not in_networks(principal.address, self.udp_writers)):
+            return Role.OBSERVER
+        if principal.transport == "web" and role > Role.OBSERVER:
             return Role.OBSERVER
         return role
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from labbridge.transport.endpoint import Endpoint
 from labbridge.transport.slots import Slot, SlotTable
-from labbridge.transport.tls import HandshakeFailed, TlsAccept
+from labbridge.transport.tls import PLAIN_PEER, HandshakeFailed, tls_accept
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ class TcpServer:
     the first to be evicted when the server is full; the handshake must be complete within
     ``handshake_timeout`` of its first byte, and the first byte come within
     ``first_byte_timeout``. A failed handshake is reported once: ``on_handshake_failed(host,
-    reason)``, or one warning line.
+    reason)``, or one warning line. ``plain_peer`` names what a peer that does not speak TLS
+    on this port probably is (the failure's hint: "a plain TCP peer, e.g. a real PyMoDAQ
+    module").
     """
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1",
@@ -82,9 +84,11 @@ class TcpServer:
                  max_per_address: int | None = None, max_buffered: int | None = None,
                  backlog: int = 128, ssl: _ssl.SSLContext | None = None,
                  handshake_timeout: float = 10.0, first_byte_timeout: float = 30.0,
-                 on_handshake_failed: HandshakeFailed | None = None) -> None:
+                 on_handshake_failed: HandshakeFailed | None = None,
+                 plain_peer: str = PLAIN_PEER) -> None:
         self._factory = protocol_factory
         self.ssl = ssl
+        self.plain_peer = plain_peer
         self.handshake_timeout = handshake_timeout
         self.first_byte_timeout = first_byte_timeout
         self.on_handshake_failed = on_handshake_failed
@@ -130,10 +134,10 @@ class TcpServer:
     def _make_protocol(self) -> asyncio.Protocol:
         proto = self._factory()
         if self.ssl is not None:
-            proto = TlsAccept(proto, self.ssl, handshake_timeout=self.handshake_timeout,
-                              first_byte_timeout=self.first_byte_timeout,
-                              on_failure=self._handshake_failed, name=self.name,
-                              tasks=self._handshakes)
+            proto = tls_accept(proto, self.ssl, handshake_timeout=self.handshake_timeout,
+                               first_byte_timeout=self.first_byte_timeout,
+                               on_failure=self._handshake_failed, name=self.name,
+                               tasks=self._handshakes, plain_peer=self.plain_peer)
         server = self
         orig_made = proto.connection_made
         orig_lost = proto.connection_lost
@@ -202,7 +206,8 @@ class TcpServer:
         if self._handshakes:  # handshakes cut short by the aborts above end at once
             await asyncio.wait(set(self._handshakes), timeout=2.0)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._server.wait_closed()
         except TimeoutError:  # pragma: no cover
             log.warning("%s: server did not close within 2 s", self.name)
         self._server = None
@@ -303,7 +308,8 @@ class TcpUdpServer:
                  failure_reply: bytes | None = None, max_pending_datagrams: int = 1024,
                  ssl: _ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
                  first_byte_timeout: float = 30.0,
-                 on_handshake_failed: HandshakeFailed | None = None) -> None:
+                 on_handshake_failed: HandshakeFailed | None = None,
+                 plain_peer: str = PLAIN_PEER) -> None:
         self.host = host
         self.name = name
         self.purpose = purpose
@@ -312,7 +318,8 @@ class TcpUdpServer:
                              max_buffered=max_buffered, ssl=ssl,
                              handshake_timeout=handshake_timeout,
                              first_byte_timeout=first_byte_timeout,
-                             on_handshake_failed=on_handshake_failed)
+                             on_handshake_failed=on_handshake_failed,
+                             plain_peer=plain_peer)
         self._datagram_handler = datagram
         self._failure_reply = failure_reply
         self.udp_wanted = udp or udp_port is not None

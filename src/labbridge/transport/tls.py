@@ -104,6 +104,9 @@ EARLY_DATA_LIMIT = 1024 * 1024
 
 HandshakeFailed = Callable[[str, str], None]
 
+#: What a peer that does not speak TLS on a TLS port probably is (the refusal's hint).
+PLAIN_PEER = "a plain TCP client"
+
 
 class TlsAccept(asyncio.Protocol):
     """Runs the server side of a TLS handshake on an accepted TCP connection, then hands the
@@ -126,13 +129,18 @@ class TlsAccept(asyncio.Protocol):
       which may read once more after ``pause_reading``;
     * decrypted bytes that come with the end of the handshake, before ``inner`` has the
       connection, are held and given to it right after its ``connection_made``.
+
+    ``inner`` may be an ``asyncio.BufferedProtocol``: use :func:`tls_accept`, which then
+    returns a :class:`BufferedTlsAccept`, so decrypted bytes go straight into its buffers.
     """
 
-    def __init__(self, inner: asyncio.Protocol, context: ssl.SSLContext, *,
+    def __init__(self, inner: asyncio.BaseProtocol, context: ssl.SSLContext, *,
                  handshake_timeout: float = 10.0, first_byte_timeout: float = 30.0,
                  on_failure: HandshakeFailed | None = None, name: str = "tls",
-                 tasks: set[asyncio.Future[Any]] | None = None) -> None:
+                 tasks: set[asyncio.Future[Any]] | None = None,
+                 plain_peer: str = PLAIN_PEER) -> None:
         self.inner = inner
+        self.plain_peer = plain_peer
         self._tasks = tasks
         self.context = context
         self.handshake_timeout = handshake_timeout
@@ -150,6 +158,8 @@ class TlsAccept(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._slot: Any = None
         self._lost = False
+        #: The TLS transport, once the handshake is done (what ``inner`` writes to).
+        self._app: asyncio.Transport | None = None
 
     # The server's fair slots: the handshake phase holds the slot (idle, so evictable); the
     # inner protocol reports progress through the same slot once it has the connection.
@@ -173,7 +183,7 @@ class TlsAccept(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state == "open":
-            self.inner.data_received(data)
+            self._to_inner(data)
         elif self.state in ("wait", "raw"):
             self._pre += data
             if len(self._pre) > PRE_TLS_LIMIT:
@@ -187,7 +197,7 @@ class TlsAccept(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.state == "open":
-            return self.inner.eof_received()
+            return cast(asyncio.Protocol, self.inner).eof_received()
         if self.state == "handshake":  # after the TLS layer's end of handshake
             self._early_eof = True
             return None
@@ -248,7 +258,7 @@ class TlsAccept(asyncio.Protocol):
             return
         exc = task.exception()
         if exc is not None:
-            self._give_up(handshake_failure(exc, self.handshake_timeout))
+            self._give_up(handshake_failure(exc, self.handshake_timeout, self.plain_peer))
             return
         app = task.result()
         if self._lost or app is None:  # the connection went as the handshake ended
@@ -260,12 +270,19 @@ class TlsAccept(asyncio.Protocol):
             slot.active()  # a completed handshake is progress
             if not hasattr(self.inner, "slot"):
                 slot.set_busy(True)  # it reports no progress: never evict it (as TcpServer)
+        self._app = app
         self.inner.connection_made(app)
         if self._early and self.state == "open":
             data, self._early = bytes(self._early), bytearray()
-            self.inner.data_received(data)
-        if self._early_eof and self.state == "open" and not self.inner.eof_received():
-            app.close()
+            self._to_inner(data)
+        if self._early_eof and self.state == "open" and not app.is_closing():
+            if not cast(asyncio.Protocol, self.inner).eof_received():
+                app.close()
+
+    def _to_inner(self, data: bytes) -> None:
+        """Give decrypted ``data`` to the inner protocol, in pieces it can take, until it
+        closes its connection (bytes after that go nowhere)."""
+        feed(self.inner, data, self._app)
 
     def _no_first_byte(self) -> None:
         self._timer = None
@@ -299,14 +316,64 @@ class TlsAccept(asyncio.Protocol):
             self._timer = None
 
 
-def feed(proto: asyncio.BaseProtocol, data: bytes) -> None:
-    """Give ``data`` to ``proto`` as if its transport had received it."""
+class BufferedTlsAccept(TlsAccept, asyncio.BufferedProtocol):
+    """:class:`TlsAccept` for an inner ``asyncio.BufferedProtocol``: once the connection is
+    open, the TLS layer decrypts straight into the inner protocol's buffers (no copy, which
+    matters for the PyMoDAQ link's big frames); before, bytes land in a small scratch area
+    and take the same path as :meth:`TlsAccept.data_received`."""
+
+    #: Scratch for the bytes of the handshake phase (raw hello, early decrypted bytes).
+    SCRATCH = 16 * 1024
+
+    def __init__(self, inner: asyncio.BufferedProtocol, context: ssl.SSLContext,
+                 **kwargs: Any) -> None:
+        super().__init__(inner, context, **kwargs)
+        self._scratch: bytearray | None = bytearray(self.SCRATCH)
+        self._into_inner = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._into_inner = self.state == "open"
+        if self._into_inner:
+            return memoryview(cast(asyncio.BufferedProtocol, self.inner).get_buffer(sizehint))
+        if self._scratch is None:  # pragma: no cover - bytes after the connection ended
+            self._scratch = bytearray(self.SCRATCH)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._into_inner:
+            cast(asyncio.BufferedProtocol, self.inner).buffer_updated(nbytes)
+        elif nbytes:
+            assert self._scratch is not None
+            self.data_received(bytes(self._scratch[:nbytes]))
+
+    def _handshake_done(self, task: asyncio.Future[Any]) -> None:
+        super()._handshake_done(task)
+        if self.state in ("open", "closed"):
+            self._scratch = None  # the inner protocol's buffers take over
+
+
+def tls_accept(inner: asyncio.BaseProtocol, context: ssl.SSLContext,
+               **kwargs: Any) -> TlsAccept:
+    """A :class:`TlsAccept` around ``inner`` (a :class:`BufferedTlsAccept` if ``inner`` is
+    an ``asyncio.BufferedProtocol``); ``kwargs`` as :class:`TlsAccept`."""
+    if isinstance(inner, asyncio.BufferedProtocol):
+        return BufferedTlsAccept(inner, context, **kwargs)
+    return TlsAccept(inner, context, **kwargs)
+
+
+def feed(proto: asyncio.BaseProtocol, data: bytes,
+         transport: asyncio.BaseTransport | None = None) -> None:
+    """Give ``data`` to ``proto`` as if its transport had received it; a buffered protocol
+    gets it in pieces that fit its buffers, and none once ``transport`` (its transport, if
+    given) is closing (it dropped the connection on an earlier piece)."""
     if not data:
         return
     if isinstance(proto, asyncio.BufferedProtocol) or hasattr(proto, "get_buffer"):
         bproto = cast(asyncio.BufferedProtocol, proto)
         view = memoryview(data)
         while view:
+            if transport is not None and transport.is_closing():
+                return
             buf = memoryview(bproto.get_buffer(len(view)))
             n = min(len(buf), len(view))
             if n == 0:  # pragma: no cover - a protocol with no room
@@ -324,8 +391,10 @@ _NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKN
             "VERSION_TOO_LOW", "NO_SHARED_CIPHER", "UNEXPECTED_RECORD")
 
 
-def handshake_failure(exc: BaseException, timeout: float | None = None) -> str:
-    """Why a server-side handshake failed, in words fit for one log line."""
+def handshake_failure(exc: BaseException, timeout: float | None = None,
+                      plain_peer: str = PLAIN_PEER) -> str:
+    """Why a server-side handshake failed, in words fit for one log line; ``plain_peer``
+    names what a peer that does not speak TLS at all probably is."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return (f"its certificate was refused: {exc.verify_message or exc.reason} (is it signed "
                 "by the site CA?)")
@@ -336,7 +405,7 @@ def handshake_failure(exc: BaseException, timeout: float | None = None) -> str:
         if reason.startswith("CERTIFICATE_VERIFY_FAILED"):
             return "its certificate was refused (not signed by the site CA?)"
         if any(r in reason for r in _NOT_TLS):
-            return "it does not speak TLS (a plain client on the TLS port?)"
+            return f"it does not speak TLS ({plain_peer} on this TLS-only port?)"
         if "ALERT" in reason:
             return ("it refused this server's certificate or the handshake "
                     f"({reason.lower().replace('_', ' ')})")

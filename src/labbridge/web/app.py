@@ -117,7 +117,6 @@ CLOSE_FLOOD = 1008
 CLOSE_SESSION = 4003  # the page's session ended (logout, expiry): it asks who it is again
 #: Identical refusals without credentials (a foreign Host, Origin, no login) from one
 #: address are audited once per this many seconds (a flood must not flood the audit trail).
-QUIET_SECONDS = 10.0
 #: Longest password or token looked at (the scrypt cost grows with it).
 MAX_SECRET = 1024
 #: Password checks waiting at once, all addresses together; more get 503 (scrypt is slow on
@@ -242,8 +241,6 @@ class WebDashboard:
         self.one_time = OneTimeLogins(config.one_time_logins, config.used_logins_file)
         self.hosts = HostRules.build(config.host, config.allowed_hosts, config.allowed_origins)
         self.cookie_name = "labbridge"
-        self._quiet: dict[tuple[str, str, str], float] = {}
-        self.quieted = 0
         self._password_checks = asyncio.Semaphore(2)
         self._logins_waiting = 0
         self._remove_sink: Callable[[], None] | None = None
@@ -691,19 +688,8 @@ class WebDashboard:
 
     def _refuse_quietly(self, principal: Principal, action: Action, reason: str) -> None:
         """Audit a refusal made here (no credentials, wrong Host, Origin or CSRF token); the
-        same one from the same address at most once per QUIET_SECONDS."""
-        now = self.monotonic()
-        key = (principal.address, action.verb, reason)
-        last = self._quiet.get(key)
-        if last is not None and now - last < QUIET_SECONDS:
-            self.quieted += 1
-            return
-        if len(self._quiet) >= 1024:
-            self._quiet = {k: t for k, t in self._quiet.items() if now - t < QUIET_SECONDS}
-            if len(self._quiet) >= 1024:
-                self._quiet.clear()
-        self._quiet[key] = now
-        self.gate.refuse(principal, action, reason)
+        gate audits repeats of one refusal once a minute, with their count."""
+        self.gate.refuse(principal, action, reason, self.gate.role_of(principal))
 
     def _limited(self, request: web.Request, action: Action) -> web.Response | None:
         """A 429 when the address has failed to log in too often (audited once)."""
@@ -777,9 +763,9 @@ class WebDashboard:
             log.info("%s: the session of %s ends: %d sessions at most", self.name, e.identity,
                      self.sessions.max_sessions)
             self._end_pages(e.id, "too many sessions: log in again")
-        role = self.gate.role_of(Principal(address, self.name, "web", identity))
-        log.info("%s: %s logged in from %s (%s, by %s)", self.name, identity, address,
-                 role.label, how)
+        principal = Principal(address, self.name, "web", identity)
+        role = self.gate.role_of(principal)
+        self.gate.audit(principal, "login", "session", reason=f"by {how}")
         self.push(self.state.add_event("info", self.gate.node or self.name,
                                        f"{identity} logged in from {address} as {role.label}",
                                        self.clock(), kind="session", who=identity))
@@ -833,8 +819,8 @@ class WebDashboard:
             if ident is not None:
                 self.limiter.forgive(address)
             how, why = "password", "wrong user name or password"
-        if ident is None:
-            self.gate.refuse(self._anonymous(request), action, why)
+        if ident is None:  # every failure audited: the limiter bounds their rate
+            self.gate.refuse(self._anonymous(request), action, why, every=True)
             return _unauthorized(why)
         s = self._start_session(request, ident.name, how)
         resp = web.json_response({"ok": True, "identity": ident.name,
@@ -877,8 +863,7 @@ class WebDashboard:
         if v.session is not None:
             self.sessions.end(v.session.id)
             self._end_pages(v.session.id, "logged out")
-            log.info("%s: %s logged out (%s)", self.name, v.session.identity,
-                     v.principal.address)
+            self.gate.audit(v.principal, "logout", "session")
             self.push(self.state.add_event("info", self.gate.node or self.name,
                                            f"{v.session.identity} logged out",
                                            self.clock(), kind="session",
@@ -904,6 +889,8 @@ class WebDashboard:
             loop.call_soon_threadsafe(self._show_audit, event.to_json())
 
     def _show_audit(self, event: dict[str, Any]) -> None:
+        if event.get("verb") in ("login", "logout") and event.get("outcome") == "done":
+            return  # shown as the session event _start_session / logout pushes
         node = str(event.get("node") or self.gate.node or self.name)
         self.push_all(self.state.on_audit(node, event, self.clock()))
 

@@ -280,7 +280,8 @@ class PychronClient:
         if proto is not None and proto.transport is not None:
             proto.transport.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(proto.closed), 1.0)
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(proto.closed)
 
     async def __aenter__(self) -> PychronClient:
         return self

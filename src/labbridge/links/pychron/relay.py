@@ -22,21 +22,30 @@ Spec pychron.md sections 3.3, 3.4 and 10::
   Errors raised at the front (``ERROR 011`` when the processor is down) are framed the same
   way, so a client needs one parser (ADR 0062). ``PychronReady`` is answered as the real
   repeater does: a ``test`` echo of a random ``%0.3f`` token, ``OK`` when it comes back.
+  On the same TCP port it also takes the HTTP ``GET`` form (issue 20, ADR 0114,
+  :mod:`labbridge.protocol.pychron.httpget`): ``GET /Open%20A HTTP/1.0`` is the request
+  ``Open A``, relayed exactly as the plain form's (same process type, the client's address as
+  sender, judged by the processor's gate), and answered ``HTTP/1.0 200 OK`` with the reply
+  text (and ``\n``) as body. A request a web page made (a browser's ``Sec-Fetch-Site`` other
+  than ``none``, an ``Origin``, a ``Referer``, or a ``Host`` that is a name this node was not
+  given) is refused with ``403``: a page must not use its visitor's address to move valves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
 from labbridge.links.pychron.textserver import OneShotTextServer
 from labbridge.protocol.base import NEED_DATA, ProtocolError
+from labbridge.protocol.pychron.httpget import HttpRequest, HttpRequestError
 from labbridge.protocol.pychron.messages import ErrorCode, error_text
 from labbridge.protocol.pychron.relay import (
     CrcReply,
@@ -122,7 +131,8 @@ class RelayProcessor:
         if self._conns:
             await asyncio.gather(*self._conns, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await server.wait_closed()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
@@ -161,7 +171,8 @@ class RelayProcessor:
                     if wait is None:
                         chunk: bytes | None = await reader.read(65536)
                     else:
-                        chunk = await asyncio.wait_for(reader.read(65536), max(0.0, wait))
+                        async with asyncio.timeout(max(0.0, wait)):
+                            chunk = await reader.read(65536)
                 except TimeoutError:
                     chunk = None  # quiet gap (or the request deadline)
                 # A malformed request gets the same error reply (and close) whether it ended
@@ -316,8 +327,8 @@ class CommandRepeater:
         self.connect_attempts += 1
         try:
             check_socket_dir(self.path)
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_unix_connection(self.path)
         except TimeoutError:
             raise self._unreachable("connect timed out") from None
         except OSError as exc:
@@ -351,7 +362,8 @@ class CommandRepeater:
             conn = await self._connection()
             try:
                 conn.writer.write(frame)
-                data = await asyncio.wait_for(self._read_reply(conn), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    data = await self._read_reply(conn)
             except TimeoutError:
                 conn.close()
                 raise RepeaterError(f"timed out after {self.timeout} s") from None
@@ -401,12 +413,19 @@ class RelayFrontServer:
     def __init__(self, repeater: CommandRepeater, host: str = "127.0.0.1", port: int = 1061, *,
                  udp: bool = False, udp_port: int | None = None,
                  name: str = "relay-front", quiet_gap: float = 0.05,
-                 request_timeout: float = 10.0) -> None:
+                 request_timeout: float = 10.0, http: bool = True,
+                 http_hosts: Iterable[str] = ()) -> None:
         self.repeater = repeater
         self.name = name
+        #: Host names (besides IP addresses and ``localhost``) an HTTP request's ``Host``
+        #: header may give: the names this node is reached by (lower case).
+        self.http_hosts = frozenset(h.strip().lower().rstrip(".") for h in http_hosts)
+        #: HTTP requests refused as made by a web page (``403``).
+        self.http_refused = 0
         self._server = OneShotTextServer(
             self._handle, host, port, udp=udp, udp_port=udp_port, name=name,
-            purpose="legacy RemoteHardwareServer", quiet_gap=quiet_gap,
+            purpose="legacy RemoteHardwareServer" + (" (plain and HTTP GET)" if http else ""),
+            quiet_gap=quiet_gap, http=self._handle_http if http else None,
             request_timeout=request_timeout,
             oversize_reply=framed(error_text(ErrorCode.INVALID_COMMAND, "request too long"))
             + b"\n",
@@ -439,3 +458,59 @@ class RelayFrontServer:
         # datagram's sender is marked so that UDP stays read-only behind the relay too.
         reply = await self.repeater.get_response(text, f"{UDP_SENDER}{peer}" if udp else peer)
         return framed(reply) + b"\n"
+
+    async def _handle_http(self, req: HttpRequest, peer: str) -> bytes:
+        """The GET form: the path is the request, relayed like the plain form's; the reply
+        text is the body of a ``200`` (an ``ERROR nnn`` reply too: it is the reply)."""
+        refused = self._made_by_a_web_page(req)
+        if refused is not None:
+            self.http_refused += 1
+            log.warning("%s: refused an HTTP request from %s: %s", self.name, peer, refused)
+            return self._server.http_error(HttpRequestError(403, refused, version=req.version,
+                                                            method=req.method))
+        try:
+            text = req.command()
+        except HttpRequestError as exc:
+            return self._server.http_error(exc)
+        reply = await self.repeater.get_response(text, peer)
+        return self._server.http_reply(req, (reply + "\n").encode("utf-8", "replace"))
+
+    def _made_by_a_web_page(self, req: HttpRequest) -> str | None:
+        """Why ``req`` looks made by a web page in a browser (not typed by its user), or None.
+
+        A page on any site can make its visitor's browser send a GET here (an image, a
+        link), from the visitor's address, which the node may trust; or be served under a
+        name that resolves to this node (DNS rebinding). Browsers mark such requests:
+        ``Sec-Fetch-Site`` other than ``none`` (``none`` = typed in the address bar), an
+        ``Origin``, a ``Referer``; the name in ``Host``. Programs (curl, scripts, the legacy
+        clients) send none of these, or an address as ``Host``."""
+        site = req.header("sec-fetch-site")
+        if site is not None and site.strip().lower() != "none":
+            return (f"made by a web page (Sec-Fetch-Site: {site}); send it from a program, or "
+                    "type it in the address bar")
+        for name in ("origin", "referer"):
+            value = req.header(name)
+            if value is not None:
+                return (f"made by a web page ({name.capitalize()}: {value}); send it from a "
+                        "program, or type it in the address bar")
+        host = req.header("host")
+        if host is not None and not self._known_host(host):
+            return (f"Host {host!r} is not an address of this node nor one of its http_hosts "
+                    "names; use its IP address, or add the name to http_hosts in the node "
+                    "file")
+        return None
+
+    def _known_host(self, host: str) -> bool:
+        name = host.strip().lower()
+        if name.startswith("["):  # [IPv6]:port
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        name = name.rstrip(".")
+        if name == "localhost" or name in self.http_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True

@@ -604,7 +604,8 @@ class PychronCommandServer:
                                  max_buffered=self.settings.max_server_buffer, ssl=ssl,
                                  handshake_timeout=self.settings.frame_timeout,
                                  first_byte_timeout=self.settings.first_request_timeout,
-                                 on_handshake_failed=self._handshake_failed)
+                                 on_handshake_failed=self._handshake_failed,
+                                 plain_peer="a plain TCP client, e.g. a real Pychron,")
 
     def _new_connection(self) -> asyncio.Protocol:
         return CommandConnection(self.dispatcher, self.settings, self.name)

@@ -15,6 +15,13 @@ device) holds only its own connection. Connections are admitted through the tran
 slots (``max_connections``, ``max_per_address``, ``max_buffered`` bytes of partial requests in
 all): when full, the connection idle longest makes room for a newcomer. A peer that does not
 read its reply is dropped one ``linger`` after the close.
+
+With ``http`` (a handler of :class:`~labbridge.protocol.pychron.httpget.HttpRequest`), a
+connection whose first bytes begin an HTTP request line (``GET ``) is read as one HTTP/1.0
+request instead (up to its empty line; same size bound, same deadline from the first byte, no
+quiet gap: the form has its own end) and answered in that form; HTTP-level faults (a bad
+request line, a method other than GET, too long, not complete in time, a handler failure)
+get an HTTP error reply. Other connections are served exactly as without it.
 """
 
 from __future__ import annotations
@@ -22,8 +29,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import Any, cast
 
+from labbridge import __version__
+from labbridge.protocol.base import NEED_DATA
+from labbridge.protocol.pychron.httpget import (
+    HttpRequest,
+    HttpRequestError,
+    HttpRequestReader,
+    error_response,
+    looks_like_http,
+    response,
+)
 from labbridge.protocol.pychron.raw import RawRequest, RawRequestReader, RawRequestTooLarge
 from labbridge.transport.endpoint import Endpoint
 from labbridge.transport.slots import Slot, per_address
@@ -34,6 +52,9 @@ log = logging.getLogger(__name__)
 #: ``handler(request_text, peer_host, udp) -> reply bytes`` (or an awaitable of them);
 #: ``udp`` is True for a datagram (its source address can be forged: read-only by default).
 TextHandler = Callable[[str, str, bool], "bytes | Awaitable[bytes]"]
+#: ``http(request, peer_host) -> the whole HTTP reply`` (or an awaitable of it); build it
+#: with :meth:`OneShotTextServer.http_reply` / :meth:`OneShotTextServer.http_error`.
+HttpHandler = Callable[[HttpRequest, str], "bytes | Awaitable[bytes]"]
 
 
 class _OneShot(asyncio.Protocol):
@@ -48,6 +69,10 @@ class _OneShot(asyncio.Protocol):
         self.answered = False
         #: Fair-slot reports to the server's slot table (TcpServer sets the real one).
         self.slot = Slot.detached()
+        #: "plain" or "http"; None while the first bytes cannot tell yet (HTTP enabled).
+        self.form: str | None = None if server.http is not None else "plain"
+        self.head = bytearray()  # the first bytes, while the form is undecided
+        self.http: HttpRequestReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -55,7 +80,8 @@ class _OneShot(asyncio.Protocol):
         self._arm(self.server.first_request_timeout, self._idle_close)
 
     def data_received(self, data: bytes) -> None:
-        if self.answered or self.reader.done:
+        if self.answered or self.reader.done or self.task is not None or \
+                (self.http is not None and self.http.done):
             return  # one request per connection; later bytes are dropped
         self._cancel()
         if self.deadline is None:
@@ -63,6 +89,20 @@ class _OneShot(asyncio.Protocol):
             # trickle of bytes cannot move this (issue 13).
             self.deadline = asyncio.get_running_loop().call_later(
                 self.server.request_timeout, self._on_deadline)
+        if self.form is None:
+            self.head += data
+            verdict = looks_like_http(self.head)
+            if verdict is None:  # a few bytes that may begin "GET ": wait (quiet gap: plain)
+                self._arm(self.server.quiet_gap, self._on_quiet)
+                self.slot.hold(len(self.head))
+                return
+            data, self.head = bytes(self.head), bytearray()
+            self.form = "http" if verdict else "plain"
+            if verdict:
+                self.http = HttpRequestReader(self.server.max_request)
+        if self.http is not None:
+            self._http_data(data)
+            return
         try:
             self.reader.receive_data(data)
         except RawRequestTooLarge as exc:
@@ -76,6 +116,24 @@ class _OneShot(asyncio.Protocol):
             self._arm(self.server.quiet_gap, self._on_quiet)
             self.slot.hold(self.reader.buffered)
 
+    def _http_data(self, data: bytes) -> None:
+        assert self.http is not None
+        try:
+            self.http.receive_data(data)
+            ev = self.http.next_event()
+        except HttpRequestError as exc:
+            self._http_refuse(exc)
+            return
+        if ev is NEED_DATA:
+            self.slot.hold(self.http.buffered)  # no quiet gap: the deadline bounds it
+        else:
+            assert isinstance(ev, HttpRequest)
+            self._run_http(ev)
+
+    def _http_refuse(self, exc: HttpRequestError) -> None:
+        log.info("%s: %s: HTTP request refused: %s", self.server.name, self.peer, exc)
+        self._reply(self.server.http_error(exc))
+
     def eof_received(self) -> bool:
         self._cancel()
         if self.answered:
@@ -83,10 +141,30 @@ class _OneShot(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return False
-        if not self.answered and self.task is None:
+        if self.task is None:
+            if self.http is not None:
+                try:
+                    hreq = self.http.receive_eof()
+                except HttpRequestError as exc:
+                    self._http_refuse(exc)
+                    return True
+                if hreq is not None:
+                    self._run_http(hreq)
+                    return True
+                self._reply(b"")
+                return True
+            self._decide_plain()
             req = self.reader.flush()
             self._run(req.text if req is not None else "")
         return True  # keep our side open until the reply is written
+
+    def _decide_plain(self) -> None:
+        """The first bytes did not turn out to be HTTP: they start a plain request."""
+        if self.form is None:
+            self.form = "plain"
+            head, self.head = bytes(self.head), bytearray()
+            if head:
+                self.reader.receive_data(head)  # (fewer bytes than any limit)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
@@ -99,6 +177,7 @@ class _OneShot(asyncio.Protocol):
         self.timer = None
         if self.answered or self.task is not None:
             return
+        self._decide_plain()
         req = self.reader.flush()
         self._run(req.text if req is not None else "")
 
@@ -108,6 +187,11 @@ class _OneShot(asyncio.Protocol):
             return
         log.info("%s: %s did not finish its request within %.1f s of its first byte; "
                  "closing", self.server.name, self.peer, self.server.request_timeout)
+        if self.http is not None:
+            self._reply(self.server.http_error(HttpRequestError(
+                408, f"request not complete within {self.server.request_timeout:g} s of its "
+                     "first byte")))
+            return
         self._reply(self.server.timeout_reply)
 
     def _idle_close(self) -> None:
@@ -117,16 +201,29 @@ class _OneShot(asyncio.Protocol):
             self.transport.close()
 
     def _run(self, text: str) -> None:
+        self._start(lambda: self.server.handler(text, self.peer, False), text)
+
+    def _run_http(self, req: HttpRequest) -> None:
+        http = self.server.http
+        assert http is not None
+        self._start(lambda: http(req, self.peer), req.target)
+
+    def _failure_reply(self) -> bytes:
+        if self.http is not None:
+            return self.server.http_error(HttpRequestError(500, "internal error"))
+        return self.server.failure_reply
+
+    def _start(self, call: Callable[[], bytes | Awaitable[bytes]], what: str) -> None:
         self._cancel_deadline()
         self.slot.active()
         self.slot.hold(0)
         if self.transport is not None:
             self.transport.pause_reading()
         try:
-            result = self.server.handler(text, self.peer, False)
+            result = call()
         except Exception:
-            log.exception("%s: handler failed on %r", self.server.name, text[:80])
-            result = self.server.failure_reply
+            log.exception("%s: handler failed on %r", self.server.name, what[:80])
+            result = self._failure_reply()
         if isinstance(result, bytes):
             self._reply(result)
             return
@@ -144,7 +241,7 @@ class _OneShot(asyncio.Protocol):
         exc = fut.exception()
         if exc is not None:
             log.error("%s: handler failed: %r", self.server.name, exc)
-            self._reply(self.server.failure_reply)
+            self._reply(self._failure_reply())
         else:
             self._reply(fut.result())
 
@@ -201,8 +298,13 @@ class OneShotTextServer:
                  oversize_reply: bytes = b"", failure_reply: bytes = b"",
                  timeout_reply: bytes | None = None, request_timeout: float = 10.0,
                  max_connections: int = 1024, max_per_address: int | None = None,
-                 max_buffered: int = 32 * 1024 * 1024) -> None:
+                 max_buffered: int = 32 * 1024 * 1024, http: HttpHandler | None = None,
+                 ) -> None:
         self.handler = handler
+        #: The handler of the HTTP GET form (None: plain requests only).
+        self.http = http
+        #: The ``Server`` header of HTTP replies.
+        self.http_server = f"labbridge/{__version__}"
         self.host = host
         self.name = name
         self.purpose = purpose
@@ -244,6 +346,16 @@ class OneShotTextServer:
 
     def endpoints(self) -> list[Endpoint]:
         return self._net.endpoints()
+
+    def http_reply(self, req: HttpRequest, body: bytes, status: int = 200) -> bytes:
+        """An HTTP reply to ``req`` (``status``, plain-text ``body``), in the form's shape."""
+        return response(status, body, version=req.version, date=formatdate(usegmt=True),
+                        server=self.http_server)
+
+    def http_error(self, exc: HttpRequestError) -> bytes:
+        """The HTTP error reply for ``exc`` (status line with its reason, ``Connection:
+        close``, one plain line of explanation)."""
+        return error_response(exc, date=formatdate(usegmt=True), server=self.http_server)
 
     def _datagram(self, data: bytes, host: str) -> bytes | Awaitable[bytes]:
         if len(data) > self.max_request:

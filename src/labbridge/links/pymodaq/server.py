@@ -26,9 +26,11 @@ else: the protocol has no refusal message, and a reset is what stops a real PyMo
 node itself asks a remote module to do (a move requested on the web page, by a script) was
 checked where that request entered the node, not here.
 
-TLS (optional, labbridge at both ends): the server does the handshake itself after the accept
-(``loop.start_tls``), so a handshake that fails (no client certificate, another CA's, a plain
-PyMoDAQ client) is audited and logged like any other refusal.
+TLS (optional, labbridge at both ends): the handshake runs after the accept, inside the
+listener's slots (:class:`labbridge.transport.tls.TlsAccept`, through ``TcpServer(ssl=...)``,
+the same path as the Pychron command server's), so a handshake that fails (no client
+certificate, another CA's, a plain PyMoDAQ client) is audited and logged like any other
+refusal; once it is done, the TLS layer decrypts straight into the stream's buffers.
 """
 
 from __future__ import annotations
@@ -589,146 +591,6 @@ class ServerSession:
         self.module = None
 
 
-class _TlsAccept(asyncio.BufferedProtocol):
-    """A TLS connection until its handshake is done (ADR 0171).
-
-    ``TcpServer`` accepts plain TCP and tracks this protocol; it hands the connection to
-    ``loop.start_tls`` (client certificate required) and, if the handshake fails, has the
-    server audit the refusal with the reason. Once it succeeds the session's stream gets the
-    TLS transport, and the decrypted bytes go straight into the stream's buffers through this
-    protocol. Two hand-overs are bounded and ordered:
-
-    * bytes read before ``start_tls`` took the transport (uvloop starts reading as soon as
-      ``connection_made`` returns, whatever it asked) are the start of the handshake: they go
-      to the TLS protocol before it begins (:meth:`_hand_over`, scheduled to run right after
-      ``start_tls``'s synchronous part);
-    * decrypted bytes that come with the end of the handshake, before the stream is open, are
-      held and given to it as soon as it is.
-    """
-
-    _PRE_LIMIT = 64 * 1024
-    _EARLY_LIMIT = 1024 * 1024
-
-    def __init__(self, server: PyMoDAQServer, session: ServerSession,
-                 context: ssl.SSLContext) -> None:
-        self.server = server
-        self.stream = session.stream
-        self.context = context
-        self.raw: asyncio.Transport | None = None
-        self.host = "?"
-        self.task: asyncio.Task[asyncio.Transport | None] | None = None
-        #: "raw" until start_tls has the transport, "tls" during the handshake, then "open".
-        self.state = "raw"
-        self._scratch = bytearray(64 * 1024)
-        self._pre = bytearray()
-        self._early = bytearray()
-        self._early_eof = False
-        self._lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        raw = self.raw = cast(asyncio.Transport, transport)
-        peer = raw.get_extra_info("peername")
-        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
-        raw.pause_reading()
-        loop = asyncio.get_running_loop()
-        self.task = loop.create_task(loop.start_tls(
-            raw, self, self.context, server_side=True,
-            ssl_handshake_timeout=self.server.hello_timeout or 60.0))
-        # FIFO: runs right after the task's first step, in which start_tls swapped in its
-        # TLS protocol and scheduled that protocol's start.
-        loop.call_soon(self._hand_over)
-        self.task.add_done_callback(self._handshake_done)
-
-    def _hand_over(self) -> None:
-        raw = self.raw
-        if raw is None or self.state != "raw":
-            return
-        tls = raw.get_protocol()
-        if tls is self:  # start_tls failed before taking the transport
-            return
-        self.state = "tls"
-        if self._pre:
-            _feed(cast(asyncio.BufferedProtocol, tls), bytes(self._pre))
-            self._pre = bytearray()
-
-    def _handshake_done(self, task: asyncio.Task[asyncio.Transport | None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        raw = self.raw
-        if exc is not None:
-            self.server._handshake_failed(self.host, exc)
-            if raw is not None:
-                raw.abort()
-            # asyncio does not tell the application protocol about a connection lost during
-            # the handshake; TcpServer learns it from us (its slot is freed).
-            self.connection_lost(exc if isinstance(exc, Exception) else None)
-            return
-        tls = task.result()
-        if tls is None or self._lost:
-            return
-        self.state = "open"
-        self.stream.connection_made(tls)
-        if self._early and self.stream.transport is not None:
-            data, self._early = bytes(self._early), bytearray()
-            _feed(self.stream, data)
-        if self._early_eof and self.stream.transport is not None:
-            self.stream.eof_received()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.state == "open":
-            return self.stream.get_buffer(sizehint)
-        return memoryview(self._scratch)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.state == "open":
-            self.stream.buffer_updated(nbytes)
-            return
-        held, limit = ((self._pre, self._PRE_LIMIT) if self.state == "raw"
-                       else (self._early, self._EARLY_LIMIT))
-        held += self._scratch[:nbytes]
-        if len(held) > limit and self.raw is not None:
-            self.raw.abort()
-
-    def eof_received(self) -> bool:
-        if self.state == "open":
-            return self.stream.eof_received()
-        self._early_eof = True
-        return self.state == "tls"  # before TLS: let the transport close
-
-    def pause_writing(self) -> None:
-        if self.state == "open":
-            self.stream.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.state == "open":
-            self.stream.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.state == "open":
-            self.stream.connection_lost(exc)
-
-
-def _feed(proto: asyncio.BufferedProtocol, data: bytes) -> None:
-    """Give ``data`` to a buffered protocol as if it had been received."""
-    view = memoryview(data)
-    while view:
-        buf = memoryview(proto.get_buffer(len(view)))
-        n = min(len(buf), len(view))
-        if n == 0:
-            return
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
-        if isinstance(proto, PyMoDAQStream) and proto.transport is None:
-            return  # the stream failed on these bytes
-
-
 class PyMoDAQServer:
     """The TCPServer plugin's role as a labbridge service (one port, both client types).
 
@@ -785,8 +647,16 @@ class PyMoDAQServer:
         # The listener: port 0, a clear error when the port is taken, every connection
         # tracked and closed on stop. Its own limit is only a backstop (a burst of connects
         # in one loop turn, before evicted ones are gone); the fair slots are ours.
+        # TLS (``ssl``): the transport's handshake after the accept (TlsAccept): it holds a
+        # listener slot, evictable, until done; the first byte within ``hello_timeout`` of
+        # the accept, the handshake done within ``hello_timeout`` of that first byte; a
+        # failure is a refusal in the audit trail (:meth:`_handshake_failed`).
+        handshake = hello_timeout if hello_timeout is not None else 60.0
         self.tcp = TcpServer(self._factory, host, port, name=name,
-                             max_connections=2 * max_connections + 16)
+                             max_connections=2 * max_connections + 16, ssl=ssl,
+                             handshake_timeout=handshake, first_byte_timeout=handshake,
+                             on_handshake_failed=self._handshake_failed,
+                             plain_peer="a plain TCP peer, e.g. a real PyMoDAQ module,")
         self._sessions: set[ServerSession] = set()
         self._changed = asyncio.Event()
         self._stopping = False
@@ -808,9 +678,8 @@ class PyMoDAQServer:
     def _factory(self) -> asyncio.Protocol:
         self.accepted += 1
         session = ServerSession(self)
-        if self.tls is not None:
-            return cast(asyncio.Protocol, _TlsAccept(self, session, self.tls))
-        # A BufferedProtocol: TcpServer only wraps connection_made / connection_lost.
+        # A BufferedProtocol: TcpServer only wraps connection_made / connection_lost (and,
+        # over TLS, hands it the TLS transport once the handshake is done).
         return cast(asyncio.Protocol, session.stream)
 
     @property
@@ -841,16 +710,14 @@ class PyMoDAQServer:
             return f"refused: {exc.reason}"
         return None
 
-    def _handshake_failed(self, host: str, exc: BaseException) -> None:
-        """A TLS handshake that failed: audited and logged as a refusal."""
+    def _handshake_failed(self, host: str, reason: str) -> None:
+        """A TLS handshake that failed (``reason`` from the transport): audited and logged
+        as a refusal."""
         if self._stopping:
             return
-        text = str(exc) or type(exc).__name__
-        if "WRONG_VERSION_NUMBER" in text or "HTTP_REQUEST" in text:
-            text += " (a plain TCP peer, e.g. a real PyMoDAQ module, on this TLS-only port?)"
         self.gate.refuse(Principal(host, self.name, "tls"),
                          Action(Access.OPERATOR, "connect", self.name, "TLS handshake"),
-                         f"TLS handshake failed: {text}")
+                         f"TLS handshake failed: {reason}")
 
     def _admit(self, newcomer: ServerSession) -> str | None:
         """Make room for ``newcomer`` (evicting the longest idle or stalled unregistered

@@ -37,9 +37,9 @@ from labbridge.links.pychron.proxy import RemoteValveBankProxy
 from labbridge.links.pychron.remote import RemoteValves
 from labbridge.node.bus_clients import BusTarget, bus_target
 from labbridge.node.config import Section
-from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import NodeContext, register_service
 from labbridge.node.seed import KLASSES, DeviceLink, check_host, load_device_file
+from labbridge.node.tls import tls_section
 from labbridge.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)

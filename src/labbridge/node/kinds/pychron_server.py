@@ -35,11 +35,12 @@ Node file shape::
 A client of such a server (``remote_manager``, the web dashboard's ``command_servers``) takes
 ``tls: {ca, cert, key}`` (its own certificate, and the CA that signed the server's) and
 ``check_host`` (default true: the server's certificate must name the host connected to).
+Every ``tls:`` is read by :func:`labbridge.node.tls.tls_section` (imported here under the
+same name for the client kinds that took it from this module).
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 
 from labbridge.devices.base import Device
@@ -51,38 +52,11 @@ from labbridge.links.pychron.server import PychronCommandServer, ServerSettings
 from labbridge.links.pychron.valves import ValveCommands
 from labbridge.node.config import Section
 from labbridge.node.registry import NodeContext, register_service
-from labbridge.transport.tls import TlsConfigError, client_context, server_context
+from labbridge.node.tls import tls_section
 
 #: A braced frame is at most 65535 bytes plus its header: a connection must be able to hold one.
 _MIN_CONNECTION_BUFFER = 64 * 1024
 
-
-def tls_section(sec: Section, ctx: NodeContext, *, server: bool) -> ssl.SSLContext | None:
-    """The optional ``tls: {cert, key, ca}`` of a Pychron command server (``server``) or of a
-    client that names one (``{ca, cert, key, check_host}``): an SSL context, or None.
-
-    Paths are relative to the node file. A missing or unusable file is a one-line error with
-    the node file's line and field, naming the file."""
-    t = sec.get_section("tls", None)
-    if t is None:
-        return None
-    paths = {}
-    for key in ("cert", "key", "ca"):
-        value = t.get_str(key)
-        path = ctx.resolve_path(value)
-        if not path.is_file():
-            raise t.error(key, f"cannot read {path}: no such file (`labbridge keys tls-ca` "
-                               "and `labbridge keys tls-cert NAME` make them; docs/security.md)")
-        paths[key] = path
-    check_host = True if server else t.get_bool("check_host", True)
-    t.check_no_unknown()
-    try:
-        if server:
-            return server_context(paths["cert"], paths["key"], paths["ca"])
-        return client_context(paths["ca"], paths["cert"], paths["key"],
-                              check_hostname=check_host)
-    except TlsConfigError as exc:
-        raise t.error(None, str(exc)) from None
 
 #: Other families add command sets for their device types here (furnace, laser...):
 #: a function from the node's selected devices to a CommandSet, or None when none apply.

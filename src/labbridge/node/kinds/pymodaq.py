@@ -47,7 +47,6 @@ address, or by certificate over TLS).
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from typing import Any
 
 from labbridge.devices.camera import Camera, SimCameraBackend
@@ -56,9 +55,9 @@ from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient, PyMoDAQServer, RemoteActuator, RemoteDetector
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
+from labbridge.node.tls import tls_section
 from labbridge.protocol.pymodaq.messages import Dialect, Generation
 from labbridge.transport.backoff import Backoff
-from labbridge.transport.tls import TlsConfigError, client_context, server_context
 
 _DIALECTS = {"1.6": Dialect.G1A, "2.1": Dialect.G1B}
 
@@ -181,32 +180,6 @@ def _new_device_name(sec: Section, ctx: NodeContext, key: str, default: str) -> 
     return name
 
 
-def _tls(sec: Section, ctx: NodeContext, *, server: bool) -> ssl.SSLContext | None:
-    """The optional ``tls: {cert, key, ca}`` of a PyMoDAQ service (both ends labbridge).
-
-    Paths are relative to the node file. A missing or unusable file is a one-line error
-    naming the file and the node file's line."""
-    t = sec.get_section("tls", None)
-    if t is None:
-        return None
-    paths = {}
-    for key in ("cert", "key", "ca"):
-        path = ctx.resolve_path(t.get_str(key))
-        if not path.is_file():
-            raise t.error(key, f"cannot read {path}: no such file (`labbridge keys tls-ca` and "
-                          "`labbridge keys tls-cert NAME` make them; docs/security.md)")
-        paths[key] = path
-    check_host = t.get_bool("check_host", True) if not server else True
-    t.check_no_unknown()
-    try:
-        if server:
-            return server_context(paths["cert"], paths["key"], paths["ca"])
-        return client_context(paths["ca"], paths["cert"], paths["key"],
-                              check_hostname=check_host)
-    except TlsConfigError as exc:
-        raise t.error(None, str(exc)) from None
-
-
 def _source(sec: Section) -> str | None:
     text: str | None = sec.get_str("source", None)
     if text is not None:
@@ -243,7 +216,7 @@ def _server(sec: Section, ctx: NodeContext) -> Any:
         message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
         max_buffered=int(sec.get_float("max_buffered_mb", 2 * _max_message(sec) / 1024 / 1024,
                                        min=1.0, max=1 << 20) * 1024 * 1024),
-        gate=ctx.gate, ssl=_tls(sec, ctx, server=True))
+        gate=ctx.gate, ssl=tls_section(sec, ctx, server=True))
     ctx.devices[actuator.name] = actuator
     ctx.devices[detector.name] = detector
     return PyMoDAQServerService(server)
@@ -271,6 +244,6 @@ def _client(sec: Section, ctx: NodeContext) -> Any:
         backoff=backoff, max_message=_max_message(sec),
         message_timeout=sec.get_float("message_timeout", 60.0, min=0.001),
         max_queue=sec.get_int("max_queue", 64, min=1, max=1 << 16),
-        position_interval=_position_interval(sec), ssl=_tls(sec, ctx, server=False),
+        position_interval=_position_interval(sec), ssl=tls_section(sec, ctx, server=False),
         source=_source(sec))
     return PyMoDAQClientService(client)

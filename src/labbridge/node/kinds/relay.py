@@ -21,6 +21,10 @@ Node file shapes::
       process_type: Extractionline     # prepended to every request (seed: System)
       timeout: 5                       # seconds for the processor's reply
       max_connections: 8               # parallel requests to the processor
+      http: true                       # also take the HTTP GET form on the TCP port:
+                                       # `GET /Open%20A HTTP/1.0` -> 200, body "OK\n"
+      http_hosts: [valve-pc.lab]       # names (besides IP addresses and localhost) an HTTP
+                                       # request's Host may give; others get 403
       legacy_cfg: servers/system.cfg   # optional: a legacy RHS .cfg ([General] class/host/
                                        # port, [Requests] type, [Repeater] path) as defaults
 """
@@ -173,7 +177,13 @@ def _front(sec: Section, ctx: NodeContext) -> RelayFrontServer:
     if ctx.port_override is not None and not ctx.extra.get("port_override_used"):
         port = ctx.port_override
         ctx.extra["port_override_used"] = True
+    http = sec.get_bool("http", True)
+    http_hosts = [str(h) for h in sec.get_list("http_hosts", [])]
+    for h in http_hosts:
+        if not h.strip() or any(c in h for c in " /:[]"):
+            raise sec.error("http_hosts", f"expected host names (valve-pc.lab), got {h!r}")
     return RelayFrontServer(repeater, host, port,
                             udp=sec.get_bool("udp", legacy.get("udp", False)),
                             udp_port=sec.get_port("udp_port", None),
-                            name=sec.get_str("name", "front"))
+                            name=sec.get_str("name", "front"), http=http,
+                            http_hosts=http_hosts)

@@ -66,8 +66,8 @@ from labbridge.access import check_hash_format
 from labbridge.devices.valves import ValveBank
 from labbridge.node.bus_clients import subscriptions
 from labbridge.node.config import Section
-from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
+from labbridge.node.tls import tls_section
 from labbridge.protocol.telemetry.envelope import make_topic
 from labbridge.web.app import (
     AlarmRule,
