@@ -432,3 +432,18 @@ def test_bus_sockets_come_and_go_across_event_loops():
     proc = subprocess.run([sys.executable, "-c", CYCLES, "8"], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_an_identity_curve_key_may_be_its_public_key_file(tmp_path):
+    keys = make_keys(tmp_path / "keys", "n", "rec")
+    cfg = _node_with(tmp_path, "security:\n  identities:\n"
+                                "    rec: {role: observer, curve_key: keys/rec.key}\n")
+    node = build_node(cfg)
+    ident = node.ctx.gate.policy.identity_for_curve_key(keys["rec"].public.decode())
+    assert ident is not None and ident.name == "rec"
+    cfg.write_text(cfg.read_text().replace("keys/rec.key", "keys/nobody.key"))
+    with pytest.raises(ConfigError) as err:
+        build_node(cfg)
+    assert str(err.value).startswith(f"{cfg}:4: security.identities.rec.curve_key: a Curve "
+                                     "public key is 40 Z85 characters or the NAME.key file")
+    assert "nobody.key: no such file" in str(err.value)
