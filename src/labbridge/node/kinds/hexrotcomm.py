@@ -63,8 +63,8 @@ from labbridge.links.hexrotcomm.common import REPLACE_IDLE_AFTER
 from labbridge.links.hexrotcomm.controller import HexapodController, HexrotController
 from labbridge.links.hexrotcomm.mock_server import MockControllerClient, MockControllerServer
 from labbridge.node.config import Section
-from labbridge.node.kinds.pychron_server import tls_section
 from labbridge.node.registry import Endpoint, NodeContext, register_device, register_service
+from labbridge.node.tls import tls_section
 from labbridge.protocol.hexrotcomm.devices import device_spec
 from labbridge.protocol.hexrotcomm.framing import WireProfile
 from labbridge.protocol.hexrotcomm.structs import Generation
