@@ -249,8 +249,9 @@ async def test_node_recorder_in_a_readonly_state_directory(tmp_path, readonly_di
                    "  - {kind: notifier, name: bus, host: 127.0.0.1, port: 0}\n"
                    "  - {kind: recorder, name: rec, connect: [bus], path: bus.sqlite}\n")
     node = build_node(cfg, state_dir=readonly_dir)
-    with pytest.raises(StartError) as info:  # the node names itself and the service
+    with pytest.raises(StartError) as info:  # names the node and the part; cause chained
         await node.start()
     assert isinstance(info.value.cause, BusError)
+    assert str(info.value).startswith("cannot start node lab: service rec: cannot record into")
     text = one_line(str(info.value))
     assert str(readonly_dir / "bus.sqlite") in text

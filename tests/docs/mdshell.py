@@ -30,7 +30,7 @@ LONG_RUNNING = {"serve": None, "dashboard": None, "demo": "--exit-after-sequence
                 "monitor": "--once", "watch": "--count", "record": "--count"}
 #: How a long-running subcommand says it is ready: its ready file ($LABBRIDGE_READY_FILE),
 #: or its first line of output.
-READY_BY_FILE = frozenset({"serve", "demo"})
+READY_BY_FILE = frozenset({"serve", "demo", "dashboard", "record"})
 
 _EXIT = re.compile(r"\[exit (\d+)\]|\bexit code (\d+)\b")
 _UNTESTED = re.compile(r"\[untested:([^\]]*)\]")
@@ -181,7 +181,11 @@ def shell_blocks(path: Path, doc: str | None = None) -> list[Block]:
     return out
 
 
-_COMMANDS_SHOWN = re.compile(r"^\s*(\$ )?(labbridge|pip|python -m pytest|python bench/)\b")
+#: A line that starts like a command a reader would type (a diagram's or an output's lines do
+#: not): labbridge, pip, python with -m / -c / a script, an export, EPICS and system tools.
+_COMMANDS_SHOWN = re.compile(r"^\s*(\$ )?(labbridge|pip3?|python3?(\s+-m|\s+-c|\s+\S+\.py)"
+                             r"|export\s+\w+=|curl|caget|caput|pvget|camonitor|sudo|systemctl"
+                             r"|docker|git)\b")
 #: Box-drawing characters and arrows: a line of a diagram, not a command.
 _DRAWING = re.compile("[\u2190-\u21ff\u2500-\u257f]")
 

@@ -10,9 +10,11 @@ written without meeting anything else on the machine.
   expected output lines.
 * A long-running command (``labbridge serve``, ``dashboard``, ``demo``, ``monitor``, ``watch``,
   ``record``) runs in the background, as in a terminal of its own; the next command runs once it
-  is ready (its ready file for ``serve``/``demo``, else its first line of output) and has shown
-  every expected output line. At the end of its block it gets Ctrl-C (SIGINT) and must exit
-  with the expected status (0).
+  is ready (its ready file for ``serve``, ``demo``, ``dashboard`` and ``record``, else its
+  first line of output) and has shown every expected output line. At the end of its block it
+  gets Ctrl-C (SIGINT) and must exit with the expected status (0).
+* ``export NAME=VALUE`` sets the variable for the file's next commands, as in the reader's
+  terminal (every other command runs in a ``bash`` of its own).
 * ``pip install`` of this package is the installation the suite already runs in: the extras it
   names must be installed; nothing is installed again.
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -242,6 +245,13 @@ class DocRun:
                                                "installed already (the suite's environment)",
                                                seconds=time.monotonic() - t0))
                 continue
+            if re.match(r"^export\s", part):
+                if not self.export(cmd, part, t0):
+                    return
+                if last:
+                    self.results.append(Result(cmd.where(), cmd.text, "ok", "", 0,
+                                               seconds=time.monotonic() - t0))
+                continue
             if re.match(r"^(python3? -m )?pytest\b", part):
                 self.fail(cmd, t0, "runs the test suite from inside itself: mark it "
                           "[untested: ...] with the reason")
@@ -272,6 +282,28 @@ class DocRun:
                 return
             if not self.one_shot(cmd, part, last, t0):
                 return
+
+    def export(self, cmd: Command, part: str, t0: float) -> bool:
+        """``export NAME=VALUE ...``: the variables are set for the file's next commands, as in
+        the reader's terminal (each command runs in a bash of its own)."""
+        try:
+            names = [w.split("=", 1)[0] for w in shlex.split(part)[1:] if not w.startswith("-")]
+        except ValueError as exc:
+            self.fail(cmd, t0, f"cannot parse {part!r}: {exc}")
+            return False
+        proc = subprocess.run(["bash", "-c", part + "\nenv -0"], cwd=self.workdir, env=self.env,
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=ONE_SHOT_TIMEOUT)
+        err = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode != 0 or err:
+            self.fail(cmd, t0, f"exit code {proc.returncode}", proc.returncode, "", err)
+            return False
+        now = dict(item.split("=", 1) for item in proc.stdout.decode("utf-8", "replace")
+                   .split("\0") if "=" in item)
+        for name in names:
+            if name in now:
+                self.env[name] = now[name]
+        return True
 
     def one_shot(self, cmd: Command, part: str, last: bool, t0: float) -> bool:
         proc = subprocess.Popen(["bash", "-c", part], cwd=self.workdir, env=self.env,

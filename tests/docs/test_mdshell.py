@@ -72,6 +72,16 @@ def test_lint_finds_commands_outside_shell_blocks(tmp_path):
     assert len(problems) == 3  # the diagram line is not a command
 
 
+def test_lint_finds_python_and_export_lines_too(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("```\nexport EPICS_CA_ADDR_LIST=127.0.0.1:5064\n"
+                   "python -c \"import epics\"\npython -m p4p.client.cli get X\n"
+                   "python examples/bluesky/plan.py run\npython is a language\n"
+                   "export is a word\n```\n")
+    problems = lint(doc, "doc.md")
+    assert [p.split(":", 2)[1] for p in problems] == ["2", "3", "4", "5"]
+
+
 @pytest.mark.parametrize(("line", "command", "comment"), [
     ("labbridge call a:1 Open A   # -> OK", "labbridge call a:1 Open A", "-> OK"),
     ("echo 'a # b' \"c # d\" # e", "echo 'a # b' \"c # d\"", "e"),

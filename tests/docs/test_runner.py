@@ -53,6 +53,24 @@ rm -rf /                        # [untested: never]
     assert status["rm -rf /"] == ("untested", "never")
 
 
+def test_exported_variables_reach_the_next_commands(tmp_path):
+    results = run_doc(tmp_path, """```bash
+export LB_DOC_A=1 LB_DOC_B="two words"
+echo "$LB_DOC_A/$LB_DOC_B"              # -> 1/two words
+```
+
+```bash
+export LB_DOC_C=$LB_DOC_A-3
+sh -c 'echo "$LB_DOC_C"'                # -> 1-3
+export 1BAD=x
+```
+""")
+    assert results['echo "$LB_DOC_A/$LB_DOC_B"'].status == "ok"
+    assert results["sh -c 'echo \"$LB_DOC_C\"'"].status == "ok"
+    bad = results["export 1BAD=x"]
+    assert bad.status == "failed" and "not a valid identifier" in bad.stderr
+
+
 def test_a_command_that_never_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "ONE_SHOT_TIMEOUT", 1.0)
     results = run_doc(tmp_path, "```bash\nsleep 60\n```\n")

@@ -513,23 +513,6 @@ async def test_gen_a_silent_squatter_is_replaced_only_by_an_operator(tmp_path):
 
 
 # -- TLS --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """A site CA with certificates for the node, a CSC, alice and bob; another CA's mallory."""
-    d = tmp_path_factory.mktemp("site")
-    other = tmp_path_factory.mktemp("other")
-    for args in (("tls-ca", "--dir", str(d)),
-                 ("tls-cert", "node", "--dir", str(d), "--host", "127.0.0.1"),
-                 ("tls-cert", "csc", "--dir", str(d)),
-                 ("tls-cert", "alice", "--dir", str(d)),
-                 ("tls-cert", "bob", "--dir", str(d)),
-                 ("tls-ca", "--dir", str(other)),
-                 ("tls-cert", "mallory", "--dir", str(other))):
-        result = run_cli("keys", *args)
-        assert result.returncode == 0, result.stderr
-    return d, other
-
-
 def tls_security(d: Path) -> str:
     # alice and the labbridge CSC are operators by certificate; no address has a role.
     return textwrap.dedent("""\

@@ -39,6 +39,42 @@ def test_host_override_still_checks_the_field(tmp_path):
         build_node(bad, host="127.0.0.1", state_dir=tmp_path)
 
 
+def test_host_override_leaves_the_hosts_a_node_connects_to(tmp_path):
+    """--host replaces where the node listens, never where it connects: a generation D
+    hexrot_controller's controller and a generation A mock's CSC (its ``host`` is the CSC it
+    calls) keep theirs; a generation A hexrot_controller (the CSC side listens), a generation D
+    mock and a notifier listen on the override."""
+    f = tmp_path / "n.yaml"
+    f.write_text("""node: n
+devices:
+  - {kind: hexrot_controller, name: rot, device: rotator, generation: D,
+     host: 192.0.2.7, port: 5570}
+  - {kind: hexrot_controller, name: csc_a, device: rotator, generation: A,
+     host: 192.0.2.11, port: 0}
+  - {kind: hexrot_rotator_mock, name: mock_a, generation: A}
+  - {kind: hexrot_rotator_mock, name: mock_d, generation: D}
+services:
+  - {kind: hexrot_mock_controller, name: to-csc, device: mock_a, host: 192.0.2.8,
+     port: 5000}
+  - {kind: hexrot_mock_controller, name: served, device: mock_d, host: 192.0.2.9, port: 0}
+  - {kind: notifier, name: bus, host: 192.0.2.10, port: 0}
+""")
+    node = build_node(f, host="127.0.0.2", state_dir=tmp_path / "s")
+    rot = node.ctx.devices["rot"]
+    assert (rot.host, rot.port) == ("192.0.2.7", 5570)  # type: ignore[attr-defined]
+    assert node.ctx.devices["csc_a"].host == "127.0.0.2"  # type: ignore[attr-defined]
+    eps = {(e.service, e.role, e.port): e.host for e in node.endpoints()}
+    assert eps[("to-csc", "connect", 5000)] == "192.0.2.8"
+    assert eps[("to-csc", "connect", 5001)] == "192.0.2.8"
+    assert eps[("served", "listen", 0)] == "127.0.0.2"
+    assert {h for (s, r, _), h in eps.items() if s == "bus" and r == "listen"} == {"127.0.0.2"}
+    # the mock device the generation A service runs is the node's one, not a copy
+    assert node.services[0].mock is node.ctx.devices["mock_a"]  # type: ignore[attr-defined]
+    unchanged = build_node(f, state_dir=tmp_path / "s")
+    assert {(e.service, e.role, e.port): e.host for e in unchanged.endpoints()}[
+        ("served", "listen", 0)] == "192.0.2.9"
+
+
 def test_serve_with_host_on_a_mock_whose_file_names_a_host(tmp_path):
     with serving(REPO / "examples" / "rotator-mock.yaml", tmp_path, "--host", "127.0.0.1") \
             as (_, info):

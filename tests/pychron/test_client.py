@@ -172,6 +172,26 @@ async def test_remote_valves_uncertain_when_state_disagrees():
         await valves.client.close()
 
 
+async def test_remote_valves_uncertain_when_the_confirming_read_fails():
+    """The node answered OK; only the read-back was lost: ActuationUncertain saying so, not a
+    bare NoReply about a query (docs/faults.md, pipelined loss)."""
+    bank = make_bank()
+    async with running_server(ValveCommands([bank])) as server:
+        class LosingClient(PychronClient):
+            async def _ask_once(self, request, timeout):
+                if request.startswith("GetIndicatorState"):
+                    raise NoReply("lost")
+                return await super()._ask_once(request, timeout)
+
+        valves = RemoteValves(LosingClient("127.0.0.1", server.port, retries=1))
+        with pytest.raises(ActuationUncertain) as info:
+            await valves.open("A")
+        assert info.value.observed is None
+        assert "node answered OK" in str(info.value)
+        assert bank.is_open("A") and len(bank.backend.calls) == 1  # once, never re-sent
+        await valves.client.close()
+
+
 async def test_zero_bytes_then_close_is_unknown_command():
     async def handle(reader, writer):
         await reader.read(100)

@@ -1,7 +1,8 @@
 """Issue 15 item 7: a refusal reaches labbridge's own client with its reason where the protocol
 form allows (JSON requests), the real forms stay byte-exact; ``Open`` without a valve is a
 missing-argument error for labbridge's clients; furnace readings are rounded to the
-controller's resolution (``22.65``, never ``22.650000000000002``)."""
+controller's resolution by the model (``22.65``, never ``22.650000000000002``), so every link,
+the bus and the web get the rounded reading."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from labbridge.devices.furnace import Furnace, FurnaceModel, FurnaceParams
 from labbridge.devices.valves import ValveBank, ValveConfig
 from labbridge.links.pychron.client import PychronClient
 from labbridge.links.pychron.dispatch import Caller, Dispatcher
-from labbridge.links.pychron.furnace import FurnaceCommands, _decimals
+from labbridge.links.pychron.furnace import FurnaceCommands
 from labbridge.links.pychron.remote import ActuationError, RemoteValves
 from labbridge.links.pychron.valves import ValveCommands
 from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
@@ -112,16 +113,28 @@ async def test_remote_valves_refuse_an_empty_name_before_sending():
 
 
 # -- furnace readings -----------------------------------------------------------------------
-@pytest.mark.parametrize(("resolution", "decimals"), [
-    (0.01, 2), (0.1, 1), (0.25, 2), (0.5, 1), (1.0, 0), (10.0, 0), (0.001, 3), (0.0, 3)])
-def test_decimals_of_a_resolution(resolution, decimals):
-    assert _decimals(resolution) == decimals
+@pytest.mark.parametrize(("resolution", "pattern"), [
+    (0.01, r"-?\d+(\.\d{1,2})?"), (0.1, r"-?\d+(\.\d)?"), (0.25, r"-?\d+\.(0|25|5|75)"),
+    (0.5, r"-?\d+\.[05]"), (1.0, r"-?\d+\.0"), (10.0, r"-?\d+0\.0"),
+    (0.001, r"-?\d+(\.\d{1,3})?")])
+def test_the_model_reads_as_many_decimals_as_its_resolution(resolution, pattern):
+    model = FurnaceModel(FurnaceParams(resolution=resolution, noise=0.7), seed=5)
+    model.set_setpoint(600)
+    seen = set()
+    for _ in range(400):
+        model.step(0.5)
+        assert re.fullmatch(pattern, repr(model.pv)), (resolution, model.pv)
+        seen.add(model.pv)
+    assert len(seen) > 10  # it moved, so many values were rounded
 
 
 async def test_furnace_readings_are_rounded_to_the_resolution():
     clock = FakeClock()
     furnace = Furnace("furnace", FurnaceModel(FurnaceParams(resolution=0.01), seed=3),
                       clock=clock)
+    published: list[float] = []
+    furnace.subscribe(lambda ch: published.append(ch.value) if ch.signal == "temperature"
+                      else None)
     disp = Dispatcher([FurnaceCommands(furnace)])
     caller = Caller("127.0.0.1")
 
@@ -131,7 +144,6 @@ async def test_furnace_readings_are_rounded_to_the_resolution():
 
     assert await ask("SetSetpoint 600") == "OK"
     number = re.compile(r"^-?\d+(\.\d{1,2})?$")
-    artefacts = 0
     for _ in range(300):
         clock.advance(0.7)
         for command in ("GetTemperature", "GetProcessValue"):
@@ -140,6 +152,6 @@ async def test_furnace_readings_are_rounded_to_the_resolution():
         summary = await ask('{"command": "GetFurnaceSummary"}')
         response = re.search(r'"response": ([^,}]+)', summary)
         assert response and number.match(response.group(1)), summary
-        # The model's own value is quantised by multiplication: it often is not.
-        artefacts += not number.match(repr(furnace.temperature))
-    assert artefacts, "the test never met a value that needs rounding"
+        assert number.match(repr(furnace.temperature)), furnace.temperature
+    assert len(published) > 50  # what the bus and the web get
+    assert all(number.match(repr(v)) for v in published), published

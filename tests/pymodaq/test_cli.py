@@ -8,6 +8,7 @@ import asyncio
 import json
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -20,7 +21,7 @@ from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient
 from labbridge.protocol.png import encode_gray, stretch_to_8bit, to_16bit
 from labbridge.protocol.pymodaq.messages import Generation
-from tests.cli_helpers import labbridge_cmd, port_of, serving
+from tests.cli_helpers import labbridge_cmd, port_of, run_cli, serving
 from tests.conftest import REPO
 from tests.pymodaq.conftest import fast_backoff
 
@@ -178,6 +179,26 @@ def test_grab_dim_0d_returns_0d_data(tmp_path):
     value = np.load(out.with_suffix(".npy"))
     assert value.shape == (1,) and value[0] == pytest.approx(float(np.mean(_first_frame())))
     assert not out.exists() and "0-D value=" in stdout
+
+
+def test_grab_help_lists_the_options_docs_pymodaq_md_names():
+    """docs/pymodaq.md says `labbridge grab --help` lists these (tests/docs runs only the
+    commands in its bash blocks)."""
+    res = run_cli("grab", "--help")
+    assert res.returncode == 0
+    for opt in ("--dim", "--stretch", "--png16", "--no-npy", "--timeout", "--ready-file",
+                "--allow"):
+        assert opt in res.stdout
+
+
+@pytest.mark.parametrize("bench", ["bench/frames.py", "bench/pymodaq_tls.py"])
+def test_the_benches_docs_pymodaq_md_names_start(bench):
+    """The page names them in prose (a full run takes minutes on a shared machine): each one
+    parses its options and explains itself."""
+    res = subprocess.run([sys.executable, bench, "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage:")
 
 
 def test_grab_times_out_cleanly_without_a_camera(tmp_path):

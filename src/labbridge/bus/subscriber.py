@@ -147,6 +147,7 @@ class Subscriber:
                  ctx: zmq.asyncio.Context | None = None, rcvhwm: int = 100_000,
                  max_batch: int = 256, accept_legacy: bool = True,
                  decode_payloads: bool = True, max_message: int = 256 * 1024 * 1024,
+                 keepalive: float = 1.0,
                  clock: Callable[[], float] = time.time, name: str = "subscriber",
                  curve: ClientKeys | None = None) -> None:
         given = [connect] if isinstance(connect, str) else list(connect)
@@ -165,6 +166,11 @@ class Subscriber:
         #: Largest message accepted (ZeroMQ MAXMSGSIZE): a publisher sending more is
         #: disconnected by ZeroMQ instead of filling our memory.
         self.max_message = max_message
+        #: ZMTP heartbeat interval, seconds (0 = off). A connection that carries nothing for
+        #: 3 x keepalive is dropped and re-made, so a publisher behind a partition or on a
+        #: rebooted host is found again instead of waiting on a dead TCP connection for ever
+        #: (ADR 0162); what it published meanwhile shows up as a gap.
+        self.keepalive = keepalive
         self.clock = clock
         self.name = name
         self.tracker = SequenceTracker()
@@ -230,6 +236,15 @@ class Subscriber:
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message)
+        if self.keepalive > 0:
+            ivl = max(1, int(self.keepalive * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+            # The publisher drops us too after this long without a word (frees its queue).
+            sock.setsockopt(zmq.HEARTBEAT_TTL, min(3 * ivl, 6_553_500))
+            # A reconnect whose SYN is lost is retried after this, not after the kernel's
+            # two minutes of SYN retries.
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, 3 * ivl)
         sockets.set_reconnect(sock)
         try:
             mon = sockets.Monitor(sock, _LINK_EVENTS)

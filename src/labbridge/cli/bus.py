@@ -132,8 +132,9 @@ def _key_options(fn: Any) -> Any:
 @click.option("--count", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option("--duration", type=click.FloatRange(0, min_open=True),
               help="Stop after this many seconds.")
-@click.option("--ready-file", type=click.Path(dir_okay=False),
-              help="Write JSON here once subscribed (for scripts and tests).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), envvar="LABBRIDGE_READY_FILE",
+              help="Write JSON here once subscribed (for scripts and tests). Default: "
+                   "$LABBRIDGE_READY_FILE.")
 @_key_options
 def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: int | None,
            duration: float | None, ready_file: str | None, server_key: str | None,

@@ -22,9 +22,9 @@ from labbridge.node.node import Node, build_node, run_node
 @click.option("--host", help="Listen on this address instead of the file's (e.g. 0.0.0.0).")
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port of the web page (0 = any free port; the URL is printed).")
-@click.option("--ready-file", type=click.Path(dir_okay=False),
+@click.option("--ready-file", type=click.Path(dir_okay=False), envvar="LABBRIDGE_READY_FILE",
               help="Write JSON with every bound service here once all are listening "
-                   "(removed again on stop).")
+                   "(removed again on stop). Default: $LABBRIDGE_READY_FILE.")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Where state files live (default: next to the config).")
 def dashboard(config: str, host: str | None, port: int | None, ready_file: str | None,

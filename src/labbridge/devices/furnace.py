@@ -114,7 +114,11 @@ class FurnaceModel:
         p = self.params
         value = self.temperature + (self.rng.normal(0.0, p.noise) if p.noise > 0 else 0.0)
         if p.resolution > 0:
-            value = round(value / p.resolution) * p.resolution
+            # Quantised by multiplication alone a reading would carry float artefacts
+            # (22.650000000000002) to every link, the bus and the web: the controller shows
+            # as many decimals as its resolution has (0.01 -> 2, 0.25 -> 2, 1 -> 0).
+            decimals = len(f"{p.resolution:.12f}".rstrip("0").partition(".")[2])
+            value = round(round(value / p.resolution) * p.resolution, decimals)
         return float(value)
 
     def _losses(self, temp: float) -> float:

@@ -67,8 +67,12 @@ class StartError(Exception):
 
 
 def start_hint(exc: BaseException) -> str:
-    """What a user can do about a start failure ("" when there is nothing general to say)."""
-    code = exc.errno if isinstance(exc, OSError) else None
+    """What a user can do about a start failure ("" when there is nothing general to say).
+    Only a system error gets one: labbridge's own errors (a bus socket's, a recording's) say
+    what to do themselves, and a second remedy would contradict or repeat theirs."""
+    if not isinstance(exc, OSError):
+        return ""
+    code = exc.errno
     text = str(exc).lower()
     if code == errno.EADDRINUSE or "already in use" in text:
         return ("another program (or another labbridge node) holds that port: stop it, or "
@@ -211,7 +215,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             raise sec.error("name", "a device name may hold letters, digits, '_' and '-' only")
         if dname in ctx.devices:
             raise sec.error("name", f"duplicate device name {dname!r}")
-        dev = factory(sec, ctx)
+        dev: Device = _build(factory, sec, ctx)
         _consume_overridden(sec, ctx)
         sec.check_no_unknown()
         ctx.devices[dname] = dev
@@ -230,7 +234,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         sname = sec.get_str("name", f"{kind}-{i}")
         if sname in ctx.services:
             raise sec.error("name", f"duplicate service name {sname!r}")
-        svc = factory_s(sec, ctx)
+        svc: Service = _build(factory_s, sec, ctx)
         svc.name = sname
         try:
             svc._kind = kind  # type: ignore[attr-defined]
@@ -250,6 +254,36 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     node = Node(ctx, devices, services, source=str(p))
     node.warnings = warnings
     return node
+
+
+def _build(factory: Any, sec: Section, ctx: NodeContext) -> Any:
+    """A device or service from its section. ``--host`` replaces the addresses the node
+    listens on, never the ones it connects to; the factories take ``ctx.host_override``
+    for their ``host``, so a part that then listens on nothing but connects to the override
+    (a generation D ``hexrot_controller``, whose host is the controller; a generation A mock,
+    whose host is the CSC it calls) is built again from the file's own host, with the node's
+    devices and extras as they were before the first try. A device says where it listens or
+    connects by an ``endpoints()`` method of its own, as services do; one without it is
+    taken as it is."""
+    override = ctx.host_override
+    devices, extra = dict(ctx.devices), dict(ctx.extra)
+    part = factory(sec, ctx)
+    endpoints = getattr(part, "endpoints", None)
+    if override is None or endpoints is None:
+        return part
+    eps = endpoints()
+    if any(e.role == "listen" for e in eps) or \
+            not any(e.role == "connect" and e.host == override for e in eps):
+        return part
+    ctx.devices.clear()
+    ctx.devices.update(devices)
+    ctx.extra.clear()
+    ctx.extra.update(extra)
+    ctx.host_override = None
+    try:
+        return factory(sec, ctx)
+    finally:
+        ctx.host_override = override
 
 
 def _exposure(sec: Section, svc: Service, ctx: NodeContext) -> list[str]:

@@ -28,11 +28,26 @@ Semantics (spec §6.2, numbered as there):
 10. :meth:`close` closes the client then the listening socket (each step time-limited);
     idempotent; :attr:`done_task` resolves.
 13. ``TCP_NODELAY`` and keepalive are set on every accepted socket.
-14. ``ssl`` (an :class:`ssl.SSLContext`) serves TLS; a peer that fails the handshake never
-    reaches the server. ``admit(transport, replacing)`` is asked about every connection
-    before it is served (``replacing``: it would replace the silent client, rule 3) and
-    returns None to accept it or the reason to refuse it: the newcomer is closed (logged,
-    :attr:`rejected_count` +1) and the current client is kept (issue 12: access).
+14. ``admit(transport, replacing)`` is asked about every connection before it is served
+    (``replacing``: it would replace the silent client, rule 3) and returns None to accept
+    it or the reason to refuse it: the newcomer is closed (logged, :attr:`rejected_count`
+    +1) and the current client is kept (issue 12: access).
+15. ``ssl`` (a server context from :mod:`labbridge.transport.tls`) serves TLS, through the
+    transport's one TLS server path (:func:`~labbridge.transport.tls.tls_accept`, ADR 0113),
+    not ``create_server(ssl=...)``: the handshake runs after the accept, so
+
+    * a connection takes part in rules 3, 4 and 14 only once its handshake is done: a
+      connection in its handshake never holds the one client slot, never replaces the
+      client and is never asked about (``admit`` sees the TLS transport, whose certificate
+      names the peer);
+    * its first byte must come within ``first_byte_timeout`` and the handshake be done
+      within ``handshake_timeout`` of that first byte;
+    * connections in their handshake are bounded (``max_handshakes``, a quarter of them per
+      address; the one stalled longest is evicted for a newcomer);
+    * a failed handshake is reported once: ``on_handshake_failed(host, reason)`` (the node's
+      gate audits it) or one warning line; ``plain_peer`` names what a peer that does not
+      speak TLS on this port probably is;
+    * :meth:`close` aborts the connections still in their handshake and waits for them.
 
 Two ways to serve the client: ``handler(reader, writer)`` (asyncio streams, one task per
 client) or ``protocol_factory()`` (an :class:`asyncio.Protocol` per client, called straight
@@ -49,8 +64,11 @@ import logging
 import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
-from labbridge.transport.tcp import configure_socket
+from labbridge.transport.slots import Slot, SlotTable, per_address
+from labbridge.transport.tcp import configure_socket, peer_host
+from labbridge.transport.tls import PLAIN_PEER, HandshakeFailed, TlsAccept, tls_accept
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -84,6 +102,11 @@ class OneClientServer:
         clock: Callable[[], float] | None = None,
         ssl: _ssl.SSLContext | None = None,
         admit: Admit | None = None,
+        handshake_timeout: float = 10.0,
+        first_byte_timeout: float = 30.0,
+        on_handshake_failed: HandshakeFailed | None = None,
+        plain_peer: str = PLAIN_PEER,
+        max_handshakes: int = 64,
     ) -> None:
         if connect_callback is not None and not inspect.iscoroutinefunction(connect_callback):
             raise TypeError("connect_callback must be a coroutine function")
@@ -120,21 +143,26 @@ class OneClientServer:
         self._clock = clock or asyncio.get_running_loop().time
         self.ssl = ssl
         self._admit = admit
+        #: TLS (rule 15): deadlines (read when a connection arrives), the failure report and
+        #: its hint, the connections in their handshake (raw TCP transports) and their tasks.
+        self.handshake_timeout = handshake_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.on_handshake_failed = on_handshake_failed
+        self.plain_peer = plain_peer
+        self.handshakes = SlotTable(f"{name} (TLS handshakes)", max_connections=max_handshakes,
+                                    max_per_address=per_address(max_handshakes, None),
+                                    logger=self.log)
+        self._raw: set[asyncio.Transport] = set()
+        self._handshake_tasks: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self._server is not None or self._closing:
             raise RuntimeError("Start already called.")
-        if self._protocol_factory is not None:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _Gate(self), self.host, self.port, family=self.family,
-                reuse_address=True, ssl=self.ssl)
-        else:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _StreamGate(self), self.host, self.port, family=self.family,
-                reuse_address=True, ssl=self.ssl)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_protocol, self.host, self.port, family=self.family,
+            reuse_address=True)
         socks = self._server.sockets
         if len(socks) == 1:
             self.port = socks[0].getsockname()[1]
@@ -191,8 +219,9 @@ class OneClientServer:
         gate = self._gate
         if gate is not None:
             gate.transport.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._disconnected_event.wait(), CLOSE_WAIT_TIME)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_TIME):
+                    await self._disconnected_event.wait()
             if self._gate is gate:
                 gate.transport.abort()
                 gate.connection_lost(None)
@@ -214,11 +243,18 @@ class OneClientServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT_TIME)
+        for raw in list(self._raw):  # connections still in their TLS handshake (rule 15)
+            raw.abort()
+        if self._handshake_tasks:  # handshakes cut short by the aborts end at once
+            await asyncio.wait(set(self._handshake_tasks), timeout=CLOSE_WAIT_TIME)
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_TIME):
+                    await server.wait_closed()
         if not self.connected_task.done():
             self.connected_task.cancel()
-        tasks, self._tasks = self._tasks, set()
+        # (a list: each task's done callback discards it from the set it was added to)
+        tasks, self._tasks = list(self._tasks), set()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
@@ -226,6 +262,83 @@ class OneClientServer:
             self.done_task.set_result(None)
 
     # -- internals ----------------------------------------------------------------------------
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        gate: _Gate | _StreamGate = (_Gate(self) if self._protocol_factory is not None
+                                     else _StreamGate(self))
+        if self.ssl is None:
+            return gate
+        return self._tls_protocol(gate)
+
+    def _tls_protocol(self, gate: _Gate | _StreamGate) -> TlsAccept:
+        """Rule 15: the gate behind a TLS handshake, whose raw connection holds a slot of
+        :attr:`handshakes` until the gate has decided (served: released; refused: the first
+        to go) or the connection ends."""
+        assert self.ssl is not None
+        proto = tls_accept(gate, self.ssl, handshake_timeout=self.handshake_timeout,
+                           first_byte_timeout=self.first_byte_timeout,
+                           on_failure=self._handshake_failed, name=self.name,
+                           tasks=self._handshake_tasks, plain_peer=self.plain_peer)
+        server = self
+        made, lost = proto.connection_made, proto.connection_lost
+        mine: list[tuple[asyncio.Transport, Slot]] = []
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            raw = cast(asyncio.Transport, transport)  # a TCP transport
+            slot = server.handshakes.admit(raw, peer_host(raw))
+            if slot is None or server._closing:
+                if slot is not None:
+                    server.handshakes.release(slot)
+                raw.abort()
+                return
+            mine.append((raw, slot))
+            server._raw.add(raw)
+            configure_socket(raw.get_extra_info("socket"))  # the handshake's bytes too
+            proto.slot = slot  # the gate's too: it reports served or refused through it
+            made(raw)
+
+        def connection_lost(exc: Exception | None) -> None:
+            # The closures and the protocol refer to each other: undo that, so the
+            # connection is freed by reference counting (as TcpServer does).
+            vars(proto).pop("connection_made", None)
+            vars(proto).pop("connection_lost", None)
+            if not mine:
+                return  # refused before the handshake: TlsAccept never saw the connection
+            transport, slot = mine.pop()
+            server._raw.discard(transport)
+            server.handshakes.release(slot)
+            lost(exc)
+
+        # Instance attributes shadow the methods (TlsAccept calls its own connection_lost
+        # when it gives up, so both paths come through here).
+        proto.connection_made = connection_made  # type: ignore[method-assign]
+        proto.connection_lost = connection_lost  # type: ignore[method-assign]
+        return proto
+
+    def _handshake_failed(self, host: str, reason: str) -> None:
+        if self._closing:
+            return  # our own aborts on close
+        if self.on_handshake_failed is None:
+            self.log.warning("%s: TLS handshake with %s failed: %s", self.name, host, reason)
+            return
+        try:
+            self.on_handshake_failed(host, reason)
+        except Exception:
+            self.log.exception("%s: reporting a failed TLS handshake failed", self.name)
+
+    def _served(self, gate: _Gate | _StreamGate | None) -> None:
+        """The gate's connection is the client now: the one-client rules govern it, its
+        handshake slot is free for others."""
+        if gate is not None and gate.slot is not None:
+            self.handshakes.release(gate.slot)
+            gate.slot = None
+
+    @staticmethod
+    def _turned_away(gate: _Gate | _StreamGate | None) -> None:
+        """The gate's connection is refused: while its TLS close runs it is the first
+        connection evicted for a newcomer's handshake."""
+        if gate is not None and gate.slot is not None:
+            gate.slot.finished()
+
     def _silence(self, last_rx: float | None) -> float | None:
         """Seconds the current client has been silent if that allows replacing it, else None."""
         if self.replace_idle_after is None or last_rx is None:
@@ -254,31 +367,37 @@ class OneClientServer:
                          "with %s", self.name, self.peer, silent, self.replace_idle_after,
                          newcomer)
 
+    async def _refuse_writer(self, writer: asyncio.StreamWriter) -> None:
+        """Close a newcomer that is not served (stream mode)."""
+        self._turned_away(_stream_gate(writer))
+        await _close_writer(writer)
+
     async def _on_accept(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
         if self._closing:
-            await _close_writer(writer)
+            await self._refuse_writer(writer)
             return
         silent = None
         if self.connected:
             current = self._writer
-            gate = current.transport.get_protocol() if current is not None else None
-            silent = self._silence(getattr(gate, "last_rx", None))
+            gate = _stream_gate(current) if current is not None else None
+            silent = self._silence(gate.last_rx if gate is not None else None)
         if not self._admitted(writer.transport, peer, silent is not None):
-            await _close_writer(writer)
+            await self._refuse_writer(writer)
             return
         if self.connected:
             if silent is None:
                 self.rejected_count += 1
                 self.log.warning("%s: rejecting connection from %s; a client is already "
                                  "connected (%s).", self.name, peer, self.peer)
-                await _close_writer(writer)
+                await self._refuse_writer(writer)
                 return
             self._log_replacement(peer, silent)
             await self.close_client()
         elif self._writer is not None:  # #4: the old client hung up unnoticed
             await self.close_client()
+        self._served(_stream_gate(writer))
         configure_socket(writer.get_extra_info("socket"))
         self._reader, self._writer = reader, writer
         self.peer = peer
@@ -369,6 +488,7 @@ class OneClientServer:
         elif self._gate is not None:  # #4: the old client hung up unnoticed
             self._gate.transport.abort()
             self._gate_lost(self._gate, "replaced")
+        self._served(gate)
         configure_socket(gate.transport.get_extra_info("socket"))
         self._gate = gate
         self.peer = peer
@@ -408,6 +528,8 @@ class _StreamGate(asyncio.StreamReaderProtocol):
                          loop=loop)
         self._clock = server._clock
         self.last_rx = self._clock()
+        #: TLS: the handshake slot of the raw connection until the server decides (rule 15).
+        self.slot: Slot | None = None
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self._clock()
@@ -422,6 +544,8 @@ class _Gate(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.last_rx = server._clock()
+        #: TLS: the handshake slot of the raw connection until the server decides (rule 15).
+        self.slot: Slot | None = None
         #: Clear while the transport's write buffer is over its high-water mark.
         self.writable = asyncio.Event()
         self.writable.set()
@@ -429,6 +553,7 @@ class _Gate(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self.server._gate_made(self):
+            self.server._turned_away(self)
             transport.close()
             return
         assert self.server._protocol_factory is not None
@@ -468,8 +593,16 @@ class _Gate(asyncio.Protocol):
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    with contextlib.suppress(Exception, asyncio.TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT_TIME)
+    with contextlib.suppress(Exception):  # TimeoutError included
+        async with asyncio.timeout(CLOSE_WAIT_TIME):
+            await writer.wait_closed()
+
+
+def _stream_gate(writer: asyncio.StreamWriter) -> _StreamGate | None:
+    """The stream-mode gate of ``writer``'s connection (behind the TLS accept with TLS)."""
+    proto: Any = writer.transport.get_protocol()
+    proto = getattr(proto, "inner", proto)
+    return proto if isinstance(proto, _StreamGate) else None
 
 
 def _peer_name(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> str:

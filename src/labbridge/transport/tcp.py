@@ -21,6 +21,7 @@ import errno
 import logging
 import socket
 import ssl as _ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,6 +49,24 @@ def configure_socket(sock: socket.socket | None) -> None:
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """:func:`configure_socket` on a transport's socket."""
     configure_socket(transport.get_extra_info("socket"))
+
+
+def abort_discarding(transport: asyncio.BaseTransport) -> None:
+    """Abort a connection and throw away what the kernel has not sent yet.
+
+    ``close()`` and asyncio's ``abort()`` both leave unsent bytes to the kernel, which goes
+    on retransmitting them: after a partition heals, a request the caller gave up on long
+    ago would still reach the peer (a valve opened after the client reported the open as
+    lost; ADR 0161). SO_LINGER with a zero timeout makes the close discard them and reset
+    the connection instead.
+    """
+    info = getattr(transport, "get_extra_info", None)
+    sock = info("socket") if info is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    abort = getattr(transport, "abort", None)
+    (abort or transport.close)()
 
 
 def peer_host(transport: asyncio.BaseTransport) -> str:

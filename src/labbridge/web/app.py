@@ -77,6 +77,7 @@ from labbridge.links.pychron.client import ErrorReply, UnknownCommand
 from labbridge.protocol.png import encode_gray, stretch_to_8bit
 from labbridge.protocol.telemetry.sequence import Gap
 from labbridge.transport.backoff import Backoff
+from labbridge.transport.tcp import abort_discarding
 from labbridge.web.auth import (
     CSRF_HEADER,
     HostRules,
@@ -1079,10 +1080,11 @@ class WebDashboard:
             finally:
                 t = page.transport
                 # A peer that does not read keeps our bytes (and the socket) for ever once
-                # closed politely: abort instead.
+                # closed politely: abort instead, discarding what the kernel still holds for
+                # it too (stale data it would otherwise go on receiving; ADR 0164).
                 if t is not None and (stuck or page.ws is None or
                                       t.get_write_buffer_size() > 0):
-                    t.abort()
+                    abort_discarding(t)
 
         task = asyncio.create_task(close(), name=f"{self.name}-ws-close")
         self._closers.add(task)

@@ -64,12 +64,13 @@ def ensure_loaded() -> None:
         global _BO, _AO
         _BO = _refusing(device.bo, "bo")
         _AO = _refusing(device.ao, "ao")
-        folder = Path(tempfile.mkdtemp(prefix="labbridge-dbd-"))
-        dbd = folder / "labbridge.dbd"
-        dbd.write_text('device(bo, INST_IO, devLabbridge_bo, "Labbridge")\n'
-                       'device(ao, INST_IO, devLabbridge_ao, "Labbridge")\n')
-        epicsdbbuilder.LoadDbdFile(str(dbd))
-        softioc.dbLoadDatabase(dbd.name, str(folder), None)
+        # Both loaders read the file at once: it goes with its folder right after.
+        with tempfile.TemporaryDirectory(prefix="labbridge-dbd-") as folder:
+            dbd = Path(folder) / "labbridge.dbd"
+            dbd.write_text('device(bo, INST_IO, devLabbridge_bo, "Labbridge")\n'
+                           'device(ao, INST_IO, devLabbridge_ao, "Labbridge")\n')
+            epicsdbbuilder.LoadDbdFile(str(dbd))
+            softioc.dbLoadDatabase(dbd.name, folder, None)
         Com.errSymbolAdd.argtypes = [ctypes.c_long, ctypes.c_void_p]
         Com.errSymbolAdd.restype = ctypes.c_int
         _loaded.append(True)

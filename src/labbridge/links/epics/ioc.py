@@ -39,6 +39,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -201,6 +202,9 @@ class EpicsIoc:
         self._peers: dict[int, str] = {}
         self.access: AccessFile | None = None
         self._acf_path: Path | None = None
+        #: The IOC's folder in the temporary directory (its access security file, which
+        #: the ready file names); removed when the service stops.
+        self._workdir: Path | None = None
         self._image_server: Any = None
         self._image_provider: Any = None
         self._read_refused: dict[str, float] = {}
@@ -281,6 +285,7 @@ class EpicsIoc:
             self._build_and_init()
         except Exception:
             self._drop_listeners()
+            self._remove_workdir()
             raise
         _PROCESS_IOC.append(self.name)
         self._running = True
@@ -306,6 +311,14 @@ class EpicsIoc:
         if self._image_server is not None:
             srv, self._image_server = self._image_server, None
             await asyncio.to_thread(srv.stop)
+        # EPICS read the access file at iocInit; the IOC keeps serving (without new
+        # writes) until the process ends, but nothing reads the file again.
+        self._remove_workdir()
+
+    def _remove_workdir(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def _drop_listeners(self) -> None:
         for unsub in self._unsubscribe:
@@ -350,7 +363,7 @@ class EpicsIoc:
         from labbridge.links.epics import _softioc as sio
 
         sio.ensure_loaded()
-        workdir = Path(tempfile.mkdtemp(prefix="labbridge-ioc-"))
+        workdir = self._workdir = Path(tempfile.mkdtemp(prefix="labbridge-ioc-"))
         sio.set_prefix(self.settings.prefix)
         # Access security groups: read-only records stay in DEFAULT; a writable record is in
         # the group of the role its writes need, a valve also follows its own _LOCK record.

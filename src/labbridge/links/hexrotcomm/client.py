@@ -13,7 +13,10 @@ The controller is the TCP server. The client writes bare 60-byte ``Command``s an
 
 A client object is single use (spec §3.8: no automatic reconnect); connection loss or a
 protocol error puts it in FAULT with the reason (``fault_reason``, ``error_code``) and fails
-the command in flight. Decision (spec §3.8 [lb], §9 quirk 2): an unknown frame id, a corrupt
+the command in flight. So does a telemetry stall [lb]: no frame at all for
+``telemetry_timeout`` seconds (the controller streams telemetry continuously, so silence means
+a dead link that TCP has not noticed, e.g. a partition); the connection is then aborted with
+anything unsent discarded, so a command given up on is never delivered later (ADR 0163). Decision (spec §3.8 [lb], §9 quirk 2): an unknown frame id, a corrupt
 header or a truncated frame closes the connection with a :class:`ProtocolError` instead of the
 upstream "flush and continue".
 
@@ -59,11 +62,15 @@ from labbridge.protocol.hexrotcomm.structs import (
 )
 from labbridge.protocol.hexrotcomm.tai import current_tai
 from labbridge.transport.one_client import configure_socket
+from labbridge.transport.tcp import abort_discarding
 
 #: Spec §3.8.
 COMMAND_STATUS_TIMEOUT = 5.0
 CONFIG_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
+#: No frame at all for this long after connecting is a dead link ([lb], ADR 0163); above the
+#: slowest telemetry rate a mock can be given (0.1 Hz).
+TELEMETRY_TIMEOUT = 15.0
 #: Most statuses of timed-out commands remembered to recognise late answers (spec §9 #11).
 _LATE_MEMORY = 64
 #: Most coroutine telemetry callbacks running at once; more telemetry is not handed over.
@@ -106,6 +113,7 @@ class CommandTelemetryClient:
         connect_timeout: float = CONNECT_TIMEOUT,
         config_timeout: float = CONFIG_TIMEOUT,
         ack_timeout: float = COMMAND_STATUS_TIMEOUT,
+        telemetry_timeout: float | None = TELEMETRY_TIMEOUT,
         on_config: Callback | None = None,
         on_telemetry: Callback | None = None,
         on_connect: Callback | None = None,
@@ -120,6 +128,7 @@ class CommandTelemetryClient:
         self.connect_timeout = connect_timeout
         self.config_timeout = config_timeout
         self.ack_timeout = ack_timeout
+        self.telemetry_timeout = telemetry_timeout
         self.on_config = on_config
         self.on_telemetry = on_telemetry
         self.on_connect = on_connect
@@ -154,6 +163,11 @@ class CommandTelemetryClient:
         #: (no timer is created or cancelled per command).
         self._ack_deadline = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        #: Telemetry stall watchdog: a timer a few times per telemetry_timeout that compares
+        #: frame counts (nothing is done per frame).
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_frames = 0
+        self._stall_since = 0.0
         self._broken: str | None = None
         self._lost = False
         self._used = False
@@ -183,11 +197,12 @@ class CommandTelemetryClient:
         if self._used:
             raise RuntimeError("a CommandTelemetryClient is single use; make a new one")
         self._used = True
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # comes as the awaited call ends (a connect cancelled by its caller would go on).
         try:
-            transport, _ = await asyncio.wait_for(
-                self._loop.create_connection(lambda: _ClientProtocol(self), self.host,
-                                             self.port, ssl=self.ssl),
-                self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                transport, _ = await self._loop.create_connection(
+                    lambda: _ClientProtocol(self), self.host, self.port, ssl=self.ssl)
         except TimeoutError:
             self.closed.set()
             raise self._set_fault(f"Timed out connecting to {self.host}:{self.port}",
@@ -199,9 +214,11 @@ class CommandTelemetryClient:
         self._transport = transport  # uvloop transports are not asyncio.Transport subclasses
         self._fire(self.on_connect, self)
         try:
-            await asyncio.wait_for(asyncio.shield(self._configured), self.config_timeout)
+            async with asyncio.timeout(self.config_timeout):
+                await asyncio.shield(self._configured)  # (a timeout leaves the future be)
             if self.telemetry is None:
-                await asyncio.wait_for(self.next_telemetry(), self.config_timeout)
+                async with asyncio.timeout(self.config_timeout):
+                    await self.next_telemetry()
         except TimeoutError:
             reason = (f"Timed out waiting for config and telemetry from "
                       f"{self.host}:{self.port}")
@@ -214,6 +231,30 @@ class CommandTelemetryClient:
                 raise
             raise LinkFault(self.fault_reason or str(exc),
                             self.error_code or ErrorCode.CONNECTION_LOST) from exc
+        if self.telemetry_timeout is not None and self.connected:
+            self._stall_frames = self.frames_received
+            self._stall_since = self._loop.time()
+            self._stall_timer = self._loop.call_later(self.telemetry_timeout / 4,
+                                                      self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if not self.connected or self._broken is not None or self.telemetry_timeout is None:
+            return
+        now = self._loop.time()
+        if self.frames_received != self._stall_frames:
+            self._stall_frames = self.frames_received
+            self._stall_since = now
+        elif now - self._stall_since >= self.telemetry_timeout:
+            reason = (f"No telemetry from the low-level controller for "
+                      f"{self.telemetry_timeout:g} s")
+            self._broken = reason
+            self._set_fault(reason, ErrorCode.CONNECTION_LOST)
+            if self._transport is not None:
+                abort_discarding(self._transport)
+            return
+        self._stall_timer = self._loop.call_later(self.telemetry_timeout / 4,
+                                                  self._check_stall)
 
     async def close(self) -> None:
         """User close: not a fault. Idempotent."""
@@ -226,7 +267,8 @@ class CommandTelemetryClient:
         if t is not None and not self._lost:
             t.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closed.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self.closed.wait()
             if not self._lost:
                 t.abort()
         self.closed.set()
@@ -248,6 +290,9 @@ class CommandTelemetryClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(exc)
         if not self._configured.done():

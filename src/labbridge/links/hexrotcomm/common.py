@@ -98,7 +98,7 @@ class PairedCommandServer(OneClientServer):
             if idle is not None:
                 # Only a peer that may act as the controller replaces it (issue 12).
                 if not self._admitted(writer.transport, newcomer, True):
-                    writer.close()
+                    await self._refuse_writer(writer)
                     return
                 self._preadmitted = writer.transport
                 self.replaced_count += 1
@@ -198,7 +198,9 @@ class PeerAccess:
     needs ``operator``, so a stranger cannot kick the real CSC or controller off.
 
     With ``tls`` the peer's identity is its client certificate's common name, mapped by
-    ``security.identities.<name>.cert``; a certificate whose name is not listed is nobody.
+    ``security.identities.<name>.cert``; a certificate whose name is not listed is nobody. A
+    peer that fails the TLS handshake never reaches :meth:`admit`: the server reports it to
+    :meth:`handshake_failed`, a refusal in the audit trail.
     """
 
     def __init__(self, gate: Gate | None, via: str, target: str, *,
@@ -241,3 +243,11 @@ class PeerAccess:
                 return exc.reason
             gate.record(who, replace, role=role)
         return None
+
+    def handshake_failed(self, host: str, reason: str) -> None:
+        """``OneClientServer``'s ``on_handshake_failed``: a peer failed the TLS handshake (no
+        certificate, another CA's, plain TCP, too slow); one refusal in the audit trail
+        (repeats are counted by the gate's flood control)."""
+        self.gate.refuse(Principal(host, self.via, "tls"),
+                         Action(self.connect_role, "connect", self.target, "TLS handshake"),
+                         f"TLS handshake failed: {reason}")

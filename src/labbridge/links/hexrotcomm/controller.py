@@ -59,6 +59,7 @@ from labbridge.protocol.hexrotcomm.structs import (
     OfflineSubstate,
     SetStateParam,
 )
+from labbridge.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class HexrotController(Device):
         connect_timeout: float = 10.0,
         config_timeout: float = 10.0,
         ack_timeout: float = 5.0,
+        telemetry_timeout: float | None = 15.0,
         enable_drives_delay: float = 1.0,
         move_pause: float = 0.2,
         state_telemetry_frames: int = 5,
@@ -108,6 +110,7 @@ class HexrotController(Device):
         self.connect_timeout = connect_timeout
         self.config_timeout = config_timeout
         self.ack_timeout = ack_timeout
+        self.telemetry_timeout = telemetry_timeout
         self.enable_drives_delay = enable_drives_delay
         self.move_pause = move_pause
         self.state_telemetry_frames = state_telemetry_frames
@@ -156,6 +159,19 @@ class HexrotController(Device):
     async def stop(self) -> None:
         await self.disconnect()
 
+    def endpoints(self) -> list[Endpoint]:
+        """Where this model listens (generation A: the CSC's telemetry port P and command
+        port P+1, which the controller calls) or connects (generation D: the controller).
+        build_node reads it so that ``--host`` replaces listening addresses only."""
+        if self.generation is Generation.A:
+            return [Endpoint(self.name, "tcp", self.host, self.port, role="listen",
+                             purpose="hexrotcomm generation A telemetry (controller connects)"),
+                    Endpoint(self.name, "tcp", self.host, self.port + 1 if self.port else None,
+                             role="listen",
+                             purpose="hexrotcomm generation A commands (controller connects)")]
+        return [Endpoint(self.name, "tcp", self.host, self.port, role="connect",
+                         purpose="hexrotcomm generation D controller")]
+
     async def _ensure_server(self) -> CommandTelemetryServer:
         if isinstance(self.link, CommandTelemetryServer):
             return self.link
@@ -180,8 +196,8 @@ class HexrotController(Device):
             client = CommandTelemetryClient(
                 self.profile, self.host, self.port, connect_timeout=self.connect_timeout,
                 config_timeout=self.config_timeout, ack_timeout=self.ack_timeout,
-                on_config=self._on_config, on_telemetry=self._on_telemetry,
-                on_connect=self._on_connect, ssl=self.ssl)
+                telemetry_timeout=self.telemetry_timeout, on_config=self._on_config,
+                on_telemetry=self._on_telemetry, on_connect=self._on_connect, ssl=self.ssl)
             self.link = client
             try:
                 await client.connect()

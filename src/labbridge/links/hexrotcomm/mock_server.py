@@ -53,6 +53,9 @@ from labbridge.transport.one_client import READ_CHUNK, OneClientServer, configur
 
 log = logging.getLogger(__name__)
 
+#: What a peer that does not speak TLS on a gen-D mock's TLS port probably is (the hint of
+#: its audited refusal).
+PLAIN_CSC = "a plain TCP client, e.g. a real Rubin CSC,"
 #: Gen-A controller reconnect interval (spec §5.7 ``connect_retry_interval``).
 CONNECT_RETRY_INTERVAL = 0.1
 
@@ -250,7 +253,8 @@ class MockControllerServer:
         self.server = OneClientServer(
             f"MockController-{mock.name}", host, port,
             protocol_factory=lambda: _MockProtocol(self), log=log,
-            replace_idle_after=replace_idle_after, ssl=ssl, admit=self._admit)
+            replace_idle_after=replace_idle_after, ssl=ssl, admit=self._admit,
+            on_handshake_failed=self.access.handshake_failed, plain_peer=PLAIN_CSC)
         self._client: _MockProtocol | None = None
         #: Times reading from a CSC was paused because it did not read its replies.
         self.reading_paused = 0

@@ -40,6 +40,9 @@ from labbridge.protocol.hexrotcomm.structs import Generation
 from labbridge.transport.one_client import READ_CHUNK, OneClientServer
 
 _PORT_PAIR_TRIES = 20
+#: What a peer that does not speak TLS on our TLS ports probably is (the hint of its audited
+#: refusal).
+PLAIN_CONTROLLER = "a plain TCP peer, e.g. a real Moog controller,"
 #: Longest wait for the controller to take a command off the socket (it reads every 50 ms).
 WRITE_TIMEOUT = 5.0
 
@@ -105,12 +108,14 @@ class CommandTelemetryServer:
                 "Telemetry", self.host, self.port, handler=self._telemetry_handler,
                 connect_callback=self._connection_changed, log=self.log,
                 replace_idle_after=self.replace_idle_after, ssl=self.ssl,
-                admit=self.access.admit)
+                admit=self.access.admit, on_handshake_failed=self.access.handshake_failed,
+                plain_peer=PLAIN_CONTROLLER)
             await tel.start()
             cmd = PairedCommandServer(
                 "Command", self.host, tel.port + 1,
                 connect_callback=self._connection_changed, log=self.log,
-                stale=self._command_stale, ssl=self.ssl, admit=self.access.admit)
+                stale=self._command_stale, ssl=self.ssl, admit=self.access.admit,
+                on_handshake_failed=self.access.handshake_failed, plain_peer=PLAIN_CONTROLLER)
             try:
                 await cmd.start()
             except OSError:

@@ -37,7 +37,7 @@ from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
 from labbridge.protocol.pychron.messages import format_json_request, parse_error_reply
 from labbridge.transport.backoff import Backoff
-from labbridge.transport.tcp import set_nodelay
+from labbridge.transport.tcp import abort_discarding, set_nodelay
 from labbridge.transport.tls import (
     REFUSED_AT_HANDSHAKE,
     certificate_refused,
@@ -137,9 +137,10 @@ class _BracedProtocol(asyncio.Protocol):
         _fut, deadline = self.waiting[0]
         if self.loop.time() >= deadline:
             # The stream is out of step now: a late reply would answer the next request.
+            # Requests still unsent are discarded, never delivered once the link is back.
             self._fail(_Expired())
             if self.transport is not None:
-                self.transport.abort()
+                abort_discarding(self.transport)
             return
         self._watchdog = self.loop.call_at(deadline, self._check)
 
@@ -380,6 +381,8 @@ class PychronClient:
                     if size > 2**22:
                         raise PychronClientError(f"{self}: reply larger than 4 MiB")
         except TimeoutError:
+            # Given up on: the request must not reach the server later (partition healing).
+            abort_discarding(transport)
             raise NoReply(f"{self}: no reply to {payload!r} within {timeout} s "
                           "(a server-side exception is likely)") from None
         except OSError as exc:  # a reset, or a TLS alert

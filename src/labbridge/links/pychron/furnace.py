@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from decimal import Decimal
 
 from labbridge.access import Role
 from labbridge.devices.furnace import Furnace, PIDGains
@@ -45,14 +44,6 @@ def _number(req: Request, *keys: str) -> float:
     return value
 
 
-def _decimals(resolution: float) -> int:
-    """Decimal places of a reading quantised to ``resolution`` (0.01 -> 2, 0.25 -> 2)."""
-    if resolution <= 0:
-        return 3
-    exponent = Decimal(repr(resolution)).normalize().as_tuple().exponent
-    return max(0, -int(exponent))
-
-
 def _text(req: Request, *keys: str) -> str:
     if req.data is not None:
         raw = next((req.data[k] for k in keys if k in req.data), "")
@@ -73,20 +64,14 @@ class FurnaceCommands(CommandSet):
         f.heard()
         return f
 
-    def _reading(self, value: float) -> float:
-        """A reading as the controller shows it: rounded to its resolution, so the reply is
-        ``22.65`` and never ``22.650000000000002`` (the real furPi sends ``str(float)`` of
-        the Eurotherm's decimal reading)."""
-        return round(value, _decimals(self.furnace.model.params.resolution))
-
     # -- controller ------------------------------------------------------------------------
     @command("GetTemperature", idempotent=True)
     def get_temperature(self, req: Request, caller: Caller) -> float:
-        return self._reading(self._heard().temperature)
+        return self._heard().temperature
 
     @command("GetProcessValue", idempotent=True)
     def get_process_value(self, req: Request, caller: Caller) -> float:
-        return self._reading(self._heard().temperature)
+        return self._heard().temperature
 
     @command("GetSetpoint", idempotent=True)
     def get_setpoint(self, req: Request, caller: Caller) -> float:
@@ -118,7 +103,6 @@ class FurnaceCommands(CommandSet):
             summary = f.summary(channel)
         except KeyError:
             raise PychronError(ErrorCode.DEVICE_CONNECTION, channel) from None
-        summary["response"] = self._reading(summary["response"])
         return json.dumps(summary)
 
     @command("SetPID", role=Role.ADMIN)

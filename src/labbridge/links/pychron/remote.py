@@ -31,7 +31,8 @@ class ActuationError(PychronClientError):
 
 
 class ActuationUncertain(PychronClientError):
-    """The reply to an actuation was lost and the state read afterwards does not confirm it."""
+    """The reply to an actuation was lost and the state read afterwards does not confirm it,
+    or the node answered but the confirming read failed (``observed`` None)."""
 
     def __init__(self, message: str, name: str, observed: bool | None) -> None:
         super().__init__(message)
@@ -112,7 +113,15 @@ class RemoteValves:
             return Actuation(name, action, reply, target)
         if self.confirm_delay:
             await asyncio.sleep(self.confirm_delay)
-        observed = await self.indicator_state(name)
+        try:
+            observed = await self.indicator_state(name)
+        except PychronClientError as exc:
+            # The node said it actuated; only the confirmation was lost. Say so, rather than
+            # let a query's NoReply read as if the open itself had failed (a caller that took
+            # it for that would actuate again).
+            raise ActuationUncertain(
+                f"{action} {name}: node answered {reply} but the state cannot be read back "
+                f"({exc}); the valve has probably moved", name, None) from exc
         if observed != target:
             raise ActuationError(f"{action} {name}: node answered {reply} but the indicator "
                                  f"reads {'open' if observed else 'closed'}")
