@@ -608,3 +608,24 @@ async def test_blocking_driver_does_not_block_the_loop() -> None:
     assert (await asyncio.wait_for(task, 5)).outcome is Outcome.ACTUATED
     assert board.levels == {"A": True}
     await board.stop()
+
+
+async def test_a_cancelled_caller_does_not_split_an_actuation(tmp_path: Path) -> None:
+    """The caller of open() goes away while the hardware moves (its client disconnected):
+    the actuation still ends, memory and state file agree with the hardware, and stop()
+    waits for it."""
+    backend = SimValveBackend(readback=False)  # a relay board: no read-back to resync from
+    state = tmp_path / "valves.json"
+    bank = ValveBank("valves", [ValveConfig(name="A", address="0")], backend, state_file=state)
+    await bank.start()
+    gate = backend.block("0")
+    caller = asyncio.ensure_future(bank.open("A", "10.0.0.9"))
+    assert await asyncio.wait_for(backend.waiting.get(), 5) == "0"  # inside the hardware
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    gate.set()  # the relay finishes switching after the caller has gone
+    await bank.stop()  # waits for the actuation, then flushes
+    assert backend.outputs["0"] is True
+    assert bank.is_open("A")
+    assert json.loads(state.read_text())["valves"]["A"]["state"] in (1, True)

@@ -163,6 +163,8 @@ class ValveBank(Device):
         self._share_interlock_locks()
         self._writer = CoalescingWriter(state_file, self._state_data) if state_file else None
         self._started = False
+        #: Actuations running (each runs to its end; see _actuate).
+        self._actuations: set[asyncio.Future[ActuationResult]] = set()
 
     def _share_interlock_locks(self) -> None:
         """Give every group of valves connected by interlocks one shared lock (ADR 0020)."""
@@ -255,6 +257,27 @@ class ValveBank(Device):
         return await self._actuate(name, False, requester)
 
     async def _actuate(self, name: str, target: bool, requester: str | None) -> ActuationResult:
+        """Run one actuation to its end even if the caller goes away.
+
+        A caller can be cancelled half-way (its client disconnects, a server stops, a task
+        is cancelled): the hardware write, the read-back, the bank's memory and the state file
+        must not part ways there. So the actuation runs as a task of its own, shielded; the
+        caller's cancellation ends only the caller's wait, and the bank's stop() waits for the
+        actuations still running (bounded by the hardware timeouts).
+        """
+        task = asyncio.ensure_future(self._actuate_whole(name, target, requester))
+        self._actuations.add(task)
+        task.add_done_callback(self._actuation_done)
+        return await asyncio.shield(task)
+
+    def _actuation_done(self, task: asyncio.Future[ActuationResult]) -> None:
+        self._actuations.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Seen by the caller unless it went away; then it is logged here, not lost.
+            log.error("%s: actuation failed: %r", self.name, task.exception())
+
+    async def _actuate_whole(self, name: str, target: bool,
+                             requester: str | None) -> ActuationResult:
         action = "open" if target else "close"
         if not name:
             # The real server resolves an empty name to a failed actuation (vector
@@ -478,7 +501,17 @@ class ValveBank(Device):
             self._writer.schedule()
 
     async def stop(self) -> None:
-        """Flush the state file synchronously, then stop the backend; idempotent."""
+        """Let running actuations end, flush the state file synchronously, then stop the
+        backend; idempotent."""
+        if self._actuations:
+            # Bounded: each step of an actuation has the hardware timeout; settling adds its
+            # own time. Past that, the backend is stopped under it (and says so).
+            bound = 3 * self.timeout + max((v.cfg.settling_time for v in
+                                            self._valves.values()), default=0.0)
+            _done, pending = await asyncio.wait(set(self._actuations), timeout=bound)
+            if pending:
+                log.warning("%s: %d actuation(s) still running after %.1f s at stop",
+                            self.name, len(pending), bound)
         if self._writer is not None:
             await self._writer.flush()
         if self._started:
