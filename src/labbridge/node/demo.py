@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from labbridge.node import kinds
+from labbridge.node.demo_keys import secure_demo_bus
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
 READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
@@ -248,6 +249,7 @@ class Lab:
 
     async def _start_one(self, c: Component) -> None:
         cfg = _with_web_login(_with_epics(c.build(self.components)), c.info)
+        cfg = secure_demo_bus(cfg, self.workdir, self.components)  # Curve on the bus
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ready = self.workdir / f"{c.key}.ready.json"
@@ -356,13 +358,13 @@ class Lab:
     def acquisition_config(self) -> dict[str, Any]:
         valves = self.components["valve-controller"]
         host, port = valves.endpoint("tcp")  # type: ignore[misc]
-        return {
+        return secure_demo_bus({
             "node": "acquisition",
             "services": [{"kind": "remote_manager", "name": "extraction-line",
                           "klass": "RemoteExtractionLineManager", "host": host, "port": port,
                           "timeout": 2, "bus": valves.url("zmq-pub"),
                           "monitor": {"update_period": 0.5}}],
-        }
+        }, self.workdir, self.components)
 
     def epics_info(self) -> dict[str, Any] | None:
         """Every demo IOC together: the prefix, client address lists and all PV names."""
