@@ -22,12 +22,27 @@ Envelope cost per message, no sockets (``envelope_*_us``, best of ``--rounds`` t
 JSON value and of a 64-byte ``bytes`` payload. ``envelope_json_us`` (encode + decode, JSON)
 minus ``envelope_bytes_us`` is what JSON adds over raw bytes.
 
+Curve (issue 12; ADR 0127), in the same run as the plain path it is compared with:
+
+* ``bus_curve``  ``bus_json`` with the publisher a CurveZMQ server (the subscriber's key
+                 admitted by a gate through ZAP) and the subscriber a Curve client;
+* ``rep_rtt_*_us``  median round trip of ``ping`` -> ``echo`` to a Notifier's REP socket
+                 from a REQ socket, plain and with Curve (``--rtt-samples`` sequential
+                 requests per round).
+
+``curve_vs_plain`` = {``pubsub_msgs_per_s``: bus_json / bus_curve (time per message with
+Curve over without), ``rep_round_trip``: rep_rtt_curve / rep_rtt_plain, and the same two as
+CPU time of this process per message / round trip (``pubsub_cpu``, ``rep_round_trip_cpu``:
+every thread, libzmq's I/O thread with its encryption included; less moved by other
+processes' load than wall-clock figures)}; 1.0 = no overhead.
+
 Latency: a ``Device.emit`` on a node (DevicePublisher -> Notifier PUB) to the callback of a
 Subscriber in **another process**, paced changes, p50/p99 (CLOCK_MONOTONIC is system-wide,
 so both processes read the same clock); and the same from a simulated ValveBank's
 ``open``/``close`` call (actuation on the sim backend included) to the remote callback.
 
     python bench/bus.py [--messages 40000] [--rounds 3] [--latency-samples 2000]
+                        [--rtt-samples 2000]
 """
 
 from __future__ import annotations
@@ -47,6 +62,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
+from labbridge.access import LOOPBACK, Gate, Identity, Policy, Role  # noqa: E402
+from labbridge.bus.auth import ClientKeys, CurveKeyPair, apply_client  # noqa: E402
 from labbridge.bus.device_publisher import DevicePublisher  # noqa: E402
 from labbridge.bus.notifier import Notifier  # noqa: E402
 from labbridge.bus.publisher import Publisher  # noqa: E402
@@ -72,8 +89,23 @@ async def _join(sub: Subscriber, poke: Any) -> None:
     w.result()
 
 
-async def bus_rate(n: int, value: Any) -> float:
-    pub = Publisher(port=0, sndhwm=0)
+def curve_setup() -> tuple[Gate, CurveKeyPair, ClientKeys]:
+    """A node key pair, a client key pair, and a gate that admits the client's key."""
+    server, client = CurveKeyPair.generate(), CurveKeyPair.generate()
+    policy = Policy(addresses={Role.ADMIN: LOOPBACK}, configured=True, identities={
+        "bench": Identity("bench", Role.OBSERVER, curve_key=client.public.decode())})
+    return Gate(policy, node="bench"), server, ClientKeys(server.public, client)
+
+
+#: CPU seconds of this process (every thread: ours and libzmq's I/O thread) per message or
+#: round trip, per variant: unlike wall-clock rates, barely moved by other processes' load.
+CPU: dict[str, list[float]] = {"bus_json": [], "bus_curve": [], "rtt_plain": [],
+                               "rtt_curve": []}
+
+
+async def bus_rate(n: int, value: Any, curve: bool = False, cpu: str = "") -> float:
+    gate, server, client = curve_setup() if curve else (None, None, None)
+    pub = Publisher(port=0, sndhwm=0, gate=gate, curve=server)
     pub.open()
     count = 0
     done = asyncio.Event()
@@ -85,11 +117,12 @@ async def bus_rate(n: int, value: Any) -> float:
             if count == n:
                 done.set()
 
-    sub = Subscriber(pub.url, on_message=cb, rcvhwm=0)
+    sub = Subscriber(pub.url, on_message=cb, rcvhwm=0, curve=client)
     await sub.start()
     try:
         await _join(sub, lambda: pub.publish("bench.warm.up", 0))
         t0 = time.perf_counter()
+        c0 = time.process_time()
         publish = pub.publish
         for i in range(n):
             publish(TOPIC, value)
@@ -97,6 +130,8 @@ async def bus_rate(n: int, value: Any) -> float:
                 await asyncio.sleep(0)
         await asyncio.wait_for(done.wait(), 60)
         dt = time.perf_counter() - t0  # all n arrived (unlimited high-water marks): no loss
+        if cpu:
+            CPU[cpu].append((time.process_time() - c0) / n)
     finally:
         await sub.stop()
         pub.close()
@@ -260,6 +295,34 @@ def envelope_us(value: Any, n: int, rounds: int) -> tuple[float, float]:
     return best_enc, best_dec
 
 
+async def rep_rtt(n: int, curve: bool) -> float:
+    """Median seconds of a ``ping`` round trip to a Notifier's REP socket."""
+    gate, server, client = curve_setup() if curve else (None, None, None)
+    notifier = Notifier(port=0, node="bench", heartbeat=None, gate=gate, curve=server)
+    await notifier.start()
+    req = zmq.asyncio.Context.instance().socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    apply_client(req, client)
+    req.connect(notifier.rep_url)
+    samples = []
+    c0 = 0.0
+    try:
+        for i in range(n + 50):  # the first 50 warm up (handshake, caches)
+            if i == 50:
+                c0 = time.process_time()
+            t0 = time.perf_counter()
+            await req.send(b"ping")
+            reply = await asyncio.wait_for(req.recv(), 10)
+            if i >= 50:
+                samples.append(time.perf_counter() - t0)
+            assert reply == b"echo", reply
+        CPU["rtt_curve" if curve else "rtt_plain"].append((time.process_time() - c0) / n)
+    finally:
+        req.close(linger=0)
+        await notifier.stop()
+    return statistics.median(samples)
+
+
 def run(coro: Any) -> Any:
     try:
         import uvloop
@@ -271,13 +334,19 @@ def run(coro: Any) -> Any:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     n = args.messages
     rates: dict[str, list[float]] = {k: [] for k in ("bus_json", "bus_bytes", "raw_zmq",
-                                                     "raw_zmq_drain")}
+                                                     "raw_zmq_drain", "bus_curve")}
+    rtts: dict[str, list[float]] = {"plain": [], "curve": []}
     for _ in range(args.rounds):
         rates["raw_zmq"].append(await raw_rate(n, drain=False))
-        rates["bus_json"].append(await bus_rate(n, JSON_VALUE))
+        rates["bus_json"].append(await bus_rate(n, JSON_VALUE, cpu="bus_json"))
+        rates["bus_curve"].append(await bus_rate(n, JSON_VALUE, curve=True, cpu="bus_curve"))
         rates["raw_zmq_drain"].append(await raw_rate(n, drain=True))
         rates["bus_bytes"].append(await bus_rate(n, RAW))
+        rtts["plain"].append(await rep_rtt(args.rtt_samples, curve=False))
+        rtts["curve"].append(await rep_rtt(args.rtt_samples, curve=True))
     med = {k: statistics.median(v) for k, v in rates.items()}
+    rtt = {k: statistics.median(v) for k, v in rtts.items()}
+    cpu = {k: statistics.median(v) for k, v in CPU.items()}
     json_enc, json_dec = envelope_us(JSON_VALUE, n, args.rounds)
     bytes_enc, bytes_dec = envelope_us(RAW, n, args.rounds)
     lat = await latency(args.latency_samples)
@@ -295,6 +364,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "bus_vs_raw_zmq": round(med["bus_json"] / med["raw_zmq"], 3),
         "bus_vs_raw_zmq_drain": round(med["bus_json"] / med["raw_zmq_drain"], 3),
         "bus_bytes_vs_raw_zmq_drain": round(med["bus_bytes"] / med["raw_zmq_drain"], 3),
+        "bus_curve_msgs_per_s": round(med["bus_curve"]),
+        "rep_rtt_plain_us": round(rtt["plain"] * 1e6, 1),
+        "rep_rtt_curve_us": round(rtt["curve"] * 1e6, 1),
+        "cpu_us_per_msg_plain": round(cpu["bus_json"] * 1e6, 2),
+        "cpu_us_per_msg_curve": round(cpu["bus_curve"] * 1e6, 2),
+        "cpu_us_per_round_trip_plain": round(cpu["rtt_plain"] * 1e6, 1),
+        "cpu_us_per_round_trip_curve": round(cpu["rtt_curve"] * 1e6, 1),
+        "curve_vs_plain": {
+            "pubsub_msgs_per_s": round(med["bus_json"] / med["bus_curve"], 3),
+            "rep_round_trip": round(rtt["curve"] / rtt["plain"], 3),
+            "pubsub_cpu": round(cpu["bus_curve"] / cpu["bus_json"], 3),
+            "rep_round_trip_cpu": round(cpu["rtt_curve"] / cpu["rtt_plain"], 3),
+        },
         "envelope_json_encode_us": round(json_enc, 2),
         "envelope_json_decode_us": round(json_dec, 2),
         "envelope_json_us": round(json_enc + json_dec, 2),
@@ -315,6 +397,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=40_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-samples", type=int, default=2000)
+    ap.add_argument("--rtt-samples", type=int, default=2000)
     ap.add_argument("--latency-child", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.latency_child:

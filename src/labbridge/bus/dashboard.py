@@ -43,7 +43,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from labbridge.access import Gate
 from labbridge.bus import sockets
+from labbridge.bus.auth import ClientKeys, CurveKeyPair, apply_client
 from labbridge.bus.notifier import Notifier
 from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.subscriber import MessageMeta, Subscriber
@@ -99,7 +101,9 @@ class DashboardServer:
                  heartbeat: float = HEARTBEAT_PERIOD, legacy: bool = True,
                  clock: Callable[[], float] = time.time,
                  ctx: zmq.asyncio.Context | None = None,
-                 max_subscriptions: int = MAX_SUBSCRIPTIONS, name: str = "dashboard") -> None:
+                 max_subscriptions: int = MAX_SUBSCRIPTIONS, name: str = "dashboard",
+                 gate: Gate | None = None, curve: CurveKeyPair | None = None,
+                 via: str = "") -> None:
         self.config = config
         self.node = node
         self.devices = dict(devices or {})
@@ -110,7 +114,8 @@ class DashboardServer:
         self.legacy = legacy
         self.notifier = Notifier(host, config.port if port is None else port, rep_port,
                                  node=node, ctx=ctx, legacy=legacy, heartbeat=None,
-                                 max_subscriptions=max_subscriptions, name=name, clock=clock)
+                                 max_subscriptions=max_subscriptions, name=name, clock=clock,
+                                 gate=gate, curve=curve, via=via)
         self.notifier.add_request_handler("config_json", self._config_json)
         self.state = "configured"
         self.monitors: dict[str, ValueMonitor] = {}
@@ -318,7 +323,7 @@ class DashboardClient:
                  on_stale: Callable[[bool], None] | None = None,
                  request_timeout: float = 2.0, use_envelope: bool = True,
                  ctx: zmq.asyncio.Context | None = None,
-                 name: str = "dashboard-client") -> None:
+                 name: str = "dashboard-client", curve: ClientKeys | None = None) -> None:
         self.host = host
         self.port = port
         self.rep_port = rep_port if rep_port is not None else port + 1
@@ -330,6 +335,8 @@ class DashboardClient:
         self.use_envelope = use_envelope
         self._ctx = ctx
         self.name = name
+        #: The server's public key and ours, for a dashboard server with Curve (ADR 0127).
+        self.curve = curve
         self.config: dict[str, Any] | None = None
         self.values: dict[str, Any] = {}
         self.events: list[DashboardEvent] = []
@@ -361,6 +368,7 @@ class DashboardClient:
             # discarded after a timeout anyway, and the caller backs off between requests
             req.setsockopt(zmq.RECONNECT_IVL, int(max(self.request_timeout, 0.5) * 1000))
             req.setsockopt(zmq.RECONNECT_IVL_MAX, int(sockets.RECONNECT_MAX * 1000))
+            apply_client(req, self.curve)
             try:
                 sockets.connect(req, self.rep_url, self.name)
             except sockets.BusError:
@@ -405,9 +413,12 @@ class DashboardClient:
     async def connect(self) -> dict[str, Any]:
         """Ping, fetch the configuration, subscribe; returns the config snapshot."""
         if not await self.ping():
+            why = ("or it refused our Curve key: is our public key a curve_key in its node's "
+                   "security.identities?" if self.curve is not None else
+                   "or it uses Curve: give server_key and client_key")
             raise DashboardError(
                 f"no dashboard server answers at {self.rep_url} (is the dashboard node "
-                f"running, and is {self.port} its PUB port? requests go to port + 1)")
+                f"running, and is {self.port} its PUB port? requests go to port + 1; {why})")
         cfg = await self.fetch_config()
         prefix = cfg.get("topic_prefix")
         if self.use_envelope and isinstance(prefix, str) and prefix:
@@ -415,7 +426,7 @@ class DashboardClient:
         else:  # a real Pychron server: the legacy strings (§14.3)
             topics = [legacy.DASHBOARD_TAG, legacy.ERROR_TAG]
         self.subscriber = Subscriber(self.pub_url, topics, on_message=self._on_message,
-                                     ctx=self._ctx, name=self.name)
+                                     ctx=self._ctx, name=self.name, curve=self.curve)
         await self.subscriber.start()
         self._connected_at = self.clock()
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self.name}-stale")

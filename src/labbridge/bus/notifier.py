@@ -8,6 +8,10 @@
   ``request_timeout`` -> ``error ...``. Exactly one reply per request, always, so the socket
   never wedges (the real notifier's defect, §17 #14).
 
+Access (ADR 0127): both sockets admit only peers the node's gate gives a role (observer reads
+and asks), over CurveZMQ when the node has a key pair; a request registered with a higher role
+(one that changes state) is checked per request, and its outcome audited, by the gate.
+
 Heartbeat: envelope topic ``<node>.notifier.heartbeat`` and ``pychron {"kind":"heartbeat",
 "source":..., "state":"running", "ts":...}``; subscribers use it to tell a silent bus from a
 dead publisher.
@@ -26,7 +30,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.bus import sockets
+from labbridge.bus.auth import CurveKeyPair, SocketAuth, server_auth
 from labbridge.bus.publisher import MAX_SUBSCRIPTIONS, Publisher
 from labbridge.protocol.telemetry import legacy, requests
 from labbridge.protocol.telemetry.envelope import dumps_compact, make_topic
@@ -49,7 +55,9 @@ class Notifier:
                  heartbeat: float | None = HEARTBEAT_PERIOD, source: str = "",
                  request_timeout: float = 5.0, sndhwm: int = 100_000,
                  max_subscriptions: int = MAX_SUBSCRIPTIONS,
-                 clock: Callable[[], float] = time.time, name: str = "notifier") -> None:
+                 clock: Callable[[], float] = time.time, name: str = "notifier",
+                 gate: Gate | None = None, curve: CurveKeyPair | None = None,
+                 via: str = "") -> None:
         self.host = host
         self.requested_port = port
         # REP is PUB + 1 as in Pychron; with port 0 both are picked by the OS.
@@ -62,10 +70,16 @@ class Notifier:
         self.request_timeout = request_timeout
         self.clock = clock
         self.name = name
+        #: The node's gate (None: this machine only) and Curve key pair (None: plain).
+        self.gate = gate if gate is not None else Gate()
+        self.curve = curve
+        self.via = via or name
         self.publisher = Publisher(host, port, ctx=ctx, sndhwm=sndhwm, clock=clock,
-                                   max_subscriptions=max_subscriptions, name=f"{name} PUB")
-        self._handlers: dict[str, Handler] = {}
+                                   max_subscriptions=max_subscriptions, name=f"{name} PUB",
+                                   gate=self.gate, curve=curve, via=self.via)
+        self._handlers: dict[str, tuple[Handler, Role]] = {}
         self._rep: zmq.asyncio.Socket | None = None
+        self.rep_auth: SocketAuth | None = None
         self.rep_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.state = "stopped"
@@ -73,11 +87,14 @@ class Notifier:
         self.request_errors = 0
 
     # -- configuration -----------------------------------------------------------------------
-    def add_request_handler(self, name: str, handler: Handler) -> None:
-        """Answer request ``name`` with ``handler(args)``; ``ping`` is built in."""
+    def add_request_handler(self, name: str, handler: Handler,
+                            role: Role = Role.OBSERVER) -> None:
+        """Answer request ``name`` with ``handler(args)``; ``ping`` is built in. ``role``:
+        what the request needs; above observer (a request that changes state) each one is
+        checked by the gate and its outcome audited."""
         if not name or any(c.isspace() for c in name) or name == requests.PING:
             raise ValueError(f"bad request name {name!r}")
-        self._handlers[name] = handler
+        self._handlers[name] = (handler, role)
 
     @property
     def port(self) -> int | None:
@@ -117,14 +134,21 @@ class Notifier:
         rep.setsockopt(zmq.LINGER, 0)
         # A peer sending a huge request is disconnected by ZeroMQ itself (bounded memory).
         rep.setsockopt(zmq.MAXMSGSIZE, requests.MAX_REQUEST)
+        auth = server_auth(self.gate, self.via, "request", self.curve)
         try:
+            auth.apply(rep)
             self.rep_port = sockets.bind(rep, self.host, self.requested_rep_port,
                                          f"{self.name} REP", key="rep_port")
+            auth.start()
+            auth.watch(rep)
         except BaseException:
+            auth.unwatch()
             rep.close(linger=0)
+            auth.release()
             self.publisher.close()
             raise
         self._rep = rep
+        self.rep_auth = auth
         self.state = "running"
         self._tasks.append(asyncio.create_task(self._serve(rep), name=f"{self.name}-rep"))
         if self.heartbeat:
@@ -139,8 +163,13 @@ class Notifier:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.rep_auth is not None:  # its monitor goes before the socket (ADR 0126)
+            self.rep_auth.unwatch()
         sockets.close(self._rep)
         self._rep = None
+        if self.rep_auth is not None:  # the ZAP domain after the socket (ADR 0127)
+            self.rep_auth.release()
+            self.rep_auth = None
         self.publisher.close()
 
     # -- publishing --------------------------------------------------------------------------
@@ -176,14 +205,14 @@ class Notifier:
     async def _serve(self, rep: zmq.asyncio.Socket) -> None:
         while True:
             try:
-                frames = await rep.recv_multipart()
+                parts = await rep.recv_multipart(copy=False)
             except zmq.ZMQError as exc:
                 if rep.closed or exc.errno == zmq.ETERM:
                     return
                 log.warning("%s: REP receive failed: %s", self.name, exc)
                 await asyncio.sleep(0.1)
                 continue
-            reply = await self.answer(frames)
+            reply = await self.answer([p.bytes for p in parts], parts[0])
             try:
                 await rep.send(reply)
             except zmq.ZMQError as exc:
@@ -191,8 +220,9 @@ class Notifier:
                     return
                 log.warning("%s: REP send failed: %s", self.name, exc)
 
-    async def answer(self, frames: list[bytes]) -> bytes:
-        """The reply to one request (never raises)."""
+    async def answer(self, frames: list[bytes], origin: zmq.Frame | None = None) -> bytes:
+        """The reply to one request (never raises). ``origin``: its first frame as received
+        (who sent it, for requests that need more than observer); None: a local caller."""
         self.requests_served += 1
         try:
             req = requests.parse_request(frames)
@@ -202,11 +232,36 @@ class Notifier:
             return exc.reply
         if req.name == requests.PING:
             return requests.ECHO
-        handler = self._handlers.get(req.name)
-        if handler is None:
+        entry = self._handlers.get(req.name)
+        if entry is None:
             self.request_errors += 1
             log.info("%s: unknown request %r", self.name, req.name)
             return requests.unknown_reply(req.name)
+        handler, needs = entry
+        if needs > Role.OBSERVER:
+            return await self._changing(req, handler, needs, origin)
+        return await self._call(req, handler)
+
+    async def _changing(self, req: requests.Request, handler: Handler, needs: Role,
+                        origin: zmq.Frame | None) -> bytes:
+        """A request that changes state: the gate checks it and audits what it did."""
+        if origin is not None and self.rep_auth is not None:
+            principal = self.rep_auth.principal_of(origin)
+        else:
+            principal = Principal("local", self.via, "local")
+        action = Action(needs, req.name, self.via, req.args[:200])
+        try:
+            role = self.gate.check(principal, action)
+        except AccessDenied as exc:
+            self.request_errors += 1
+            return requests.error_reply(f"access denied: {exc.reason}")
+        reply = await self._call(req, handler)
+        failed = reply.startswith(b"error ")
+        self.gate.record(principal, action, FAILED if failed else DONE,
+                         reply[6:].decode("utf-8", "replace") if failed else "", role)
+        return reply
+
+    async def _call(self, req: requests.Request, handler: Handler) -> bytes:
         try:
             result = handler(req.args)
             if inspect.isawaitable(result):

@@ -33,7 +33,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from labbridge.access import Gate
 from labbridge.bus import sockets
+from labbridge.bus.auth import CurveKeyPair, SocketAuth, server_auth
 from labbridge.protocol.telemetry.envelope import MAX_PUBLISHER_ID, EnvelopeEncoder
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ class Publisher:
                  max_subscriber_bytes: int = MAX_SUBSCRIBER_BYTES,
                  max_subscriber_bytes_total: int = MAX_SUBSCRIBER_BYTES_TOTAL,
                  clock: Callable[[], float] = time.time, name: str = "publisher",
-                 port_key: str = "port") -> None:
+                 port_key: str = "port", gate: Gate | None = None,
+                 curve: CurveKeyPair | None = None, via: str = "") -> None:
         self.host = host
         self.requested_port = port
         self.connect_to = list(connect)
@@ -111,6 +114,13 @@ class Publisher:
         self.max_subscriber_bytes = max_subscriber_bytes
         self.max_subscriber_bytes_total = max_subscriber_bytes_total
         self.encoder = EnvelopeEncoder(self.publisher_id)
+        #: Who may subscribe (a bound publisher): the node's gate through ZAP, over Curve
+        #: when ``curve`` (the node's key pair) is given (ADR 0127). ``gate`` None: this
+        #: machine only.
+        self.gate = gate
+        self.curve = curve
+        self.via = via or name
+        self.auth: SocketAuth | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[bytes] | None = None
         self._mon: sockets.Monitor | None = None
@@ -149,12 +159,18 @@ class Publisher:
         sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
         sock.setsockopt(zmq.RCVBUF, INBOUND_BUFFER)
         sockets.set_reconnect(sock)
+        auth = None
+        if self.host is not None:
+            auth = server_auth(self.gate, self.via, "subscribe", self.curve)
+        events = _PEER_EVENTS | (SocketAuth.EVENTS if self.curve is not None else 0)
         try:
-            mon = sockets.Monitor(sock, _PEER_EVENTS)
+            mon = sockets.Monitor(sock, events)
         except zmq.ZMQError:
             sock.close(linger=0)
             raise
         try:
+            if auth is not None:
+                auth.apply(sock)
             if self.host is not None:
                 self.port = sockets.bind(sock, self.host, self.requested_port, self.name,
                                          self.port_key)
@@ -163,7 +179,10 @@ class Publisher:
         except BaseException:
             mon.close()
             sock.close(linger=0)
+            if auth is not None:
+                auth.release()
             raise
+        self.auth = auth
         self._sock = sock
         self._sync = sockets.shadow(sock)
         self._mon = mon
@@ -171,6 +190,8 @@ class Publisher:
             self._start_guard()
 
     def _start_guard(self) -> None:
+        if self.auth is not None:
+            self.auth.start()
         if self._guard_task is None and self._sock is not None and self._mon is not None:
             self._guard_task = asyncio.get_running_loop().create_task(
                 self._guard(self._sock, self._mon.socket), name=f"{self.name}-subscriptions")
@@ -192,6 +213,9 @@ class Publisher:
         sockets.close(self._sock)
         self._sock = None
         self._sync = None
+        if self.auth is not None:  # after the socket: no connection without its ZAP handler
+            self.auth.release()
+            self.auth = None
         self._peers.clear()
         self.subscriptions.clear()
         self.subscription_bytes = 0
@@ -292,11 +316,19 @@ class Publisher:
             except zmq.Again:
                 return
             kind, fd = event["event"], event["value"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                if self.auth is not None:
+                    self.auth.on_event(kind, fd)
+                continue
             if kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
                 peer = sockets.peer_name(fd)
                 if peer is not None:
                     self._peers[fd] = (peer, time.monotonic())
+                if self.auth is not None and kind == zmq.EVENT_ACCEPTED:
+                    self.auth.on_event(kind, fd, peer)
             elif kind in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                if self.auth is not None and kind == zmq.EVENT_DISCONNECTED:
+                    self.auth.on_event(kind, fd)
                 known = self._peers.get(fd)
                 # the event may come after the fd number was reused by a newer connection
                 # (one we dropped, whose peer reconnected at once): keep that one

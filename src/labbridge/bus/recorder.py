@@ -45,6 +45,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from labbridge.bus.auth import ClientKeys
 from labbridge.bus.sockets import BusError
 from labbridge.bus.subscriber import MessageMeta, Subscriber
 from labbridge.protocol.base import ProtocolError
@@ -328,7 +329,7 @@ class Recorder:
                  max_pending: int = 2_000_000, ctx: zmq.asyncio.Context | None = None,
                  busy_timeout: float = BUSY_TIMEOUT, retry_max: float = 5.0,
                  stop_timeout: float = 5.0, clock: Callable[[], float] = time.time,
-                 name: str = "recorder") -> None:
+                 name: str = "recorder", curve: ClientKeys | None = None) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -341,7 +342,8 @@ class Recorder:
         self.name = name
         self.subscriber = Subscriber(connect, topics, on_message=self._on_message,
                                      on_gap=self._on_gap, ctx=ctx, rcvhwm=rcvhwm,
-                                     decode_payloads=False, clock=clock, name=name)
+                                     decode_payloads=False, clock=clock, name=name,
+                                     curve=curve)
         self._rows: list[tuple[Any, ...]] = []
         self._in_flight = 0  # rows handed to the writer thread, not written yet
         self._gaps: list[tuple[Any, ...]] = []

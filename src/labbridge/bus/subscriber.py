@@ -42,6 +42,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from labbridge.bus import sockets
+from labbridge.bus.auth import ClientKeys, apply_client, keys_of
 from labbridge.protocol.base import ProtocolError
 from labbridge.protocol.telemetry import legacy
 from labbridge.protocol.telemetry.envelope import Encoding, decode, decode_meta
@@ -107,16 +108,22 @@ class Link:
         "aliases",
         "attempts",
         "backoff",
+        "keys",
         "logged_down",
         "reason",
+        "refused",
         "state",
         "timer",
         "up_since",
         "url",
     )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keys: ClientKeys | None = None) -> None:
         self.url = url
+        #: The Curve keys for this endpoint (None: plain ZeroMQ).
+        self.keys = keys
+        #: The publisher refused us (our key, our address, or the mechanism).
+        self.refused = False
         #: "connecting" (first attempt), "up" (handshake done), "down" (retrying)
         self.state = "connecting"
         self.up_since = 0.0
@@ -141,9 +148,13 @@ class Subscriber:
                  max_batch: int = 256, accept_legacy: bool = True,
                  decode_payloads: bool = True, max_message: int = 256 * 1024 * 1024,
                  keepalive: float = 1.0,
-                 clock: Callable[[], float] = time.time, name: str = "subscriber") -> None:
-        self.endpoints = [sockets.normalize_endpoint(e) for e in
-                          ([connect] if isinstance(connect, str) else list(connect))]
+                 clock: Callable[[], float] = time.time, name: str = "subscriber",
+                 curve: ClientKeys | None = None) -> None:
+        given = [connect] if isinstance(connect, str) else list(connect)
+        self.endpoints = [sockets.normalize_endpoint(e) for e in given]
+        #: Curve keys per endpoint: a SecureEndpoint's own, else ``curve`` (ADR 0127).
+        self.keys: dict[str, ClientKeys | None] = {
+            url: keys_of(e) or curve for url, e in zip(self.endpoints, given, strict=True)}
         self.topics = list(topics)
         self._ctx = ctx
         self.rcvhwm = rcvhwm
@@ -217,7 +228,8 @@ class Subscriber:
     async def start(self) -> None:
         if self._task is not None:
             return
-        links = {url: Link(url) for url in self.endpoints}
+        links = {url: Link(url, self.keys.get(url)) for url in self.endpoints}
+        secure = any(link.keys is not None for link in links.values())
         await self._resolve_aliases(links)
         ctx = self._ctx or sockets.context()
         sock = ctx.socket(zmq.SUB)
@@ -243,6 +255,8 @@ class Subscriber:
             for t in self.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, t.encode("utf-8"))
             for ep in self.endpoints:
+                if secure:  # the mechanism is taken at connect time, per endpoint
+                    apply_client(sock, links[ep].keys)
                 sockets.connect(sock, ep, self.name)
         except BaseException:
             mon.close()
@@ -368,8 +382,10 @@ class Subscriber:
             link.state = "up"
             link.up_since = now
             link.reason = ""
+            link.refused = False
         elif kind & _HANDSHAKE_FAILED:
-            link.reason = _handshake_reason(kind, value)
+            link.reason = _handshake_reason(kind, value, link.keys is not None)
+            link.refused = _refused(kind, value, link.keys is not None)
         elif kind == zmq.EVENT_CONNECT_RETRIED:
             # ZeroMQ itself retries a connection that could not be made (refused,
             # unreachable), with the backoff set by sockets.set_reconnect
@@ -388,6 +404,10 @@ class Subscriber:
 
     def _lost(self, link: Link, now: float) -> None:
         was = link.state
+        if was != "up" and link.keys is not None and not link.reason:
+            # a Curve server closes a handshake it cannot decrypt without a word
+            link.reason = _CURVE_CLOSED
+            link.refused = True
         healthy = was == "up" and now - link.up_since >= HEALTHY_AFTER
         if healthy:
             # a connection that had been working: a new episode (one line), fast retries
@@ -399,11 +419,15 @@ class Subscriber:
             # up for a moment only: the same episode goes on (no new line), backing off
             self._log_down(link, "%s: connection to %s lost%s; reconnecting", self.name,
                            link.url, f" ({link.reason})" if link.reason else "")
+        elif link.refused:
+            self._log_down(link, "%s: %s %s; retrying every %g s at most", self.name,
+                           link.url, link.reason, sockets.RECONNECT_MAX)
         else:
             self._log_down(link, "%s: %s accepted the connection but then %s: is it a ZeroMQ "
-                                 "publisher (a notifier or dashboard PUB port)? retrying every "
-                                 "%g s at most", self.name, link.url,
-                           link.reason or "closed it", sockets.RECONNECT_MAX)
+                                 "publisher (a notifier or dashboard PUB port), and does it "
+                                 "want Curve keys (server_key and client_key, or --server-key "
+                                 "and --client-key)? retrying every %g s at most", self.name,
+                           link.url, link.reason or "closed it", sockets.RECONNECT_MAX)
         link.state = "down"
         sock = self._sock
         if sock is None or sock.closed:
@@ -423,6 +447,8 @@ class Subscriber:
         link.attempts += 1
         self.reconnects += 1
         try:
+            if any(lk.keys is not None for lk in self.links.values()):
+                apply_client(sock, link.keys)
             sock.connect(link.url)
         except zmq.ZMQError as exc:  # cannot happen for an endpoint that connected before
             log.warning("%s: cannot reconnect to %s: %s", self.name, link.url, exc.strerror)
@@ -537,9 +563,32 @@ class Subscriber:
                     fut.set_result((topic, payload, meta))
 
 
-def _handshake_reason(kind: int, value: Any) -> str:
+def _refused(kind: int, value: Any, curve: bool = False) -> bool:
+    """Whether a failed handshake is a refusal (credentials, mechanism), not a stranger."""
+    return curve or kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
+        kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and int(value or 0) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+
+
+def _handshake_reason(kind: int, value: Any, curve: bool = False) -> str:
     if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"refused our credentials (status {value})"
+        if curve:
+            return (f"refused our Curve key (status {value}): its node must list our public "
+                    "key as the curve_key of an identity with a role (security.identities)")
+        return (f"refused us (status {value}): its node gives this address no role "
+                "(security.addresses), or it wants Curve keys")
     if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
+        if int(value or 0) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if curve:
+                return "does not use Curve: leave out the server and client keys"
+            return ("uses Curve encryption: give its public key and a key pair of ours "
+                    "(server_key and client_key, or --server-key and --client-key)")
+        if not curve:
+            return f"did not speak the ZeroMQ protocol (ZMTP error {int(value or 0):#x})"
+    if curve:
+        return _CURVE_CLOSED
     return "closed it during the ZeroMQ handshake"
+
+
+_CURVE_CLOSED = ("closed our Curve handshake: is server_key (--server-key) the public key of "
+                 "that node?")

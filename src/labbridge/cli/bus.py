@@ -4,6 +4,10 @@
   interrupted (or ``--count``/``--duration``), then print what was stored and lost.
 * ``history TOPIC --db FILE --since 1h [--png out.png]``: print (or plot) a recorded signal.
 * ``watch ENDPOINT [TOPIC...]``: a live, filtered, readable view of a bus.
+
+``record`` and ``watch`` reach a bus with Curve through ``--server-key`` (the node's public
+key: its NAME.key, or the key itself) and ``--client-key`` (our NAME.key_secret, mode 600);
+``history`` shows a node's audit trail (topic ``<node>.audit``) one event per line.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 import click
 import numpy as np
 
+from labbridge.access import AuditEvent
+from labbridge.bus.auth import ClientKeys, KeyFileError, read_public_key, read_secret_key
 from labbridge.bus.recorder import GapRecord, Record, Recorder, RecordStore
 from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.bus.subscriber import MessageMeta, Subscriber
@@ -85,6 +91,37 @@ def _short(value: Any, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _keys(server_key: str | None, client_key: str | None) -> ClientKeys | None:
+    """``--server-key`` and ``--client-key`` (both or neither), read and checked."""
+    if server_key is None and client_key is None:
+        return None
+    if client_key is None:
+        raise click.BadParameter("--server-key needs --client-key too: our key pair "
+                                 "(NAME.key_secret, made by `labbridge keys curve NAME`)",
+                                 param_hint="--client-key")
+    if server_key is None:
+        raise click.BadParameter("--client-key needs --server-key too: the public key of the "
+                                 "node (its NAME.key)", param_hint="--server-key")
+    try:
+        server = read_public_key(server_key)
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--server-key") from None
+    try:
+        pair = read_secret_key(client_key)
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--client-key") from None
+    return ClientKeys(server, pair)
+
+
+def _key_options(fn: Any) -> Any:
+    fn = click.option("--client-key", metavar="FILE",
+                      help="Our Curve key pair (NAME.key_secret, mode 600), for a bus with "
+                           "Curve; its public key must be listed by the node.")(fn)
+    return click.option("--server-key", metavar="FILE|KEY",
+                        help="The node's Curve public key (its NAME.key, or the 40-character "
+                             "key), for a bus with Curve.")(fn)
+
+
 # -- record -------------------------------------------------------------------------------------
 @click.command()
 @click.argument("endpoints", nargs=-1, required=True)
@@ -98,14 +135,16 @@ def _short(value: Any, width: int = 200) -> str:
 @click.option("--ready-file", type=click.Path(dir_okay=False), envvar="LABBRIDGE_READY_FILE",
               help="Write JSON here once subscribed (for scripts and tests). Default: "
                    "$LABBRIDGE_READY_FILE.")
+@_key_options
 def record(endpoints: tuple[str, ...], db: str, topics: tuple[str, ...], count: int | None,
-           duration: float | None, ready_file: str | None) -> None:
+           duration: float | None, ready_file: str | None, server_key: str | None,
+           client_key: str | None) -> None:
     """Record every message from ENDPOINT(s) (tcp://host:port or host:port) into SQLite."""
     try:
         urls = [normalize_endpoint(e) for e in endpoints]
     except BusError as exc:
         raise click.BadParameter(str(exc)) from None
-    rec = Recorder(db, urls, topics or ("",))
+    rec = Recorder(db, urls, topics or ("",), curve=_keys(server_key, client_key))
     db_abs = str(Path(db).resolve())
 
     async def _main() -> None:
@@ -232,8 +271,28 @@ def _row_line(r: Record, fmt: str) -> str:
         num = r.number()
         cell = repr(num) if num is not None else json.dumps(_short(value, 10_000))
         return f"{r.time!r},{r.topic},{'' if r.seq is None else r.seq},{cell}\n"
+    audit = _audit_text(r.topic, value)
+    if audit is not None:  # the audit trail: one readable line per event
+        return f"{_stamp(r.time)} {r.topic} {audit}\n"
     seq = "" if r.seq is None else f" #{r.seq}"
     return f"{_stamp(r.time)} {r.topic}{seq} {_short(value)}\n"
+
+
+_AUDIT_FIELDS = ("outcome", "verb", "who", "role", "via", "transport")
+
+
+def _audit_text(topic: str, value: Any) -> str | None:
+    """An audit event (topic ``<node>.audit``) as the node log writes it, or None."""
+    if not topic.endswith(".audit") or not isinstance(value, dict) \
+            or not all(isinstance(value.get(k), str) for k in _AUDIT_FIELDS):
+        return None
+    event = AuditEvent(node=str(value.get("node", "")), outcome=value["outcome"],
+                       verb=value["verb"], target=str(value.get("target", "")),
+                       who=value["who"], address=str(value.get("address", "")),
+                       via=value["via"], transport=value["transport"], role=value["role"],
+                       detail=str(value.get("detail", "")),
+                       reason=str(value.get("reason", "")))
+    return " ".join(event.line().split())  # one line, whatever a reason holds
 
 
 def _plot(rows: list[Record], topic: str, png: str) -> None:
@@ -269,12 +328,15 @@ def _plot(rows: list[Record], topic: str, png: str) -> None:
 @click.argument("topics", nargs=-1)
 @click.option("--count", type=click.IntRange(1), help="Exit after this many messages.")
 @click.option("--no-legacy", is_flag=True, help="Hide legacy single-string messages.")
-def watch(endpoint: str, topics: tuple[str, ...], count: int | None, no_legacy: bool) -> None:
+@_key_options
+def watch(endpoint: str, topics: tuple[str, ...], count: int | None, no_legacy: bool,
+          server_key: str | None, client_key: str | None) -> None:
     """Show messages from ENDPOINT live, filtered by TOPIC prefixes (default: all)."""
     try:
         url = normalize_endpoint(endpoint)
     except BusError as exc:
         raise click.BadParameter(str(exc)) from None
+    keys = _keys(server_key, client_key)
     seen = 0
 
     async def _main() -> None:
@@ -291,7 +353,8 @@ def watch(endpoint: str, topics: tuple[str, ...], count: int | None, no_legacy: 
             stamp = _stamp(meta.ts if meta.ts is not None else meta.received)[11:]
             seq = "" if meta.seq is None else f" #{meta.seq}"
             tag = " (legacy)" if meta.legacy else ""
-            click.echo(f"{stamp} {topic}{seq}{tag} {_short(payload)}")
+            audit = _audit_text(topic, payload)
+            click.echo(f"{stamp} {topic}{seq}{tag} {audit or _short(payload)}")
             if count is not None and seen >= count:
                 stop.set()
 
@@ -301,7 +364,8 @@ def watch(endpoint: str, topics: tuple[str, ...], count: int | None, no_legacy: 
                                    f"(expected #{g.expected}, got #{g.received})",
                                    fg="yellow"), err=True)
 
-        sub = Subscriber(url, topics or ("",), on_message=show, on_gap=gap, name="watch")
+        sub = Subscriber(url, topics or ("",), on_message=show, on_gap=gap, name="watch",
+                         curve=keys)
         await sub.start()
         click.echo(f"watching {url} {' '.join(topics) or '(all topics)'}", err=True)
         try:

@@ -19,6 +19,7 @@ from labbridge.cli.run import render
 from labbridge.devices.state_file import write_json_atomic
 from labbridge.node.demo import Lab as DemoLab
 from labbridge.node.demo import last_log_line, new_workdir
+from labbridge.node.demo_keys import watch_args
 from labbridge.node.demo_sequence import extraction
 from labbridge.node.lab import Lab, ScriptError, Step
 from labbridge.node.node import build_node
@@ -38,7 +39,8 @@ def _where(lab: DemoLab) -> list[str]:
         lines.append(f"  try:  labbridge call {host}:{port} GetValveStates")
         lines.append(f"        labbridge monitor {host}:{port}")
         if vc.url("zmq-pub"):
-            lines.append(f"        labbridge watch {vc.url('zmq-pub')}")
+            lines.append(f"        labbridge watch {vc.url('zmq-pub')} "
+                         f"{watch_args(lab.workdir, 'valve-controller')}")
     rot = lab.components.get("rotator")
     if rot and rot.endpoint("tcp"):
         host, port = rot.endpoint("tcp")  # type: ignore[misc]

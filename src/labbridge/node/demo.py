@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from labbridge.node import kinds
+from labbridge.node.demo_keys import secure_demo_bus
 from labbridge.node.registry import DEVICE_KINDS, SERVICE_KINDS
 
 READY_TIMEOUT = 60.0  # per node; a loaded two-core machine starts eight at once
@@ -248,6 +249,7 @@ class Lab:
 
     async def _start_one(self, c: Component) -> None:
         cfg = _with_web_login(_with_epics(c.build(self.components)), c.info)
+        cfg = secure_demo_bus(cfg, self.workdir, self.components)  # Curve on the bus
         path = self.workdir / f"{c.key}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ready = self.workdir / f"{c.key}.ready.json"
@@ -374,7 +376,8 @@ class Lab:
             services.append({"kind": "remote_manager", "name": "spectrometer",
                              "klass": "ArgusSpectrometer", "host": host, "port": port,
                              "transport": "TCP", "timeout": 5})
-        return {"node": "acquisition", "services": services}
+        return secure_demo_bus({"node": "acquisition", "services": services}, self.workdir,
+                               self.components)
 
     def epics_info(self) -> dict[str, Any] | None:
         """Every demo IOC together: the prefix, client address lists and all PV names."""

@@ -15,8 +15,11 @@ Node file::
           role: operator
           password: "scrypt$..."     # `labbridge keys passwd`
           token: "sha256$..."        # `labbridge keys token`
-          curve_key: "<40 Z85 characters>"   # `labbridge keys curve`
+          curve_key: "<40 Z85 characters>"   # `labbridge keys curve` (or its NAME.key file)
           cert: alice                # TLS client certificate common name
+      curve:                         # the node's CurveZMQ key pair: every bus socket it
+        secret_key: keys/valve-controller.key_secret   # binds is a Curve server (mode 600,
+                                     #   this user's file; relative to the node file)
 
 With no ``security`` section the node trusts its own machine (loopback and local callers are
 ``admin``) and nobody else. See docs/security.md.
@@ -25,10 +28,28 @@ With no ``security`` section the node trusts its own machine (loopback and local
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from labbridge.access import LOOPBACK, Identity, Policy, Role, check_hash_format
+from labbridge.access import LOOPBACK, Gate, Identity, Policy, Role, check_hash_format
+from labbridge.bus.auth import CurveKeyPair, KeyFileError, read_public_key, read_secret_key
 from labbridge.node.config import Section
+
+
+@dataclass
+class NodePolicy(Policy):
+    """A node's policy and the key material its security section names."""
+
+    #: The node's CurveZMQ key pair (``security.curve.secret_key``): every bus socket the
+    #: node binds is a Curve server with it (docs/security.md, "The bus").
+    curve: CurveKeyPair | None = None
+
+
+def node_curve(gate: Gate) -> CurveKeyPair | None:
+    """The Curve key pair of the node whose gate this is (None: its bus is plain ZeroMQ)."""
+    policy = gate.policy
+    return policy.curve if isinstance(policy, NodePolicy) else None
 
 _ROLE_NAMES = ("observer", "operator", "admin")
 _Z85 = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
@@ -55,9 +76,33 @@ def parse_security(sec: Section | None) -> Policy:
             one = id_sec.get_section(name)
             identities[name] = _identity(name, one)
             one.check_no_unknown()
+    curve = _curve(sec)
     sec.check_no_unknown()
-    return Policy(addresses=addresses, identities=identities, udp_writers=udp_writers,
-                  local_role=local, configured=True)
+    return NodePolicy(addresses=addresses, identities=identities, udp_writers=udp_writers,
+                      local_role=local, configured=True, curve=curve)
+
+
+def _base(sec: Section) -> Path:
+    """Where paths in the node file start: its directory."""
+    return Path(sec.file).parent if sec.file else Path.cwd()
+
+
+def _curve(sec: Section) -> CurveKeyPair | None:
+    """``curve: {secret_key: FILE}``: the node's key pair, from a private file (mode 600,
+    owned by the user running the node) relative to the node file."""
+    csec = sec.get_section("curve", None)
+    if csec is None:
+        return None
+    value = csec.get_str("secret_key")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = _base(sec) / path
+    try:
+        pair = read_secret_key(path)
+    except KeyFileError as exc:
+        raise csec.error("secret_key", str(exc)) from None
+    csec.check_no_unknown()
+    return pair
 
 
 def _identity(name: str, sec: Section) -> Identity:
@@ -73,8 +118,12 @@ def _identity(name: str, sec: Section) -> Identity:
         raise sec.error("token", "a token hash is sha256$<hex> (made by `labbridge keys token`)")
     curve = sec.get_str("curve_key", None)
     if curve is not None and (len(curve) != 40 or not set(curve) <= _Z85):
-        raise sec.error("curve_key", "a Curve public key is 40 Z85 characters (made by "
-                        "`labbridge keys curve`)")
+        # not a key: the client's public key file (NAME.key), relative to the node file
+        try:
+            curve = read_public_key(curve, _base(sec)).decode("ascii")
+        except KeyFileError as exc:
+            raise sec.error("curve_key", f"a Curve public key is 40 Z85 characters or the "
+                            f"NAME.key file `labbridge keys curve` made: {exc}") from None
     cert = sec.get_str("cert", None)
     return Identity(name=name, role=role, curve_key=curve, password=password, token=token,
                     cert=cert)

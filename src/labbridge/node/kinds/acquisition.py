@@ -25,6 +25,7 @@ Node file shape::
       monitor: {state_freq: 3, lock_freq: 5, owner_freq: 5, checksum_freq: 3,
                 update_period: 1}
       bus: tcp://127.0.0.1:5555   # the valve node's notifier: pushed changes, gap detection
+      # with Curve: bus: {url: ..., server_key: keys/valves.key, client_key: keys/me.key_secret}
       tls: {ca: keys/ca.crt, cert: keys/acq.crt, key: keys/acq.pem}   # optional: the node's
                                # command server has a tls section (docs/security.md);
                                # check_host: true (default) wants the host in its certificate
@@ -41,6 +42,7 @@ is down makes the script's first call to it fail with a one-line error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from labbridge.links.pychron.client import PychronClient
@@ -48,6 +50,7 @@ from labbridge.links.pychron.clients import QtegraSpectrometer, RemoteFurnace, R
 from labbridge.links.pychron.monitor import StatusMonitor
 from labbridge.links.pychron.proxy import RemoteValveBankProxy
 from labbridge.links.pychron.remote import RemoteValves
+from labbridge.node.bus_clients import BusTarget, bus_target
 from labbridge.node.config import Section
 from labbridge.node.registry import NodeContext, register_service
 from labbridge.node.seed import KLASSES, DeviceLink, check_host, load_device_file
@@ -75,7 +78,8 @@ class RemoteManagerService:
     """Client link + StatusMonitor + proxy device for one remote valve node."""
 
     def __init__(self, name: str, link: DeviceLink, client: PychronClient,
-                 monitor_kw: dict[str, Any], bus: str | None) -> None:
+                 monitor_kw: dict[str, Any], bus: str | None,
+                 bus_url: Callable[[], str] | None = None) -> None:
         self.name = name
         self.link = link
         self.client = client
@@ -83,6 +87,9 @@ class RemoteManagerService:
         self.proxy: RemoteValveBankProxy | None = None
         self.monitor = StatusMonitor(self.remote, **monitor_kw)
         self.bus = bus
+        #: What to connect to for ``bus`` (a URL, carrying Curve keys when it has them),
+        #: resolved at start.
+        self.bus_url = bus_url
         self._subscriber: Any = None
 
     def attach(self, proxy: RemoteValveBankProxy) -> None:
@@ -95,7 +102,7 @@ class RemoteManagerService:
         if self.bus:
             from labbridge.bus.subscriber import Subscriber
 
-            sub = Subscriber([self.bus])
+            sub = Subscriber([self.bus_url() if self.bus_url is not None else self.bus])
             sub.add_listener(self._on_bus)
             sub.add_gap_listener(lambda gap: self.monitor.gap_detected())
             await sub.start()
@@ -201,7 +208,10 @@ def _remote_manager(sec: Section, ctx: NodeContext) -> RemoteManagerService | \
             monitor_kw["update_period"] = mon.get_float("update_period", min=0.001)
         mon.check_no_unknown()
     name = sec.get_str("name", "extraction-line")
-    svc = RemoteManagerService(name, link, client, monitor_kw, sec.get_str("bus", None))
+    bus: BusTarget | None = bus_target(sec, "bus", ctx, "remote manager")
+    svc = RemoteManagerService(name, link, client, monitor_kw,
+                               None if bus is None else bus.label,
+                               None if bus is None else (lambda: bus.resolve(ctx)))
     proxy = RemoteValveBankProxy(name.replace(" ", "_"), svc.remote, svc.monitor)
     svc.attach(proxy)
     ctx.devices.setdefault(proxy.name, proxy)

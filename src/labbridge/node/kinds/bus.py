@@ -9,8 +9,13 @@ Example::
       - {kind: recorder, connect: [bus], path: bus.sqlite}
       - {kind: dashboard_client, host: 192.168.1.40, port: 8100}
 
-``connect`` entries of a recorder are URLs (``tcp://host:5555``, ``host:5555``) or the names
-of this node's own publishing services, resolved when the node starts (so ``port: 0`` works).
+``connect`` entries of a recorder are URLs (``tcp://host:5555``, ``host:5555``), the names
+of this node's own publishing services, resolved when the node starts (so ``port: 0`` works),
+or ``{url, server_key, client_key}`` for a publisher with Curve (labbridge.node.bus_clients).
+
+The bus sockets a node binds admit whom its ``security`` section lets in, over Curve when it
+names a key pair (``security.curve``; ADR 0127); a notifier also publishes the node's audit
+trail on ``<node>.audit``.
 """
 
 from __future__ import annotations
@@ -23,20 +28,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from labbridge.access import AuditEvent, Gate
 from labbridge.bus.dashboard import DashboardClient, DashboardError, DashboardServer
 from labbridge.bus.device_publisher import DevicePublisher
 from labbridge.bus.notifier import Notifier
 from labbridge.bus.publisher import MAX_SUBSCRIPTIONS
 from labbridge.bus.recorder import Recorder
-from labbridge.bus.sockets import Address, BusError, normalize_endpoint
+from labbridge.bus.sockets import Address, BusError
 from labbridge.devices.base import Device
+from labbridge.node.bus_clients import BusTarget, bus_targets, client_keys
 from labbridge.node.config import ConfigError, Section, load_yaml
 from labbridge.node.registry import Endpoint, NodeContext, register_service
+from labbridge.node.security import node_curve
 from labbridge.protocol.telemetry.dashboard_config import (
     DashboardConfigError,
     parse_dashboard_config,
     parse_dashboard_xml,
 )
+from labbridge.protocol.telemetry.envelope import make_topic
 from labbridge.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -65,17 +74,26 @@ def _devices(sec: Section, ctx: NodeContext) -> list[Device]:
     return out
 
 
+def audit_topic(node: str) -> str:
+    """The topic of a node's audit trail on its bus: ``<node>.audit``."""
+    return make_topic(node, "audit")
+
+
 class NotifierService:
-    """A Notifier plus the DevicePublisher that puts every device change on it, and the
-    devices' metadata every ``meta_period`` seconds (0: never)."""
+    """A Notifier plus the DevicePublisher that puts every device change on it, the
+    devices' metadata every ``meta_period`` seconds (0: never), and the node's audit trail
+    (every event of ``gate``, on ``<node>.audit``, payload ``AuditEvent.to_json()``)."""
 
     def __init__(self, name: str, notifier: Notifier, publisher: DevicePublisher | None,
-                 meta_period: float = 10.0) -> None:
+                 meta_period: float = 10.0, gate: Gate | None = None) -> None:
         self.name = name
         self.notifier = notifier
         self.device_publisher = publisher
         self.meta_period = meta_period
+        self.gate = gate
+        self.audit_topic = audit_topic(notifier.node)
         self._meta_task: asyncio.Task[None] | None = None
+        self._remove_sink: Callable[[], None] | None = None
 
     @property
     def pub_url(self) -> str:
@@ -83,6 +101,8 @@ class NotifierService:
 
     async def start(self) -> None:
         await self.notifier.start()
+        if self.gate is not None and self._remove_sink is None:
+            self._remove_sink = self.gate.add_sink(self._publish_audit)
         if self.device_publisher is not None:
             self.device_publisher.start()
             if self.meta_period > 0 and self._meta_task is None:
@@ -90,7 +110,14 @@ class NotifierService:
                     self.device_publisher.meta_loop(self.meta_period),
                     name=f"{self.name}-meta")
 
+    def _publish_audit(self, event: AuditEvent) -> None:
+        if self.notifier.publisher.is_open:
+            self.notifier.publish(self.audit_topic, event.to_json(), event.ts)
+
     async def stop(self) -> None:
+        remove, self._remove_sink = self._remove_sink, None
+        if remove is not None:
+            remove()
         task, self._meta_task = self._meta_task, None
         if task is not None:
             task.cancel()
@@ -116,14 +143,15 @@ def _notifier(sec: Section, ctx: NodeContext) -> NotifierService:
                  sndhwm=sec.get_int("sndhwm", 100_000, min=1),
                  max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS,
                                                min=1),
-                 name=f"notifier {name!r}")
+                 name=f"notifier {name!r}", gate=ctx.gate, curve=node_curve(ctx.gate),
+                 via=name)
     pub = None
     if sec.get_bool("publish_devices", True):
         pub = DevicePublisher(n, ctx.node_name, _devices(sec, ctx), legacy=legacy)
     else:
         sec.get_list("devices", None)
     meta_period = sec.get_float("meta_period", 10.0, min=0.0, max=86400.0)
-    return NotifierService(name, n, pub, meta_period)
+    return NotifierService(name, n, pub, meta_period, gate=ctx.gate)
 
 
 class DashboardServerService:
@@ -190,18 +218,20 @@ def _dashboard_server(sec: Section, ctx: NodeContext) -> DashboardServerService:
             heartbeat=sec.get_float("heartbeat", 2.0, min=0.01),
             legacy=sec.get_bool("legacy", True),
             max_subscriptions=sec.get_int("max_subscriptions", MAX_SUBSCRIPTIONS, min=1),
-            name=f"dashboard_server {name!r}")
+            name=f"dashboard_server {name!r}", gate=ctx.gate, curve=node_curve(ctx.gate),
+            via=name)
     except DashboardError as exc:
         raise sec.error("config", str(exc)) from None
     return DashboardServerService(name, server)
 
 
 class RecorderService:
-    def __init__(self, name: str, path: Path, connect: list[str], topics: list[str],
+    def __init__(self, name: str, path: Path, connect: list[BusTarget], topics: list[str],
                  ctx: NodeContext, batch_size: int, flush_interval: float) -> None:
         self.name = name
         self.path = path
-        self.connect = connect
+        self.targets = connect
+        self.connect = [t.label for t in connect]
         self.topics = topics
         self.ctx = ctx
         self.batch_size = batch_size
@@ -209,14 +239,7 @@ class RecorderService:
         self.recorder: Recorder | None = None
 
     def _urls(self) -> list[str]:
-        urls = []
-        for c in self.connect:
-            svc = self.ctx.services.get(c)
-            if svc is not None:
-                urls.append(str(svc.pub_url))
-            else:
-                urls.append(normalize_endpoint(c))
-        return urls
+        return [t.resolve(self.ctx) for t in self.targets]
 
     async def start(self) -> None:
         self.recorder = Recorder(self.path, self._urls(), self.topics or ("",),
@@ -232,14 +255,14 @@ class RecorderService:
         """One ``connect`` endpoint per subscribed publisher (what a firewall must allow),
         and the SQLite file as a ``file`` endpoint."""
         out = []
-        for c in self.connect:
-            svc = self.ctx.services.get(c)
+        for t in self.targets:
+            svc = self.ctx.services.get(t.service) if t.service is not None else None
             if svc is not None:  # a publisher of this node: its (configured) PUB endpoint
                 pub = next((e for e in svc.endpoints() if e.protocol == "zmq-pub"), None)
                 host, port = (pub.host, pub.port) if pub is not None else (None, None)
-                purpose = f"records {c} of this node"
+                purpose = f"records {t.service} of this node"
             else:
-                h, _, p = normalize_endpoint(c).removeprefix("tcp://").rpartition(":")
+                h, _, p = str(t.url).removeprefix("tcp://").rpartition(":")
                 host, port, purpose = h.strip("[]") or None, int(p) if p.isdigit() else None, \
                     "records this publisher"
             out.append(Endpoint(service=self.name, protocol="zmq-sub", host=host, port=port,
@@ -251,16 +274,9 @@ class RecorderService:
 
 @register_service("recorder")
 def _recorder(sec: Section, ctx: NodeContext) -> RecorderService:
-    connect = [str(c) for c in sec.get_list("connect")]
+    connect = bus_targets(sec, "connect", ctx, "recorder")
     if not connect:
         raise sec.error("connect", "a recorder needs at least one endpoint or service name")
-    for c in connect:
-        if c not in ctx.services:
-            try:
-                normalize_endpoint(c)
-            except BusError as exc:
-                raise sec.error("connect", f"{exc} (nor the name of a service declared "
-                                           "before the recorder)") from None
     p = sec.get_str("path", "bus.sqlite")
     path = Path(p).expanduser()
     if not path.is_absolute():
@@ -335,5 +351,6 @@ def _dashboard_client(sec: Section, ctx: NodeContext) -> DashboardClientService:
     client = DashboardClient(sec.get_str("host"), sec.get_port("port", 8100),
                              sec.get_port("rep_port", None),
                              stale_after=sec.get_float("stale_after", 10.0, min=0.1),
-                             name=sec.get_str("name", "dashboard-client"))
+                             name=sec.get_str("name", "dashboard-client"),
+                             curve=client_keys(sec, ctx))
     return DashboardClientService(sec.get_str("name", "dashboard-client"), client)

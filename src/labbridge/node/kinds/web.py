@@ -10,6 +10,7 @@ Example (a dashboard node watching two other nodes)::
         title: Argon lab
         subscribe:                 # bus publishers: URLs, or names of this node's services
           - tcp://192.168.1.40:5555          # valve controller's notifier
+          # with Curve: {url: tcp://..., server_key: keys/x.key, client_key: keys/web.key_secret}
           - tcp://192.168.1.41:5555          # furnace controller's notifier
           - tcp://192.168.1.40:8100          # a dashboard_server's PUB (warnings, criticals)
         command_servers:           # where control actions go, by node name
@@ -62,8 +63,8 @@ except ModuleNotFoundError as exc:  # reported by the registry as a family not i
     raise ModuleNotFoundError(f"{exc} (pip install 'labbridge[web]')", name=__name__) from exc
 
 from labbridge.access import check_hash_format
-from labbridge.bus.sockets import BusError, normalize_endpoint
 from labbridge.devices.valves import ValveBank
+from labbridge.node.bus_clients import subscriptions
 from labbridge.node.config import Section
 from labbridge.node.registry import Endpoint, NodeContext, register_service
 from labbridge.node.tls import tls_section
@@ -354,21 +355,8 @@ def _one_time_logins(sec: Section, ctx: NodeContext) -> dict[str, str]:
 @register_service("web_dashboard")
 def _web_dashboard(sec: Section, ctx: NodeContext) -> WebDashboardService:
     name = sec.get_str("name", "web")
-    subscribe = [str(s) for s in sec.get_list("subscribe", [])]
-    for entry in subscribe:
-        if entry in ctx.services:
-            if not hasattr(type(ctx.services[entry]), "pub_url"):
-                raise sec.error("subscribe", f"service {entry!r} publishes nothing")
-            continue
-        try:
-            normalize_endpoint(entry)
-        except BusError as exc:
-            raise sec.error("subscribe", f"{exc} (nor the name of a publishing service "
-                                         "declared before the dashboard)") from None
-
-    def resolve(entry: str) -> str:
-        svc = ctx.services.get(entry)
-        return str(svc.pub_url) if svc is not None else normalize_endpoint(entry)
+    # entries: URLs, service names, or {url, server_key, client_key} (Curve; ADR 0127)
+    subscribe, resolve = subscriptions(sec, ctx, "subscribe", "dashboard")
 
     stale = sec.get_float("stale_after", 10.0, min=0.05, max=86400.0)
     config = WebConfig(
