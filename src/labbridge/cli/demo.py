@@ -99,7 +99,6 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
         click.echo(f"labbridge demo: starting a simulated lab in {workdir}")
         code = 0
         node = None
-        clients: list[Any] = []
         died: asyncio.Future[Any] | None = None
         stopper = asyncio.ensure_future(stop.wait())
 
@@ -165,24 +164,9 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                     elif shown.get("live") is not None and holder:
                         shown["live"].update(render(holder[0], "extraction"), refresh=True)
 
+                # lab.furnace and lab.spectrometer come from the node file's links.
                 acq = Lab(node, on_step=on_step)
                 holder.append(acq)
-                fc = lab.components.get("furnace-controller")
-                if fc is not None:
-                    from labbridge.links.pychron.clients import RemoteFurnace
-
-                    host, port = fc.endpoint("tcp")  # type: ignore[misc]
-                    furnace = RemoteFurnace.connect(host, port, timeout=5)
-                    clients.append(furnace)
-                    acq.attach_furnace(furnace)
-                sp = lab.components.get("spectrometer")
-                if sp is not None and sp.endpoint("tcp"):
-                    from labbridge.links.pychron.clients import QtegraSpectrometer
-
-                    host, port = sp.endpoint("tcp")  # type: ignore[misc]
-                    spec = QtegraSpectrometer.connect(host, port, udp=False, timeout=5)
-                    clients.append(spec)
-                    acq.attach_spectrometer(spec)
                 click.echo("running the extraction sequence: pump, isolate, heat, expand, "
                            "measure, pump out")
                 seq = asyncio.ensure_future(_run(acq, temperature, console, plain, shown))
@@ -213,8 +197,6 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
             stopper.cancel()
             if died is not None:
                 died.cancel()
-            for c in clients:
-                await c.close()
             if node is not None:
                 await node.stop()
             await lab.stop()

@@ -15,25 +15,30 @@ from labbridge.node.seed import (
     load_device_file,
     load_initialization,
     load_server_file,
+    migration_warnings,
+    plugin_notes,
 )
 from labbridge.transport.endpoint import Endpoint
 
 
-def check_one(path: Path) -> str:
-    """Validate one file; returns a one-line summary or raises ConfigError."""
+def check_one(path: Path) -> tuple[str, list[str]]:
+    """Validate one file; returns a one-line summary and notes (what labbridge does for each
+    plugin of an initialization.xml), or raises ConfigError."""
     kind = detect_kind(path)
     if kind == "initialization":
         init = load_initialization(path)
+        for warning in migration_warnings(init):
+            click.echo(f"warning: {warning}", err=True)
         return (f"initialization.xml, node role {init.role()}: "
-                f"{', '.join(init.enabled()) or 'no enabled plugins'}")
+                f"{', '.join(init.enabled()) or 'no enabled plugins'}"), plugin_notes(init)
     if kind == "device":
         link = load_device_file(path)
         return (f"device file ({link.shape} shape): {link.name} = {link.klass} -> "
                 f"{link.role} at {link.host}:{link.port} over {link.kind}, "
-                f"timeout {link.timeout:g} s")
+                f"timeout {link.timeout:g} s"), []
     if kind == "server":
         srv = load_server_file(path)
-        return f"command-server file: listen on {srv.host}:{srv.port}"
+        return f"command-server file: listen on {srv.host}:{srv.port}", []
     if kind == "dashboard":
         from labbridge.protocol.telemetry.dashboard_config import (
             DashboardConfigError,
@@ -44,13 +49,13 @@ def check_one(path: Path) -> str:
             cfg = parse_dashboard_config(load_yaml(path), str(path))
         except DashboardConfigError as exc:
             raise ConfigError(str(exc)) from None
-        return f"dashboard file: {len(cfg.devices)} device(s), PUB port {cfg.port}"
+        return f"dashboard file: {len(cfg.devices)} device(s), PUB port {cfg.port}", []
     node = build_node(path)
     for warning in node.warnings:
         click.echo(f"warning: {warning}", err=True)
     eps = node.endpoints()
     return (f"node {node.name!r}: {len(node.devices)} device(s), {len(node.services)} "
-            f"service(s), {len(eps)} endpoint(s)")
+            f"service(s), {len(eps)} endpoint(s)"), node.notes
 
 
 @click.command()
@@ -66,12 +71,14 @@ def check(paths: tuple[str, ...]) -> None:
             click.echo(f"error: {p}: {what}; check the path", err=True)
             continue
         try:
-            summary = check_one(Path(p))
+            summary, notes = check_one(Path(p))
         except ConfigError as exc:
             failed += 1
             click.echo(f"error: {exc}", err=True)
         else:
             click.echo(f"ok: {p}: {summary}")
+            for note in notes:  # what labbridge runs for each plugin (docs/seeds.md)
+                click.echo(f"  plugin {note}")
     if failed:
         sys.exit(1)
 

@@ -15,6 +15,13 @@ Model (SI units, temperatures in degrees C)::
 (so measurement noise reaches the loop as it would on a real Eurotherm), with derivative on the
 measurement through a first-order filter and conditional integration for anti-windup. The
 working setpoint moves towards the target at ``ramp_rate`` degrees per minute (0 = step).
+
+Around the furnace, as on the real furPi (spec pychron.md 8.2, ADR 0191): the sample dumper's
+stepper **drives** (``funnel`` and ``feeder``: absolute/relative moves at a velocity, jitter,
+stall-free), the funnel's up and down positions, the **magnets** that tip the dumper (energized
+one after the other for ``period`` seconds each), and the **bake-out** heaters (Watlow-style
+channels: closed-loop setpoint or open-loop output, a first-order heater). All of it runs on
+the model's simulated time, so ``time_scale`` and :meth:`Furnace.advance` move it too.
 """
 
 from __future__ import annotations
@@ -204,6 +211,121 @@ class FurnaceModel:
         return {"setpoint": self.target, "response": self.pv, "output": round(self.output, 3)}
 
 
+class DriveError(Exception):
+    """A refused drive command (no such drive, a move beyond its travel)."""
+
+
+class Drive:
+    """A stepper drive (the furPi's MDrive): position in steps, moves at ``velocity`` steps
+    per simulated second, on the furnace model's time (``now`` is passed in)."""
+
+    def __init__(self, name: str, *, steps_per_turn: int = 51200, velocity: float = 20000.0,
+                 limits: tuple[float, float] = (-1e7, 1e7)) -> None:
+        self.name = name
+        self.steps_per_turn = steps_per_turn
+        self.velocity = velocity
+        self.limits = limits
+        self.home = 0.0
+        self._from = self._to = 0.0
+        self._t0 = self._t1 = 0.0
+        self._jitter_until = 0.0
+
+    def to_steps(self, value: float, units: str = "steps") -> float:
+        if units == "steps":
+            return value
+        if units == "turns":
+            return value * self.steps_per_turn
+        raise ValueError(f"units are steps or turns, not {units!r}")
+
+    def position(self, now: float, units: str = "steps") -> float:
+        if now >= self._t1 or self._t1 <= self._t0:
+            pos = self._to
+        else:
+            pos = self._from + (self._to - self._from) * (now - self._t0) / (self._t1 - self._t0)
+        pos -= self.home
+        return pos / self.steps_per_turn if units == "turns" else pos
+
+    def moving(self, now: float) -> bool:
+        return now < self._t1 or now < self._jitter_until
+
+    def move_absolute(self, now: float, target: float, units: str = "steps",
+                      velocity: float | None = None) -> None:
+        steps = self.to_steps(target, units) + self.home
+        if not math.isfinite(steps) or not self.limits[0] <= steps <= self.limits[1]:
+            raise DriveError(f"{self.name}: position {target} {units} outside the travel")
+        v = velocity if velocity and velocity > 0 else self.velocity
+        start = self.position(now) + self.home
+        self._from, self._to, self._t0 = start, steps, now
+        self._t1 = now + abs(steps - start) / v
+
+    def move_relative(self, now: float, delta: float, units: str = "steps") -> None:
+        self.move_absolute(now, self.position(now, units) + delta, units)
+
+    def slew(self, now: float, scalar: float) -> None:
+        """Run towards the travel's end at ``scalar`` times the velocity (StopDrive stops)."""
+        end = self.limits[1] if scalar >= 0 else self.limits[0]
+        self.move_absolute(now, end - self.home, velocity=abs(scalar) * self.velocity)
+
+    def stop(self, now: float) -> None:
+        here = self.position(now) + self.home
+        self._from = self._to = here
+        self._t0 = self._t1 = now
+        self._jitter_until = 0.0
+
+    def set_home(self, now: float) -> None:
+        self.stop(now)
+        self.home = self._to
+
+    def start_jitter(self, now: float, turns: float, p1: float, p2: float) -> None:
+        """Shake back and forth by ``turns`` (periods ``p1``, ``p2``) until StopJitter."""
+        if not (math.isfinite(turns) and p1 > 0 and p2 > 0):
+            raise ValueError("jitter needs turns and two positive periods")
+        self._jitter_until = math.inf
+
+
+@dataclass
+class FunnelConfig:
+    """The funnel drive's up and down positions and how close counts as there (steps)."""
+
+    up: float = 0.0
+    down: float = 40000.0
+    tolerance: float = 100.0
+
+
+@dataclass
+class BakeoutChannel:
+    """A bake-out heater (Watlow EZ-Zone on the furPi): closed loop holds ``setpoint``,
+    open loop drives ``output`` percent; the heater approaches its equilibrium with a
+    first-order lag of ``tau`` simulated seconds (``max_rise`` degrees above ambient at 100 %)."""
+
+    channel: int
+    setpoint: float = 0.0
+    mode: str = "closed"
+    output: float = 0.0
+    temperature: float = 22.0
+    power: float = 0.0
+    tau: float = 300.0
+    max_rise: float = 400.0
+
+    def step(self, dt: float, ambient: float) -> None:
+        """Advance ``dt`` simulated seconds, in substeps of at most one second (the loop
+        acts on the heater as it warms)."""
+        n = max(1, math.ceil(dt))
+        for _ in range(n):
+            self._step(dt / n, ambient)
+
+    def _step(self, dt: float, ambient: float) -> None:
+        if self.mode == "closed":
+            demand = 0.0 if self.setpoint <= ambient else \
+                min(100.0, 100.0 * (self.setpoint - ambient) / self.max_rise
+                    + 2.0 * (self.setpoint - self.temperature))
+        else:
+            demand = self.output
+        self.power = min(max(demand, 0.0), 100.0)
+        target = ambient + self.max_rise * self.power / 100.0
+        self.temperature = target + (self.temperature - target) * math.exp(-dt / self.tau)
+
+
 @dataclass(frozen=True, slots=True)
 class WatchdogConfig:
     """Safety watchdog: after ``timeout`` seconds without a client, go to ``safe_setpoint``."""
@@ -227,7 +349,9 @@ class Furnace(Device):
                  clock: Clock = time.monotonic, time_scale: float = 1.0, tick: float = 0.1,
                  watchdog: WatchdogConfig | None = None, version: str = "1.0",
                  di_channels: dict[str, bool] | None = None, lab_humidity: float = 35.0,
-                 publish_period: float = 1.0) -> None:
+                 publish_period: float = 1.0, funnel: FunnelConfig | None = None,
+                 magnets: int = 3, bakeout_channels: int = 2,
+                 broadcast: bool = False, broadcast_period: float = 2.0) -> None:
         super().__init__(name)
         self.model = model or FurnaceModel()
         self.clock = clock
@@ -247,6 +371,25 @@ class Furnace(Device):
         self._task: asyncio.Future[None] | None = None
         self.dump_time = 5.0
         self._dump_until: float | None = None
+        self.drives = {"funnel": Drive("funnel"), "feeder": Drive("feeder")}
+        self.funnel = funnel or FunnelConfig()
+        self.drives["funnel"].move_absolute(0.0, self.funnel.up)  # starts up, at rest
+        self.drives["funnel"].stop(0.0)
+        self.magnets = magnets
+        self._energized_until = -math.inf
+        self._energized_from = 0.0
+        self._magnet_period = 3.0
+        self.bakeout = {n: BakeoutChannel(n, temperature=self.model.params.ambient)
+                        for n in range(1, bakeout_channels + 1)}
+        self._bakeout_t = self.model.t
+        #: Publish the furPi's broadcast (``HeartBeat <time>``, every 10th the full summary)
+        #: as device changes every ``broadcast_period`` clock seconds (spec 8.2).
+        self.broadcast = broadcast
+        self.broadcast_period = broadcast_period
+        self._last_broadcast = -math.inf
+        self._broadcasts = 0
+        #: The node's valves for the full summary (``name -> open``); set by the command set.
+        self.switch_states: Callable[[], dict[str, bool]] | None = None
 
     # -- clock and physics -----------------------------------------------------------------
     def poll(self) -> None:
@@ -256,15 +399,34 @@ class Furnace(Device):
         self._last_clock = now
         if elapsed > 0:
             self.model.step(elapsed * self.time_scale)
+        self._step_bakeout()
         self._check_watchdog(now)
         if now - self._last_publish >= self.publish_period:  # clock seconds, not model time
             self._last_publish = now
             self.emit("temperature", self.model.pv)
             self.emit("output", round(self.model.output, 3))
+            for ch in self.bakeout.values():
+                if ch.power > 0 or ch.temperature > self.model.params.ambient + 0.5:
+                    self.emit(f"bakeout_temperature.{ch.channel}", round(ch.temperature, 2))
+        if self.broadcast and now - self._last_broadcast >= self.broadcast_period:
+            self._last_broadcast = now
+            if self._broadcasts % 10 == 0:  # the real loop: the summary first, then 9 beats
+                self.emit("summary", self.full_summary())
+            else:
+                self.emit("heartbeat", f"HeartBeat {time.time()}")
+            self._broadcasts += 1
 
     def advance(self, seconds: float) -> None:
         """Run the model ``seconds`` of simulated time ahead of the clock (tests, demos)."""
         self.model.step(seconds)
+        self._step_bakeout()
+
+    def _step_bakeout(self) -> None:
+        dt = self.model.t - self._bakeout_t
+        self._bakeout_t = self.model.t
+        if dt > 0:
+            for ch in self.bakeout.values():
+                ch.step(dt, self.model.params.ambient)
 
     # -- watchdog ----------------------------------------------------------------------------
     def heard(self) -> None:
@@ -344,6 +506,93 @@ class Furnace(Device):
     def dump_complete(self) -> bool:
         return self._dump_until is not None and self.model.t >= self._dump_until
 
+    # -- dumper: drives, funnel, magnets (spec 8.2 "Dump / funnel") ------------------------------
+    def drive(self, name: str | None) -> Drive:
+        d = self.drives.get(name or "")
+        if d is None:
+            raise DriveError(f"no drive named {name!r} (drives: {', '.join(self.drives)})")
+        return d
+
+    def move_drive(self, name: str | None, position: float, units: str = "steps",
+                   velocity: float | None = None, relative: bool = False) -> None:
+        d = self.drive(name)
+        if relative:
+            d.move_relative(self.model.t, position, units)
+        else:
+            d.move_absolute(self.model.t, position, units, velocity)
+        self.emit(f"{d.name}.target", d._to - d.home)
+
+    def lower_funnel(self) -> None:
+        self.move_drive("funnel", self.funnel.down)
+        self.emit("funnel", "lowering")
+
+    def raise_funnel(self) -> None:
+        self.move_drive("funnel", self.funnel.up)
+        self.emit("funnel", "raising")
+
+    def funnel_at(self, where: str) -> bool:
+        pos = self.drives["funnel"].position(self.model.t)
+        target = self.funnel.up if where == "up" else self.funnel.down
+        return abs(pos - target) < self.funnel.tolerance
+
+    def energize_magnets(self, period: float = 3.0) -> None:
+        """Energize the dumper's magnets one after the other, ``period`` simulated seconds
+        each (the real firmware's thread), then all off."""
+        if not math.isfinite(period) or not 0 < period <= 3600:
+            raise ValueError(f"magnet period must be in (0, 3600] s, got {period!r}")
+        self._magnet_period = period
+        self._energized_from = self.model.t
+        self._energized_until = self.model.t + period * max(self.magnets, 1)
+        self.emit("magnets", "energized")
+
+    @property
+    def energized(self) -> bool:
+        return self.model.t < self._energized_until
+
+    def denergize_magnets(self) -> None:
+        self._energized_until = -math.inf
+        self.emit("magnets", "off")
+
+    # -- bake-out (spec 8.2 "Bakeout") ---------------------------------------------------------
+    def bakeout_channel(self, channel: object) -> BakeoutChannel:
+        try:
+            ch = self.bakeout.get(int(str(channel)))
+        except ValueError:
+            ch = None
+        if ch is None:
+            raise KeyError(f"no bake-out channel {channel!r} (channels: "
+                           f"{', '.join(str(c) for c in self.bakeout)})")
+        return ch
+
+    def set_bakeout_setpoint(self, channel: object, value: float) -> None:
+        if not math.isfinite(value) or not -50.0 <= value <= 500.0:
+            raise ValueError(f"bake-out setpoint {value!r} outside -50..500 C")
+        ch = self.bakeout_channel(channel)
+        ch.setpoint = value
+        self.emit(f"bakeout_setpoint.{ch.channel}", value)
+
+    def set_bakeout_mode(self, channel: object, mode: str) -> None:
+        if mode not in ("open", "closed"):
+            raise ValueError(f"control mode is open or closed, not {mode!r}")
+        ch = self.bakeout_channel(channel)
+        ch.mode = mode
+        self.emit(f"bakeout_mode.{ch.channel}", mode)
+
+    # -- full summary and broadcast (spec 8.2) -------------------------------------------------
+    def full_summary(self) -> dict[str, Any]:
+        """The furPi's full summary: keys are its parameter addresses (version, 001 lab
+        humidity, 002 lab temperature, 003 setpoint, 004 process value, 021 feeder
+        position, 031 funnel position, 041 switch status ``name,s<state>``)."""
+        now = self.model.t
+        out: dict[str, Any] = {
+            "version": self.version, "001": self.lab_humidity, "002": self.lab_temperature(),
+            "003": self.setpoint, "004": self.model.pv,
+            "021": self.drives["feeder"].position(now),
+            "031": self.drives["funnel"].position(now)}
+        if self.switch_states is not None:
+            out["041"] = ";".join(f"{k},s{v}" for k, v in self.switch_states().items())
+        return out
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is not None:
@@ -379,7 +628,13 @@ class Furnace(Device):
 
     def signals(self) -> dict[str, dict[str, Any]]:
         temp = {"units": "°C", "quantity": "temperature"}
+        held = {"on_change": True, "trend": False}
         return {"temperature": temp, "setpoint": {**temp, "on_change": True},
                 "output": {"units": "%", "quantity": "output"},
-                "pid": {"on_change": True, "trend": False}, "di.*": {"on_change": True},
-                "watchdog": {"event": True}, "dump": {"event": True}}
+                "pid": held, "di.*": {"on_change": True},
+                "watchdog": {"event": True}, "dump": {"event": True},
+                "bakeout_temperature.*": temp,
+                "bakeout_setpoint.*": {**temp, "on_change": True}, "bakeout_mode.*": held, "funnel": held, "magnets": held,
+                "funnel.target": {**held, "units": "steps"},
+                "feeder.target": {**held, "units": "steps"},
+                "heartbeat": {"event": True}, "summary": {"trend": False}}

@@ -13,20 +13,38 @@ Laser power: ``SetLaserPower`` sets the requested percentage; the measured power
 (``ReadLaserPower``) follows it with a first-order lag when the laser is enabled and is zero
 otherwise, plus a little noise. Enabling takes ``enable_delay`` seconds (the supply's
 warm-up), awaited by :meth:`Laser.enable` -- the one slow command of the node.
+
+Stage camera: :meth:`Laser.take_snapshot` renders what a camera looking down the beam sees
+around the stage position (the holder's holes, the crosshair, the beam spot while the laser
+fires) as a grayscale PNG, saves it in ``snapshot_dir`` (the node's state directory) and
+returns its path and bytes (Pychron's ``Snapshot`` command; ADR 0192).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from labbridge.devices.base import Device
+from labbridge.protocol.png import encode_gray
+
+#: A snapshot's base name: letters, digits, ``_``, ``-`` and ``.``; never a path.
+_SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
+#: Side of the stage camera's picture in pixels, and millimetres per pixel.
+CAMERA_PIXELS = 96
+CAMERA_MM_PER_PIXEL = 0.05
+HOLE_RADIUS_MM = 0.8
 
 Clock = Callable[[], float]
 
@@ -65,8 +83,14 @@ class Laser(Device):
                  hole_spacing: float = 2.5, hole_map: Mapping[str, tuple[float, float]] | None
                  = None, max_power: float = 75.0, power_lag: float = 0.5,
                  enable_delay: float = 0.0, interlocked: bool = False,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, snapshot_dir: Path | None = None,
+                 max_snapshots: int = 100) -> None:
         super().__init__(name)
+        #: Where snapshots are saved (None: the laser has no camera; ``Snapshot`` answers
+        #: nothing, as the real server does without a video stage manager).
+        self.snapshot_dir = snapshot_dir
+        #: The oldest snapshots go beyond this many (the disk is a buffer too).
+        self.max_snapshots = max_snapshots
         self.clock = clock
         self.speed = speed
         self.z_speed = z_speed
@@ -220,6 +244,74 @@ class Laser(Device):
         self.enable_waiting = asyncio.Queue()
         return self._enable_gate
 
+    # -- stage camera ----------------------------------------------------------------------------
+    def camera_image(self) -> np.ndarray:
+        """What the stage camera sees now: ``CAMERA_PIXELS`` square, 8-bit, centred on the
+        stage position; holes dark on the lit holder, a crosshair, the beam spot (brightness
+        with the measured power) while the laser is enabled, and a little sensor noise."""
+        n = CAMERA_PIXELS
+        x0, y0, _ = self.position
+        offsets = (np.arange(n) - (n - 1) / 2) * CAMERA_MM_PER_PIXEL
+        gx = x0 + offsets[None, :]
+        gy = y0 - offsets[:, None]  # image rows go down, the stage's y goes up
+        img = np.full((n, n), 170.0)
+        reach = n * CAMERA_MM_PER_PIXEL
+        for hx, hy in self.holes.values():
+            if abs(hx - x0) < reach and abs(hy - y0) < reach:
+                img[(gx - hx) ** 2 + (gy - hy) ** 2 <= HOLE_RADIUS_MM ** 2] = 40.0
+        power = self._power_now() if self.enabled else 0.0
+        if power > 0:
+            sigma = max(self.beam_diameter, 0.1) / 2
+            spot = np.exp(-((gx - x0) ** 2 + (gy - y0) ** 2) / (2 * sigma ** 2))
+            img += 2.5 * power * spot
+        c = n // 2
+        img[c, :] = img[:, c] = 255.0
+        img += self.rng.normal(0.0, 3.0, img.shape)
+        out: np.ndarray = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return out
+
+    def take_snapshot(self, name: str, pic_format: str = ".png") -> tuple[str, bytes] | None:
+        """Save the camera's picture as ``<snapshot_dir>/<name>[-n].png`` and return (path,
+        PNG bytes); None when the laser has no camera. ``name`` must be a plain base name
+        (ValueError otherwise: nothing from the network names a path). ``pic_format`` is
+        accepted as Pychron sends it (``.jpg`` or ``.png``); the picture is always a PNG."""
+        if self.snapshot_dir is None:
+            return None
+        if not _SNAPSHOT_NAME.match(name) or ".." in name:
+            raise ValueError(f"a snapshot name is a plain name (letters, digits, _ - .), "
+                             f"got {name!r}")
+        if pic_format not in (".png", ".jpg", "png", "jpg"):
+            raise ValueError(f"picture format .png or .jpg, got {pic_format!r}")
+        data = encode_gray(self.camera_image())
+        folder = self.snapshot_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = name.removesuffix(".png").removesuffix(".jpg")
+        path = folder / f"{stem}.png"
+        n = 1
+        while path.exists():
+            n += 1
+            path = folder / f"{stem}-{n:03d}.png"
+        fd, tmp = tempfile.mkstemp(prefix=".snapshot.", suffix=".tmp", dir=str(folder))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._prune()
+        shown = str(path.absolute())
+        self.emit("snapshot", shown)
+        return shown, data
+
+    def _prune(self) -> None:
+        assert self.snapshot_dir is not None
+        shots = sorted(self.snapshot_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
+        for old in shots[:max(0, len(shots) - self.max_snapshots)]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
     # -- device -----------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         x, y, z = self.position
@@ -228,4 +320,5 @@ class Laser(Device):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "limits": list(self.limits),
-                "z_limits": list(self.z_limits), "holes": len(self.holes)}
+                "z_limits": list(self.z_limits), "holes": len(self.holes),
+                "camera": self.snapshot_dir is not None}

@@ -356,15 +356,28 @@ class Lab:
                 t.cancel()
 
     def acquisition_config(self) -> dict[str, Any]:
+        """The acquisition computer's node file: one remote_manager per remote node, as a
+        user writes it (``lab.line``, ``lab.furnace``, ``lab.spectrometer`` come from it)."""
         valves = self.components["valve-controller"]
         host, port = valves.endpoint("tcp")  # type: ignore[misc]
-        return secure_demo_bus({
-            "node": "acquisition",
-            "services": [{"kind": "remote_manager", "name": "extraction-line",
-                          "klass": "RemoteExtractionLineManager", "host": host, "port": port,
-                          "timeout": 2, "bus": valves.url("zmq-pub"),
-                          "monitor": {"update_period": 0.5}}],
-        }, self.workdir, self.components)
+        services: list[dict[str, Any]] = [
+            {"kind": "remote_manager", "name": "extraction-line",
+             "klass": "RemoteExtractionLineManager", "host": host, "port": port,
+             "timeout": 2, "bus": valves.url("zmq-pub"), "monitor": {"update_period": 0.5}}]
+        furnace = self.components.get("furnace-controller")
+        if furnace is not None and furnace.endpoint("tcp"):
+            host, port = furnace.endpoint("tcp")  # type: ignore[misc]
+            services.append({"kind": "remote_manager", "name": "furnace",
+                             "klass": "RemoteFurnaceManager", "host": host, "port": port,
+                             "timeout": 5})
+        spectrometer = self.components.get("spectrometer")
+        if spectrometer is not None and spectrometer.endpoint("tcp"):
+            host, port = spectrometer.endpoint("tcp")  # type: ignore[misc]
+            services.append({"kind": "remote_manager", "name": "spectrometer",
+                             "klass": "ArgusSpectrometer", "host": host, "port": port,
+                             "transport": "TCP", "timeout": 5})
+        return secure_demo_bus({"node": "acquisition", "services": services}, self.workdir,
+                               self.components)
 
     def epics_info(self) -> dict[str, Any] | None:
         """Every demo IOC together: the prefix, client address lists and all PV names."""

@@ -15,6 +15,11 @@ node -> valve bank -> hardware, with the change coming back on the bus. A script
         lab.line.open("B")
 
 Every call is recorded as a step (:attr:`Lab.steps`) for the progress display.
+
+The node file decides what a script gets: ``lab.line`` gathers the valve links
+(``remote_manager`` of valves), ``lab.furnace``, ``lab.laser`` and ``lab.spectrometer`` are the
+furnace, laser and spectrometer links (``remote_manager`` with ``klass: RemoteFurnaceManager``,
+``RemoteLaserManager``, ``ArgusSpectrometer``), None when the node has none.
 """
 
 from __future__ import annotations
@@ -138,12 +143,31 @@ async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: flo
         await asyncio.sleep(poll)
 
 
-class Furnace:
-    """A remote furnace for scripts: ``set_setpoint`` and ``wait_for_temperature``."""
+class _Instrument:
+    """Common part of the instrument wrappers: any command of the node's vocabulary as a
+    step."""
 
     def __init__(self, client: Any, rec: _Recorder) -> None:
         self.client = client
         self._rec = rec
+
+    async def command(self, text: str) -> str:
+        """Send one command of the node's vocabulary (``LowerFunnel``, a JSON request...) and
+        return its reply; an ``ERROR`` reply fails the script."""
+        step = self._rec.begin(text if len(text) <= 60 else text[:57] + "...")
+        try:
+            reply = str(await self.client.call(text))
+        except Exception as exc:
+            self._rec.end(step, False, str(exc))
+            raise ScriptError(f"{text}: {exc}") from exc
+        self._rec.end(step, True, reply[:40])
+        return reply
+
+
+class Furnace(_Instrument):
+    """A remote furnace for scripts: ``set_setpoint`` and ``wait_for_temperature``; the
+    funnel, magnets and bake-out through :meth:`command` (``LowerFunnel``,
+    ``{"command": "SetBakeoutClosedLoopSetpoint", "channel": 1, "setpoint": 150}``...)."""
 
     async def set_setpoint(self, value: float) -> None:
         step = self._rec.begin(f"furnace setpoint {value:g} C")
@@ -179,12 +203,76 @@ class Furnace:
                           f"(last {temp:.1f} C)")
 
 
-class Spectrometer:
-    """A remote spectrometer for scripts: ``measure`` returns averaged detector readings."""
+class Laser(_Instrument):
+    """A remote laser for scripts: enable, power, moves that wait for the stage, and the
+    stage camera's ``snapshot``."""
 
-    def __init__(self, client: Any, rec: _Recorder) -> None:
-        self.client = client
-        self._rec = rec
+    async def _step(self, what: str, coro: Awaitable[Any]) -> Any:
+        step = self._rec.begin(what)
+        try:
+            result = await coro
+        except Exception as exc:
+            self._rec.end(step, False, str(exc))
+            raise ScriptError(f"{what}: {exc}") from exc
+        self._rec.end(step, True)
+        return result
+
+    async def enable(self) -> None:
+        await self._step("laser enable", self.client.enable())
+
+    async def disable(self) -> None:
+        await self._step("laser disable", self.client.disable())
+
+    async def set_power(self, percent: float) -> None:
+        await self._step(f"laser power {percent:g} %", self.client.set_power(percent))
+
+    async def read_power(self) -> float:
+        return float(await self.client.read_power())
+
+    async def position(self) -> tuple[float, float, float]:
+        x, y, z = await self.client.position()
+        return float(x), float(y), float(z)
+
+    async def _move(self, what: str, coro: Awaitable[Any], wait: bool, timeout: float) -> None:
+        async def move_and_wait() -> None:
+            await coro
+            if wait:
+                await self.client.wait_stopped(timeout=timeout)
+
+        await self._step(what, move_and_wait())
+
+    async def goto_hole(self, hole: int | str, *, wait: bool = True,
+                        timeout: float = 60.0) -> None:
+        await self._move(f"laser to hole {hole}", self.client.goto_hole(hole), wait, timeout)
+
+    async def move_to(self, x: float, y: float, *, wait: bool = True,
+                      timeout: float = 60.0) -> None:
+        await self._move(f"laser to {x:g},{y:g}", self.client.move_to(x, y), wait, timeout)
+
+    async def snapshot(self, name: str, pic_format: str = ".png") -> Snapshot:
+        """The stage camera's picture (``Snapshot name,format``): where the node saved it, where
+        it uploaded it ("" when it does not), and the image bytes."""
+        from labbridge.links.pychron.laser import parse_snapshot_reply
+
+        async def take() -> Snapshot:
+            reply = await self.client.call(f"Snapshot {name},{pic_format}")
+            return Snapshot(*parse_snapshot_reply(reply))
+
+        shot: Snapshot = await self._step(f"laser snapshot {name}", take())
+        return shot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A laser stage picture: the node's file, the upload path, the image (PNG bytes)."""
+
+    local_path: str
+    upload_path: str
+    image: bytes
+
+
+class Spectrometer(_Instrument):
+    """A remote spectrometer for scripts: ``measure`` returns averaged detector readings."""
 
     async def measure(self, cycles: int = 5, *, integration: float | None = None,
                       poll: float = 0.05) -> dict[str, float]:
@@ -225,18 +313,12 @@ class Lab:
                                                              RemoteValves)]
         self.line = ExtractionLine(managers, self._rec)
         furnace = self._find("furnace")
+        laser = self._find("laser")
         spectrometer = self._find("spectrometer")
         self.furnace: Furnace | None = Furnace(furnace, self._rec) if furnace else None
+        self.laser: Laser | None = Laser(laser, self._rec) if laser else None
         self.spectrometer: Spectrometer | None = (Spectrometer(spectrometer, self._rec)
                                                   if spectrometer else None)
-
-    def attach_furnace(self, client: Any) -> Furnace:
-        self.furnace = Furnace(client, self._rec)
-        return self.furnace
-
-    def attach_spectrometer(self, client: Any) -> Spectrometer:
-        self.spectrometer = Spectrometer(client, self._rec)
-        return self.spectrometer
 
     def _find(self, attr: str) -> Any:
         for s in self.node.services:

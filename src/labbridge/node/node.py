@@ -97,9 +97,12 @@ class Node:
         self.source = source
         self._started_devices: list[Device] = []
         self._started_services: list[Service] = []
-        #: Non-fatal findings of the node file (``labbridge check`` prints them), each
-        #: ``file:line: field: text``.
+        #: Non-fatal findings of the node file (``labbridge check`` prints them, ``serve``
+        #: logs them), each ``file:line: field: text``.
         self.warnings: list[str] = []
+        #: What the node does for each plugin of its initialization.xml (``labbridge check``
+        #: prints them), each ``file:line: plugin: text``.
+        self.notes: list[str] = []
 
     @property
     def name(self) -> str:
@@ -200,9 +203,15 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     if init_path is not None:
         from labbridge.node.seed import load_initialization
 
-        ctx.extra["initialization"] = load_initialization(ctx.resolve_path(init_path))
+        # Shown as the node file names it, next to the node file (not as an absolute path).
+        shown = Path(init_path).expanduser()
+        ctx.extra["initialization"] = load_initialization(
+            shown if shown.is_absolute() else Path(os.path.normpath(p.parent / shown)))
+    rhs_mode = root.get_choice("remote_hardware_server", ("relay", "command_server"), None)
 
     devices: list[Device] = []
+    #: What the node runs, for the initialization.xml cross-check: (what, kind, name, line).
+    parts: list[tuple[str, str, str, int]] = []
     for sec in root.get_sections("devices", []):
         kind = sec.get_str("kind")
         kinds.load_for((kind,))
@@ -220,6 +229,7 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         sec.check_no_unknown()
         ctx.devices[dname] = dev
         devices.append(dev)
+        parts.append(("device", kind, dname, sec.line_of("kind") or 0))
 
     services: list[Service] = []
     warnings: list[str] = []
@@ -246,14 +256,33 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         warnings.extend(_exposure(sec, svc, ctx))
         ctx.services[sname] = svc
         services.append(svc)
+        parts.append(("service", kind, sname, sec.line_of("kind") or 0))
+        link = getattr(svc, "link", None)
+        role = getattr(link, "role", None)
+        if isinstance(role, str):
+            parts.append(("link", role, sname, sec.line_of("kind") or 0))
     root.check_no_unknown()
+    notes: list[str] = []
     if init_path is not None:
-        _check_plugins(root, ctx, services)
+        from labbridge.node.plugins import check_plugins
+
+        w, notes = check_plugins(root, ctx.extra["initialization"], parts, rhs_mode)
+        warnings.extend(w)
+    elif rhs_mode is not None:
+        warnings.append(_where(root, "remote_hardware_server") + "only means something with "
+                        "an initialization.xml that enables RemoteHardwareServer "
+                        "(initialization:); it is ignored")
     if not devices and not services:
         raise ConfigError("the node has no devices and no services", file=str(p), line=1)
     node = Node(ctx, devices, services, source=str(p))
     node.warnings = warnings
+    node.notes = notes
     return node
+
+
+def _where(sec: Section, key: str) -> str:
+    err = sec.error(key, "")
+    return f"{err.file}:{err.line}: {err.field}: "
 
 
 def _build(factory: Any, sec: Section, ctx: NodeContext) -> Any:
@@ -316,31 +345,6 @@ def _consume_overridden(sec: Section, ctx: NodeContext) -> None:
         sec.get_str("host", None)
 
 
-#: initialization.xml plugins that need a service of this kind on the node.
-_PLUGIN_SERVICES = {
-    "RemoteCommandServer": ("pychron_command_server",),
-}
-
-
-def _check_plugins(root: Section, ctx: NodeContext, services: list[Service]) -> None:
-    """The seed's plugin list and the node's services must tell the same story."""
-    init = ctx.extra["initialization"]
-    built = {getattr(s, "_kind", "") for s in services}
-    for plugin in init.enabled():
-        wanted = _PLUGIN_SERVICES.get(plugin)
-        if wanted and not (set(wanted) & built):
-            raise root.error("initialization", f"{init.path}:{_plugin_line(init, plugin)} "
-                             f"enables {plugin}, but this node has no {' or '.join(wanted)} "
-                             "service")
-
-
-def _plugin_line(init: object, name: str) -> int:
-    for p in getattr(init, "plugins", []):
-        if p.name == name:
-            return int(p.line)
-    return 0
-
-
 _ANY_HOST = ("", "0.0.0.0", "::", None)
 
 
@@ -378,6 +382,10 @@ async def run_node(node: Node, *, ready_file: str | Path | None = None,
     ready = Path(ready_file) if ready_file else None
     if ready is not None:
         ready.unlink(missing_ok=True)
+    for warning in node.warnings:
+        log.warning("%s", warning)
+    for note in node.notes:
+        log.debug("%s", note)
     await node.start()
     try:
         if ready is not None:

@@ -11,6 +11,7 @@ Every error names the file, the line and the field.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -20,17 +21,167 @@ from xml.parsers import expat
 
 from labbridge.node.config import ConfigError, Section, load_yaml
 
-#: Plugin names accepted in initialization.xml (seed names, real names, and the ones the
-#: spec lists as accepted but not communication-related).
-KNOWN_PLUGINS = frozenset({
-    # communication plugins labbridge acts on
-    "RemoteCommandServer", "ExtractionLine", "ClientExtractionLine", "Furnace", "NMGRLFurnace",
-    "Laser", "FusionsCO2", "FusionsDiode", "OsTechDiode", "FusionsUV", "Spectrometer",
-    "DashboardServer", "DashboardClient",
-    # accepted, no communication role
-    "DVC", "GitHub", "Database", "Experiment", "Pipeline", "MassSpec", "Entry", "Loading",
-    "Canvas", "Video", "Geochron", "LabBook", "Classifier", "Sparrow", "Social", "Update",
-})
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What one initialization.xml plugin is, and what labbridge runs for it.
+
+    ``provides`` is labbridge's equivalent in words (None: labbridge does not run it);
+    ``serve`` and ``client`` are what a node must have for it, as ``service:<kind>``,
+    ``device:<kind>`` or ``link:<role>`` (a ``remote_manager`` of that role): ``serve`` on a
+    node whose plugin list has a command server (RemoteCommandServer or RemoteHardwareServer),
+    ``client`` on any other node (spec pychron.md 16.1: ``ExtractionLine`` on a node with
+    RemoteCommandServer is the server side, elsewhere the client side). Empty both: nothing to
+    check on a node (``Experiment``: the scripts ``labbridge run`` runs).
+    """
+
+    name: str
+    what: str
+    provides: str | None = None
+    serve: tuple[str, ...] = ()
+    client: tuple[str, ...] = ()
+    #: What labbridge runs for it on a client node, when that differs from ``provides``.
+    provides_client: str | None = None
+
+    def needs(self, serving: bool) -> tuple[str, ...]:
+        return self.serve if serving else self.client
+
+    def equivalent(self, serving: bool) -> str | None:
+        return self.provides if serving or self.provides_client is None \
+            else self.provides_client
+
+
+_VALVES = ("the valve bank behind a pychron_command_server (kinds valve_bank, flag, "
+           "gauge_controller)")
+_LASERS = ("FusionsCO2", "FusionsDiode", "OsTechDiode", "FusionsUV")
+
+#: Every plugin name initialization.xml may enable: the seed's names, the real Pychron names
+#: the spec lists (pychron.md 16.1), and the legacy RemoteHardwareServer. ``labbridge check``
+#: says for each what labbridge runs for it, or that it does not run it (docs/seeds.md).
+PLUGINS: dict[str, PluginInfo] = {p.name: p for p in [
+    PluginInfo("RemoteCommandServer", "the command server of a valve or furnace node",
+               "service pychron_command_server (TCP 1061, braced/plain/JSON, optional UDP)",
+               ("service:pychron_command_server",), ("service:pychron_command_server",)),
+    PluginInfo("RemoteHardwareServer", "the legacy command front (superseded by "
+               "RemoteCommandServer)",
+               "service relay_front_server (the legacy relay front), or pychron_command_server "
+               "with remote_hardware_server: command_server in the node file",
+               ("service:relay_front_server",), ("service:relay_front_server",)),
+    PluginInfo("ExtractionLine", "the extraction line: valves, gauges, flags", _VALVES,
+               ("device:valve_bank",), ("link:valves",),
+               "a remote_manager of valves (lab.line in labbridge run)"),
+    PluginInfo("ClientExtractionLine", "the acquisition side of a remote extraction line",
+               "a remote_manager of valves (lab.line in labbridge run)",
+               ("link:valves",), ("link:valves",)),
+    *[PluginInfo(n, what, "device furnace behind a pychron_command_server",
+                 ("device:furnace",), ("link:furnace",),
+                 "a remote_manager of a furnace (lab.furnace in labbridge run)")
+      for n, what in (("Furnace", "the furnace (furPi)"),
+                      ("NMGRLFurnace", "the furnace (real Pychron name)"))],
+    *[PluginInfo(n, what, "device laser behind a pychron_command_server", ("device:laser",),
+                 ("link:laser",), "a remote_manager of a laser (lab.laser in labbridge run)")
+      for n, what in (("Laser", "the heating laser"),
+                      *((n, "a heating laser (real Pychron name)") for n in _LASERS))],
+    PluginInfo("Spectrometer", "the mass spectrometer (Qtegra RemoteControlServer)",
+               "device mass_spectrometer behind a qtegra_server, or a remote_manager of a "
+               "spectrometer (lab.spectrometer in labbridge run)",
+               ("device:mass_spectrometer", "link:spectrometer"),
+               ("link:spectrometer", "device:mass_spectrometer")),
+    PluginInfo("DashboardServer", "the dashboard value stream (ZMQ PUB 8100 / REP 8101)",
+               "service dashboard_server", ("service:dashboard_server",),
+               ("service:dashboard_server",)),
+    PluginInfo("DashboardClient", "a dashboard follower",
+               "service dashboard_client, or the web page (web_dashboard)",
+               ("service:dashboard_client", "service:web_dashboard"),
+               ("service:dashboard_client", "service:web_dashboard")),
+    PluginInfo("Database", "the analysis database",
+               "service recorder: every bus message into SQLite (labbridge history)",
+               ("service:recorder",), ("service:recorder",)),
+    PluginInfo("Experiment", "the experiment queue and extraction scripts",
+               "labbridge run SCRIPT --lab NODE-FILE (the scripting API: lab.line, "
+               "lab.furnace, lab.laser, lab.spectrometer)"),
+    PluginInfo("Canvas", "the extraction-line canvas",
+               "the web_dashboard's schematic (docs/web.md)",
+               ("service:web_dashboard",), ("service:web_dashboard",)),
+    PluginInfo("DVC", "data version control of analyses in git repositories"),
+    PluginInfo("GitHub", "the GitHub connection of DVC"),
+    PluginInfo("Pipeline", "pyCrunch's data-reduction pipeline"),
+    PluginInfo("MassSpec", "the MassSpec database bridge"),
+    PluginInfo("Entry", "sample and irradiation entry"),
+    PluginInfo("Loading", "tray loading"),
+    PluginInfo("Video", "video of the sample stage"),
+    PluginInfo("Geochron", "upload to Geochron"),
+    PluginInfo("LabBook", "the lab notebook"),
+    PluginInfo("Classifier", "the analysis classifier"),
+    PluginInfo("Sparrow", "the Sparrow data-system bridge"),
+    PluginInfo("Social", "email and social notifications"),
+    PluginInfo("Update", "Pychron's self-update"),
+]}
+
+#: Plugin names accepted in initialization.xml.
+KNOWN_PLUGINS = frozenset(PLUGINS)
+
+#: The node roles of the seed's table and their key plugins ("Laser or Furnace": one of a
+#: group in a tuple is enough). ``labbridge check`` warns when a key plugin that labbridge
+#: has an equivalent for has none on the node.
+ROLE_KEY_PLUGINS: dict[str, tuple[str | tuple[str, ...], ...]] = {
+    "acquisition": ("DVC", "Spectrometer", "ExtractionLine", ("Laser", "Furnace")),
+    "valve-controller": ("ExtractionLine", "RemoteCommandServer"),
+    "data-reduction": ("DVC", "Pipeline"),
+    "furnace-controller": ("Furnace", "RemoteCommandServer"),
+}
+
+#: Plugins that make a node the server side (spec 16.1).
+SERVER_PLUGINS = ("RemoteCommandServer", "RemoteHardwareServer")
+
+#: What each role's plugin list holds (the seed's initialization.xml files).
+ROLE_PLUGINS = {
+    "acquisition": "DVC, GitHub, Database, Spectrometer, ExtractionLine, Experiment, Laser, "
+                   "DashboardServer, as examples/lab/seed/pyexperiment-initialization.xml",
+    "valve-controller": "ExtractionLine, RemoteCommandServer, as "
+                        "examples/lab/seed/pyvalve-initialization.xml",
+    "data-reduction": "DVC, GitHub, Database, Pipeline, DashboardClient, as "
+                      "examples/lab/seed/pycrunch-initialization.xml",
+    "furnace-controller": "Furnace, RemoteCommandServer, as "
+                          "examples/lab/seed/furpi-initialization.xml",
+}
+
+#: The roles in words.
+ROLE_NAMES = {"acquisition": "acquisition computer", "valve-controller": "valve controller",
+              "data-reduction": "data-reduction workstation",
+              "furnace-controller": "furnace controller", "laser-controller": "laser controller",
+              "dashboard": "dashboard", "unknown": "node of no known role"}
+
+
+def migration_warnings(init: Initialization) -> list[str]:
+    """A warning for each enabled legacy plugin (RemoteHardwareServer), saying what a node
+    does with it and how to migrate."""
+    line = init.line_of("RemoteHardwareServer")
+    if "RemoteHardwareServer" not in init.enabled():
+        return []
+    return [f"{init.path}:{line}: RemoteHardwareServer is the legacy command front, "
+            "superseded by RemoteCommandServer: a node file naming this file serves it with "
+            "its relay_front_server (or its pychron_command_server with "
+            "remote_hardware_server: command_server); to migrate, write RemoteCommandServer "
+            f"instead at {init.path}:{line} and serve a pychron_command_server (docs/seeds.md)"]
+
+
+def plugin_notes(init: Initialization) -> list[str]:
+    """One line per enabled plugin: what labbridge runs for it, or that it does not
+    (``xml:line: Name: ...``)."""
+    out = []
+    for p in init.plugins:
+        if not p.enabled:
+            continue
+        info = PLUGINS[p.name]
+        where = f"{init.path}:{p.line}: {p.name}"
+        equivalent = info.equivalent(init.serving())
+        if equivalent is None:
+            out.append(f"{where}: not run by labbridge ({info.what}); accepted and ignored")
+        else:
+            out.append(f"{where}: labbridge equivalent: {equivalent}")
+    return out
+
 
 #: Seed ``klass`` names and what labbridge builds for them (spec 16.2).
 KLASSES = {
@@ -62,13 +213,23 @@ class Initialization:
     def enabled(self) -> list[str]:
         return [p.name for p in self.plugins if p.enabled]
 
+    def serving(self) -> bool:
+        """The plugin list has a command server: its ExtractionLine, Furnace and Laser are
+        the server side (spec 16.1)."""
+        return bool(set(self.enabled()) & set(SERVER_PLUGINS))
+
+    def line_of(self, name: str) -> int:
+        return next((p.line for p in self.plugins if p.name == name), 0)
+
     def role(self) -> str:
         """The node role of the seed's table that these plugins describe."""
         on = set(self.enabled())
-        if "RemoteCommandServer" in on and on & {"Furnace", "NMGRLFurnace"}:
+        if self.serving() and on & {"Furnace", "NMGRLFurnace"}:
             return "furnace-controller"
-        if "RemoteCommandServer" in on and "ExtractionLine" in on:
+        if self.serving() and "ExtractionLine" in on:
             return "valve-controller"
+        if self.serving() and on & {"Laser", *_LASERS}:
+            return "laser-controller"
         if "Pipeline" in on or "DashboardClient" in on:
             return "data-reduction"
         if "Experiment" in on or "Spectrometer" in on:
@@ -151,7 +312,10 @@ def load_initialization(path: str | Path) -> Initialization:
                 raise ConfigError(f"enabled must be true or false, got {enabled_text!r}",
                                   file=str(p), line=line, field=f"{field_name}[{name}]")
             if name not in KNOWN_PLUGINS:
-                raise ConfigError(f"unknown plugin {name!r}", file=str(p), line=line,
+                close = difflib.get_close_matches(name, sorted(KNOWN_PLUGINS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    " (docs/seeds.md lists the plugins labbridge knows)"
+                raise ConfigError(f"unknown plugin {name!r}{hint}", file=str(p), line=line,
                                   field=f"{field_name}[{name}]")
             init.plugins.append(Plugin(name, enabled_text == "true", group.tag, line))
     if not init.plugins:

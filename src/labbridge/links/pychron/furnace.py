@@ -11,6 +11,20 @@ vocabulary (:mod:`labbridge.links.pychron.valves`) on the same command server; t
 ``GetChannelState`` for them (furPi's name for the same query). See ADR 0060.
 
 Every furnace request counts as the client being alive for the safety watchdog.
+
+The sample dumper and the bake-out (spec 8.2, ``pychron/furnace/firmware/server.py`` and
+``manager.py``; ADR 0191): ``LowerFunnel``, ``RaiseFunnel``, ``InUpPosition``,
+``InDownPosition``, ``EnergizeMagnets`` (``period``, or ``nsteps``/``rpm``), ``IsEnergized``,
+``RotaryDumperMoving``, ``DenergizeMagnets`` (sic); the drive commands ``MoveAbsolute``,
+``MoveRelative``, ``GetPosition``, ``Moving``, ``Slew``, ``Stalled``, ``SetHome``,
+``StopDrive``, ``StartJitter``, ``StopJitter``, which name their drive (``funnel`` or
+``feeder``) in JSON as the real client does (``{"command": "MoveAbsolute", "drive": "funnel",
+"position": 5000, "units": "steps"}``); and ``GetBakeoutSetpoint``,
+``SetBakeoutClosedLoopSetpoint``, ``SetBakeoutControlMode``, ``GetBakeoutTemperature``,
+``GetBakeoutTempPower`` with JSON ``channel`` (and ``setpoint`` / ``mode``), or the text form
+``SetBakeoutClosedLoopSetpoint 1,150`` (a labbridge convenience). ``GetFullSummary`` answers the
+firmware's full summary (broken in the real code). Actuations need the operator role, queries
+the observer role.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ import math
 from collections.abc import Sequence
 
 from labbridge.access import Role
-from labbridge.devices.furnace import Furnace, PIDGains
+from labbridge.devices.furnace import DriveError, Furnace, PIDGains
 from labbridge.devices.valves import ValveBank
 from labbridge.links.pychron.dispatch import Caller, CommandSet, command
 from labbridge.protocol.pychron.messages import ErrorCode, PychronError, Request
@@ -44,6 +58,29 @@ def _number(req: Request, *keys: str) -> float:
     return value
 
 
+def _json(req: Request) -> dict[str, object]:
+    """The JSON object of a request whose arguments exist only in JSON (the drives)."""
+    if req.data is None:
+        raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command,
+                           f"{req.arg_text} (send JSON: {{\"command\": \"{req.command}\", "
+                           "\"drive\": \"funnel\", ...})")
+    return req.data
+
+
+def _channel_and_value(req: Request, key: str) -> tuple[object, str | None]:
+    """A bake-out request's channel and value: JSON ``channel`` and ``key``, or the text
+    ``channel[,value]``."""
+    if req.data is not None:
+        if "channel" not in req.data:
+            raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, "no channel")
+        value = req.data.get(key)
+        return req.data["channel"], None if value is None else str(value)
+    parts = [a.strip() for a in req.arg_text.split(",")]
+    if not parts[0]:
+        raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text)
+    return parts[0], parts[1] if len(parts) > 1 and parts[1] else None
+
+
 def _text(req: Request, *keys: str) -> str:
     if req.data is not None:
         raw = next((req.data[k] for k in keys if k in req.data), "")
@@ -57,6 +94,11 @@ class FurnaceCommands(CommandSet):
     def __init__(self, furnace: Furnace, banks: Sequence[ValveBank] = ()) -> None:
         self.furnace = furnace
         self.banks = list(banks)
+        if self.banks and furnace.switch_states is None:
+            furnace.switch_states = self._switch_states
+
+    def _switch_states(self) -> dict[str, bool]:
+        return {v: s for bank in self.banks for v, s in bank.states().items()}
 
     def _heard(self) -> Furnace:
         f = self.furnace
@@ -162,6 +204,181 @@ class FurnaceCommands(CommandSet):
     @command("DumpComplete", idempotent=True)
     def dump_complete(self, req: Request, caller: Caller) -> bool:
         return self._heard().dump_complete()
+
+    @command("GetFullSummary", idempotent=True)
+    def get_full_summary(self, req: Request, caller: Caller) -> str:
+        return json.dumps(self._heard().full_summary())
+
+    # -- dumper: funnel, drives, magnets (spec 8.2) ------------------------------------------
+    def _drive(self, req: Request) -> tuple[Furnace, str]:
+        f = self._heard()
+        data = _json(req)
+        name = str(data.get("drive") or "")
+        if name not in f.drives:
+            raise PychronError(ErrorCode.DEVICE_CONNECTION, name or "<no drive>")
+        return f, name
+
+    @command("LowerFunnel", role=Role.OPERATOR)
+    def lower_funnel(self, req: Request, caller: Caller) -> bool:
+        self._heard().lower_funnel()
+        return True
+
+    @command("RaiseFunnel", role=Role.OPERATOR)
+    def raise_funnel(self, req: Request, caller: Caller) -> bool:
+        self._heard().raise_funnel()
+        return True
+
+    @command("InUpPosition", idempotent=True, role=Role.OBSERVER)
+    def in_up_position(self, req: Request, caller: Caller) -> bool:
+        return self._heard().funnel_at("up")
+
+    @command("InDownPosition", idempotent=True, role=Role.OBSERVER)
+    def in_down_position(self, req: Request, caller: Caller) -> bool:
+        return self._heard().funnel_at("down")
+
+    @command("EnergizeMagnets", role=Role.OPERATOR)
+    def energize_magnets(self, req: Request, caller: Caller) -> bool:
+        f = self._heard()
+        period = 3.0
+        if req.data is not None:
+            if "period" in req.data:
+                period = _number(req, "period")
+            elif "nsteps" in req.data:  # the rotary dumper: steps at rpm (one step a second)
+                rpm = req.data.get("rpm")
+                steps = _number(req, "nsteps")
+                per_step = 60.0 / float(rpm) if isinstance(rpm, int | float) and rpm > 0 \
+                    else 1.0
+                period = max(steps * per_step / max(f.magnets, 1), 0.001)
+        elif req.arg_text.strip():
+            period = _number(req)
+        f.energize_magnets(period)  # ValueError: ERROR 004
+        return True
+
+    @command("IsEnergized", idempotent=True, role=Role.OBSERVER)
+    def is_energized(self, req: Request, caller: Caller) -> bool:
+        return self._heard().energized
+
+    @command("RotaryDumperMoving", idempotent=True, role=Role.OBSERVER)
+    def rotary_dumper_moving(self, req: Request, caller: Caller) -> bool:
+        return self._heard().energized
+
+    @command("DenergizeMagnets", role=Role.OPERATOR)
+    def denergize_magnets(self, req: Request, caller: Caller) -> bool:
+        self._heard().denergize_magnets()
+        return True
+
+    @command("MoveAbsolute", role=Role.OPERATOR)
+    def move_absolute(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        return self._move(req, f, drive, relative=False)
+
+    @command("MoveRelative", role=Role.OPERATOR)
+    def move_relative(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        return self._move(req, f, drive, relative=True)
+
+    def _move(self, req: Request, f: Furnace, drive: str, relative: bool) -> bool:
+        data = _json(req)
+        position = _number(req, "position")
+        units = str(data.get("units") or "steps")
+        velocity = data.get("velocity")
+        try:
+            f.move_drive(drive, position, units,
+                         float(velocity) if isinstance(velocity, int | float) else None,
+                         relative=relative)
+        except DriveError as exc:
+            raise PychronError(ErrorCode.POSITION, exc) from None
+        return True
+
+    @command("GetPosition", idempotent=True, role=Role.OBSERVER)
+    def get_position(self, req: Request, caller: Caller) -> float:
+        f, drive = self._drive(req)
+        units = str(_json(req).get("units") or "steps")
+        return round(f.drives[drive].position(f.model.t, units), 3)
+
+    @command("Moving", idempotent=True, role=Role.OBSERVER)
+    def moving(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        return f.drives[drive].moving(f.model.t)
+
+    @command("Stalled", idempotent=True, role=Role.OBSERVER)
+    def stalled(self, req: Request, caller: Caller) -> bool:
+        self._drive(req)
+        return False  # a simulated drive never stalls
+
+    @command("Slew", role=Role.OPERATOR)
+    def slew(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        scalar = _number(req, "scalar") if "scalar" in _json(req) else 1.0
+        f.drives[drive].slew(f.model.t, scalar)
+        return True
+
+    @command("SetHome", role=Role.OPERATOR)
+    def set_home(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        f.drives[drive].set_home(f.model.t)
+        return True
+
+    @command("StopDrive", role=Role.OPERATOR)
+    def stop_drive(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        f.drives[drive].stop(f.model.t)
+        return True
+
+    @command("StartJitter", role=Role.OPERATOR)
+    def start_jitter(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        data = _json(req)
+        f.drives[drive].start_jitter(f.model.t, float(data.get("turns", 10)),  # type: ignore[arg-type]
+                                     float(data.get("p1", 0.1)),  # type: ignore[arg-type]
+                                     float(data.get("p2", 0.1)))  # type: ignore[arg-type]
+        return True
+
+    @command("StopJitter", role=Role.OPERATOR)
+    def stop_jitter(self, req: Request, caller: Caller) -> bool:
+        f, drive = self._drive(req)
+        f.drives[drive].stop(f.model.t)
+        return True
+
+    # -- bake-out (spec 8.2) -------------------------------------------------------------------
+    def _bakeout(self, req: Request, key: str = "value") -> tuple[Furnace, object, str | None]:
+        f = self._heard()
+        channel, value = _channel_and_value(req, key)
+        try:
+            f.bakeout_channel(channel)
+        except KeyError:
+            raise PychronError(ErrorCode.DEVICE_CONNECTION, f"bakeout {channel}") from None
+        return f, channel, value
+
+    @command("GetBakeoutSetpoint", idempotent=True, role=Role.OBSERVER)
+    def get_bakeout_setpoint(self, req: Request, caller: Caller) -> float:
+        f, channel, _ = self._bakeout(req)
+        return f.bakeout_channel(channel).setpoint
+
+    @command("SetBakeoutClosedLoopSetpoint", role=Role.OPERATOR)
+    def set_bakeout_setpoint(self, req: Request, caller: Caller) -> bool:
+        f, channel, value = self._bakeout(req, "setpoint")
+        if value is None:
+            raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text)
+        f.set_bakeout_setpoint(channel, float(value))  # ValueError: ERROR 004
+        return True
+
+    @command("SetBakeoutControlMode", role=Role.OPERATOR)
+    def set_bakeout_control_mode(self, req: Request, caller: Caller) -> bool:
+        f, channel, mode = self._bakeout(req, "mode")
+        f.set_bakeout_mode(channel, (mode or "").strip().lower())  # ValueError: ERROR 004
+        return True
+
+    @command("GetBakeoutTemperature", idempotent=True, role=Role.OBSERVER)
+    def get_bakeout_temperature(self, req: Request, caller: Caller) -> float:
+        f, channel, _ = self._bakeout(req)
+        return round(f.bakeout_channel(channel).temperature, 2)
+
+    @command("GetBakeoutTempPower", idempotent=True, role=Role.OBSERVER)
+    def get_bakeout_temp_power(self, req: Request, caller: Caller) -> str:
+        f, channel, _ = self._bakeout(req)
+        ch = f.bakeout_channel(channel)
+        return f"{ch.temperature:.2f},{ch.power:.2f}"
 
     # -- channels -------------------------------------------------------------------------------
     @command("GetChannelState", idempotent=True)

@@ -4,12 +4,24 @@ Arguments are the real server's: text after the command split on ``,`` (``SetXY 
 ``GoToHole 12,True``), or JSON (``{"command": "SetXY", "value": "1.5,-2"}``; ``x``/``y`` keys
 also accepted). Moves return ``OK`` at once; ``GetDriveMoving`` says when the stage arrives.
 Failures use the laser error codes: 102 enable, 104 sample holder, 107 motor, 108 position.
+
+``Snapshot name,format`` (JSON ``name`` and ``pic_format``) saves the stage camera's picture on
+the node and answers the real server's length-prefixed form (``pychron/tx/protocols/laser.py``
+``_snapshot``, read back by ``pychron/lasers/laser_managers/pychron_laser_manager.py``
+``_convert_snapshot_response``): two uppercase hex digits and the local path, two lowercase hex
+digits and the upload path, then the image. The real server puts the image bytes there as
+they are, which a text reply cannot carry (Python 3 writes their ``b'...'`` repr); labbridge
+sends them base64-encoded (ADR 0192). Paths longer than 255 bytes cannot be announced in two
+hex digits and are refused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 
+from labbridge.access import Role
 from labbridge.devices.laser import Laser, LaserError
 from labbridge.links.pychron.dispatch import Caller, CommandSet, command
 from labbridge.protocol.pychron.messages import ErrorCode, PychronError, Request
@@ -45,6 +57,36 @@ def _floats(req: Request, n: int) -> list[float]:
 
 def _error(exc: LaserError) -> PychronError:
     return PychronError(_CODES.get(exc.code, ErrorCode.POSITION), exc.detail)
+
+
+def format_snapshot_reply(local_path: str, upload_path: str, image: bytes) -> str:
+    """``%02X<local path>%02x<upload path><base64 image>`` (the real reply's layout)."""
+    for p in (local_path, upload_path):
+        if len(p) > 0xFF:
+            raise ValueError(f"a snapshot path of {len(p)} characters cannot be announced in "
+                             "two hex digits")
+    return (f"{len(local_path):02X}{local_path}{len(upload_path):02x}{upload_path}"
+            + base64.b64encode(image).decode("ascii"))
+
+
+def parse_snapshot_reply(reply: str) -> tuple[str, str, bytes]:
+    """(local path, upload path, image bytes) of a ``Snapshot`` reply; ValueError when it is
+    not one (too short, bad lengths, an image that is not base64)."""
+    try:
+        n1 = int(reply[:2], 16)
+        local = reply[2:2 + n1]
+        n2 = int(reply[2 + n1:4 + n1], 16)
+        upload = reply[4 + n1:4 + n1 + n2]
+        rest = reply[4 + n1 + n2:]
+    except ValueError:
+        raise ValueError(f"not a Snapshot reply: {reply[:40]!r}") from None
+    if len(local) != n1 or len(upload) != n2:
+        raise ValueError(f"truncated Snapshot reply: {reply[:40]!r}")
+    try:
+        image = base64.b64decode(rest, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the Snapshot image is not base64") from None
+    return local, upload, image
 
 
 class LaserCommands(CommandSet):
@@ -179,6 +221,25 @@ class LaserCommands(CommandSet):
     def set_light(self, req: Request, caller: Caller) -> bool:
         (self.laser.light,) = _floats(req, 1)
         return True
+
+    @command("Snapshot", role=Role.OPERATOR)
+    def take_snapshot(self, req: Request, caller: Caller) -> str | None:
+        """Save the stage camera's picture; reply with its path and the image (module
+        docstring). No camera: no reply text (``No Response``), as the real server."""
+        if req.data is not None:
+            name, fmt = req.data.get("name"), req.data.get("pic_format", ".jpg")
+        else:
+            args = _args(req)
+            name, fmt = (args[0] if args else None), (args[1] if len(args) > 1 else ".jpg")
+        if not isinstance(name, str) or not name or not isinstance(fmt, str):
+            raise PychronError(ErrorCode.INVALID_ARGUMENTS, req.command, req.arg_text)
+        if fmt not in (".jpg", ".png"):
+            fmt = ".jpg"  # as the real server does with any other format
+        shot = self.laser.take_snapshot(name, fmt)  # ValueError: ERROR 004
+        if shot is None:
+            return None
+        path, image = shot
+        return format_snapshot_reply(path, "", image)
 
     @command("SetMotor")
     def set_motor(self, req: Request, caller: Caller) -> bool:

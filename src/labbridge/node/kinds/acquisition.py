@@ -1,5 +1,16 @@
 """Service kind ``remote_manager``: the acquisition side of a remote node (seed 002).
 
+Each remote node is one ``remote_manager``, described as the seed describes it: by a device
+YAML file on the acquisition computer (``device_file``) or the same fields inline. The
+``klass`` says what the remote node is (spec pychron.md 16.2):
+
+* ``RemoteExtractionLineManager`` / ``PychronGPActuator``: valves (``lab.line`` in scripts);
+* ``RemoteFurnaceManager`` / ``NMGRLFurnaceEurotherm``: a furnace (``lab.furnace``);
+* ``RemoteLaserManager``: a laser (``lab.laser``);
+* ``ArgusSpectrometer`` / ``QtegraSpectrometer``: Qtegra's RemoteControlServer
+  (``lab.spectrometer``; port 1069 by default, plain text, ``transport: UDP`` for the real
+  default).
+
 Node file shape::
 
     - kind: remote_manager
@@ -19,10 +30,13 @@ Node file shape::
                                # command server has a tls section (docs/security.md);
                                # check_host: true (default) wants the host in its certificate
 
-It builds a :class:`PychronClient`, :class:`RemoteValves` and a :class:`StatusMonitor`, and adds
-a proxy device (named after the service) to the node so the bus and the web page show the remote
-valves like local ones. A peer that is down at start, or goes away later, is retried with
-backoff; the status goes to ``node_unreachable`` after three failed polls and back to ``ok``.
+For valves it builds a :class:`PychronClient`, :class:`RemoteValves` and a
+:class:`StatusMonitor`, and adds a proxy device (named after the service) to the node so the bus
+and the web page show the remote valves like local ones. A peer that is down at start, or goes
+away later, is retried with backoff; the status goes to ``node_unreachable`` after three failed
+polls and back to ``ok``. For a furnace, laser or spectrometer it builds the client proxy of
+:mod:`labbridge.links.pychron.clients` (``monitor`` and ``bus`` are valve settings); a node that
+is down makes the script's first call to it fail with a one-line error.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge.links.pychron.client import PychronClient
+from labbridge.links.pychron.clients import QtegraSpectrometer, RemoteFurnace, RemoteLaser
 from labbridge.links.pychron.monitor import StatusMonitor
 from labbridge.links.pychron.proxy import RemoteValveBankProxy
 from labbridge.links.pychron.remote import RemoteValves
@@ -52,9 +67,10 @@ def read_link(sec: Section, ctx: NodeContext) -> DeviceLink:
     klass = sec.get_str("klass", "RemoteExtractionLineManager")
     role = KLASSES.get(klass)
     if role is None:
-        raise sec.error("klass", f"unknown klass {klass!r}")
+        raise sec.error("klass", f"unknown klass {klass!r} (known: {', '.join(sorted(KLASSES))})")
     return DeviceLink(sec.get_str("name", klass), klass, role, check_host(sec, "host"),
-                      sec.get_port("port", 1061), sec.get_float("timeout", 2.0, min=0.001),
+                      sec.get_port("port", 1069 if role == "spectrometer" else 1061),
+                      sec.get_float("timeout", 2.0, min=0.001),
                       sec.get_choice("transport", ("TCP", "UDP"), "TCP"), sec.file or "", "inline")
 
 
@@ -120,13 +136,62 @@ class RemoteManagerService:
         return eps
 
 
+class RemoteInstrumentService:
+    """The acquisition side of a furnace, laser or spectrometer node: one client proxy,
+    reachable by scripts as ``lab.furnace`` / ``lab.laser`` / ``lab.spectrometer`` (the
+    attribute named after the link's role)."""
+
+    def __init__(self, name: str, link: DeviceLink, proxy: Any) -> None:
+        self.name = name
+        self.link = link
+        self.client: PychronClient = proxy.client
+        self.instrument = proxy
+        setattr(self, link.role, proxy)
+
+    async def start(self) -> None:
+        """Nothing to do: the client connects on its first request (and reconnects with
+        backoff), so a node that starts after this one is no error."""
+
+    async def stop(self) -> None:
+        await self.instrument.close()
+
+    def endpoints(self) -> list[Endpoint]:
+        what = {"furnace": "furnace commands", "laser": "laser commands",
+                "spectrometer": "Qtegra RemoteControlServer"}[self.link.role]
+        return [Endpoint(self.name, self.link.kind.lower(), self.link.host, self.link.port,
+                         role="connect", purpose=f"{what} ({self.link.klass})")]
+
+
+def _instrument(sec: Section, ctx: NodeContext, link: DeviceLink) -> RemoteInstrumentService:
+    for key in ("monitor", "bus"):
+        if key in sec:
+            raise sec.error(key, f"{key} is a setting of a valve link; {link.klass} is a "
+                            f"{link.role}")
+    udp = link.kind == "UDP"
+    if link.role == "spectrometer":
+        # Qtegra's RemoteControlServer speaks plain text only (spec pychron.md 12).
+        sec.get_choice("framing", ("plain",), "plain")
+        if "tls" in sec:
+            raise sec.error("tls", "Qtegra's RemoteControlServer has no TLS")
+        proxy: Any = QtegraSpectrometer(PychronClient(link.host, link.port, framing="plain",
+                                                      udp=udp, timeout=link.timeout))
+    else:
+        framing = sec.get_choice("framing", ("braced", "plain", "json"), "braced")
+        tls = tls_section(sec, ctx, server=False)
+        if tls is not None and udp:
+            raise sec.error("tls", "TLS runs over TCP; this link is UDP (transport/kind: TCP)")
+        client = PychronClient(link.host, link.port, framing=framing, udp=udp,
+                               timeout=link.timeout, ssl=tls)
+        proxy = (RemoteFurnace if link.role == "furnace" else RemoteLaser)(client)
+    return RemoteInstrumentService(sec.get_str("name", link.role), link, proxy)
+
+
 @register_service("remote_manager")
-def _remote_manager(sec: Section, ctx: NodeContext) -> RemoteManagerService:
+def _remote_manager(sec: Section, ctx: NodeContext) -> RemoteManagerService | \
+        RemoteInstrumentService:
     link = read_link(sec, ctx)
     if link.role != "valves":
-        raise sec.error("klass" if "klass" in sec else "device_file",
-                        f"{link.klass} is a {link.role} manager; remote_manager drives valves "
-                        "(use the furnace/laser/spectrometer link kinds for those)")
+        return _instrument(sec, ctx, link)
     framing = sec.get_choice("framing", ("braced", "plain", "json"), "braced")
     tls = tls_section(sec, ctx, server=False)
     if tls is not None and link.kind == "UDP":

@@ -16,6 +16,12 @@ Node file shape (every field optional except ``name``)::
       model: {ambient: 22, heat_capacity: 3000, loss: 2.0, radiative: 1.1e-10,
               max_power: 2500, heater_lag: 8, noise: 0.05, resolution: 0.01,
               max_temperature: 1600}
+      funnel: {up: 0, down: 40000, tolerance: 100}   # the funnel drive's positions, steps
+      magnets: 3                 # dumper magnets energized one after the other
+      bakeout_channels: 2        # bake-out heaters (channels 1..n)
+      broadcast: false           # true: the furPi broadcast (HeartBeat <time> every 2 s,
+                                 # the full summary every 10th) as device changes, which the
+                                 # node's notifier publishes
 
 The command server of the node serves the furnace vocabulary
 (:class:`~labbridge.links.pychron.furnace.FurnaceCommands`) next to the valves: this module
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 from labbridge.devices.base import Device
 from labbridge.devices.furnace import (
+    FunnelConfig,
     Furnace,
     FurnaceModel,
     FurnaceParams,
@@ -81,12 +88,24 @@ def _make_furnace(sec: Section, ctx: NodeContext) -> Furnace:
         if not isinstance(value, bool):
             raise sec.error("di_channels", f"channel {key!r}: expected true or false")
         di[str(key)] = value
+    funnel = FunnelConfig()
+    fsec = sec.get_section("funnel", None)
+    if fsec is not None:
+        funnel = FunnelConfig(fsec.get_float("up", funnel.up, min=-1e7, max=1e7),
+                              fsec.get_float("down", funnel.down, min=-1e7, max=1e7),
+                              fsec.get_float("tolerance", funnel.tolerance, min=0.0, max=1e6))
+        fsec.check_no_unknown()
     return Furnace(sec.get_str("name"), model,
                    time_scale=sec.get_float("time_scale", 1.0, min=0.001, max=1e4),
                    tick=sec.get_float("tick", 0.1, min=0.001, max=60.0),
                    watchdog=watchdog, version=sec.get_str("version", "1.0"),
                    di_channels=di,
-                   lab_humidity=sec.get_float("lab_humidity", 35.0, min=0.0, max=100.0))
+                   lab_humidity=sec.get_float("lab_humidity", 35.0, min=0.0, max=100.0),
+                   funnel=funnel, magnets=sec.get_int("magnets", 3, min=1, max=16),
+                   bakeout_channels=sec.get_int("bakeout_channels", 2, min=0, max=16),
+                   broadcast=sec.get_bool("broadcast", False),
+                   broadcast_period=sec.get_float("broadcast_period", 2.0, min=0.01,
+                                                  max=3600.0))
 
 
 def _furnace_set(devices: list[Device]) -> CommandSet | None:
@@ -96,6 +115,10 @@ def _furnace_set(devices: list[Device]) -> CommandSet | None:
     if len(furnaces) > 1:
         raise ConfigError("one command server serves one furnace (the furPi vocabulary has "
                          "no furnace argument); list the furnace in 'devices'")
+    if any(d.kind == "laser" for d in devices):
+        raise ConfigError("a furnace and a laser on one command server: both vocabularies "
+                          "have GetPosition (the furPi's drives, the laser's stage); give each "
+                          "its own pychron_command_server (devices: [...])")
     banks = [d for d in devices if isinstance(d, ValveBank)]
     return FurnaceCommands(furnaces[0], banks)
 

@@ -16,12 +16,19 @@ Node file shape (every field optional except ``name``)::
       enable_delay: 0.5          # s of supply warm-up on Enable
       interlocked: false         # true: Enable fails with ERROR 102
       seed: 1
+      camera: true               # the stage camera of Snapshot (false: Snapshot answers
+                                 # "No Response", as a real laser without video)
+      snapshot_dir: snapshots    # where Snapshot saves pictures (default
+                                 # <state_dir>/snapshots/<name>; relative to the node file)
+      max_snapshots: 100         # the oldest pictures go beyond this many
 
 The node's ``pychron_command_server`` serves it (this module appends a builder to
 ``COMMAND_SET_BUILDERS``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from labbridge.devices.base import Device
 from labbridge.devices.laser import Laser
@@ -66,7 +73,19 @@ def _make_laser(sec: Section, ctx: NodeContext) -> Laser:
         power_lag=sec.get_float("power_lag", 0.5, min=0.0, max=600.0),
         enable_delay=sec.get_float("enable_delay", 0.0, min=0.0, max=600.0),
         interlocked=sec.get_bool("interlocked", False),
-        seed=sec.get_int("seed", None))
+        seed=sec.get_int("seed", None),
+        snapshot_dir=_snapshot_dir(sec, ctx),
+        max_snapshots=sec.get_int("max_snapshots", 100, min=1, max=100_000))
+
+
+def _snapshot_dir(sec: Section, ctx: NodeContext) -> Path | None:
+    if not sec.get_bool("camera", True):
+        sec.get_str("snapshot_dir", None)
+        return None
+    folder = sec.get_str("snapshot_dir", None)
+    if folder is not None:
+        return ctx.resolve_path(folder)
+    return ctx.state_dir / "snapshots" / str(sec.get_str("name"))
 
 
 def _laser_set(devices: list[Device]) -> CommandSet | None:
