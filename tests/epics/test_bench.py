@@ -20,9 +20,11 @@ def test_bench_quick_mode_prints_rounds_and_one_json_object() -> None:
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert lines[0].startswith("round 1: labbridge ")
     result = json.loads(lines[-1])
-    assert set(result) == {"rounds", "burst", "puts", "monitor_updates_per_s",
+    assert set(result) == {"bench", "rounds", "burst", "puts", "monitor_updates_per_s",
                            "monitor_delivered", "caput_p50_ms", "monitor_rate_vs_plain",
-                           "caput_p50_vs_plain"}
+                           "caput_p50_vs_plain", "monitor_rate_vs_plain_rounds",
+                           "caput_p50_vs_plain_rounds", "env"}
+    assert result["bench"] == "epics" and result["env"]["quick"] is True
     for key in ("monitor_updates_per_s", "monitor_delivered", "caput_p50_ms"):
         assert set(result[key]) == {"labbridge", "plain"}
     assert result["monitor_delivered"]["labbridge"] > 0 < result["monitor_delivered"]["plain"]
