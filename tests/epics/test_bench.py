@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.bench.helpers import check_report
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.interop
@@ -20,6 +21,7 @@ def test_bench_quick_mode_prints_rounds_and_one_json_object() -> None:
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert lines[0].startswith("round 1: labbridge ")
     result = json.loads(lines[-1])
+    check_report("epics", lines[:-1], result)  # what bench/report.py shows of it
     assert set(result) == {"bench", "rounds", "burst", "puts", "monitor_updates_per_s",
                            "monitor_delivered", "caput_p50_ms", "monitor_rate_vs_plain",
                            "caput_p50_vs_plain", "monitor_rate_vs_plain_rounds",
