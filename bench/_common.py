@@ -87,6 +87,17 @@ class Report:
         return out
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux ``/proc``; NaN
+    elsewhere). Resolution: one clock tick (10 ms), so take it over many requests."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ratio(ours: float, baseline: float) -> float:
     """ours / baseline; NaN (which the tests reject) when the baseline measured nothing."""
     return ours / baseline if baseline > 0 else math.nan

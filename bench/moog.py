@@ -209,21 +209,28 @@ class _AckPair:
         await self.server.close()
 
 
-async def ack_and_echo_rtts(n: int) -> tuple[list[float], list[float]]:
+async def ack_and_echo_rtts(n: int, cpu: dict[str, float]) -> tuple[list[float], list[float]]:
     """n command->ACK round trips and n echo round trips, alternating one of each, so both
-    see the same machine load (the machine is shared and its load drifts)."""
+    see the same machine load (the machine is shared and its load drifts). Both ends run in
+    this thread: ``cpu`` gets the CPU seconds of each kind's round trips, both ends."""
     echo, ack = _EchoPair(), _AckPair()
     await echo.start()
     await ack.start()
     acks: list[float] = []
     echoes: list[float] = []
+    thread_time = time.thread_time
     try:
         for i in range(n + 50):
+            c0 = thread_time()
             e = await echo.rtt()
+            c1 = thread_time()
             a = await ack.rtt()
+            c2 = thread_time()
             if i >= 50:  # warm-up
                 echoes.append(e)
                 acks.append(a)
+                cpu["echo"] += c1 - c0
+                cpu["ack"] += c2 - c1
     finally:
         await ack.close()
         await echo.close()
@@ -254,8 +261,9 @@ async def run_blocks(port: int, seconds: float, commands: int, blocks: int,
     acks: list[float] = []
     echoes: list[float] = []
     ack_ratios: list[float] = []
+    cpu = {"ack": 0.0, "echo": 0.0}
     for b in range(blocks):
-        a, e = await ack_and_echo_rtts(max(1, commands // blocks))
+        a, e = await ack_and_echo_rtts(max(1, commands // blocks), cpu)
         echoes += e
         acks += a
         ack_ratios.append(statistics.median(a) / statistics.median(e))
@@ -276,6 +284,9 @@ async def run_blocks(port: int, seconds: float, commands: int, blocks: int,
         "ack_rtt_vs_protocol_echo": round(statistics.median(ack_ratios), 3),
         "ack_rtt_vs_protocol_echo_rounds": [round(r, 3) for r in ack_ratios],
         "commands": len(acks),
+        # both ends' CPU per round trip (the mock, the client and the echo all run here)
+        "cpu_us_per_round_trip": {k: round(v / max(1, len(acks)) * 1e6, 1)
+                                  for k, v in cpu.items()},
     }
 
 

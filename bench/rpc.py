@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Report, loop_name, pct, ratio, run
+from _common import REPO, Report, loop_name, pct, process_cpu, ratio, run
 
 from labbridge.links.pychron.client import PychronClient
 from labbridge.protocol.pychron.braced import encode_braced
@@ -60,7 +60,7 @@ def peer(kind: str):
         line = proc.stdout.readline()
         if not line.strip().isdigit():
             raise RuntimeError(f"baseline peer {kind} did not start")
-        yield int(line)
+        yield int(line), proc.pid
     finally:
         proc.stdin.close()
         try:
@@ -86,7 +86,7 @@ def labbridge_node():
                     raise RuntimeError("labbridge serve did not become ready")
                 time.sleep(0.05)
             info = json.loads(ready.read_text())
-            yield next(s["port"] for s in info["services"] if s["protocol"] == "tcp")
+            yield next(s["port"] for s in info["services"] if s["protocol"] == "tcp"), proc.pid
         finally:
             proc.terminate()
             proc.wait(10)
@@ -168,16 +168,21 @@ def zmq_client(port: int) -> tuple[Any, Ask]:
     return (ctx, sock), ask
 
 
-async def latencies(asks: dict[str, Ask], n: int) -> dict[str, list[float]]:
-    """n round trips of each, one of each in turn, so all see the same machine load."""
+async def latencies(asks: dict[str, Ask], n: int,
+                    cpu: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """n round trips of each, one of each in turn, so all see the same machine load.
+    ``cpu``: adds each one's client CPU seconds (this thread's)."""
     out: dict[str, list[float]] = {name: [] for name in asks}
     items = list(asks.items())
-    perf = time.perf_counter
+    perf, thread_time = time.perf_counter, time.thread_time
     for _ in range(n):
         for name, ask in items:
+            c0 = thread_time()
             t0 = perf()
             await ask()
             out[name].append(perf() - t0)
+            if cpu is not None:
+                cpu[name] += thread_time() - c0
     return out
 
 
@@ -193,8 +198,11 @@ async def pipelined(ask: Ask, total: int, window: int = 64) -> float:
 
 
 async def main_async(args: argparse.Namespace, report: Report) -> dict[str, Any]:
-    with labbridge_node() as our_port, peer("braced-echo") as echo_port, \
-            peer("zmq-rep") as zmq_port:
+    with labbridge_node() as (our_port, our_pid), peer("braced-echo") as (echo_port, echo_pid), \
+            peer("zmq-rep") as (zmq_port, zmq_pid):
+        pids = {"ours": our_pid, "echo": echo_pid, "zmq": zmq_pid}
+        client_cpu = dict.fromkeys(pids, 0.0)
+        server_cpu = dict.fromkeys(pids, 0.0)
         client, ours = await ours_client(our_port)
         transport, echo = await echo_client(echo_port)
         (ctx, sock), zmq_ = zmq_client(zmq_port)
@@ -207,7 +215,10 @@ async def main_async(args: argparse.Namespace, report: Report) -> dict[str, Any]
             names = list(asks)
             for r in range(args.rounds):
                 order = names[r % 3:] + names[:r % 3]
-                lat = await latencies({k: asks[k] for k in order}, args.requests)
+                before = {k: process_cpu(pid) for k, pid in pids.items()}
+                lat = await latencies({k: asks[k] for k in order}, args.requests, client_cpu)
+                for k, pid in pids.items():
+                    server_cpu[k] += process_cpu(pid) - before[k]
                 per = args.pipelined
                 if r % 2:
                     thr_echo, thr_ours = await pipelined(echo, per), await pipelined(ours, per)
@@ -232,6 +243,12 @@ async def main_async(args: argparse.Namespace, report: Report) -> dict[str, Any]
             sock.close(0)
             ctx.term()
 
+    measured = args.rounds * args.requests
+    cpu_us = {k: {"client": round(client_cpu[k] / measured * 1e6, 1),
+                  "server": round(server_cpu[k] / measured * 1e6, 1)} for k in pids}
+    report.line("CPU per round trip (client thread; server process, 10 ms ticks): " + ", ".join(
+        f"{k} {v['client']:.1f} + {v['server']:.1f} us" for k, v in cpu_us.items()))
+
     def med(key: str, digits: int = 1) -> float:
         return round(statistics.median(r[key] for r in rounds), digits)
 
@@ -239,6 +256,7 @@ async def main_async(args: argparse.Namespace, report: Report) -> dict[str, Any]
         "request": REQUEST, "rounds": args.rounds, "requests_per_round": args.requests,
         "pipelined_per_round": args.pipelined, "window": 64,
         "server_event_loop": loop_name(),  # `labbridge serve` and the peers decide alike
+        "cpu_us_per_round_trip": cpu_us,
     }
     for key in ("rpc_p50_vs_echo", "rpc_p50_vs_zmq", "pipelined_vs_raw_echo"):
         values = [r[key] for r in rounds]
