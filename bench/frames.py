@@ -122,26 +122,28 @@ async def bench_size(size: int, frames: int, rounds: int, report: Report,
                         f"(ratio {stream['frames_per_s'] / raw['frames_per_s']:.3f})")
         if rtts:
             out["rtt"] = await actuator_rtts(server, rtts)
-            # their actuator client (pymodaq_utils classes, TCP_NODELAY) against our server;
-            # it replaces our actuator client
-            before = server.actuator.session
-            attached = asyncio.Event()
-            server.actuator.subscribe(
-                lambda ch: attached.set() if ch.signal == "connected" and ch.value else None)
-            their_client = spawn("pmd-actuator-client", str(server.port))
-            try:
-                while server.actuator.session is before:
-                    attached.clear()
-                    await asyncio.wait_for(attached.wait(), 30)
-                out["rtt_their_client"] = await actuator_rtts(server, rtts)
-            finally:
-                # their client spins on a clean EOF (ADR 0171): end it before we disconnect
-                their_client.terminate()
-                await loop.run_in_executor(None, their_client.wait)
-                server.actuator.disconnect()
+            out["rtt_their_client"] = await their_client_rtts(rtts)
         return out
     finally:
         await loop.run_in_executor(None, stop_child, child)  # our clients first, then us
+        await server.stop()
+
+
+async def their_client_rtts(n: int) -> list[float]:
+    """Their actuator client (pymodaq_utils classes, TCP_NODELAY) against a server of ours of
+    its own (on the bench's server our own stage client would take its place back)."""
+    from labbridge.links.pymodaq import PyMoDAQServer
+
+    server = PyMoDAQServer("127.0.0.1", 0)
+    await server.start()
+    their_client = spawn("pmd-actuator-client", str(server.port))
+    try:
+        await server.actuator.wait_connected(60)
+        return await actuator_rtts(server, n)
+    finally:
+        # their client spins on a clean EOF (ADR 0171): end it before we close
+        their_client.terminate()
+        await asyncio.get_running_loop().run_in_executor(None, their_client.wait)
         await server.stop()
 
 
