@@ -1,55 +1,52 @@
 """Baseline servers for the benchmarks, each run in its own process.
 
-    python bench/_peers.py echo      # raw asyncio length-prefixed echo (4-byte big-endian)
-    python bench/_peers.py zmq-rep   # raw pyzmq REP echo
+    python bench/_peers.py braced-echo   # raw asyncio Protocol echo of braced frames
+    python bench/_peers.py zmq-rep       # raw pyzmq REP echo, blocking receive
 
-Each prints its TCP port on stdout, then serves until stdin closes.
+Each prints its TCP port on stdout, then serves until stdin closes. Both are the fastest
+plain way to do the transport's part of the work: the echo parses the braced framing
+(``{LLLL}payload\\r\\n``, length in hex, CRLF at the declared end) and writes each frame back;
+the REP server blocks in ``recv`` (no poller in between) and sends each message back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import os
+import socket
 import sys
 import threading
 
-
-def _loop_run(coro):  # uvloop when installed, as labbridge itself does
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+from _common import run
 
 
-class EchoProtocol(asyncio.Protocol):
+class BracedEcho(asyncio.Protocol):
+    """Frames are echoed as they are parsed; a bad frame drops the connection."""
+
     def connection_made(self, transport):
         self.transport = transport
-        self.buf = bytearray()
-        sock = transport.get_extra_info("socket")
-        import socket
-
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data):
-        buf = self.buf
-        buf += data
-        out = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (n,) = struct.unpack_from(">I", buf, pos)
-            if len(buf) - pos < 4 + n:
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        while end - pos >= 6:
+            n = int(buf[pos + 1:pos + 5], 16)
+            if end - pos < n:
                 break
-            out.append(bytes(buf[pos:pos + 4 + n]))
-            pos += 4 + n
-        del buf[:pos]
-        if out:
-            self.transport.write(b"".join(out))
+            if buf[pos:pos + 1] != b"{" or buf[pos + n - 2:pos + n] != b"\r\n":
+                self.transport.abort()
+                return
+            pos += n
+        if pos:
+            self.transport.write(buf[:pos] if pos < end else buf)
+        self.buf = buf[pos:]
 
 
 async def echo_main():
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+    server = await loop.create_server(BracedEcho, "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
@@ -62,20 +59,16 @@ def zmq_main():
     sock = ctx.socket(zmq.REP)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(port, flush=True)
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while not stop.is_set():
-        if poller.poll(100):
-            sock.send(sock.recv())
-    sock.close(0)
-    ctx.term()
+    # The main thread only receives and sends; stdin closing ends the process.
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    recv, send = sock.recv, sock.send
+    while True:
+        send(recv())
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "echo":
-        _loop_run(echo_main())
+    if sys.argv[1] == "braced-echo":
+        run(echo_main())
     elif sys.argv[1] == "zmq-rep":
         zmq_main()
     else:

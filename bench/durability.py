@@ -14,6 +14,7 @@ The last line is one JSON object: medians of the per-round p50s, and
 means durability costs more).
 
     python bench/durability.py [--rounds 7] [--requests 300] [--dir /path/on/the/real/disk]
+    python bench/durability.py --quick      # seconds: checks that it runs (the test suite)
 
 ``--dir`` matters: fsync on tmpfs costs nothing, on an SD card it costs milliseconds. The
 default is a temporary directory under the current directory (usually a real disk).
@@ -22,31 +23,22 @@ default is a temporary directory under the current directory (usually a real dis
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
+from _common import Report, pct, run
 
-from labbridge.devices.backends.sim import SimValveBackend  # noqa: E402
-from labbridge.devices.valves import ValveBank, ValveConfig  # noqa: E402
-from labbridge.links.pychron.client import PychronClient  # noqa: E402
-from labbridge.links.pychron.dispatch import Dispatcher  # noqa: E402
-from labbridge.links.pychron.server import PychronCommandServer  # noqa: E402
-from labbridge.links.pychron.valves import ValveCommands  # noqa: E402
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
+from labbridge.devices.backends.sim import SimValveBackend
+from labbridge.devices.valves import ValveBank, ValveConfig
+from labbridge.links.pychron.client import PychronClient
+from labbridge.links.pychron.dispatch import Dispatcher
+from labbridge.links.pychron.server import PychronCommandServer
+from labbridge.links.pychron.valves import ValveCommands
 
 
 @contextlib.asynccontextmanager
@@ -104,7 +96,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                       f"{p50['plain'] * 1e3:.3f} ms (p99 {p50['plain_p99'] * 1e3:.3f}), "
                       f"ratio {ratio:.2f}", flush=True)
     return {
-        "bench": "durability",
         "requests_per_round": args.requests,
         "rounds": args.rounds,
         "state_dir": str(base.resolve()),
@@ -113,6 +104,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "durable_rtt_p99_ms": statistics.median(r["durable_p99"] for r in rounds) * 1e3,
         "plain_rtt_p99_ms": statistics.median(r["plain_p99"] for r in rounds) * 1e3,
         "durable_vs_plain_rtt": statistics.median(r["ratio"] for r in rounds),
+        "durable_vs_plain_rtt_rounds": [round(r["ratio"], 3) for r in rounds],
     }
 
 
@@ -121,16 +113,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--dir", help="where the state files go (default: the current directory)")
+    ap.add_argument("--quick", action="store_true", help="2 short rounds: checks that it runs")
     args = ap.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(main_async(args))
-        result["event_loop"] = "asyncio"
-    else:
-        result = uvloop.run(main_async(args))
-        result["event_loop"] = "uvloop"
-    print(json.dumps(result))
+    if args.quick:
+        args.rounds, args.requests = 2, 20
+    report = Report("durability", args.quick)
+    report.finish(run(main_async(args)))
 
 
 if __name__ == "__main__":

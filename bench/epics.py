@@ -26,7 +26,6 @@ Every round is printed; the last line is one JSON object with the medians and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -36,11 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import REPO, Report  # before bench/ leaves sys.path (below)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 # This file is called epics.py: its folder must not shadow pyepics (``import epics``).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(REPO / "src"))
 
 PREFIX = {"labbridge": "LBB", "plain": "PLN"}
 MONITOR_PV = {"labbridge": "LBB:gauges:IG", "plain": "PLN:AI"}
@@ -201,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.burst, args.puts = 1, 0.3, 20
+    report = Report("epics", args.quick)
     servers = {k: Server(k) for k in ("labbridge", "plain")}
     try:
         os.environ.update(
@@ -226,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             pr = got["labbridge"]["caput_p50_ms"] / max(got["plain"]["caput_p50_ms"], 1e-9)
             ratios_rate.append(rr)
             ratios_put.append(pr)
-            print(f"round {r + 1}: " + "; ".join(
+            report.line(f"round {r + 1}: " + "; ".join(
                 f"{k} {v['updates_per_s']:.0f} upd/s ({v['delivered']:.0f} of "
                 f"{v['made']:.0f} changes delivered), caput p50 {v['caput_p50_ms']:.3f} ms" for k, v in got.items())
-                + f"; ratios rate {rr:.2f}, caput {pr:.2f}", flush=True)
+                + f"; ratios rate {rr:.2f}, caput {pr:.2f}")
         result = {
             "rounds": args.rounds, "burst": args.burst, "puts": args.puts,
             "monitor_updates_per_s": {k: statistics.median(v) for k, v in rates.items()},
@@ -237,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             "caput_p50_ms": {k: statistics.median(v) for k, v in p50s.items()},
             "monitor_rate_vs_plain": statistics.median(ratios_rate),
             "caput_p50_vs_plain": statistics.median(ratios_put),
+            "monitor_rate_vs_plain_rounds": [round(x, 3) for x in ratios_rate],
+            "caput_p50_vs_plain_rounds": [round(x, 3) for x in ratios_put],
         }
-        print(json.dumps(result))
+        report.finish(result)
     finally:
         for s in servers.values():
             s.close()

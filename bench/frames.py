@@ -1,27 +1,29 @@
-"""Frame throughput and command latency of the PyMoDAQ link (issue 6, spec pymodaq.md §9).
+"""Frame throughput and command latency of the PyMoDAQ link, against a raw socket and the
+pymodaq_utils receive path, at several frame sizes (uint16, ``--sizes 256,1024,2048``).
 
-Prints ONE JSON object:
-
-* ``ours``: 2048x2048 uint16 frames sent by our G3 GRABBER client (a child process) and received
-  by our server (this process): ``Send Data 2D`` -> ``Done`` + DataToExport, continuous
-  acquisition (``RemoteDetector.grab_stream``, two requests in flight);
-  ``ours_one_at_a_time``: the same with ``grab()``, one request per round trip.
-* ``raw_socket``: the same number of bytes per frame streamed by a child process with
-  ``sendall`` and received here with ``recv_into`` a preallocated buffer (the wire-speed
-  baseline, measured in the same run).
+* ``ours``: frames sent by our G3 GRABBER client (a child process) and received by our server
+  (this process): ``Send Data 2D`` -> ``Done`` + DataToExport, continuous acquisition
+  (``RemoteDetector.grab_stream``, two requests in flight); ``ours_one_at_a_time``: the same
+  with ``grab()``, one request per round trip (reported, not a goal).
+* ``raw``: the same number of bytes per frame streamed by a child process with ``sendall`` and
+  received here with ``recv_into`` one preallocated buffer (the wire-speed baseline).
 * ``pymodaq``: the same G3 messages (encoded by serializall) received through the public
-  pymodaq_utils path: ``Socket`` + ``DeSerializer.string_deserialization()`` /
-  ``dte_deserialization()`` (a few frames only: it is slow, spec §9 #2).
-* ratios ``frames_vs_raw_socket`` (goal >= 0.5) and ``frames_vs_pymodaq`` (goal >= 10);
-* ``rtt_us_p50_ours`` / ``rtt_us_p50_pymodaq``: get_actuator_value -> position_is round trip,
-  ours (both ends labbridge) and theirs (server and client built from pymodaq_utils classes,
-  as the real ones: no TCP_NODELAY, command and payload in separate writes);
-  ``rtt_us_p50_pymodaq_client_to_our_server``: their client (with TCP_NODELAY) to our server.
+  pymodaq_utils path, ``Socket`` + ``DeSerializer.string_deserialization()`` /
+  ``dte_deserialization()``, with ``TCP_NODELAY`` on both sockets (sizes in
+  ``--pymodaq-sizes``; a few frames only at 2048: about half a second each).
+* Command round trip ``get_actuator_value`` -> ``position_is``, p50: ours (both ends
+  labbridge), their client (pymodaq_utils classes, ``TCP_NODELAY``) to our server, and theirs
+  at both ends (pymodaq_utils server and client classes, ``TCP_NODELAY`` on both: without it
+  Nagle's algorithm holds their second write for a delayed ACK, about 40 ms, which is the
+  harness, not their code).
 
-Rounds alternate ours and the raw baseline; the best round of each is reported, and every
-round's figure is listed (the machine may be shared). Frame checksums are verified.
+Ratios (rates: higher is better): ``frames_vs_raw_socket_<size>`` = ours / raw, the median of
+the per-round ratios (rounds alternate ours and raw); ``frames_vs_pymodaq_<size>`` = ours
+(median of the rounds) / theirs. Frame checksums are verified. One line per round; the last
+line is one JSON object.
 
-Usage: ``python bench/frames.py [--frames 100] [--rounds 3] [--size 2048]`` (about 30 s).
+    python bench/frames.py [--rounds 3] [--megabytes 400] [--sizes 256,1024,2048]
+    python bench/frames.py --quick      # seconds: checks that it runs (the test suite)
 """
 
 from __future__ import annotations
@@ -29,9 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -42,6 +42,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+from _common import Report, ratio, run
 
 HERE = os.path.abspath(__file__)
 
@@ -66,6 +67,10 @@ def stop_child(p: subprocess.Popen[bytes]) -> None:
         p.wait(5)
 
 
+def nodelay(s: socket.socket) -> None:
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def rate(frames: int, seconds: float, nbytes: int) -> dict[str, float]:
     return {"frames": frames, "seconds": round(seconds, 4),
             "frames_per_s": round(frames / seconds, 2),
@@ -74,18 +79,11 @@ def rate(frames: int, seconds: float, nbytes: int) -> dict[str, float]:
 
 # --- ours ------------------------------------------------------------------------------------
 
-def run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-async def bench_ours_and_raw(size: int, frames: int, rtts: int, rounds: int) -> dict[str, Any]:
+async def bench_size(size: int, frames: int, rounds: int, report: Report,
+                     rtts: int) -> dict[str, Any]:
     """Rounds alternate ours (pipelined, then one at a time) and the raw baseline, so that a
-    burst of load from other processes on the machine hits all of them alike; the best round of
-    each is reported (the usual way to measure capacity on a shared machine)."""
+    burst of load from other processes on the machine hits all of them alike. With ``rtts``,
+    the command round trips are measured too (ours, then their client to our server)."""
     from labbridge.links.pymodaq import PyMoDAQServer
 
     server = PyMoDAQServer("127.0.0.1", 0, max_message=64 * 1024 * 1024)
@@ -93,6 +91,7 @@ async def bench_ours_and_raw(size: int, frames: int, rtts: int, rounds: int) -> 
     child = spawn("ours", str(server.port), str(size))
     loop = asyncio.get_running_loop()
     nbytes = size * size * 2
+    out: dict[str, Any] = {"stream": [], "single": [], "raw": []}
     try:
         await server.detector.wait_connected(30)
         await server.actuator.wait_connected(30)
@@ -100,61 +99,63 @@ async def bench_ours_and_raw(size: int, frames: int, rtts: int, rounds: int) -> 
         for _ in range(3):  # warm-up
             got = (await server.detector.grab())[0]
         assert zlib.crc32(got.tobytes()) == want, "frame checksum mismatch"
-        stream_runs, single_runs, raw_runs = [], [], []
-        for _ in range(rounds):
+        for r in range(rounds):
             t0 = time.perf_counter()
             n = 0
             async for arrays in server.detector.grab_stream(frames, in_flight=2):
                 got = arrays[0]
                 n += 1
-            stream_runs.append(rate(n, time.perf_counter() - t0, nbytes))
+            stream = rate(n, time.perf_counter() - t0, nbytes)
             assert zlib.crc32(got.tobytes()) == want
+            single_n = max(1, frames // 2)
             t0 = time.perf_counter()
-            for _ in range(frames):
+            for _ in range(single_n):
                 got = (await server.detector.grab())[0]
-            single_runs.append(rate(frames, time.perf_counter() - t0, nbytes))
+            single = rate(single_n, time.perf_counter() - t0, nbytes)
             assert zlib.crc32(got.tobytes()) == want
-            raw_runs.append(await loop.run_in_executor(None, bench_raw, nbytes, frames))
-        samples = []
-        for _ in range(20):
-            await server.actuator.get_position()
-        for _ in range(rtts):
-            t = time.perf_counter()
-            await server.actuator.get_position()
-            samples.append(time.perf_counter() - t)
-        # their actuator client (pymodaq_utils classes, TCP_NODELAY as spec §10.4 asks for a
-        # latency test) against our server; it replaces our actuator client
-        before = server.actuator.session
-        attached = asyncio.Event()
-        server.actuator.subscribe(
-            lambda ch: attached.set() if ch.signal == "connected" and ch.value else None)
-        their_client = spawn("pmd-actuator-client", str(server.port))
-        mixed = []
-        try:
-            while server.actuator.session is before:
-                attached.clear()
-                await asyncio.wait_for(attached.wait(), 30)
-            for _ in range(20):
-                await server.actuator.get_position()
-            for _ in range(rtts):
-                t = time.perf_counter()
-                await server.actuator.get_position()
-                mixed.append(time.perf_counter() - t)
-        finally:
-            server.actuator.disconnect()
-            stop_child(their_client)
-        loop_name = type(loop).__module__.split(".")[0]
-        return {"stream": stream_runs, "single": single_runs, "raw": raw_runs, "rtt": samples,
-                "rtt_their_client": mixed, "loop": loop_name}
+            raw = await loop.run_in_executor(None, bench_raw, nbytes, frames)
+            for k, v in (("stream", stream), ("single", single), ("raw", raw)):
+                out[k].append(v)
+            report.line(f"round {r + 1}/{rounds} {size}x{size}: ours {stream['frames_per_s']:.1f}"
+                        f" frames/s ({stream['gb_per_s']:.2f} GB/s), one at a time "
+                        f"{single['frames_per_s']:.1f}, raw socket {raw['frames_per_s']:.1f} "
+                        f"(ratio {stream['frames_per_s'] / raw['frames_per_s']:.3f})")
+        if rtts:
+            out["rtt"] = await actuator_rtts(server, rtts)
+            out["rtt_their_client"] = await their_client_rtts(rtts)
+        return out
     finally:
+        await loop.run_in_executor(None, stop_child, child)  # our clients first, then us
         await server.stop()
-        stop_child(child)
 
 
-def best(runs: list[dict[str, float]]) -> dict[str, Any]:
-    b = dict(max(runs, key=lambda r: r["frames_per_s"]))
-    b["rounds_frames_per_s"] = [r["frames_per_s"] for r in runs]
-    return b
+async def their_client_rtts(n: int) -> list[float]:
+    """Their actuator client (pymodaq_utils classes, TCP_NODELAY) against a server of ours of
+    its own (on the bench's server our own stage client would take its place back)."""
+    from labbridge.links.pymodaq import PyMoDAQServer
+
+    server = PyMoDAQServer("127.0.0.1", 0)
+    await server.start()
+    their_client = spawn("pmd-actuator-client", str(server.port))
+    try:
+        await server.actuator.wait_connected(60)
+        return await actuator_rtts(server, n)
+    finally:
+        # their client spins on a clean EOF (ADR 0171): end it before we close
+        their_client.terminate()
+        await asyncio.get_running_loop().run_in_executor(None, their_client.wait)
+        await server.stop()
+
+
+async def actuator_rtts(server: Any, n: int) -> list[float]:
+    for _ in range(20):
+        await server.actuator.get_position()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await server.actuator.get_position()
+        samples.append(time.perf_counter() - t)
+    return samples
 
 
 async def child_ours(port: int, size: int) -> None:
@@ -255,6 +256,7 @@ def bench_pymodaq(size: int, max_frames: int, budget_s: float) -> dict[str, floa
     child = spawn("pmd", str(srv.getsockname()[1]), str(size), str(max_frames + 1))
     try:
         conn, _ = srv.accept()
+        nodelay(conn)
         conn.settimeout(120)
         sock = pmd["Socket"](conn)
         want = zlib.crc32(make_frame(size).tobytes())
@@ -284,6 +286,7 @@ def child_pmd(port: int, size: int, frames: int) -> None:
     message = (pmd["factory"].get_apply_serializer("Done", append_length=True)
                + pmd["factory"].get_apply_serializer(dte, append_length=True))
     with socket.create_connection(("127.0.0.1", port)) as s:
+        nodelay(s)
         with contextlib.suppress(OSError):
             for _ in range(frames):
                 s.sendall(message)
@@ -296,8 +299,9 @@ def bench_pymodaq_rtt(n: int) -> list[float]:
     child = spawn("pmd-actuator", str(srv.getsockname()[1]))
     try:
         conn, _ = srv.accept()
+        nodelay(conn)
         conn.settimeout(30)
-        sock = pmd["Socket"](conn)  # the serializer-capable class (spec §10.3 shim 2)
+        sock = pmd["Socket"](conn)  # the serializer-capable class
         samples = []
         for i in range(n + 2):
             t = time.perf_counter()
@@ -314,13 +318,13 @@ def bench_pymodaq_rtt(n: int) -> list[float]:
 
 
 def child_pmd_actuator(port: int, client: bool = False) -> None:
-    """Their actuator: answers get_actuator_value. As a client of our server it first sends
-    the client type and Infos, with TCP_NODELAY (spec §10.3 shim 8)."""
+    """Their actuator: answers get_actuator_value, with TCP_NODELAY. As a client of our server
+    it first sends the client type and Infos."""
     pmd = pmd_imports()
     s = socket.create_connection(("127.0.0.1", port))
+    nodelay(s)
     sock = pmd["Socket"](s)
     if client:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.check_sended_with_serializer("ACTUATOR")
         sock.check_sended_with_serializer("Infos")
         sock.check_sended_with_serializer(  # the real format (value in the element text)
@@ -340,21 +344,29 @@ def child_pmd_actuator(port: int, client: bool = False) -> None:
 
 # --- main --------------------------------------------------------------------------------------
 
+def frames_for(size: int, megabytes: float) -> int:
+    return max(10, int(megabytes * 1e6 / (size * size * 2)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--sizes", default="256,1024,2048")
+    ap.add_argument("--megabytes", type=float, default=400.0,
+                    help="bytes of frames per measurement (frames = this / frame size)")
     ap.add_argument("--rtts", type=int, default=1000)
-    ap.add_argument("--pymodaq-frames", type=int, default=5)
-    ap.add_argument("--pymodaq-budget", type=float, default=20.0)
-    ap.add_argument("--pymodaq-rtts", type=int, default=20)
+    ap.add_argument("--pymodaq-sizes", default="256,2048")
+    ap.add_argument("--pymodaq-frames", type=int, default=2000)
+    ap.add_argument("--pymodaq-budget", type=float, default=8.0,
+                    help="seconds per size at most for the pymodaq_utils receive path")
+    ap.add_argument("--pymodaq-rtts", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="a few frames: checks that it runs")
     ap.add_argument("--child", nargs="+")
     a = ap.parse_args()
     if a.child:
         kind, *rest = a.child
         if kind == "ours":
-            run_loop(child_ours(int(rest[0]), int(rest[1])))
+            run(child_ours(int(rest[0]), int(rest[1])))
         elif kind == "raw":
             child_raw(int(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "pmd":
@@ -364,38 +376,54 @@ def main() -> None:
         elif kind == "pmd-actuator-client":
             child_pmd_actuator(int(rest[0]), client=True)
         return
-
-    t_start = time.perf_counter()
-    nbytes = a.size * a.size * 2
-    res = run_loop(bench_ours_and_raw(a.size, a.frames, a.rtts, a.rounds))
-    ours, single, raw = best(res["stream"]), best(res["single"]), best(res["raw"])
-    theirs = bench_pymodaq(a.size, a.pymodaq_frames, a.pymodaq_budget)
+    if a.quick:
+        a.rounds, a.megabytes, a.rtts = 1, 10.0, 30
+        a.pymodaq_frames, a.pymodaq_budget, a.pymodaq_rtts = 1, 1.0, 3
+    report = Report("frames", a.quick)
+    sizes = [int(x) for x in a.sizes.split(",")]
+    out: dict[str, Any] = {"dtype": "uint16", "rounds": a.rounds, "sizes": sizes}
+    ours_rate: dict[int, float] = {}
+    rtt: dict[str, list[float]] = {}
+    for i, size in enumerate(sizes):
+        res = run(bench_size(size, frames_for(size, a.megabytes), a.rounds, report,
+                             a.rtts if i == 0 else 0))
+        rtt.update({k: res[k] for k in ("rtt", "rtt_their_client") if k in res})
+        per_round = [ratio(o["frames_per_s"], r["frames_per_s"])
+                     for o, r in zip(res["stream"], res["raw"], strict=True)]
+        single = [ratio(o["frames_per_s"], r["frames_per_s"])
+                  for o, r in zip(res["single"], res["raw"], strict=True)]
+        ours_rate[size] = statistics.median(o["frames_per_s"] for o in res["stream"])
+        out[f"frames_vs_raw_socket_{size}"] = round(statistics.median(per_round), 3)
+        out[f"frames_vs_raw_socket_{size}_rounds"] = [round(x, 3) for x in per_round]
+        out[f"frames_vs_raw_socket_one_at_a_time_{size}"] = round(statistics.median(single), 3)
+        out[f"frames_per_s_ours_{size}"] = round(ours_rate[size], 1)
+        out[f"frames_per_s_ours_one_at_a_time_{size}"] = round(
+            statistics.median(o["frames_per_s"] for o in res["single"]), 1)
+        out[f"frames_per_s_raw_{size}"] = round(
+            statistics.median(r["frames_per_s"] for r in res["raw"]), 1)
+        out[f"gb_per_s_ours_{size}"] = round(
+            statistics.median(o["gb_per_s"] for o in res["stream"]), 3)
+    for size in (int(x) for x in a.pymodaq_sizes.split(",")):
+        theirs = bench_pymodaq(size, a.pymodaq_frames, a.pymodaq_budget)
+        report.line(f"pymodaq_utils receive path {size}x{size}: {theirs['frames_per_s']:.2f} "
+                    f"frames/s over {theirs['frames']} frames")
+        out[f"frames_per_s_pymodaq_{size}"] = theirs["frames_per_s"]
+        if size in ours_rate:
+            out[f"frames_vs_pymodaq_{size}"] = round(
+                ratio(ours_rate[size], theirs["frames_per_s"]), 1)
     their_rtt = bench_pymodaq_rtt(a.pymodaq_rtts)
-    out = {
-        "frame": {"shape": [a.size, a.size], "dtype": "uint16", "bytes": nbytes},
-        "ours": ours,
-        "ours_one_at_a_time": single,
-        "raw_socket": raw,
-        "pymodaq": theirs,
-        "frames_vs_raw_socket": round(ours["frames_per_s"] / raw["frames_per_s"], 3),
-        "frames_vs_raw_socket_one_at_a_time": round(
-            single["frames_per_s"] / raw["frames_per_s"], 3),
-        "frames_vs_pymodaq": round(ours["frames_per_s"] / theirs["frames_per_s"], 1),
-        "frames_vs_pymodaq_one_at_a_time": round(
-            single["frames_per_s"] / theirs["frames_per_s"], 1),
-        "rtt_us_p50_ours": round(statistics.median(res["rtt"]) * 1e6, 1),
-        "rtt_us_p99_ours": round(float(np.percentile(res["rtt"], 99)) * 1e6, 1),
-        "rtt_us_p50_pymodaq": round(statistics.median(their_rtt) * 1e6, 1),
-        "rtt_us_p50_pymodaq_client_to_our_server": round(
-            statistics.median(res["rtt_their_client"]) * 1e6, 1),
-        "rtt_samples": {"ours": len(res["rtt"]), "pymodaq": len(their_rtt),
-                        "pymodaq_client_to_our_server": len(res["rtt_their_client"])},
-        "goals": {"frames_vs_raw_socket": 0.5, "frames_vs_pymodaq": 10, "rtt_us_p50_ours": 1000},
-        "env": {"python": platform.python_version(), "loop": res["loop"],
-                "numpy": np.__version__, "cpus": os.cpu_count(),
-                "seconds": round(time.perf_counter() - t_start, 1)},
-    }
-    print(json.dumps(out))
+    out["rtt_us_p50_ours"] = round(statistics.median(rtt["rtt"]) * 1e6, 1)
+    out["rtt_us_p99_ours"] = round(float(np.percentile(rtt["rtt"], 99)) * 1e6, 1)
+    out["rtt_us_p50_pymodaq_client_to_our_server"] = round(
+        statistics.median(rtt["rtt_their_client"]) * 1e6, 1)
+    out["rtt_us_p50_pymodaq"] = round(statistics.median(their_rtt) * 1e6, 1)
+    out["rtt_samples"] = {"ours": len(rtt["rtt"]), "pymodaq": len(their_rtt),
+                          "pymodaq_client_to_our_server": len(rtt["rtt_their_client"])}
+    report.line(f"get_actuator_value -> position_is p50: ours {out['rtt_us_p50_ours']:.0f} us, "
+                f"their client to our server {out['rtt_us_p50_pymodaq_client_to_our_server']:.0f}"
+                f" us, theirs at both ends {out['rtt_us_p50_pymodaq']:.0f} us (TCP_NODELAY)")
+    out["env"] = {"numpy": np.__version__}
+    report.finish(out)
 
 
 if __name__ == "__main__":

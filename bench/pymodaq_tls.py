@@ -13,7 +13,7 @@ hits both alike; each round is printed as a line, and the last line is one JSON 
 median of the per-round ratios. Figures from a shared, loaded machine are indicative only.
 
 Usage: ``python bench/pymodaq_tls.py [--rounds 5] [--rtts 500] [--frames 30] [--size 1024]``
-(needs the ``tls`` extra for the certificates).
+(needs the ``tls`` extra for the certificates); ``--quick`` runs in seconds (the test suite).
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,20 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import Report, run
 
 HERE = os.path.abspath(__file__)
 
 
 def make_frame(size: int) -> np.ndarray:
     return np.random.default_rng(1024).integers(0, 4096, (size, size), dtype=np.uint16)
-
-
-def run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def make_keys(d: Path) -> None:
@@ -119,7 +110,7 @@ async def frames_per_s(server: Any, n: int, want: int) -> float:
     return n / seconds
 
 
-async def bench(a: argparse.Namespace, keys: Path) -> dict[str, Any]:
+async def bench(a: argparse.Namespace, keys: Path, report: Report) -> dict[str, Any]:
     from labbridge.access import Gate, Identity, Policy, Role
     from labbridge.access.policy import LOOPBACK
     from labbridge.links.pymodaq import PyMoDAQServer
@@ -160,7 +151,10 @@ async def bench(a: argparse.Namespace, keys: Path) -> dict[str, Any]:
             row["rtt_tls_vs_plain"] = round(row["rtt_us_p50_tls"] / row["rtt_us_p50_plain"], 3)
             row["frames_plain_vs_tls"] = round(
                 row["frames_per_s_plain"] / row["frames_per_s_tls"], 3)
-            print(json.dumps(row), flush=True)
+            report.line(f"round {r + 1}/{a.rounds} ({order[0]} first): round trip p50 plain "
+                        f"{row['rtt_us_p50_plain']:.1f} us, tls {row['rtt_us_p50_tls']:.1f} us "
+                        f"(ratio {row['rtt_tls_vs_plain']:.3f}); frames/s plain "
+                        f"{row['frames_per_s_plain']:.1f}, tls {row['frames_per_s_tls']:.1f}")
             rounds.append(row)
     finally:
         with contextlib.suppress(Exception):
@@ -187,34 +181,35 @@ def main() -> None:
     ap.add_argument("--rtts", type=int, default=500)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--quick", action="store_true", help="2 short rounds: checks that it runs")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         plain, tls, keys, size = a.child
-        run_loop(child(int(plain), int(tls), keys, int(size)))
+        run(child(int(plain), int(tls), keys, int(size)))
         return
-    t0 = time.perf_counter()
+    if a.quick:
+        a.rounds, a.rtts, a.frames, a.size = 2, 20, 3, 256
+    report = Report("pymodaq_tls", a.quick)
     with tempfile.TemporaryDirectory(prefix="labbridge-bench-tls-") as tmp:
         make_keys(Path(tmp))
-        res = run_loop(bench(a, Path(tmp)))
+        res = run(bench(a, Path(tmp), report))
     rounds = res["rounds"]
     out = {
-        "bench": "pymodaq_tls",
         "rtt_us_p50_plain": median_of(rounds, "rtt_us_p50_plain"),
         "rtt_us_p50_tls": median_of(rounds, "rtt_us_p50_tls"),
         "rtt_tls_vs_plain": median_of(rounds, "rtt_tls_vs_plain"),
+        "rtt_tls_vs_plain_rounds": [r["rtt_tls_vs_plain"] for r in rounds],
         "frames_per_s_plain": median_of(rounds, "frames_per_s_plain"),
         "frames_per_s_tls": median_of(rounds, "frames_per_s_tls"),
         "frames_plain_vs_tls": median_of(rounds, "frames_plain_vs_tls"),
+        "frames_plain_vs_tls_rounds": [r["frames_plain_vs_tls"] for r in rounds],
         "goal": {"rtt_tls_vs_plain": 1.3},
         "frame": {"shape": [a.size, a.size], "dtype": "uint16", "bytes": a.size * a.size * 2},
         "rtts_per_round": a.rtts, "frames_per_round": a.frames, "rounds": len(rounds),
         "note": "medians of interleaved per-round figures; indicative only on a shared machine",
-        "env": {"python": platform.python_version(), "loop": res["loop"],
-                "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
-                "seconds": round(time.perf_counter() - t0, 1)},
     }
-    print(json.dumps(out))
+    report.finish(out)
 
 
 if __name__ == "__main__":

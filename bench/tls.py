@@ -21,7 +21,6 @@ connections.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -34,12 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "src"))
+from _common import REPO, Report, run
 
-from labbridge.links.pychron.client import PychronClient  # noqa: E402
-from labbridge.transport.tls import client_context  # noqa: E402
+from labbridge.links.pychron.client import PychronClient
+from labbridge.transport.tls import client_context
 
 NODE = """\
 node: tls-bench
@@ -177,7 +174,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return round(statistics.median(r[key] for r in rounds) * scale, 3)
 
     return {
-        "bench": "tls",
         "request": REQUEST,
         "rounds": args.rounds,
         "requests_per_round": args.requests,
@@ -190,6 +186,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "tls_rtt_p99_us": med("tls_p99", 1e6),
         "tls_rtt_vs_plain": med("ratio"),
         "tls_rtt_vs_plain_rounds": [round(r["ratio"], 3) for r in rounds],
+        "tls_connect_vs_plain_rounds": [round(r["connect_ratio"], 3) for r in rounds],
         "plain_connect_ms": med("plain_connect", 1e3),
         "tls_connect_ms": med("tls_connect", 1e3),
         "tls_connect_vs_plain": med("connect_ratio"),
@@ -207,15 +204,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.requests, args.connects, args.warmup = 2, 20, 2, 5
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(main_async(args))
-        result["event_loop"] = "asyncio"
-    else:
-        result = uvloop.run(main_async(args))
-        result["event_loop"] = "uvloop"
-    print(json.dumps(result))
+    report = Report("tls", args.quick)
+    report.finish(run(main_async(args)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.bench.helpers import check_report
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.interop
@@ -20,9 +21,12 @@ def test_bench_quick_mode_prints_rounds_and_one_json_object() -> None:
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert lines[0].startswith("round 1: labbridge ")
     result = json.loads(lines[-1])
-    assert set(result) == {"rounds", "burst", "puts", "monitor_updates_per_s",
+    check_report("epics", lines[:-1], result)  # what bench/report.py shows of it
+    assert set(result) == {"bench", "rounds", "burst", "puts", "monitor_updates_per_s",
                            "monitor_delivered", "caput_p50_ms", "monitor_rate_vs_plain",
-                           "caput_p50_vs_plain"}
+                           "caput_p50_vs_plain", "monitor_rate_vs_plain_rounds",
+                           "caput_p50_vs_plain_rounds", "env"}
+    assert result["bench"] == "epics" and result["env"]["quick"] is True
     for key in ("monitor_updates_per_s", "monitor_delivered", "caput_p50_ms"):
         assert set(result[key]) == {"labbridge", "plain"}
     assert result["monitor_delivered"]["labbridge"] > 0 < result["monitor_delivered"]["plain"]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from tests.bench.helpers import check_report
 from tests.conftest import REPO
 
 
@@ -25,3 +26,4 @@ def test_tls_bench_quick_mode_reports_the_ratio():
     assert len(report["tls_rtt_vs_plain_rounds"]) == 2
     assert report["tls_version"].startswith("TLSv1.")
     assert "Traceback" not in result.stderr
+    check_report("tls", lines[:-1], report)  # what bench/report.py shows of it

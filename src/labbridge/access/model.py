@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
+
+_now = time.time
 
 
 class Role(enum.IntEnum):
@@ -26,7 +29,7 @@ class Role(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self]
 
     @classmethod
     def parse(cls, text: str) -> Role:
@@ -37,6 +40,8 @@ class Role(enum.IntEnum):
             raise ValueError(f"unknown role {text!r} (roles: observer, operator, admin, "
                              "nobody)") from None
 
+
+_LABELS: dict[Role, str] = {r: r.name.lower() for r in Role}
 
 #: How a request reached the node. ``local`` is a Unix socket in the node's private
 #: directory or an in-process caller; ``udp`` is a datagram (its source can be forged).
@@ -102,10 +107,7 @@ FAILED = "failed"
 REFUSED = "refused"
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """One line of the audit trail: who asked what, when, and the result."""
-
+class _AuditFields(NamedTuple):
     node: str
     outcome: str
     verb: str
@@ -115,9 +117,27 @@ class AuditEvent:
     via: str
     transport: str
     role: str
-    detail: str = ""
-    reason: str = ""
-    ts: float = field(default_factory=time.time)
+    detail: str
+    reason: str
+    ts: float
+
+
+class AuditEvent(_AuditFields):
+    """One line of the audit trail: who asked what, when, and the result.
+
+    Immutable. A NamedTuple rather than a frozen dataclass: one is built for every
+    state-changing request, and a frozen dataclass sets each of its twelve fields through
+    ``object.__setattr__``, which made building it most of what the gate costs a request
+    (docs/adr/0200). ``ts`` defaults to now.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, node: str, outcome: str, verb: str, target: str, who: str, address: str,
+                via: str, transport: str, role: str, detail: str = "", reason: str = "",
+                ts: float | None = None) -> AuditEvent:
+        return super().__new__(cls, node, outcome, verb, target, who, address, via, transport,
+                               role, detail, reason, _now() if ts is None else ts)
 
     def to_json(self) -> dict[str, object]:
         return {"node": self.node, "outcome": self.outcome, "verb": self.verb,

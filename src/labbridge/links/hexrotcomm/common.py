@@ -128,12 +128,31 @@ _MOVES = frozenset({"MOVE", "POSITION_SET", "TRACK_VEL_CMD", "SET_CONSTANT_VEL",
 _CONFIGURING = frozenset({"SET_PIVOTPOINT"})
 
 
+#: command_action results: a controller gets the same few commands over and over (an Action
+#: is immutable). Keyed by the spec's identity, which the entry keeps alive and checks.
+_ACTIONS: dict[tuple[int, int, tuple[float, ...], str], tuple[DeviceSpec, Action]] = {}
+_ACTIONS_MAX = 1024
+
+
 def command_action(spec: DeviceSpec, code: int, params: Sequence[float],
                    target: str) -> Action:
     """What a command asks for: ``admin`` for the commands that rewrite the controller's
     configuration (what its CONFIG reports): ``CONFIG_*`` (the limits it enforces, emergency
     limits included) and the hexapod's ``SET_PIVOTPOINT``; ``operator`` for everything else
     (state changes, ENABLE_DRIVES, moves, stops), unknown codes included."""
+    key = (id(spec), code, tuple(params), target)
+    hit = _ACTIONS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    action = _command_action(spec, code, params, target)
+    if len(_ACTIONS) >= _ACTIONS_MAX:
+        _ACTIONS.clear()
+    _ACTIONS[key] = (spec, action)
+    return action
+
+
+def _command_action(spec: DeviceSpec, code: int, params: Sequence[float],
+                    target: str) -> Action:
     verb, needs = _classify(spec.codes, code)
     p1 = params[0] if params else 0.0
     detail = ""

@@ -29,6 +29,7 @@ memory (``transport.writelines``) instead of being copied into one bytes object.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Any, Final
@@ -68,6 +69,25 @@ Chunk = bytes | memoryview
 
 _SCALAR_DTYPES: Final = {"float": "<f8", "int": "<i8", "bool": "|b1", "complex": "<c16"}
 _unpack_u32 = U32.unpack_from
+
+#: Scalars decoded with struct instead of numpy (dtype -> item size, unpack_from): the casts
+#: give what the numpy path gives (float, int, bool).
+_SCALAR_FAST: Final = {b"<f8": (8, struct.Struct("<d").unpack_from),
+                       b"<i8": (8, struct.Struct("<q").unpack_from),
+                       b"|b1": (1, struct.Struct("?").unpack_from)}
+
+
+#: Every type tag the decoder knows, by its bytes (matched without decoding UTF-8).
+_KNOWN_TAGS: Final = {t.encode(): t for t in (
+    "NoneType", "str", "bytes", "bool", "int", "float", "complex", "ndarray", "list", "tuple",
+    "dict", "ParameterWithPath", *AXIS_CLASSES, *DWA_CLASSES, *DTE_CLASSES)}
+_LONGEST_TAG: Final = max(map(len, _KNOWN_TAGS))
+
+
+@functools.lru_cache(maxsize=MAX_DEPTH + 1)
+def _dims(ndim: int) -> struct.Struct:
+    """``ndim`` big-endian u32 (the dimensions of an array)."""
+    return struct.Struct(f">{ndim}I")
 
 
 def _tag_bytes(name: str) -> bytes:
@@ -301,6 +321,20 @@ class _Reader:
                                 fatal=True) from None
 
     def scalar(self, tag: str) -> Any:
+        buf, pos, end = self.buf, self.pos, self.end
+        # Fast path: a dtype the encoders use for scalars, exactly one element (what every
+        # sender writes). Anything else takes the general path below, errors included.
+        if end - pos >= 4:
+            n = _unpack_u32(buf, pos)[0]
+            p = pos + 4
+            if n <= 4 and end - p >= n + 4:
+                fast = _SCALAR_FAST.get(bytes(buf[p : p + n]))
+                if fast is not None:
+                    size, unpack = fast
+                    p += n
+                    if _unpack_u32(buf, p)[0] == size and end - p - 4 >= size:
+                        self.pos = p + 4 + size
+                        return unpack(buf, p + 4)[0]
         ds = self.string("dtype")
         dt = parse_dtype(ds)
         n = self.u32("scalar length")
@@ -325,7 +359,11 @@ class _Reader:
         ndim = self.u32("array ndim")
         if ndim > MAX_DEPTH:
             raise ProtocolError(f"array with {ndim} dimensions", kind="bad_shape", fatal=True)
-        shape = tuple(self.u32("array dimension") for _ in range(ndim))
+        if self.end - self.pos >= 4 * ndim:
+            shape = _dims(ndim).unpack_from(self.buf, self.pos)
+            self.pos += 4 * ndim
+        else:
+            shape = tuple(self.u32("array dimension") for _ in range(ndim))
         count = math.prod(shape)
         if count * dt.itemsize != nbytes:
             raise ProtocolError(f"array shape {shape} of {ds} needs {count * dt.itemsize} bytes, "
@@ -334,12 +372,26 @@ class _Reader:
         a = np.frombuffer(raw, dtype=dt, count=count).reshape(shape)
         if self.copy:
             a = a.copy()
-        return np.atleast_1d(a)
+        return a if a.ndim else a.reshape(1)  # np.atleast_1d
+
+    def tag(self) -> str:
+        """The type tag of the next OBJ. A known tag is matched on its bytes (no UTF-8
+        decoding); anything else is read as a string, with its errors."""
+        buf, pos, end = self.buf, self.pos, self.end
+        if end - pos >= 4:
+            n = _unpack_u32(buf, pos)[0]
+            p = pos + 4
+            if n <= _LONGEST_TAG and n <= self.max_string and end - p >= n:
+                tag = _KNOWN_TAGS.get(bytes(buf[p : p + n]))
+                if tag is not None:
+                    self.pos = p + n
+                    return tag
+        return self.string("type tag")
 
     def obj(self, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
             raise ProtocolError("objects nested too deeply", kind="too_deep", fatal=True)
-        tag = self.string("type tag")
+        tag = self.tag()
         d = depth + 1
         if tag == "str":
             return self.string("str")
@@ -399,33 +451,52 @@ class _Reader:
         return tuple((_typed(n, str, "extra attribute name"), self.obj(d)) for n in names)
 
     def _dwa(self, tag: str, d: int) -> DataWithAxes:
-        ts = self.obj(d)
-        name, source, dim, distribution = (self.obj(d) for _ in range(4))
-        data = _typed(self.obj(d), list, f"{tag}.data")
-        units = self.obj(d)
-        labels = _typed(self.obj(d), list, f"{tag}.labels")
-        origin = self.obj(d)
-        nav = _typed(self.obj(d), list, f"{tag}.nav_indexes")
-        axes = _typed(self.obj(d), list, f"{tag}.axes")
-        errors = self.obj(d)
+        # Each field is checked by exact type first; _typed (isinstance, and the error with
+        # the field's name) only when that fails, so no message is formatted on success.
+        obj = self.obj
+        ts = obj(d)
+        name, source, dim, distribution = obj(d), obj(d), obj(d), obj(d)
+        data = obj(d)
+        if type(data) is not list:
+            data = _typed(data, list, f"{tag}.data")
+        units = obj(d)
+        labels = obj(d)
+        if type(labels) is not list:
+            labels = _typed(labels, list, f"{tag}.labels")
+        origin = obj(d)
+        nav = obj(d)
+        if type(nav) is not list:
+            nav = _typed(nav, list, f"{tag}.nav_indexes")
+        axes = obj(d)
+        if type(axes) is not list:
+            axes = _typed(axes, list, f"{tag}.axes")
+        errors = obj(d)
         if errors is None:  # PyMoDAQ sends None when the data carries no errors
             errors = []
         elif not isinstance(errors, list | tuple):
             raise ProtocolError(f"{tag}.errors: expected a list, got {type(errors).__name__}",
                                 kind="bad_object", fatal=True)
         extra = self._extras(d)
+        nd = np.ndarray
         return DataWithAxes(
-            cls_name=tag, name=_typed(name, str, f"{tag}.name"),
-            data=tuple(_typed(a, np.ndarray, f"{tag}.data item") for a in data),
-            timestamp=_number(ts, f"{tag}.timestamp"),
-            source=_typed(source, str, f"{tag}.source"), dim=_typed(dim, str, f"{tag}.dim"),
-            distribution=_typed(distribution, str, f"{tag}.distribution"),
-            units=_typed(units, str, f"{tag}.units"),
-            labels=tuple(_typed(x, str, f"{tag}.labels item") for x in labels),
-            origin=_typed(origin, str, f"{tag}.origin"),
-            nav_indexes=tuple(_typed(i, int, f"{tag}.nav_indexes item") for i in nav),
-            axes=tuple(_typed(a, Axis, f"{tag}.axes item") for a in axes),
-            errors=tuple(_typed(e, np.ndarray, f"{tag}.errors item")
+            cls_name=tag,
+            name=name if type(name) is str else _typed(name, str, f"{tag}.name"),
+            data=tuple(a if type(a) is nd else _typed(a, nd, f"{tag}.data item")
+                       for a in data),
+            timestamp=_number(ts, f"{tag}.timestamp") if type(ts) is not float else ts,
+            source=source if type(source) is str else _typed(source, str, f"{tag}.source"),
+            dim=dim if type(dim) is str else _typed(dim, str, f"{tag}.dim"),
+            distribution=distribution if type(distribution) is str
+            else _typed(distribution, str, f"{tag}.distribution"),
+            units=units if type(units) is str else _typed(units, str, f"{tag}.units"),
+            labels=tuple(x if type(x) is str else _typed(x, str, f"{tag}.labels item")
+                         for x in labels),
+            origin=origin if type(origin) is str else _typed(origin, str, f"{tag}.origin"),
+            nav_indexes=tuple(i if type(i) is int else _typed(i, int, f"{tag}.nav_indexes item")
+                              for i in nav),
+            axes=tuple(a if type(a) is Axis else _typed(a, Axis, f"{tag}.axes item")
+                       for a in axes),
+            errors=tuple(e if type(e) is nd else _typed(e, nd, f"{tag}.errors item")
                          for e in errors),
             extra=extra)
 
