@@ -60,7 +60,7 @@ async def rpc(seconds: float) -> None:
 
     from labbridge.links.pychron.client import PychronClient
 
-    with labbridge_node() as port:
+    with labbridge_node() as (port, _pid):
         async with PychronClient("127.0.0.1", port, timeout=10) as client:
             async def step() -> None:
                 await client.ask("GetValveState A")
@@ -299,7 +299,102 @@ def _loops() -> dict[str, Any]:
 
         return feed
 
+    class Wire:
+        """A transport that keeps nothing: what the Python of a protocol costs, no syscalls."""
+
+        def __init__(self) -> None:
+            self.last = b""
+
+        def write(self, data: bytes) -> None:
+            self.last = data
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("127.0.0.1", 40000) if name == "peername" else default
+
+        def is_reading(self) -> bool:
+            return True
+
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+        def set_write_buffer_limits(self, *a: Any, **k: Any) -> None: ...
+
+    def rpc_server() -> Any:
+        """The valve node's whole answer to one braced ``GetValveState A``, bytes in to the
+        reply's ``transport.write`` (connection protocol, framer, slot, deadline, gate,
+        dispatcher, device)."""
+        from labbridge.devices.backends.sim import SimValveBackend
+        from labbridge.devices.valves import ValveBank, ValveConfig
+        from labbridge.links.pychron.dispatch import Dispatcher
+        from labbridge.links.pychron.server import CommandConnection, ServerSettings
+        from labbridge.links.pychron.valves import ValveCommands
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        bank = ValveBank("valves", [ValveConfig("A")], SimValveBackend())
+        conn = CommandConnection(Dispatcher([ValveCommands([bank])]), ServerSettings())
+        wire = Wire()
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        frame = encode_braced("GetValveState A")
+        conn.data_received(frame)
+        assert wire.last == encode_braced("False"), wire.last
+        return lambda: conn.data_received(frame)
+
+    def echo_server() -> Any:
+        """The baseline echo's answer to one frame (bench/_peers.py)."""
+        sys.path.insert(0, str(HERE))
+        from _peers import BracedEcho
+
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = BracedEcho()
+        proto.transport, proto.buf = Wire(), b""
+        frame = encode_braced("GetValveState A")
+        return lambda: proto.data_received(frame)
+
+    def rpc_client() -> Any:
+        """The client's part of one round trip: ``request`` (future, deadline, deferred
+        flush), the flush's write, the reply's framing and the future's result."""
+        from labbridge.links.pychron.client import _BracedProtocol
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = _BracedProtocol()
+        proto.transport = Wire()  # type: ignore[assignment]
+        frame, reply = encode_braced("GetValveState A"), encode_braced("False")
+
+        def step() -> None:
+            fut = proto.request(frame, 10.0)
+            proto._flush()
+            proto.data_received(reply)
+            fut.result()
+
+        return step
+
+    def echo_client() -> Any:
+        """The baseline client's part of one round trip (bench/rpc.py)."""
+        sys.path.insert(0, str(HERE))
+        from rpc import BracedEchoClient
+
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = BracedEchoClient()
+        proto.transport = Wire()
+        frame, reply = encode_braced("GetValveState A"), encode_braced("False")
+
+        def step() -> None:
+            fut = proto.ask(frame)
+            proto.data_received(reply)
+            fut.result()
+
+        return step
+
     return {"gate-record": gate_record, "gate-check": gate_check, "ack-server": ack_server,
+            "rpc-server": rpc_server, "echo-server": echo_server,
+            "rpc-client": rpc_client, "echo-client": echo_client,
             "g3-encode-256": lambda: g3(256, "encode"),
             "g3-decode-256": lambda: g3(256, "decode"),
             "g3-framer-256": lambda: g3(256, "framer")}
