@@ -392,7 +392,43 @@ def _loops() -> dict[str, Any]:
 
         return step
 
+    def telemetry(raw: bool) -> Any:
+        """100 rotator telemetry frames (one 42 KB read): our client's decode and callback
+        of each, or the baseline's two ``unpack_from`` per frame (bench/moog.py)."""
+        sys.path.insert(0, str(HERE))
+        from moog import PROFILE, _telemetry_blob
+
+        from labbridge.links.hexrotcomm.client import CommandTelemetryClient
+
+        blob = _telemetry_blob(101)
+        if raw:
+            import struct
+
+            hdr = struct.Struct(PROFILE.header.struct.format)
+            tel = struct.Struct(PROFILE.device.telemetry.struct.format)
+            hsize, size, mv = hdr.size, hdr.size + tel.size, memoryview(blob)
+
+            def unpack_all() -> None:
+                for off in range(0, 100 * size, size):
+                    hdr.unpack_from(mv, off)
+                    tel.unpack_from(mv, off + hsize)
+
+            return unpack_all
+        got: collections.deque[Any] = collections.deque(maxlen=1)  # each frame dies at once
+        client = CommandTelemetryClient(PROFILE, "127.0.0.1", 1, on_telemetry=got.append)
+        size = len(blob) // 101
+        first, rest = blob[:size], blob[size:]
+        client._data_received(first)
+
+        def decode() -> None:  # the same 100 frames again: a stream whose times stand still
+            client._data_received(rest)
+            got.clear()
+            client._decoder._last_sec = None
+
+        return decode
+
     return {"gate-record": gate_record, "gate-check": gate_check, "ack-server": ack_server,
+            "telemetry-100": lambda: telemetry(False), "telemetry-raw-100": lambda: telemetry(True),
             "rpc-server": rpc_server, "echo-server": echo_server,
             "rpc-client": rpc_client, "echo-client": echo_client,
             "g3-encode-256": lambda: g3(256, "encode"),
