@@ -334,15 +334,41 @@ def _loops() -> dict[str, Any]:
         from labbridge.links.pychron.server import CommandConnection, ServerSettings
         from labbridge.links.pychron.valves import ValveCommands
         from labbridge.protocol.pychron.braced import encode_braced
+        from labbridge.transport.slots import SlotTable
 
         bank = ValveBank("valves", [ValveConfig("A")], SimValveBackend())
         conn = CommandConnection(Dispatcher([ValveCommands([bank])]), ServerSettings())
         wire = Wire()
+        # As TcpServer does: a slot in the server's table, with a byte budget.
+        slot = SlotTable("bench", max_buffered=16 << 20).admit(wire, "127.0.0.1")  # type: ignore[arg-type]
+        assert slot is not None
+        conn.slot = slot
         conn.connection_made(wire)  # type: ignore[arg-type]
         frame = encode_braced("GetValveState A")
         conn.data_received(frame)
         assert wire.last == encode_braced("False"), wire.last
         return lambda: conn.data_received(frame)
+
+    def rpc_part(part: str) -> Any:
+        """One part of rpc-server: ``dispatch`` (parse plan, gate check, handler, reply text),
+        ``device`` (the handler alone), ``framing`` (cutting the frame, framing the reply)."""
+        from labbridge.devices.backends.sim import SimValveBackend
+        from labbridge.devices.valves import ValveBank, ValveConfig
+        from labbridge.links.pychron.dispatch import Caller, Dispatcher
+        from labbridge.links.pychron.server import _frame_reply
+        from labbridge.links.pychron.valves import ValveCommands
+        from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
+        from labbridge.protocol.pychron.messages import parse_request
+
+        cmds = ValveCommands([ValveBank("valves", [ValveConfig("A")], SimValveBackend())])
+        d, caller = Dispatcher([cmds]), Caller("127.0.0.1", "braced")
+        if part == "dispatch":
+            return lambda: d.dispatch("GetValveState A", caller)
+        if part == "device":
+            req = parse_request("GetValveState A")
+            return lambda: cmds.get_valve_state(req, caller)
+        framer, frame = BracedFramer(), encode_braced("GetValveState A")
+        return lambda: (framer.feed(frame), _frame_reply("False"))
 
     def echo_server() -> Any:
         """The baseline echo's answer to one frame (bench/_peers.py)."""
@@ -430,6 +456,8 @@ def _loops() -> dict[str, Any]:
     return {"gate-record": gate_record, "gate-check": gate_check, "ack-server": ack_server,
             "telemetry-100": lambda: telemetry(False), "telemetry-raw-100": lambda: telemetry(True),
             "rpc-server": rpc_server, "echo-server": echo_server,
+            "rpc-dispatch": lambda: rpc_part("dispatch"), "rpc-device": lambda: rpc_part("device"),
+            "rpc-framing": lambda: rpc_part("framing"),
             "rpc-client": rpc_client, "echo-client": echo_client,
             "g3-encode-256": lambda: g3(256, "encode"),
             "g3-decode-256": lambda: g3(256, "decode"),

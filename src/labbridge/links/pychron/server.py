@@ -483,6 +483,8 @@ class CommandConnection(asyncio.Protocol):
         tr = self.transport
         unread = tr.get_write_buffer_size() if tr is not None and not tr.is_closing() else 0
         framer, reader = self._framer, self._reader
+        if reader is None and framer is not None:  # a persistent braced connection
+            return framer.buffered + self._backlog_bytes + unread
         partial = (framer.buffered if framer is not None else 0) + \
             (reader.buffered if reader is not None else 0) + len(self._head)
         return partial + self._backlog_bytes + unread

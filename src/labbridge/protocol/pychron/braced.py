@@ -160,7 +160,8 @@ class BracedFramer:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        buf = self._buf
+        return len(buf._buf) - buf._start  # len(buf), without a Python-level __len__ call
 
     @property
     def suspect(self) -> bool:
