@@ -175,7 +175,7 @@ class _BracedProtocol(asyncio.Protocol):
                 if self.waiting:
                     fut, _ = self.waiting.popleft()
                     if not fut.done():
-                        fut.set_result(item)  # type: ignore[arg-type]
+                        fut.set_result(item)
                 else:
                     log.warning("unsolicited reply %r", item[:80])
         except ProtocolError as exc:

@@ -207,7 +207,7 @@ class CommandConnection(asyncio.Protocol):
             if not self._closing:
                 self.slot.hold()  # may evict us (the largest holder of an over-budget server)
             return
-        if self.mode is not Framing.BRACED and self._deadline is None and not (
+        if self._deadline is None and not (
                 self._reader is not None and self._reader.done):
             self._start_deadline()  # the first byte of the (one) request
         if self.mode is None:
@@ -223,7 +223,7 @@ class CommandConnection(asyncio.Protocol):
                 return
             self._start_mode(mode)
             data, self._head = bytes(self._head), bytearray()
-        if self.mode is Framing.BRACED:
+        if self._framer is not None:  # the first chunk chose braced framing
             self._braced_data(data)
         else:
             self._raw_data(data)
@@ -316,9 +316,9 @@ class CommandConnection(asyncio.Protocol):
                 if item.__class__ is not str or self._closing:
                     break
                 done += 1
-                result = dispatch(item, caller)  # type: ignore[arg-type]
+                result = dispatch(item, caller)
                 if result.__class__ is str:
-                    self._write(result)  # type: ignore[arg-type]
+                    self._write(result)
                     continue
                 fut = asyncio.ensure_future(result)  # type: ignore[arg-type]
                 self._inflight = fut
@@ -326,8 +326,8 @@ class CommandConnection(asyncio.Protocol):
                 break
         for item in items[done:] if done else items:
             if item.__class__ is str:
-                backlog.append((True, item))  # type: ignore[arg-type]
-                self._backlog_bytes += len(item)  # type: ignore[arg-type]
+                backlog.append((True, item))
+                self._backlog_bytes += len(item)
             else:
                 assert isinstance(item, BracedFrameError)
                 log.info("%s: bad frame from %s: %s", self.name, self.peer, item)
@@ -413,7 +413,7 @@ class CommandConnection(asyncio.Protocol):
             assert self._caller is not None
             result = dispatch(text, self._caller)
             if result.__class__ is str:
-                self._write(result)  # type: ignore[arg-type]
+                self._write(result)
                 continue
             fut = asyncio.ensure_future(result)  # type: ignore[arg-type]
             self._inflight = fut
