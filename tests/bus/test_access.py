@@ -275,8 +275,9 @@ def test_curve_secret_key_must_exist_and_be_private(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_node(cfg)
     missing = tmp_path / "keys" / "n.key_secret"
-    assert str(err.value) == (f"{cfg}:4: security.curve.secret_key: {missing}: no such file "
-                              "(make a key pair with `labbridge keys curve NAME --dir DIR`)")
+    assert str(err.value) == (f"{cfg}:4: security.curve.secret_key: {missing}: no such file; "
+                              "make this computer's key pair with `labbridge keys curve n "
+                              f"--dir {tmp_path / 'keys'}`")
     make_keys(tmp_path / "keys", "n")
     build_node(cfg)  # as made by `labbridge keys curve`: fine
     os.chmod(missing, 0o644)
