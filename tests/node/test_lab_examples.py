@@ -10,13 +10,20 @@ import asyncio
 import contextlib
 import json
 import re
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from labbridge.access import Principal, Role
 from labbridge.node.node import build_node
 from labbridge.node.seed import detect_kind
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import labbridge_cmd, run_cli
 from tests.conftest import REPO
 
 LAB_FILES = sorted(p.name for p in (REPO / "examples" / "lab").glob("*.yaml")
@@ -174,7 +181,7 @@ def _mapped_copy(lab: Path, dest: Path) -> Path:
     for real, alias in _MAP.items():
         assert real in text
         text = text.replace(real, alias)
-    text = re.sub(r"\bport: \d+", "port: 0", text)
+    text = re.sub(r"\bport: \d+", "port: 0", text).replace("host: 0.0.0.0", "host: 127.0.0.1")
     dest.mkdir()
     for name in ("keys", "seed", "dashboard-values.yaml"):
         (dest / name).symlink_to(lab / name)
@@ -214,3 +221,66 @@ async def test_the_valve_controller_file_refuses_unlisted_addresses(lab_repo, tm
         assert await _ask(port, b"Lock C\r", "127.0.0.1") == b"OK"
     finally:
         await node.stop()
+
+
+# -- the systemd unit ------------------------------------------------------------------------
+UNIT = REPO / "examples" / "lab" / "labbridge.service"
+
+
+def test_the_documented_unit_is_the_example_file():
+    doc = (REPO / "docs" / "deploy" / "README.md").read_text()
+    blocks = re.findall(r"```ini\n(.*?)```", doc, re.S)
+    assert blocks == [UNIT.read_text()]
+
+
+def _exec_start() -> list[str]:
+    text = UNIT.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze (systemd) is not installed")
+def test_the_unit_file_verifies(tmp_path):
+    """systemd's own checker accepts the unit (with ExecStart pointing at this install's
+    labbridge: the checker wants the program to exist)."""
+    exe = Path(sys.executable).parent / "labbridge"
+    assert exe.exists()
+    unit = tmp_path / "labbridge.service"
+    unit.write_text(UNIT.read_text().replace("/opt/labbridge/bin/labbridge", str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "labbridge.service" not in r.stderr, r.stderr  # no warning about our unit
+
+
+def test_the_units_exec_start_serves_and_stops_on_sigterm(lab_repo, tmp_path):
+    """The unit's ExecStart line, run as systemd would (the paths in /etc, /var/lib and /run
+    replaced by temporary ones; the valve controller's file on loopback with free ports):
+    the ready file appears, and SIGTERM (KillSignal) stops it with status 0."""
+    node = _mapped_copy(lab_repo / "examples" / "lab", tmp_path / "etc")
+    ready = tmp_path / "run" / "ready.json"
+    ready.parent.mkdir()
+    where = {"/etc/labbridge/node.yaml": str(node), "/var/lib/labbridge": str(tmp_path / "state"),
+             "/run/labbridge/ready.json": str(ready)}
+    argv = _exec_start()
+    assert argv[0] == "/opt/labbridge/bin/labbridge"
+    assert set(where) <= set(argv)
+    args = [where.get(a, a) for a in argv[1:]]
+    log = open(tmp_path / "node.log", "w", encoding="utf-8")
+    proc = subprocess.Popen(labbridge_cmd(*args), cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():  # the ready file is the only readiness signal of a process
+            assert proc.poll() is None, (tmp_path / "node.log").read_text()
+            assert time.monotonic() < deadline, "no ready file"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, (tmp_path / "node.log").read_text()  # TimeoutStopSec
+        assert not ready.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
