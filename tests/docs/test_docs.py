@@ -32,7 +32,9 @@ _WORK_BASE = "/var/tmp" if Path("/var/tmp").is_dir() else None
 _COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info",
                                       ".labbridge-state", "test-artifacts", ".pytest_cache",
                                       ".mypy_cache", ".ruff_cache", "node_modules", "*.sqlite",
-                                      "*.sqlite-*")
+                                      "*.sqlite-*", "keys")
+# ("keys": key folders a developer made by following the docs, e.g. examples/lab/keys; the
+# docs make their own, and `labbridge keys` refuses to overwrite a key.)
 
 
 def test_the_docs_are_found():
