@@ -88,8 +88,11 @@ def _configs() -> dict[str, tuple[Path, dict[str, Any]]]:
 CONFIGS = _configs()
 
 
-def _write(where: Path, cfg: dict[str, Any], tmp_path: Path) -> Path:
-    """The node file next to the original (its relative paths still work), removed after."""
+def _write(where: Path, cfg: dict[str, Any], tmp_path: Path, lab_repo: Path) -> Path:
+    """The node file next to the original (its relative paths still work), removed after;
+    the lab's files go into the copy of examples/lab that has their keys (tests/node/conftest.py)."""
+    if where == REPO / "examples" / "lab":
+        where = lab_repo / "examples" / "lab"
     f = where / f".test-listeners-{os.getpid()}-{tmp_path.name}.yaml"
     f.write_text(yaml.safe_dump(cfg))
     return f
@@ -139,9 +142,9 @@ def test_own_listeners_sees_a_socket():
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-async def test_ports_know_every_listener(name, tmp_path):
+async def test_ports_know_every_listener(name, tmp_path, lab_repo):
     where, cfg = CONFIGS[name]
-    f = _write(where, _zero_ports(cfg), tmp_path)
+    f = _write(where, _zero_ports(cfg), tmp_path, lab_repo)
     try:
         node = build_node(f, host="127.0.0.1", state_dir=tmp_path / "state")
     finally:
@@ -166,10 +169,10 @@ async def test_ports_know_every_listener(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_exposure_warns_for_every_listener(name, tmp_path):
+def test_exposure_warns_for_every_listener(name, tmp_path, lab_repo):
     where, cfg = CONFIGS[name]
     cfg = {k: v for k, v in _zero_ports(cfg).items() if k != "security"}
-    f = _write(where, cfg, tmp_path)
+    f = _write(where, cfg, tmp_path, lab_repo)
     try:
         node = build_node(f, host="0.0.0.0", state_dir=tmp_path / "state")
     finally:
