@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,33 @@ def labbridge_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "labbridge", *args]
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 30,
+            cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(labbridge_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+#: The commands docs/deploy/README.md gives for trying the lab's node files on one machine:
+#: every computer's CurveZMQ pair, the site CA and the dashboard host's HTTPS certificate,
+#: in examples/lab/keys (git-ignored: secret keys are never committed).
+LAB_KEY_COMMANDS = (
+    ("keys", "curve", "valve-controller", "furnace-controller", "acquisition", "data-reduction",
+     "dashboard", "--dir", "examples/lab/keys"),
+    ("keys", "tls-ca", "--dir", "examples/lab/keys"),
+    ("keys", "tls-cert", "dashboard", "--host", "192.168.1.30", "--dir", "examples/lab/keys"),
+)
+
+
+def lab_with_keys(base: Path) -> Path:
+    """A copy of examples/lab under ``base/examples/lab`` (without any keys a developer made
+    in the checkout), with the keys made by ``labbridge keys`` as the docs say; returns
+    ``base``, to run commands in with the documented relative paths."""
+    shutil.copytree(REPO / "examples" / "lab", base / "examples" / "lab",
+                    ignore=shutil.ignore_patterns("keys", ".labbridge-state"))
+    for args in LAB_KEY_COMMANDS:
+        r = run_cli(*args, cwd=base)
+        assert r.returncode == 0, (args, r.stderr)
+    return base
 
 
 @contextlib.contextmanager

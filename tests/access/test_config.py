@@ -123,6 +123,28 @@ def test_keys_curve_writes_private_files_and_a_snippet_that_loads(tmp_path):
     assert "Traceback" not in again.stderr
 
 
+def test_keys_curve_makes_several_pairs_or_none(tmp_path):
+    """Several names (a lab's computers, to try its node files on one machine): one pair
+    each, all different; a bad or taken name writes nothing at all."""
+    keydir = tmp_path / "keys"
+    r = run_cli("keys", "curve", "a", "b", "c", "--dir", str(keydir))
+    assert r.returncode == 0, r.stderr
+    publics = {(keydir / f"{n}.key").read_text().splitlines()[1] for n in "abc"}
+    assert len(publics) == 3
+    assert all(stat.S_IMODE((keydir / f"{n}.key_secret").stat().st_mode) == 0o600
+               for n in "abc")
+    before = sorted(p.name for p in keydir.iterdir())
+    taken = run_cli("keys", "curve", "d", "b", "--dir", str(keydir))
+    assert taken.returncode == 1
+    assert taken.stderr.strip() == f"Error: {keydir / 'b.key'} exists; use --force to replace it"
+    bad = run_cli("keys", "curve", "e", "no/slash", "--dir", str(keydir))
+    assert bad.returncode == 1 and "'no/slash': a key name may hold" in bad.stderr
+    assert sorted(p.name for p in keydir.iterdir()) == before   # d and e were not written
+    again = run_cli("keys", "curve", "b", "--force", "--dir", str(keydir))
+    assert again.returncode == 0
+    assert (keydir / "b.key").read_text().splitlines()[1] not in publics
+
+
 def test_keys_passwd_and_token(tmp_path):
     proc = run_cli_input(["keys", "passwd", "bob", "--role", "operator", "--password-stdin"],
                          "correct horse\n")

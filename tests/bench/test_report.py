@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import string
 import subprocess
 import sys
 
@@ -66,8 +67,25 @@ def test_markers_replace_only_between() -> None:
 
 
 def test_the_pymodaq_round_trip_note_says_nagle() -> None:
-    figures = _figures()
-    if "frames" not in figures["benches"]:
-        pytest.skip("no frames results in bench/figures.json")
-    text = report.render(figures)
+    """The frames rows and the note under the tables (Nagle, TCP_NODELAY, the three round
+    trips), from a frames run made up from the figure definitions: it does not depend on
+    bench/figures.json holding frames results."""
+    figs = [f for f in report.FIGURES_SHOWN if f.bench == "frames"]
+    assert figs, "bench/report.py shows no frames figure"
+    keys = {f.key for f in figs} | {name for f in figs
+                                    for _, name, _, _ in string.Formatter().parse(f.detail)
+                                    if name}
+    run: dict = {k: 1000.0 + i for i, k in enumerate(sorted(keys))}
+    run.update(rtt_us_p50_pymodaq_client_to_our_server=2000.0, rtt_us_p50_pymodaq=3000.0,
+               rtt_us_p50_ours=500.0,
+               source={"finished": "2026-01-01T00:00:00", "commit": "abc1234", "dirty": False},
+               env={"cpus": 2, "event_loop": "uvloop"})
+    text = report.render({"benches": {"frames": [run]}})
     assert "Nagle" in text and "TCP_NODELAY" in text
+    assert ("takes 2.00 ms against our server and 3.00 ms against their own server in these "
+            "runs; labbridge at both ends takes 0.50 ms") in text
+    for fig in figs:  # every frames figure has its row, with its values filled in
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{fig.key}`"))
+        assert "n/a" not in row and "nan" not in row, row
+        assert report._fmt(run[fig.key], fig.digits) in row
+    assert "Nagle" not in report.render({"benches": {"rpc": [run]}})  # only with frames runs

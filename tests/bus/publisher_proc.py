@@ -2,12 +2,17 @@
 (tests/bus/test_limits.py). Not a test module.
 
 Prints its URL, then publishes ``good.tick`` every 10 ms and answers one JSON line per
-command line on stdin: ``stats`` -> RSS (KiB), CPU seconds, the publisher's counters.
+command line on stdin: ``stats`` -> RSS (KiB), CPU seconds, the publisher's counters;
+``settled`` -> the same after a garbage collection and ``malloc_trim(0)`` (the allocator gives
+back the memory it keeps freed), so that RSS counts what is still held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import json
 import logging
 import resource
@@ -15,6 +20,13 @@ import sys
 import time
 
 from labbridge.bus.publisher import Publisher
+
+
+def trim() -> None:
+    """Collect garbage and return the allocator's free memory to the system (glibc)."""
+    gc.collect()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc_trim(0)
 
 
 def status_kib(key: str) -> int:
@@ -45,7 +57,9 @@ async def main() -> None:
     ticker = asyncio.create_task(tick())
     try:
         while line := await reader.readline():
-            if line.strip() == b"stats":
+            if line.strip() in (b"stats", b"settled"):
+                if line.strip() == b"settled":
+                    trim()
                 ru = resource.getrusage(resource.RUSAGE_SELF)
                 print(json.dumps({
                     "rss_kib": status_kib("VmRSS"), "peak_kib": status_kib("VmHWM"), "cpu": ru.ru_utime + ru.ru_stime,

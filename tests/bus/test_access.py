@@ -275,8 +275,9 @@ def test_curve_secret_key_must_exist_and_be_private(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_node(cfg)
     missing = tmp_path / "keys" / "n.key_secret"
-    assert str(err.value) == (f"{cfg}:4: security.curve.secret_key: {missing}: no such file "
-                              "(make a key pair with `labbridge keys curve NAME --dir DIR`)")
+    assert str(err.value) == (f"{cfg}:4: security.curve.secret_key: {missing}: no such file; "
+                              "make this computer's key pair with `labbridge keys curve n "
+                              f"--dir {tmp_path / 'keys'}`")
     make_keys(tmp_path / "keys", "n")
     build_node(cfg)  # as made by `labbridge keys curve`: fine
     os.chmod(missing, 0o644)
@@ -444,6 +445,14 @@ def test_an_identity_curve_key_may_be_its_public_key_file(tmp_path):
     cfg.write_text(cfg.read_text().replace("keys/rec.key", "keys/nobody.key"))
     with pytest.raises(ConfigError) as err:
         build_node(cfg)
+    # a file name (NAME.key): the file's trouble, and the command that makes its pair
+    assert str(err.value) == (
+        f"{cfg}:4: security.identities.rec.curve_key: {tmp_path / 'keys' / 'nobody.key'}: no "
+        "such file; it is the public key of nobody: copy nobody.key from the computer that "
+        "made it, or make the pair here with `labbridge keys curve nobody --dir "
+        f"{tmp_path / 'keys'}`")
+    cfg.write_text(cfg.read_text().replace("keys/nobody.key", "not-a-key"))
+    with pytest.raises(ConfigError) as err:
+        build_node(cfg)
     assert str(err.value).startswith(f"{cfg}:4: security.identities.rec.curve_key: a Curve "
                                      "public key is 40 Z85 characters or the NAME.key file")
-    assert "nobody.key: no such file" in str(err.value)

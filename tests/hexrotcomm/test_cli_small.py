@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import threading
 
-import pytest
 import yaml
 
 from labbridge.cli import main
@@ -18,19 +16,6 @@ from labbridge.links.hexrotcomm.mock_server import MockControllerServer
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "rotator-mock.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() replaces the root logger's handlers and level: put them back for later tests."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def test_ports_describes_a_gen_d_mock_as_listening(capsys):

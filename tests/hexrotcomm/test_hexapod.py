@@ -194,21 +194,7 @@ def _hexapod(capsys, *args: str) -> tuple[int, dict]:
     return code, json.loads(out[-1])
 
 
-@pytest.fixture
-def _restore_logging():
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
-def test_serve_the_example_and_drive_it_with_the_cli(tmp_path, capsys, _restore_logging):
+def test_serve_the_example_and_drive_it_with_the_cli(tmp_path, capsys):
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg["devices"][0]["config"]["max_velocity_strut"] = 5000.0  # a quicker test
     node = NodeProc(tmp_path, cfg, "--port", "0", log_level="warning")

@@ -98,20 +98,7 @@ def test_demo_stops_the_lab_when_a_node_dies(tmp_path):
             os.kill(pid, 0)
 
 
-@pytest.fixture
-def root_logging():
-    """Put the root logger's handlers and level back after a test that sets them up."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in saved:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
-def test_logs_go_above_a_live_display(capsys, root_logging):
+def test_logs_go_above_a_live_display(capsys):
     """While a rich Live display is up, a log record is printed through its console (above
     the display), not written to stderr underneath it."""
     setup_logging("info")

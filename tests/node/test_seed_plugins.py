@@ -230,9 +230,10 @@ def test_a_key_plugin_without_its_equivalent_is_a_warning(tmp_path):
         "device_file: the seed's furnace.yaml)"]
 
 
-def test_check_says_what_labbridge_runs_for_each_plugin():
+def test_check_says_what_labbridge_runs_for_each_plugin(lab_repo):
     """Item 8: the lab's own acquisition and data-reduction nodes, as `check` prints them."""
-    r = run_cli("check", "examples/lab/acquisition.yaml", "examples/lab/data-reduction.yaml")
+    r = run_cli("check", "examples/lab/acquisition.yaml", "examples/lab/data-reduction.yaml",
+                cwd=lab_repo)
     assert r.returncode == 0, r.stderr
     xml = "examples/lab/seed/pyexperiment-initialization.xml"
     for line in (
@@ -243,14 +244,14 @@ def test_check_says_what_labbridge_runs_for_each_plugin():
         f"  plugin {xml}:8: Database: labbridge equivalent: a recorder service; none on this "
         "node",
         f"  plugin {xml}:9: Spectrometer: provided by spectrometer link 'spectrometer' "
-        "(examples/lab/acquisition.yaml:23)",
+        "(examples/lab/acquisition.yaml:37)",
         f"  plugin {xml}:10: ExtractionLine: provided by valves link 'extraction-line' "
-        "(examples/lab/acquisition.yaml:15)",
+        "(examples/lab/acquisition.yaml:26)",
         f"  plugin {xml}:11: Experiment: labbridge equivalent: labbridge run SCRIPT --lab "
         "examples/lab/acquisition.yaml (the scripting API: lab.line, lab.furnace, lab.laser, "
         "lab.spectrometer)",
         "  plugin examples/lab/seed/pycrunch-initialization.xml:8: Database: provided by "
-        "service recorder 'recorder' (examples/lab/data-reduction.yaml:7)",
+        "service recorder 'recorder' (examples/lab/data-reduction.yaml:11)",
         "  plugin examples/lab/seed/pycrunch-initialization.xml:9: Pipeline: not run by "
         "labbridge (pyCrunch's data-reduction pipeline); accepted and ignored",
     ):

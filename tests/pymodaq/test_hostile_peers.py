@@ -287,7 +287,8 @@ async def test_per_address_cap_evicts_that_address_idle_connections(caplog):
         await assert_healthy(server, rss0, before)
 
 
-async def test_registered_clients_are_never_evicted():
+async def test_registered_clients_are_never_evicted(caplog):
+    caplog.set_level(logging.WARNING, logger="labbridge.links.pymodaq")
     async with serving(max_connections=2, max_per_address=2) as server:
         rss0 = rss()
         cam = RecordingCamera(width=8, height=8)
@@ -300,9 +301,20 @@ async def test_registered_clients_are_never_evicted():
             await asyncio.wait_for(server.detector.wait_connected(), DEADLINE)
             await asyncio.wait_for(server.actuator.wait_connected(), DEADLINE)
             r, w = await connect(server.port)  # no slot it could take: refused
-            assert await asyncio.wait_for(r.read(1), DEADLINE) == b""
+            # with a reset, as an access refusal (a clean close makes a real client spin),
+            # and the reason in the log
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(r.read(1), DEADLINE)
             w.close()
             assert server.evicted == 0 and server.refused >= 1
+            assert any("too many connections: 127.0.0.1 already has 2, all registered clients"
+                       in r.getMessage() for r in caplog.records)
+            r, w = await connect(server.port, "127.0.0.9")  # another address: the server cap
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(r.read(1), DEADLINE)
+            w.close()
+            assert any("too many connections: all 2 slots hold registered clients"
+                       in r.getMessage() for r in caplog.records)
             assert await server.actuator.get_position() == 1.0
             assert (await server.detector.grab())[0].shape == (8, 8)
         finally:

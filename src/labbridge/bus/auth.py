@@ -137,13 +137,39 @@ def keys_of(endpoint: object) -> ClientKeys | None:
     return keys if isinstance(keys, ClientKeys) else None
 
 
+def _missing(path: Path, *, secret: bool) -> KeyFileError:
+    """A missing key file: the command that makes it, with the name and the directory the
+    node file expects (``keys/valve-controller.key_secret`` -> ``labbridge keys curve
+    valve-controller --dir keys``)."""
+    name = path.name
+    for suffix in (".key_secret", ".key"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[:-len(suffix)]
+            break
+    else:
+        return KeyFileError(f"{path}: no such file (make a key pair with `labbridge keys curve "
+                            "NAME --dir DIR`)")
+    folder = os.path.normpath(path.parent)
+    try:
+        rel = os.path.relpath(folder)
+        if not rel.startswith(".."):
+            folder = rel
+    except ValueError:
+        pass
+    make = f"`labbridge keys curve {name} --dir {folder}`"
+    if secret:
+        return KeyFileError(f"{path}: no such file; make this computer's key pair with {make}")
+    return KeyFileError(f"{path}: no such file; it is the public key of {name}: copy "
+                        f"{name}.key from the computer that made it, or make the pair here "
+                        f"with {make}")
+
+
 def _read_key_file(path: Path) -> dict[str, bytes]:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_KEY_FILE + 1)
     except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such file (make a key pair with `labbridge keys curve "
-                           "NAME --dir DIR`)") from None
+        raise _missing(path, secret=False) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:
@@ -182,8 +208,7 @@ def read_secret_key(path: str | Path) -> CurveKeyPair:
     try:
         st = os.stat(p)
     except FileNotFoundError:
-        raise KeyFileError(f"{p}: no such file (make a key pair with `labbridge keys curve "
-                           "NAME --dir DIR`)") from None
+        raise _missing(p, secret=True) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read {p}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):

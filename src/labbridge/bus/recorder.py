@@ -536,9 +536,20 @@ class Recorder:
             assert store is not None and self._executor is not None
             loop = asyncio.get_running_loop()
             self._in_flight = len(rows)
+            write = loop.run_in_executor(self._executor, store.write, rows,
+                                         gaps + self._gap_rows(unstored))
+            # Once handed to the writer thread, the rows are its own: a cancellation (stop()
+            # ending the flush loop, a cancelled query) waits for the write's outcome
+            # instead of dropping the rows unwritten (cancelling a write that has not
+            # started yet would) and is passed on after.
+            cancelled = False
             try:
-                await loop.run_in_executor(self._executor, store.write, rows,
-                                           gaps + self._gap_rows(unstored))
+                while True:
+                    try:
+                        await asyncio.shield(write)
+                        break
+                    except asyncio.CancelledError:
+                        cancelled = True
             except sqlite3.Error as exc:
                 # keep everything, oldest first, for the next attempt
                 self._rows[:0] = rows
@@ -546,6 +557,8 @@ class Recorder:
                 self._restore_unstored(unstored)
                 self.write_failures += 1
                 self._failed(exc)
+                if cancelled:
+                    raise asyncio.CancelledError from None
                 return False
             finally:
                 self._in_flight = 0
@@ -557,6 +570,8 @@ class Recorder:
             self.last_error = None
             self._backoff.reset()
             self.writing.set()
+            if cancelled:
+                raise asyncio.CancelledError
             return True
 
     def _failed(self, exc: sqlite3.Error) -> None:

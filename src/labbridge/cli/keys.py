@@ -53,33 +53,42 @@ def keys() -> None:
 
 
 @keys.command("curve")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--dir", "directory", default="keys", show_default=True,
               help="Where to write NAME.key and NAME.key_secret (created with mode 0700).")
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
-def curve(name: str, directory: str, force: bool) -> None:
-    """A CurveZMQ key pair for the bus: NAME.key (public) and NAME.key_secret (0600)."""
+def curve(names: tuple[str, ...], directory: str, force: bool) -> None:
+    """A CurveZMQ key pair for the bus: NAME.key (public) and NAME.key_secret (0600).
+
+    Several names make several pairs (one per computer of a lab, to try its node files on
+    one machine); nothing is written unless every name is good and free.
+    """
     import zmq
 
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise click.ClickException("a key name may hold letters, digits, '-' and '_' only")
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise click.ClickException(f"{name!r}: a key name may hold letters, digits, '-' "
+                                       "and '_' only")
     d = _keydir(directory)
-    public, secret = zmq.curve_keypair()
-    pub_path, sec_path = d / f"{name}.key", d / f"{name}.key_secret"
-    for p in (pub_path, sec_path):
-        if p.exists():
-            if not force:
+    for name in names:
+        for p in (d / f"{name}.key", d / f"{name}.key_secret"):
+            if p.exists() and not force:
                 raise click.ClickException(f"{p} exists; use --force to replace it")
-            p.unlink()
-    pub_text, sec_text = public.decode("ascii"), secret.decode("ascii")
-    _write_private(pub_path, f"# labbridge CurveZMQ public key of {name}\n"
-                             f"public-key = \"{pub_text}\"\n", 0o644)
-    _write_private(sec_path, f"# labbridge CurveZMQ SECRET key of {name}: keep it private\n"
-                             f"public-key = \"{pub_text}\"\n"
-                             f"secret-key = \"{sec_text}\"\n", 0o600)
-    click.echo(f"wrote {sec_path} (secret, mode 600) and {pub_path} (public)")
-    click.echo("to let it in, add to the node file's security section:")
-    click.echo(f"  identities:\n    {name}: {{role: observer, curve_key: \"{pub_text}\"}}")
+    for name in dict.fromkeys(names):
+        public, secret = zmq.curve_keypair()
+        pub_path, sec_path = d / f"{name}.key", d / f"{name}.key_secret"
+        for p in (pub_path, sec_path):
+            if p.exists():
+                p.unlink()
+        pub_text, sec_text = public.decode("ascii"), secret.decode("ascii")
+        _write_private(pub_path, f"# labbridge CurveZMQ public key of {name}\n"
+                                 f"public-key = \"{pub_text}\"\n", 0o644)
+        _write_private(sec_path, f"# labbridge CurveZMQ SECRET key of {name}: keep it private\n"
+                                 f"public-key = \"{pub_text}\"\n"
+                                 f"secret-key = \"{sec_text}\"\n", 0o600)
+        click.echo(f"wrote {sec_path} (secret, mode 600) and {pub_path} (public)")
+        click.echo("to let it in, add to the node file's security section:")
+        click.echo(f"  identities:\n    {name}: {{role: observer, curve_key: \"{pub_text}\"}}")
 
 
 @keys.command("passwd")

@@ -109,9 +109,13 @@ class Node:
         return self.ctx.node_name
 
     def endpoints(self) -> list[Endpoint]:
+        """Every socket the node listens on or connects to: its services', then its
+        devices' (a generation A ``hexrot_controller`` listens for its controller)."""
         out: list[Endpoint] = []
         for svc in self.services:
             out.extend(svc.endpoints())
+        for dev in self.devices:
+            out.extend(device_endpoints(dev))
         return out
 
     async def start(self) -> None:
@@ -171,6 +175,13 @@ class Node:
         write_json_atomic(Path(path), self.ready_info())
 
 
+def device_endpoints(dev: Device) -> list[Endpoint]:
+    """Where a device listens or connects by itself (an ``endpoints()`` method, as a
+    service has); most devices have none."""
+    endpoints = getattr(dev, "endpoints", None)
+    return list(endpoints()) if callable(endpoints) else []
+
+
 def _fmt_ep(e: Endpoint) -> str:
     if e.path:
         return f"{e.protocol} {e.path}"
@@ -210,6 +221,9 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
     rhs_mode = root.get_choice("remote_hardware_server", ("relay", "command_server"), None)
 
     devices: list[Device] = []
+    warnings: list[str] = []
+    #: Who listens where (devices and services), for the port clash check.
+    listening: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
     #: What the node runs, for the initialization.xml cross-check: (what, kind, name, line).
     parts: list[tuple[str, str, str, int]] = []
     for sec in root.get_sections("devices", []):
@@ -227,13 +241,13 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
         dev: Device = _build(factory, sec, ctx)
         _consume_overridden(sec, ctx)
         sec.check_no_unknown()
+        _check_ports(sec, f"device {dname!r}", device_endpoints(dev), listening)
+        warnings.extend(_exposure(sec, dname, device_endpoints(dev), ctx))
         ctx.devices[dname] = dev
         devices.append(dev)
         parts.append(("device", kind, dname, sec.line_of("kind") or 0))
 
     services: list[Service] = []
-    warnings: list[str] = []
-    listening: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
     for i, sec in enumerate(root.get_sections("services", [])):
         kind = sec.get_str("kind")
         kinds.load_for((kind,))
@@ -252,8 +266,8 @@ def build_node(path: str | Path, *, host: str | None = None, port: int | None = 
             pass
         _consume_overridden(sec, ctx)
         sec.check_no_unknown()
-        _check_ports(sec, svc, listening)
-        warnings.extend(_exposure(sec, svc, ctx))
+        _check_ports(sec, f"service {sname!r}", svc.endpoints(), listening)
+        warnings.extend(_exposure(sec, sname, svc.endpoints(), ctx))
         ctx.services[sname] = svc
         services.append(svc)
         parts.append(("service", kind, sname, sec.line_of("kind") or 0))
@@ -315,13 +329,14 @@ def _build(factory: Any, sec: Section, ctx: NodeContext) -> Any:
         ctx.host_override = override
 
 
-def _exposure(sec: Section, svc: Service, ctx: NodeContext) -> list[str]:
+def _exposure(sec: Section, name: str, endpoints: list[Endpoint],
+              ctx: NodeContext) -> list[str]:
     """A warning for each endpoint that listens beyond loopback while no non-loopback
     address or identity has a role on the node (nobody out there could use it, or the file
     forgot its access rules)."""
     policy = ctx.gate.policy
     out = []
-    for ep in svc.endpoints():
+    for ep in endpoints:
         if ep.role != "listen" or ep.path or is_loopback_host(ep.host):
             continue
         if policy.grants_beyond_loopback():
@@ -331,7 +346,7 @@ def _exposure(sec: Section, svc: Service, ctx: NodeContext) -> list[str]:
         where = f"{err.file}:{err.line}: {err.field}" if err.field else f"{err.file}:{err.line}"
         why = ("no security section" if not policy.configured
                else "its security section gives no role to any address beyond loopback")
-        out.append(f"{where}: {svc.name} listens on {ep.host}:{ep.port} ({ep.protocol}) but "
+        out.append(f"{where}: {name} listens on {ep.host}:{ep.port} ({ep.protocol}) but "
                    f"the node has {why}: only this machine may use it; add "
                    "security.addresses (docs/security.md)")
     return out
@@ -348,24 +363,25 @@ def _consume_overridden(sec: Section, ctx: NodeContext) -> None:
 _ANY_HOST = ("", "0.0.0.0", "::", None)
 
 
-def _check_ports(sec: Section, svc: Service,
+def _check_ports(sec: Section, name: str, endpoints: list[Endpoint],
                  listening: dict[tuple[str, int], list[tuple[str | None, str]]]) -> None:
-    """Two services of one node may not listen on the same port and address (port 0
-    excepted); a wildcard address (0.0.0.0, ::) clashes with every address."""
-    for ep in svc.endpoints():
+    """Two parts (services, devices that listen) of one node may not listen on the same
+    port and address (port 0 excepted); a wildcard address (0.0.0.0, ::) clashes with every
+    address."""
+    for ep in endpoints:
         if ep.role != "listen" or not ep.port:
             continue
         proto = "udp" if ep.protocol == "udp" else "tcp"  # zmq, http, ... are TCP
         key = (proto, ep.port)
         holders = listening.setdefault(key, [])
         for host, other in holders:
-            if other != svc.name and (host == ep.host or host in _ANY_HOST
+            if other != name and (host == ep.host or host in _ANY_HOST
                                       or ep.host in _ANY_HOST):
                 field = next((k for k in sec if sec.raw().get(k) == ep.port
                               and not isinstance(sec.raw().get(k), bool)), None)
                 raise sec.error(field, f"{proto.upper()} port {ep.port} is already used by "
-                                f"service {other!r} of this node")
-        holders.append((ep.host, svc.name))
+                                f"{other} of this node")
+        holders.append((ep.host, name))
 
 
 async def run_node(node: Node, *, ready_file: str | Path | None = None,

@@ -69,6 +69,7 @@ def parse_security(sec: Section | None) -> Policy:
             raise addr_sec.error(key, f"unknown role {key!r} (roles: {', '.join(_ROLE_NAMES)})")
     udp_writers = tuple(sec.get_networks("udp_writers", list(LOOPBACK)))
     local = Role.parse(sec.get_choice("local", ("nobody", *_ROLE_NAMES), "admin"))
+    curve = _curve(sec)  # the node's own pair first: the first key a new node needs
     identities: dict[str, Identity] = {}
     id_sec = sec.get_section("identities", None)
     if id_sec is not None:
@@ -76,7 +77,6 @@ def parse_security(sec: Section | None) -> Policy:
             one = id_sec.get_section(name)
             identities[name] = _identity(name, one)
             one.check_no_unknown()
-    curve = _curve(sec)
     sec.check_no_unknown()
     return NodePolicy(addresses=addresses, identities=identities, udp_writers=udp_writers,
                       local_role=local, configured=True, curve=curve)
@@ -122,6 +122,8 @@ def _identity(name: str, sec: Section) -> Identity:
         try:
             curve = read_public_key(curve, _base(sec)).decode("ascii")
         except KeyFileError as exc:
+            if curve.endswith(".key"):  # clearly a file name: the file's own trouble
+                raise sec.error("curve_key", str(exc)) from None
             raise sec.error("curve_key", f"a Curve public key is 40 Z85 characters or the "
                             f"NAME.key file `labbridge keys curve` made: {exc}") from None
     cert = sec.get_str("cert", None)

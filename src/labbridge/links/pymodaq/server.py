@@ -517,7 +517,10 @@ class ServerSession:
             return
         refused = self.server._admit(self)
         if refused is not None:
-            stream.fail(refused)
+            # No slot it could take: refused as an access refusal is, with a reset (the
+            # protocol has no refusal message, and a clean close makes a real client spin);
+            # the reason is the log line. Not audited: no access was decided.
+            stream.reset(refused)
             return
         self.server._sessions.add(self)
         if self.server.hello_timeout is not None:
