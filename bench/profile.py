@@ -400,6 +400,31 @@ def _loops() -> dict[str, Any]:
 
         return step
 
+    def rpc_ask() -> Any:
+        """rpc-client plus ``PychronClient.ask`` around it (retries, timeouts, the coroutine
+        chain); the await is driven by hand: the reply arrives while ``ask`` waits."""
+        from labbridge.links.pychron.client import PychronClient, _BracedProtocol
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        client = PychronClient("127.0.0.1", 1, timeout=10)
+        proto = _BracedProtocol()
+        proto.transport = Wire()  # type: ignore[assignment]
+        client._proto = proto
+        reply = encode_braced("False")
+
+        def step() -> None:
+            coro = client.ask("GetValveState A")
+            coro.send(None)  # runs to the await of the reply's future
+            proto.data_received(reply)
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                assert done.value == "False"
+            else:
+                raise AssertionError("ask did not finish")
+
+        return step
+
     def echo_client() -> Any:
         """The baseline client's part of one round trip (bench/rpc.py)."""
         sys.path.insert(0, str(HERE))
@@ -458,7 +483,7 @@ def _loops() -> dict[str, Any]:
             "rpc-server": rpc_server, "echo-server": echo_server,
             "rpc-dispatch": lambda: rpc_part("dispatch"), "rpc-device": lambda: rpc_part("device"),
             "rpc-framing": lambda: rpc_part("framing"),
-            "rpc-client": rpc_client, "echo-client": echo_client,
+            "rpc-client": rpc_client, "rpc-ask": rpc_ask, "echo-client": echo_client,
             "g3-encode-256": lambda: g3(256, "encode"),
             "g3-decode-256": lambda: g3(256, "decode"),
             "g3-framer-256": lambda: g3(256, "framer")}
