@@ -60,7 +60,7 @@ async def rpc(seconds: float) -> None:
 
     from labbridge.links.pychron.client import PychronClient
 
-    with labbridge_node() as port:
+    with labbridge_node() as (port, _pid):
         async with PychronClient("127.0.0.1", port, timeout=10) as client:
             async def step() -> None:
                 await client.ask("GetValveState A")
@@ -299,7 +299,191 @@ def _loops() -> dict[str, Any]:
 
         return feed
 
+    class Wire:
+        """A transport that keeps nothing: what the Python of a protocol costs, no syscalls."""
+
+        def __init__(self) -> None:
+            self.last = b""
+
+        def write(self, data: bytes) -> None:
+            self.last = data
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("127.0.0.1", 40000) if name == "peername" else default
+
+        def is_reading(self) -> bool:
+            return True
+
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+        def set_write_buffer_limits(self, *a: Any, **k: Any) -> None: ...
+
+    def rpc_server() -> Any:
+        """The valve node's whole answer to one braced ``GetValveState A``, bytes in to the
+        reply's ``transport.write`` (connection protocol, framer, slot, deadline, gate,
+        dispatcher, device)."""
+        from labbridge.devices.backends.sim import SimValveBackend
+        from labbridge.devices.valves import ValveBank, ValveConfig
+        from labbridge.links.pychron.dispatch import Dispatcher
+        from labbridge.links.pychron.server import CommandConnection, ServerSettings
+        from labbridge.links.pychron.valves import ValveCommands
+        from labbridge.protocol.pychron.braced import encode_braced
+        from labbridge.transport.slots import SlotTable
+
+        bank = ValveBank("valves", [ValveConfig("A")], SimValveBackend())
+        conn = CommandConnection(Dispatcher([ValveCommands([bank])]), ServerSettings())
+        wire = Wire()
+        # As TcpServer does: a slot in the server's table, with a byte budget.
+        slot = SlotTable("bench", max_buffered=16 << 20).admit(wire, "127.0.0.1")  # type: ignore[arg-type]
+        assert slot is not None
+        conn.slot = slot
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        frame = encode_braced("GetValveState A")
+        conn.data_received(frame)
+        assert wire.last == encode_braced("False"), wire.last
+        return lambda: conn.data_received(frame)
+
+    def rpc_part(part: str) -> Any:
+        """One part of rpc-server: ``dispatch`` (parse plan, gate check, handler, reply text),
+        ``device`` (the handler alone), ``framing`` (cutting the frame, framing the reply)."""
+        from labbridge.devices.backends.sim import SimValveBackend
+        from labbridge.devices.valves import ValveBank, ValveConfig
+        from labbridge.links.pychron.dispatch import Caller, Dispatcher
+        from labbridge.links.pychron.server import _frame_reply
+        from labbridge.links.pychron.valves import ValveCommands
+        from labbridge.protocol.pychron.braced import BracedFramer, encode_braced
+        from labbridge.protocol.pychron.messages import parse_request
+
+        cmds = ValveCommands([ValveBank("valves", [ValveConfig("A")], SimValveBackend())])
+        d, caller = Dispatcher([cmds]), Caller("127.0.0.1", "braced")
+        if part == "dispatch":
+            return lambda: d.dispatch("GetValveState A", caller)
+        if part == "device":
+            req = parse_request("GetValveState A")
+            return lambda: cmds.get_valve_state(req, caller)
+        framer, frame = BracedFramer(), encode_braced("GetValveState A")
+        return lambda: (framer.feed(frame), _frame_reply("False"))
+
+    def echo_server() -> Any:
+        """The baseline echo's answer to one frame (bench/_peers.py)."""
+        sys.path.insert(0, str(HERE))
+        from _peers import BracedEcho
+
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = BracedEcho()
+        proto.transport, proto.buf = Wire(), b""
+        frame = encode_braced("GetValveState A")
+        return lambda: proto.data_received(frame)
+
+    def rpc_client() -> Any:
+        """The client's part of one round trip: ``request`` (future, deadline, deferred
+        flush), the flush's write, the reply's framing and the future's result."""
+        from labbridge.links.pychron.client import _BracedProtocol
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = _BracedProtocol()
+        proto.transport = Wire()  # type: ignore[assignment]
+        frame, reply = encode_braced("GetValveState A"), encode_braced("False")
+
+        def step() -> None:
+            fut = proto.request(frame, 10.0)
+            proto._flush()
+            proto.data_received(reply)
+            fut.result()
+
+        return step
+
+    def rpc_ask() -> Any:
+        """rpc-client plus ``PychronClient.ask`` around it (retries, timeouts, the coroutine
+        chain); the await is driven by hand: the reply arrives while ``ask`` waits."""
+        from labbridge.links.pychron.client import PychronClient, _BracedProtocol
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        client = PychronClient("127.0.0.1", 1, timeout=10)
+        proto = _BracedProtocol()
+        proto.transport = Wire()  # type: ignore[assignment]
+        client._proto = proto
+        reply = encode_braced("False")
+
+        def step() -> None:
+            coro = client.ask("GetValveState A")
+            coro.send(None)  # runs to the await of the reply's future
+            proto.data_received(reply)
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                assert done.value == "False"
+            else:
+                raise AssertionError("ask did not finish")
+
+        return step
+
+    def echo_client() -> Any:
+        """The baseline client's part of one round trip (bench/rpc.py)."""
+        sys.path.insert(0, str(HERE))
+        from rpc import BracedEchoClient
+
+        from labbridge.protocol.pychron.braced import encode_braced
+
+        proto = BracedEchoClient()
+        proto.transport = Wire()
+        frame, reply = encode_braced("GetValveState A"), encode_braced("False")
+
+        def step() -> None:
+            fut = proto.ask(frame)
+            proto.data_received(reply)
+            fut.result()
+
+        return step
+
+    def telemetry(raw: bool) -> Any:
+        """100 rotator telemetry frames (one 42 KB read): our client's decode and callback
+        of each, or the baseline's two ``unpack_from`` per frame (bench/moog.py)."""
+        sys.path.insert(0, str(HERE))
+        from moog import PROFILE, _telemetry_blob
+
+        from labbridge.links.hexrotcomm.client import CommandTelemetryClient
+
+        blob = _telemetry_blob(101)
+        if raw:
+            import struct
+
+            hdr = struct.Struct(PROFILE.header.struct.format)
+            tel = struct.Struct(PROFILE.device.telemetry.struct.format)
+            hsize, size, mv = hdr.size, hdr.size + tel.size, memoryview(blob)
+
+            def unpack_all() -> None:
+                for off in range(0, 100 * size, size):
+                    hdr.unpack_from(mv, off)
+                    tel.unpack_from(mv, off + hsize)
+
+            return unpack_all
+        got: collections.deque[Any] = collections.deque(maxlen=1)  # each frame dies at once
+        client = CommandTelemetryClient(PROFILE, "127.0.0.1", 1, on_telemetry=got.append)
+        size = len(blob) // 101
+        first, rest = blob[:size], blob[size:]
+        client._data_received(first)
+
+        def decode() -> None:  # the same 100 frames again: a stream whose times stand still
+            client._data_received(rest)
+            got.clear()
+            client._decoder._last_sec = None
+
+        return decode
+
     return {"gate-record": gate_record, "gate-check": gate_check, "ack-server": ack_server,
+            "telemetry-100": lambda: telemetry(False), "telemetry-raw-100": lambda: telemetry(True),
+            "rpc-server": rpc_server, "echo-server": echo_server,
+            "rpc-dispatch": lambda: rpc_part("dispatch"), "rpc-device": lambda: rpc_part("device"),
+            "rpc-framing": lambda: rpc_part("framing"),
+            "rpc-client": rpc_client, "rpc-ask": rpc_ask, "echo-client": echo_client,
             "g3-encode-256": lambda: g3(256, "encode"),
             "g3-decode-256": lambda: g3(256, "decode"),
             "g3-framer-256": lambda: g3(256, "framer")}

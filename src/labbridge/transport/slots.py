@@ -185,12 +185,14 @@ class SlotTable:
 
     # -- reports from slots ---------------------------------------------------------------------
     def _touch(self, slot: Slot) -> None:
-        if slot in self._lru:
-            slot.last_active = self.clock()
-            self._lru.move_to_end(slot)
-            mine = self._by_addr.get(slot.peer)
-            if mine is not None:
-                mine.move_to_end(slot)
+        try:
+            self._lru.move_to_end(slot)  # KeyError: not (or no longer) in the table
+        except KeyError:
+            return
+        slot.last_active = self.clock()
+        mine = self._by_addr.get(slot.peer)
+        if mine is not None:
+            mine.move_to_end(slot)
 
     def _demote(self, slot: Slot) -> None:
         if slot in self._lru:

@@ -54,7 +54,7 @@ IDEMPOTENT_PREFIXES = ("Get", "Read", "Ping", "Is", "In")
 
 def is_idempotent(command: str) -> bool:
     """Requests that may be re-sent safely (spec 3.6): queries, never actuations."""
-    word = command.strip().split(" ", 1)[0]
+    word = command.strip().partition(" ")[0]
     if word.startswith("{"):
         return False
     return word.startswith(IDEMPOTENT_PREFIXES)
@@ -118,13 +118,23 @@ class _BracedProtocol(asyncio.Protocol):
         self.ssl_object: Any = None
 
     def request(self, frame: bytes, timeout: float) -> asyncio.Future[str]:
-        fut: asyncio.Future[str] = self.loop.create_future()
-        deadline = self.loop.time() + timeout
-        self.waiting.append((fut, deadline))
+        loop = self.loop
+        fut: asyncio.Future[str] = loop.create_future()
+        deadline = loop.time() + timeout
+        waiting = self.waiting
+        idle = not waiting
+        waiting.append((fut, deadline))
         if self._watchdog is None:
-            self._watchdog = self.loop.call_at(deadline, self._check)
+            self._watchdog = loop.call_at(deadline, self._check)
+        if idle and not self._out:
+            # Nothing else in flight (one request at a time): write now, no extra loop pass.
+            tr = self.transport
+            if tr is not None and not tr.is_closing():
+                tr.write(frame)
+            return fut
+        # Pipelined: requests made in the same loop pass go out in one write.
         if not self._out:
-            self.loop.call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(frame)
         return fut
 
@@ -158,10 +168,9 @@ class _BracedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.framer.receive_data(data)
-            for item in self.framer.drain():
-                if not isinstance(item, str):
-                    raise item
+            for item in self.framer.feed(data):
+                if item.__class__ is not str:
+                    raise item  # type: ignore[misc]
                 self.replies += 1
                 if self.waiting:
                     fut, _ = self.waiting.popleft()
@@ -218,6 +227,7 @@ class PychronClient:
         self.terminator = terminator
         self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
         self._proto: _BracedProtocol | None = None
+        self._frames: dict[str, bytes] = {}  # request text -> braced frame (bounded)
         self._connect_lock = asyncio.Lock()
         #: Reconnect pacing: no connection attempt before this loop time.
         self._retry_at = 0.0
@@ -342,7 +352,13 @@ class PychronClient:
         return kind(f"{self}: {reason}")
 
     async def _ask_braced(self, request: str, timeout: float) -> str:
-        frame = encode_braced(request)
+        frame = self._frames.get(request)
+        if frame is None:
+            frame = encode_braced(request)
+            if len(request) <= 128:  # a client asks the same few things: keep their frames
+                if len(self._frames) >= 256:
+                    self._frames.clear()
+                self._frames[request] = frame
         if not self.connected:
             async with self._connect_lock:
                 if not self.connected:

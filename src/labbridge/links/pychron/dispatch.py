@@ -20,7 +20,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from labbridge.access import DONE, FAILED, AccessDenied, Action, Gate, Principal, Role
 from labbridge.protocol.pychron.messages import (
@@ -100,12 +100,25 @@ class CommandSet:
         return out
 
 
+#: Handler results that are final (not awaitable): checked by exact type before asking
+#: :func:`inspect.isawaitable`.
+_PLAIN: Final = frozenset({str, bool, int, float, type(None), bytes, PychronError})
+
+#: Request texts whose parsed request and access action are kept (a client asks the same few
+#: things over and over); longer texts and JSON requests are parsed each time.
+_PLAN_TEXT_MAX: Final = 128
+_PLANS_MAX: Final = 1024
+
+
 class Dispatcher:
     """Routes requests to handlers through the node's access gate; every path ends in reply
     text."""
 
     def __init__(self, sets: list[CommandSet] | None = None, gate: Gate | None = None) -> None:
         self._table: dict[str, tuple[Handler, Role]] = {}
+        # Request text -> (request, handler, role needed, action): parsing and the action's
+        # construction are done once per distinct text. The gate still judges every request.
+        self._plans: dict[str, tuple[Request, Handler, Role, Action]] = {}
         #: The node's gate; a dispatcher built alone (tests, tools) gets the default
         #: policy: this machine is admin, nobody else may do anything.
         self.gate = gate if gate is not None else Gate()
@@ -117,6 +130,7 @@ class Dispatcher:
             if name in self._table:
                 raise ValueError(f"command {name!r} is defined twice")
             self._table[name] = entry
+        self._plans.clear()
 
     def role_needed(self, command: str) -> Role | None:
         entry = self._table.get(command)
@@ -124,16 +138,25 @@ class Dispatcher:
 
     def dispatch(self, text: str, caller: Caller) -> str | Awaitable[str]:
         """Reply text, or an awaitable of it when the handler is asynchronous."""
-        try:
-            req = parse_request(text)
-        except RequestError as exc:
-            return exc.reply.text
-        entry = self._table.get(req.command)
-        if entry is None:
-            return error_text(ErrorCode.INVALID_COMMAND, req.command)
-        fn, needs = entry
+        plan = self._plans.get(text)
+        if plan is None:
+            try:
+                req = parse_request(text)
+            except RequestError as exc:
+                return exc.reply.text
+            entry = self._table.get(req.command)
+            if entry is None:
+                return error_text(ErrorCode.INVALID_COMMAND, req.command)
+            fn, needs = entry
+            action = Action(needs, req.command, req.arg_text[:200])
+            if req.data is None and len(text) <= _PLAN_TEXT_MAX:
+                plans = self._plans
+                if len(plans) >= _PLANS_MAX:
+                    plans.clear()
+                plans[text] = (req, fn, needs, action)
+        else:
+            req, fn, needs, action = plan
         principal = caller.principal
-        action = Action(needs, req.command, req.arg_text[:200])
         gate = self.gate
         try:
             gate.check(principal, action)
@@ -146,7 +169,7 @@ class Dispatcher:
             if needs >= Role.OPERATOR:
                 gate.record(principal, action, FAILED, reply)
             return reply
-        if inspect.isawaitable(result):
+        if result.__class__ not in _PLAIN and inspect.isawaitable(result):
             return self._finish(req, result, principal, action)
         reply = render_reply(result)
         if needs >= Role.OPERATOR:

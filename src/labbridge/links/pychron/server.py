@@ -63,6 +63,23 @@ log = logging.getLogger(__name__)
 #: Bytes detect_framing needs to decide (``{`` + 4 hex digits + ``}``).
 _DETECT_BYTES = 6
 
+#: Encoded braced frames of short replies seen before (``OK``, ``False``, a reading...):
+#: encoding is a dictionary look-up on the hot path. Bounded: cleared when full.
+_FRAMES: dict[str, bytes] = {}
+_FRAMES_MAX = 512
+_FRAMED_TEXT_MAX = 64
+
+
+def _frame_reply(text: str) -> bytes:
+    frame = _FRAMES.get(text)
+    if frame is None:
+        frame = _encode_braced(text)
+        if len(text) <= _FRAMED_TEXT_MAX:
+            if len(_FRAMES) >= _FRAMES_MAX:
+                _FRAMES.clear()
+            _FRAMES[text] = frame
+    return frame
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -182,8 +199,15 @@ class CommandConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._draining:
             return  # lingering close: discard what the peer still sends
-        self._cancel("_timer")  # the first-request timer: something arrived
-        if self.mode is not Framing.BRACED and self._deadline is None and not (
+        if self._timer is not None:  # the first-request timer: something arrived
+            self._timer.cancel()
+            self._timer = None
+        if self.mode is Framing.BRACED:  # every request after the first on a persistent link
+            self._braced_data(data)
+            if not self._closing:
+                self.slot.hold()  # may evict us (the largest holder of an over-budget server)
+            return
+        if self._deadline is None and not (
                 self._reader is not None and self._reader.done):
             self._start_deadline()  # the first byte of the (one) request
         if self.mode is None:
@@ -199,7 +223,7 @@ class CommandConnection(asyncio.Protocol):
                 return
             self._start_mode(mode)
             data, self._head = bytes(self._head), bytearray()
-        if self.mode is Framing.BRACED:
+        if self._framer is not None:  # the first chunk chose braced framing
             self._braced_data(data)
         else:
             self._raw_data(data)
@@ -270,7 +294,7 @@ class CommandConnection(asyncio.Protocol):
         framer = self._framer
         assert framer is not None
         try:
-            framer.receive_data(data)
+            items = framer.feed(data)
         except BufferOverflow as exc:
             log.warning("%s: %s: %s; closing", self.name, self.peer, exc)
             self._cancel("_deadline", "_gap")
@@ -278,24 +302,45 @@ class CommandConnection(asyncio.Protocol):
             self._close_after_flush = True
             self._pump()
             return
+        if items:
+            self.slot.active()
         backlog = self._backlog
-        items = framer.drain()
-        for item in items:
-            if isinstance(item, str):
+        done = 0
+        if not backlog and self._inflight is None and not self._denied:
+            # Nothing queued before these: answer them in turn now, as _pump would, without
+            # queueing each one first. The first one to wait (an asynchronous handler) or a
+            # framing error sends the rest through the queue.
+            dispatch, caller = self.dispatcher.dispatch, self._caller
+            assert caller is not None
+            for item in items:
+                if item.__class__ is not str or self._closing:
+                    break
+                done += 1
+                result = dispatch(item, caller)
+                if result.__class__ is str:
+                    self._write(result)
+                    continue
+                fut = asyncio.ensure_future(result)  # type: ignore[arg-type]
+                self._inflight = fut
+                fut.add_done_callback(self._on_done)
+                break
+        for item in items[done:] if done else items:
+            if item.__class__ is str:
                 backlog.append((True, item))
                 self._backlog_bytes += len(item)
             else:
+                assert isinstance(item, BracedFrameError)
                 log.info("%s: bad frame from %s: %s", self.name, self.peer, item)
                 text = item.reply_text()
                 backlog.append((False, text))
                 self._backlog_bytes += len(text)
-        if items:
-            self.slot.active()
-        self._pump()
+        self._pump()  # the rest in order; sends what was written, applies backpressure
         if self._closing:
             return
         if not framer.buffered:
-            self._cancel("_deadline")
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             self._deadline_left = None
         elif items or (self._deadline is None and self._deadline_left is None):
             # The first byte of a frame arrived in this chunk (what is left after whole
@@ -303,8 +348,9 @@ class CommandConnection(asyncio.Protocol):
             self._start_deadline()
         if framer.suspect:
             self._gap = self._later(self.settings.quiet_gap, self._on_quiet, self._gap)
-        else:
-            self._cancel("_gap")
+        elif self._gap is not None:
+            self._gap.cancel()
+            self._gap = None
 
     def _raw_data(self, data: bytes) -> None:
         reader = self._reader
@@ -351,6 +397,7 @@ class CommandConnection(asyncio.Protocol):
     def _pump(self) -> None:
         """Run queued requests in order until one has to wait for an asynchronous handler."""
         backlog = self._backlog
+        dispatch = self.dispatcher.dispatch
         while self._inflight is None and backlog and not self._closing:
             is_request, text = backlog.popleft()
             self._backlog_bytes -= len(text)
@@ -364,11 +411,11 @@ class CommandConnection(asyncio.Protocol):
                 self._close_after_flush = True
                 break
             assert self._caller is not None
-            result = self.dispatcher.dispatch(text, self._caller)
-            if isinstance(result, str):
+            result = dispatch(text, self._caller)
+            if result.__class__ is str:
                 self._write(result)
                 continue
-            fut = asyncio.ensure_future(result)
+            fut = asyncio.ensure_future(result)  # type: ignore[arg-type]
             self._inflight = fut
             fut.add_done_callback(self._on_done)
         self.slot.set_busy(self._inflight is not None)
@@ -414,7 +461,7 @@ class CommandConnection(asyncio.Protocol):
     def _write(self, text: str) -> None:
         if self.mode is Framing.BRACED:
             try:
-                self._out.append(_encode_braced(text))
+                self._out.append(_frame_reply(text))
             except ProtocolError:
                 self._out.append(_encode_braced(error_text(
                     ErrorCode.FUNC_CALL, "reply too large for a braced frame", "")))
@@ -436,6 +483,8 @@ class CommandConnection(asyncio.Protocol):
         tr = self.transport
         unread = tr.get_write_buffer_size() if tr is not None and not tr.is_closing() else 0
         framer, reader = self._framer, self._reader
+        if reader is None and framer is not None:  # a persistent braced connection
+            return framer.buffered + self._backlog_bytes + unread
         partial = (framer.buffered if framer is not None else 0) + \
             (reader.buffered if reader is not None else 0) + len(self._head)
         return partial + self._backlog_bytes + unread
@@ -444,7 +493,7 @@ class CommandConnection(asyncio.Protocol):
         """Backpressure: stop reading while the pipeline, the bytes held or the peer's unread
         replies are over their limits; read again once they are not."""
         tr = self.transport
-        if tr is None or tr.is_closing() or self.mode is not Framing.BRACED:
+        if tr is None or self.mode is not Framing.BRACED or tr.is_closing():
             return
         queued = self._backlog_bytes + tr.get_write_buffer_size()
         should_pause = (len(self._backlog) >= self.settings.max_pipeline

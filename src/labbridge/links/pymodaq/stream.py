@@ -159,8 +159,12 @@ class PyMoDAQStream(asyncio.BufferedProtocol):
                 assert self.codec is not None
                 log.info("%s: %s client at %s", self.name, gen.name, self.peer)
                 self.codec.receive_data(self._head)
-            else:
-                self.codec.buffer_updated(nbytes)
+            elif not self.codec.buffer_updated(nbytes) and not self._pauses and (
+                    self._deadline is not None or self.message_timeout is None):
+                # The read only went on filling a frame's array: no message can be complete,
+                # and the deadline armed at the message's first byte stands (what
+                # _drain_events and _watch_deadline would conclude), read after read.
+                return
             self._drain_events()
         except ProtocolError as exc:
             self.fail(f"{exc.kind}: {exc}")

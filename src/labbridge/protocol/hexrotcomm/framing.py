@@ -573,9 +573,13 @@ class FrameDecoder:
         if k and check_time:
             nsec = np.ndarray((k,), "<i8", view, pos + self._nsec_off, (size,))
             sec = np.ndarray((k,), "<i8", view, pos + self._sec_off, (size,))
-            first = sec[0] if self._last_sec is None else self._last_sec
-            step = np.abs(np.diff(sec, prepend=first))
-            bad = np.flatnonzero((nsec < 0) | (nsec >= _NSEC) | (step > MAX_TIME_STEP))
+            # |tai_sec - the previous header's| for each frame (np.diff with ``prepend``
+            # costs more than the rest of the checks together on a read of 100 frames).
+            bad_mask = (nsec < 0) | (nsec >= _NSEC)
+            bad_mask[1:] |= np.abs(sec[1:] - sec[:-1]) > MAX_TIME_STEP
+            if self._last_sec is not None and abs(int(sec[0]) - self._last_sec) > MAX_TIME_STEP:
+                bad_mask[0] = True
+            bad = np.flatnonzero(bad_mask)
             if bad.size:
                 k = int(bad[0])
         for off in self._runs[fid][2]:

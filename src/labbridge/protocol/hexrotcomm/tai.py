@@ -73,6 +73,23 @@ def utc_from_tai(tai: float) -> float:
     return tai - tai_minus_utc(utc)
 
 
+#: [start, end) of UTC Unix seconds over which the last offset looked up holds, and the offset.
+_SPAN: list[float] = [0.0, -1.0, 0.0]
+
+
 def current_tai() -> float:
-    """The current time as TAI Unix seconds (what the controller writes in headers)."""
-    return tai_from_utc(time.time())
+    """The current time as TAI Unix seconds (what the controller writes in headers).
+
+    Called for every frame a controller writes: the offset found last is kept with the span
+    of time it holds for (until the next leap second in the table), so most calls do no
+    look-up.
+    """
+    utc = time.time()
+    span = _SPAN
+    if span[0] <= utc < span[1]:
+        return utc + span[2]
+    i = bisect.bisect_right(_STARTS, utc) - 1
+    span[0] = _STARTS[i] if i >= 0 else float("-inf")
+    span[1] = _STARTS[i + 1] if i + 1 < len(_STARTS) else float("inf")
+    span[2] = LEAP_SECONDS[max(i, 0)][1]
+    return utc + span[2]

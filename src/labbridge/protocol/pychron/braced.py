@@ -160,7 +160,8 @@ class BracedFramer:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        buf = self._buf
+        return len(buf._buf) - buf._start  # len(buf), without a Python-level __len__ call
 
     @property
     def suspect(self) -> bool:
@@ -277,6 +278,44 @@ class BracedFramer:
                 return out
             assert isinstance(ev, BracedFrame)
             out.append(ev.payload)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str | BracedFrameError]:
+        """:meth:`receive_data` then :meth:`drain`, in one call (the same items, the same
+        :class:`~labbridge.protocol.base.BufferOverflow`).
+
+        When nothing is buffered, the whole well-formed frames at the start of ``data`` are
+        cut from ``data`` itself: a chunk of whole frames (the usual case: one request, one
+        read) never passes through the buffer. What follows them takes the general path.
+        """
+        buf = self._buf
+        if buf or self._discarding or len(data) > buf.max_size:
+            buf.append(data)
+            return self.drain()
+        out: list[str | BracedFrameError] = []
+        match = (_HEADER_STRICT if self.strict else _HEADER_ANY).match
+        max_frame = self.max_frame
+        end_all = len(data)
+        pos = 0
+        while end_all - pos >= HEADER_LEN:
+            m = match(data, pos)
+            if m is None:
+                break
+            length = int(m.group(1), 16)
+            if not MIN_FRAME <= length <= max_frame:
+                break
+            end = pos + length
+            if end > end_all or data[end - 2] != 0x0D or data[end - 1] != 0x0A:
+                break
+            try:
+                out.append(str(data[pos + HEADER_LEN : end - 2], "utf-8"))
+            except UnicodeDecodeError:
+                out.append(BracedFrameError("payload is not UTF-8", kind="not_utf8"))
+            pos = end
+        if pos == end_all:
+            return out
+        buf.append(data[pos:] if pos else data)
+        out.extend(self.drain())
+        return out
 
     def idle(self) -> None:
         """The peer has been quiet: a suspect short frame is a length mismatch (raised)."""

@@ -241,14 +241,18 @@ class PullDecoder:
             self._scratch = bytearray(self.SCRATCH_SIZE)
         return memoryview(self._scratch)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were written into the area returned by :meth:`get_buffer`."""
+    def buffer_updated(self, nbytes: int) -> bool:
+        """``nbytes`` were written into the area returned by :meth:`get_buffer`. False when
+        they only went on filling a big item that is still incomplete: :meth:`next_event`
+        has nothing new to give (a transport may skip asking, read after read of a frame)."""
         if self._into_big:
             self._into_big = False
             self._big_fill += nbytes
+            return self._big_fill >= self._big_need
         else:
             assert self._scratch is not None
             self.receive_data(memoryview(self._scratch)[:nbytes])
+            return True
 
     def receive_eof(self) -> None:
         """The peer closed. Raise a fatal ``truncated`` error if it closed inside a message."""

@@ -126,8 +126,9 @@ class G3Codec:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         return self.framer.get_buffer(sizehint)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.framer.buffer_updated(nbytes)
+    def buffer_updated(self, nbytes: int) -> bool:
+        """False when the bytes only went on filling a big item (see the framer's)."""
+        return self.framer.buffer_updated(nbytes)
 
     @property
     def in_message(self) -> bool:
