@@ -245,7 +245,10 @@ def _context(benches: dict[str, list[dict[str, Any]]]) -> str:
     cpus = sorted({str(r["env"].get("cpus", "?")) for runs in benches.values() for r in runs})
     load = (f"load average {min(loads):.1f} to {max(loads):.1f} while measuring"
             if loads else "load average not recorded")
-    quiet = "" if loads and max(loads) < 1.5 else \
+    # The benches load the machine themselves (up to one process per CPU); a load average
+    # below the number of CPUs means nothing else ran beside them.
+    ncpu = min((int(c) for c in cpus if c.isdigit()), default=1)
+    quiet = " (nothing else running)" if loads and max(loads) < ncpu else \
         " (a shared, loaded machine: indicative only, absolute figures especially)"
     return (f"{'/'.join(str(c) for c in counts)} run(s) of each bench, {dates[0]} to "
             f"{dates[-1]}, commit {', '.join(commits)}; {'/'.join(cpus)} CPUs, "
