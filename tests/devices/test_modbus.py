@@ -9,10 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pymodbus  # noqa: F401  (the dev extra: missing means failing, not skipping)
 import pytest
-
-pytest.importorskip("pymodbus")
-
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 

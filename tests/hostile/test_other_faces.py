@@ -2,10 +2,6 @@
 dashboard server (ZeroMQ PUB and REP), the PyMoDAQ server, the hexrotcomm mock controller
 (one client at a time) and the web dashboard (HTTP and WebSocket). Each test ends with the
 checks of :mod:`tests.hostile.harness`.
-
-Other helpers fix these servers in parallel; a test whose fix is not on main yet is marked
-``xfail(strict=True)`` with the helper's branch, so it turns into a failure (and must lose the
-mark) the day the fix lands.
 """
 
 from __future__ import annotations

@@ -350,7 +350,8 @@ async def test_udp_stays_plain_and_read_only(site, tmp_path):
 # -- clients built on PychronClient -----------------------------------------------------------
 
 async def test_remote_manager_and_dashboard_targets_take_a_tls_section(site, tmp_path):
-    pytest.importorskip("aiohttp")
+    import aiohttp  # noqa: F401  (the dev extra: missing means failing, not skipping)
+
     from labbridge.web.control import Controls
 
     async with tls_node(site, tmp_path) as (node, server, bank):
@@ -460,7 +461,7 @@ def test_limit_settings_reach_the_server(site, tmp_path):
 def test_the_same_on_uvloop(site, tmp_path):
     """uvloop may read once more after ``pause_reading``: the first bytes must still reach
     the TLS layer in order (labbridge serve runs on uvloop when it is installed)."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
 
     async def scenario() -> None:
         async with tls_node(site, tmp_path) as (node, server, bank):

@@ -95,7 +95,7 @@ def make_site(d: Path, *names: str, ca: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> tuple[Path, Path]:
-    pytest.importorskip("cryptography")
+    import cryptography  # noqa: F401  (the dev extra: missing means failing, not skipping)
     root = tmp_path_factory.mktemp("site")
     keys = make_site(root / "keys", "main", "camera-pc", "viewer-pc", "unknown-pc")
     other = make_site(root / "other", "camera-pc")  # another CA, same common name
@@ -442,7 +442,7 @@ async def test_reset_is_what_a_refused_peer_sees():
 def test_tls_under_uvloop(site):
     """The node runs on uvloop when it is installed: the same handshake-after-accept path
     (``start_tls`` into the stream's buffers) there, with a refusal and a frame."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
     keys, other = site
 
     async def main() -> tuple[list[tuple[str, str]], tuple[int, ...]]:

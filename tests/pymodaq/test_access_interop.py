@@ -10,11 +10,10 @@ import asyncio
 import socket
 from typing import Any
 
+import pymodaq_data  # noqa: F401  (the dev extra: missing means failing, not skipping)
+import pymodaq_utils  # noqa: F401  (the dev extra: missing means failing, not skipping)
 import pytest
-
-pytest.importorskip("serializall")
-pytest.importorskip("pymodaq_utils")
-pytest.importorskip("pymodaq_data")
+import serializall  # noqa: F401  (the dev extra: missing means failing, not skipping)
 
 from labbridge.node.node import build_node
 from tests.pymodaq import pmd_peer as pmd

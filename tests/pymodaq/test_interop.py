@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pymodaq_data  # noqa: F401  (the dev extra: missing means failing, not skipping)
+import pymodaq_utils  # noqa: F401  (the dev extra: missing means failing, not skipping)
 import pytest
-
-pytest.importorskip("serializall")
-pytest.importorskip("pymodaq_utils")
-pytest.importorskip("pymodaq_data")
+import serializall  # noqa: F401  (the dev extra: missing means failing, not skipping)
 
 from labbridge.devices.stage import SimStageBackend, Stage
 from labbridge.links.pymodaq import PyMoDAQClient
