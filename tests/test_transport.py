@@ -108,6 +108,59 @@ async def test_tcp_udp_pair_replies_fails_cleanly_and_cancels_on_stop():
     assert cancelled.is_set() and pair.udp_port is None
 
 
+async def test_tcp_udp_pair_on_port_0_picks_again_when_udp_twin_is_taken(monkeypatch):
+    """Port 0: the kernel's free TCP port may be held for UDP by another program (another
+    test run's client socket, an EPICS search port...). The pair picks both again instead of
+    failing. The collision is real: a UDP socket takes the port right after TCP got it."""
+    squatters: list[socket.socket] = []
+    real_start = TcpServer.start
+
+    async def start_then_squat(self: TcpServer) -> None:
+        await real_start(self)
+        if len(squatters) < 2:  # the first two picks collide
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", self.port))
+            squatters.append(s)
+
+    monkeypatch.setattr(TcpServer, "start", start_then_squat)
+    pair = TcpUdpServer(asyncio.Protocol, lambda data, host: b"pong:" + data, udp=True)
+    try:
+        await pair.start()
+        taken = {s.getsockname()[1] for s in squatters}
+        assert len(squatters) == 2 and pair.port not in taken
+        assert pair.udp_port == pair.port
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                got.set_result(data)
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Client, remote_addr=("127.0.0.1", pair.port))
+        try:
+            transport.sendto(b"ping")
+            async with asyncio.timeout(10):
+                assert await got == b"pong:ping"
+        finally:
+            transport.close()
+    finally:
+        await pair.stop()
+        for s in squatters:
+            s.close()
+
+
+async def test_tcp_udp_pair_on_a_named_port_does_not_move():
+    """A port the node file names is never replaced: its UDP twin taken is an error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        pair = TcpUdpServer(asyncio.Protocol, lambda data, host: None, port=port, udp=True)
+        with pytest.raises(PortInUseError, match=f"port {port}"):
+            await pair.start()
+        assert pair.tcp.port is None or pair.tcp._server is None
+
+
 async def test_tcp_udp_pair_bounds_pending_datagram_replies():
     release = asyncio.Event()
     started = asyncio.Event()

@@ -358,14 +358,32 @@ class TcpUdpServer:
     def udp_port(self) -> int | None:
         return self.udp.port if self.udp is not None else None
 
+    #: With port 0 the kernel picks a TCP port that is free; the same number for UDP may be
+    #: held by another program (any UDP socket on the machine): then both are picked again,
+    #: at most this many times.
+    FREE_PORT_TRIES = 20
+
     async def start(self) -> None:
-        await self.tcp.start()
-        if self.udp_wanted:
+        follows = (self.udp_wanted and self._udp_port is None
+                   and self.tcp.requested_port == 0)
+        tries = self.FREE_PORT_TRIES if follows else 1
+        for attempt in range(1, tries + 1):
+            await self.tcp.start()
+            if not self.udp_wanted:
+                return
             port = self._udp_port if self._udp_port is not None else self.tcp.port
             assert port is not None
             self.udp = UdpServer(self._datagram, self.host, port, name=f"{self.name}/udp")
             try:
                 await self.udp.start()
+                return
+            except PortInUseError:
+                self.udp = None
+                await self.tcp.stop()
+                if attempt == tries:
+                    raise
+                log.debug("%s: UDP port %d taken by another program; picking another "
+                          "free port for TCP and UDP", self.name, port)
             except BaseException:
                 self.udp = None
                 await self.tcp.stop()
