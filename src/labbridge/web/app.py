@@ -718,6 +718,21 @@ class WebDashboard:
         self._refuse_quietly(p, action, f"sent by a page of another site ({clean(origin)})")
         return _error(403, "requests from other sites' pages are refused")
 
+    def _same_site(self, request: web.Request, action: Action,
+                   who: Callable[[web.Request], Visitor | web.Response]
+                   ) -> Visitor | web.Response:
+        """The checks of a state-changing request from a page, in order: its Origin, who
+        asks (``who``: the visitor, or a reader that answers 401 for nobody), its session's
+        CSRF token. The visitor, or the refusal to send."""
+        refusal = self._foreign(request, action)
+        if refusal is not None:
+            return refusal
+        v = who(request)
+        if isinstance(v, web.Response):
+            return v
+        refusal = self._csrf(request, v, action)
+        return v if refusal is None else refusal
+
     def _csrf(self, request: web.Request, v: Visitor, action: Action) -> web.Response | None:
         """A 403 (audited) when a session's state-changing request lacks its CSRF token."""
         if v.session is None or csrf_ok(v.session, request.headers.get(CSRF_HEADER)):
@@ -851,16 +866,9 @@ class WebDashboard:
         return resp
 
     async def _api_logout(self, request: web.Request) -> web.Response:
-        action = Action(Role.OBSERVER, "logout", "")
-        refusal = self._foreign(request, action)
-        if refusal is not None:
-            return refusal
-        v = self._visitor(request)
+        v = self._same_site(request, Action(Role.OBSERVER, "logout", ""), self._visitor)
         if isinstance(v, web.Response):
             return v
-        refusal = self._csrf(request, v, action)
-        if refusal is not None:
-            return refusal
         if v.session is not None:
             self.sessions.end(v.session.id)
             self._end_pages(v.session.id, "logged out")
@@ -1118,16 +1126,10 @@ class WebDashboard:
                             ) -> tuple[Visitor, dict[str, Any]] | web.Response:
         """The checks every control request passes before its body is read: the Origin,
         who asks (401 for nobody), the session's CSRF token."""
-        action = Action(Role.OPERATOR, "control", clean(request.path))
-        refusal = self._foreign(request, action)
-        if refusal is not None:
-            return refusal
-        v = self._reader(request)
+        v = self._same_site(request, Action(Role.OPERATOR, "control", clean(request.path)),
+                            self._reader)
         if isinstance(v, web.Response):
             return v
-        refusal = self._csrf(request, v, action)
-        if refusal is not None:
-            return refusal
         if v.session is not None:
             self.sessions.touch(v.session, self.monotonic())
         body = await self._read_json(request, fields)
