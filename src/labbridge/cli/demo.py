@@ -130,6 +130,11 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                 starting.result()
             except RuntimeError as exc:  # a node exited or was not ready in time
                 click.echo(f"labbridge demo: {exc}", err=True)
+                stacks = getattr(exc, "stacks", "")
+                if stacks:  # where a stuck node was (its folder may be gone later)
+                    click.echo("  its threads were doing:", err=True)
+                    for line in stacks.splitlines():
+                        click.echo(f"    {line}", err=True)
                 return 1
             died = asyncio.ensure_future(lab.first_exit())
             for c in lab.left_out:

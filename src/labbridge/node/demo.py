@@ -229,6 +229,52 @@ COMPONENTS: list[Component] = [
 ]
 
 
+class NodeNotReady(RuntimeError):
+    """A node that started but did not become ready in time; ``stacks`` is what its Python
+    threads were doing then (from its log), or "" when it could not tell."""
+
+    def __init__(self, message: str, stacks: str) -> None:
+        super().__init__(message)
+        self.stacks = stacks
+
+
+#: How long a stuck node gets to write its threads' stacks to its log (``serve``'s SIGUSR1).
+STACKS_TIMEOUT = 3.0
+_STACKS_END = "most recent call first"
+
+
+async def _stacks(c: Component) -> str:
+    """Ask a node that is not ready for its threads' stacks (``labbridge serve`` writes them
+    to its log on SIGUSR1) and return them, so that a report says where it was stuck even
+    when the lab's folder is gone (a test's private /tmp, say)."""
+    log, proc = c.info.get("log"), c.proc
+    if not log or proc is None or proc.returncode is not None or not hasattr(signal, "SIGUSR1"):
+        return ""
+    try:
+        start = os.path.getsize(log)  # noqa: ASYNC240 - one stat of a local file
+        proc.send_signal(signal.SIGUSR1)
+    except (OSError, ProcessLookupError):
+        return ""
+    deadline = time.monotonic() + STACKS_TIMEOUT
+    text, size = "", -1
+    # The log is written by another process: look at it until the dump has stopped growing.
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        try:
+            with open(log, "rb") as f:  # noqa: ASYNC230 - a local file, a few KiB
+                f.seek(start)
+                text = f.read(256 * 1024).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        if _STACKS_END in text and len(text) == size:
+            break
+        size = len(text)
+    if _STACKS_END not in text:
+        return ""
+    starts = [i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0]
+    return text[min(starts):].rstrip() if starts else ""
+
+
 def available(c: Component) -> bool:
     return all(k in DEVICE_KINDS or k in SERVICE_KINDS for k in c.needs)
 
@@ -270,8 +316,8 @@ class Lab:
                 raise RuntimeError(f"{c.title} exited with code {c.proc.returncode}; see "
                                    f"{c.info['log']}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{c.title} not ready within {READY_TIMEOUT:g} s; see "
-                                   f"{c.info['log']}")
+                raise NodeNotReady(f"{c.title} not ready within {READY_TIMEOUT:g} s; see "
+                                   f"{c.info['log']}", await _stacks(c))
             await asyncio.sleep(0.02)
         c.info.update(json.loads(ready.read_text()))
         self.components[c.key] = c
