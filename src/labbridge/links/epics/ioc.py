@@ -85,17 +85,62 @@ class IocSettings:
 
 def free_port(host: str) -> int:
     """A port free for TCP and UDP on ``host`` (CA needs the same number for both)."""
+    tcp, udp = hold_free_port(host)
+    port = int(tcp.getsockname()[1])
+    tcp.close()
+    udp.close()
+    return port
+
+
+def hold_free_port(host: str) -> tuple[socket.socket, socket.socket]:
+    """A port free for TCP and UDP on ``host``, held: the TCP and UDP sockets bound to it,
+    which :func:`hold_port` explains."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            return port
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind((host, 0))  # a plain bind: a port nobody uses at all
+        port = int(t.getsockname()[1])
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind((host, port))
+        except OSError:
+            t.close()
+            u.close()
+            continue
+        _share(t, socket.SOCK_STREAM)
+        _share(u, socket.SOCK_DGRAM)
+        return t, u
     raise OSError(f"no port free for both TCP and UDP on {host}")
+
+
+def hold_port(host: str, port: int, kind: int) -> socket.socket | None:
+    """Keep ``port`` from other programs until EPICS binds it; None when a program holds it
+    already in a way EPICS cannot share.
+
+    EPICS binds its ports during iocInit, a second or more after they are chosen (softioc's
+    import and the records come first). A program that takes a chosen port meanwhile --
+    any socket's ephemeral port, another node's -- does not just move the server: a CA
+    server whose UDP port is taken stops iocInit for ever (rsrv's ``cantProceed``), a PVA
+    server whose UDP port is taken is silently not started. A held port is bound with
+    SO_REUSEADDR (and SO_REUSEPORT for UDP), as EPICS binds its own sockets, so EPICS can
+    bind it beside the hold and nobody else can; the holds are closed after iocInit.
+    """
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        _share(sock, kind)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _share(sock: socket.socket, kind: int) -> None:
+    """The options EPICS sets on the sockets it binds (rsrv's TCP listener: SO_REUSEADDR;
+    the name-search UDP sockets of CA and PVA: SO_REUSEADDR and SO_REUSEPORT, "datagram
+    fanout", so that several IOCs of a host share port 5064)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if kind == socket.SOCK_DGRAM and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
 def _port_in_use(host: str, port: int, kind: int) -> bool:
@@ -209,6 +254,8 @@ class EpicsIoc:
         self._image_provider: Any = None
         self._read_refused: dict[str, float] = {}
         self._ports: dict[str, int] = {}
+        #: Sockets that keep the chosen ports from other programs until iocInit.
+        self._held: list[socket.socket] = []
         self._trap: Any = None
         self.writes = 0
         self.refusals = 0
@@ -287,6 +334,8 @@ class EpicsIoc:
             self._drop_listeners()
             self._remove_workdir()
             raise
+        finally:
+            self._release_ports()
         _PROCESS_IOC.append(self.name)
         self._running = True
         self._poster.start()
@@ -327,21 +376,53 @@ class EpicsIoc:
 
     # -- ports and environment ------------------------------------------------------------
     def _choose_ports(self) -> None:
+        """Choose the free ports (0 in the node file) and hold every port until iocInit
+        has bound it (:func:`hold_port`); a port another program holds is one line naming
+        the field, never a server that moved or an iocInit that never returns."""
         s = self.settings
         bind_host = "0.0.0.0" if s.host in ("", "0.0.0.0") else s.host
         if bind_host == "localhost":
             bind_host = "127.0.0.1"
         ports = {"ca": s.ca_port, "pva": s.pva_port, "pva_udp": s.pva_udp_port}
-        for key, port in ports.items():
-            if port == 0:
-                ports[key] = free_port(bind_host)
-        # EPICS falls back to another TCP port without a word when the configured one is
-        # taken; a node must fail loudly instead, naming the field.
-        for key, kind, fieldname in (("ca", socket.SOCK_STREAM, "ca_port"),
-                                     ("pva", socket.SOCK_STREAM, "pva_port")):
-            if _port_in_use(bind_host, ports[key], kind):
-                raise OSError(f"{fieldname} {ports[key]} on {bind_host} is already in use")
+        held: list[socket.socket] = []
+        try:
+            # EPICS falls back to another TCP port without a word when the configured one
+            # is taken (and a CA server whose UDP port is taken never starts): check the
+            # named ports first, as plain binds (a listener of another IOC counts too).
+            for key in ("ca", "pva"):
+                if ports[key] and _port_in_use(bind_host, ports[key], socket.SOCK_STREAM):
+                    raise OSError(f"{key}_port {ports[key]} on {bind_host} is already in use")
+            for key, port in ports.items():
+                kinds = {"ca": (socket.SOCK_STREAM, socket.SOCK_DGRAM),
+                         "pva": (socket.SOCK_STREAM,), "pva_udp": (socket.SOCK_DGRAM,)}[key]
+                if port == 0:
+                    tcp, udp = hold_free_port(bind_host)
+                    ports[key] = int(tcp.getsockname()[1])
+                    for kind, sock in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)):
+                        if kind in kinds:
+                            held.append(sock)
+                        else:
+                            sock.close()
+                    continue
+                for kind in kinds:
+                    hold = hold_port(bind_host, port, kind)
+                    if hold is None:
+                        what = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+                        raise OSError(f"{key}_port {port} ({what}) on {bind_host} is "
+                                      "already in use by a program that does not share it")
+                    held.append(hold)
+        except BaseException:
+            for h in held:
+                h.close()
+            raise
+        self._held = held
         self._ports.update(ports)
+
+    def _release_ports(self) -> None:
+        """Close the holds of :meth:`_choose_ports` (EPICS has bound its ports)."""
+        for sock in self._held:
+            sock.close()
+        self._held = []
 
     def _set_environment(self) -> None:
         s = self.settings
