@@ -193,6 +193,15 @@ def tail(text: str) -> str:
     return text[-_TAIL:]
 
 
+def head_and_tail(text: str) -> str:
+    """A failed command's stderr for the report: its first lines say what failed, its last
+    ones what the program was doing (a demo node that is late: its threads' stacks)."""
+    if len(text) <= 4 * _TAIL:
+        return text
+    return f"{text[:_TAIL]}\n[... {len(text) - 4 * _TAIL} characters cut ...]\n" \
+        f"{text[-3 * _TAIL:]}"
+
+
 class DocRun:
     def __init__(self, doc: str, path: Path, workdir: Path) -> None:
         self.doc = doc
@@ -356,7 +365,7 @@ class DocRun:
     def fail(self, cmd: Command, t0: float, reason: str, code: int | None = None,
              out: str = "", err: str = "") -> None:
         self.results.append(Result(cmd.where(), cmd.text, "failed", reason, code, tail(out),
-                                   tail(err), time.monotonic() - t0))
+                                   head_and_tail(err), time.monotonic() - t0))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def test_every_command_works_as_written(doc):
     assert not failed, "\n\n".join(
         f"{r['where']}: {r['command']}\n  -> {r['reason']}"
         + (f"\n  stdout: {r['stdout'][-800:]!r}" if r["stdout"] else "")
-        + (f"\n  stderr: {r['stderr'][-800:]!r}" if r["stderr"] else "")
+        + (f"\n  stderr:\n{r['stderr']}" if r["stderr"] else "")
         for r in failed)
     ran = {r["where"] for r in results}
     for block in shell_blocks(doc, rel):
