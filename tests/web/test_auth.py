@@ -182,6 +182,9 @@ async def test_an_ended_session_closes_its_pages_and_the_page_is_told():
         ws = await http.ws_connect("/ws")
         await ws.send_str('{"type": "hello"}')
         assert json.loads((await ws.receive(timeout=10)).data)["you"]["identity"] == "olivia"
+        # The server's hello comes unasked: wait until it has read the page's, or the jump
+        # of the clock below also makes the page a silent newcomer (closed with 4002).
+        await dash.wait_pages(lambda pages: any(p.proven for p in pages))
         now[0] += 61.0  # idle for longer than session_idle: the health loop ends it
         async with asyncio.timeout(10):
             while True:
