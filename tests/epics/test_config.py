@@ -102,3 +102,16 @@ def test_chosen_ports_are_held_until_iocinit(tmp_path) -> None:
     for port, kind in wanted:  # released: free again
         with socket.socket(socket.AF_INET, kind) as again:
             again.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("ca_port", [0, 5064])
+def test_a_host_that_is_not_this_machines_is_said_so(tmp_path, ca_port) -> None:
+    """A named port on an address of another machine was reported "already in use"."""
+    cfg = write(tmp_path, [{"kind": "epics_ioc", "host": "192.0.2.1", "ca_port": ca_port,
+                            "pva_port": 0, "pva_udp_port": 0}])
+    res = subprocess.run([sys.executable, "-m", "labbridge", "serve", str(cfg)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "not one of this machine's" in lines[0], res.stderr
+    assert "in use" not in lines[0] and "Traceback" not in res.stderr

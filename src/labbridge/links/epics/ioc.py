@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -128,9 +129,11 @@ def hold_port(host: str, port: int, kind: int) -> socket.socket | None:
     try:
         _share(sock, kind)
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        return None
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise _bind_error(exc, host, port) from None
     return sock
 
 
@@ -144,12 +147,20 @@ def _share(sock: socket.socket, kind: int) -> None:
 
 
 def _port_in_use(host: str, port: int, kind: int) -> bool:
+    """Whether a program holds ``port``; any other reason not to bind it (an address that
+    is not this machine's, a port below 1024 without root) is raised as itself."""
     with socket.socket(socket.AF_INET, kind) as s:
         try:
             s.bind((host, port))
-        except OSError:
-            return True
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise _bind_error(exc, host, port) from None
     return False
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> OSError:
+    return OSError(exc.errno, f"cannot bind {host}:{port}: {exc.strerror or exc}")
 
 
 class _Poster:
