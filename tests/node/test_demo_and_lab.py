@@ -184,11 +184,9 @@ async def test_a_node_that_is_not_ready_tells_where_it_is(tmp_path):
     """SIGUSR1 makes ``labbridge serve`` write every Python thread's stack to its log and go
     on serving; the demo reads them back when a node is late (``NodeNotReady.stacks``), so a
     report says where the node was even when the lab's folder is gone."""
-    from labbridge.node.demo import COMPONENTS, _stacks
+    from labbridge.node.demo import Component, _stacks
 
     with serving(REPO / "examples" / "valve-controller.yaml", tmp_path) as (proc, info):
-        comp = COMPONENTS[0]
-        saved = (comp.proc, dict(comp.info))
 
         class _Proc:  # the demo's asyncio process handle, over the test's Popen
             returncode = None
@@ -197,11 +195,9 @@ async def test_a_node_that_is_not_ready_tells_where_it_is(tmp_path):
             def send_signal(sig: int) -> None:
                 proc.send_signal(sig)
 
-        try:
-            comp.proc, comp.info["log"] = _Proc(), str(tmp_path / "serve.log")
-            stacks = await _stacks(comp)
-        finally:
-            comp.proc, comp.info = saved[0], saved[1]
+        comp = Component("valve-controller", "valve controller", (), lambda _: {},
+                         proc=_Proc(), info={"log": str(tmp_path / "serve.log")})
+        stacks = await _stacks(comp)
         assert "most recent call first" in stacks, stacks
         assert "asyncio tasks: " in stacks and "await run_node(" in stacks
         assert proc.poll() is None  # still serving

@@ -18,7 +18,7 @@ from labbridge.cli.common import fail_on_start_error, logs_above, run_async
 from labbridge.cli.run import render
 from labbridge.devices.state_file import write_json_atomic
 from labbridge.node.demo import Lab as DemoLab
-from labbridge.node.demo import last_log_line, new_workdir
+from labbridge.node.demo import NodeNotReady, last_log_line, new_workdir
 from labbridge.node.demo_keys import watch_args
 from labbridge.node.demo_sequence import extraction
 from labbridge.node.lab import Lab, ScriptError, Step
@@ -130,10 +130,10 @@ def demo(ready_file: str | None, exit_after_sequence: bool, no_sequence: bool,
                 starting.result()
             except RuntimeError as exc:  # a node exited or was not ready in time
                 click.echo(f"labbridge demo: {exc}", err=True)
-                stacks = getattr(exc, "stacks", "")
-                if stacks:  # where a stuck node was (its folder may be gone later)
+                if isinstance(exc, NodeNotReady) and exc.stacks:
+                    # where a stuck node was (its folder may be gone later)
                     click.echo("  its threads were doing:", err=True)
-                    for line in stacks.splitlines():
+                    for line in exc.stacks.splitlines():
                         click.echo(f"    {line}", err=True)
                 return 1
             died = asyncio.ensure_future(lab.first_exit())

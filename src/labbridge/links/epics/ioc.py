@@ -103,10 +103,12 @@ def hold_free_port(host: str) -> tuple[socket.socket, socket.socket]:
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             u.bind((host, port))
-        except OSError:
+        except OSError as exc:
             t.close()
             u.close()
-            continue
+            if exc.errno == errno.EADDRINUSE:
+                continue  # the UDP twin is someone's: pick again
+            raise _bind_error(exc, host, port) from None
         _share(t, socket.SOCK_STREAM)
         _share(u, socket.SOCK_DGRAM)
         return t, u
