@@ -68,10 +68,19 @@ CHECK_EVERY = 1.0
 #: ... and after this many new prefixes at the latest.
 CHECK_BATCH = 256
 #: What ZeroMQ and the kernel read ahead from one subscriber before we see it (the XPUB's
-#: receive high-water mark, in messages, and the TCP receive buffer, in bytes): what a flood
-#: can add between two of our checks. Subscribers send little; a small TCP window slows a
-#: flood down to the pace at which we read it.
-INBOUND_HWM = 16
+#: receive high-water mark, in messages, and the TCP receive buffer, in bytes). Subscribers
+#: send little; a small TCP window slows a flood down to the pace at which it is read.
+#: The high-water mark is this low because libzmq stores subscriptions in its trie in one
+#: loop that runs until the pipe from the connection is empty, inside whichever call of ours
+#: (a send, a receive, a readiness check) processes its commands, where no check of ours can
+#: run. With a mark of 16 its I/O thread refilled the pipe while that loop inserted, and one
+#: loop swallowed up to ~11,000 notifications of a flood of 120-byte prefixes (tens of MiB of
+#: trie; an 85 MiB peak once in CI). With 2 the I/O thread may be one message ahead and waits
+#: for the loop's acknowledgement of each, the pipe runs dry and the loop ends: measured, the
+#: longest run is ~1,000 notifications and the peak +3..5 MiB, idle or beside two busy CPUs.
+#: Not 1: with a ZAP handler (ADR 0127) libzmq first queues the peer's User-Id in that pipe,
+#: and with a mark of 1 the subscriptions behind it are never delivered (libzmq 4.3.5).
+INBOUND_HWM = 2
 INBOUND_BUFFER = 32 * 1024
 _PEER_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
                 | zmq.EVENT_CLOSED)
