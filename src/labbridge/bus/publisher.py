@@ -77,7 +77,8 @@ CHECK_BATCH = 256
 #: loop swallowed up to ~11,000 notifications of a flood of 120-byte prefixes (tens of MiB of
 #: trie; an 85 MiB peak once in CI). With 2 the I/O thread may be one message ahead and waits
 #: for the loop's acknowledgement of each, the pipe runs dry and the loop ends: measured, the
-#: longest run is ~1,000 notifications and the peak +3..5 MiB, idle or beside two busy CPUs.
+#: longest run was under ~1,200 notifications and the peak +3..5 MiB, idle or beside two
+#: busy CPUs.
 #: Not 1: with a ZAP handler (ADR 0127) libzmq first queues the peer's User-Id in that pipe,
 #: and with a mark of 1 the subscriptions behind it are never delivered (libzmq 4.3.5).
 INBOUND_HWM = 2
